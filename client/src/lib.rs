@@ -1,0 +1,1 @@
+//! Switchboard client (being written).

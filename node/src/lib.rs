@@ -1,0 +1,1 @@
+//! Switchboard node (being written).

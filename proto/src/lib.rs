@@ -1,0 +1,12 @@
+//! Switchboard's wire types and codecs, with no IO and no runtime.
+//!
+//! - [`resp`]: RESP2 and RESP3 frames, decoded in two phases (check, then parse)
+//!   over a byte slice with explicit limits, and encoded for either protocol version.
+//! - [`client`]: the WebSocket client protocol: JSON ops, replies and close codes.
+//! - [`peer`]: the node-to-node envelope carried over QUIC, and the presence records
+//!   the cluster agrees on.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod peer;
+pub mod resp;

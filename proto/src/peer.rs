@@ -1,0 +1,228 @@
+//! The node-to-node envelope carried over QUIC, and the presence records the cluster
+//! agrees on through Raft.
+//!
+//! Every message between peers is one [`PeerMessage`], encoded with bincode 2 (serde
+//! mode, standard config) and framed by QUIC streams. Decoding is bounded by
+//! [`MAX_PEER_MESSAGE`]: a peer cannot make a node allocate more than that for one message.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A node's id in the cluster (`--node-id`).
+pub type NodeId = u64;
+
+/// The largest encoded peer message a node accepts (16 MiB).
+pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Version of the peer protocol; peers with another major version are refused.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// One live WebSocket connection, as registered in the presence registry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    /// The node holding the connection.
+    pub node: NodeId,
+    /// Connection id, unique in the cluster (`<node>-<counter>` in practice).
+    pub connection: String,
+    /// The authenticated user id (the token's `user_id`, else `sub`), as a string.
+    pub user: String,
+    /// Unix time in milliseconds when the connection was accepted.
+    pub connected_at: u64,
+}
+
+/// A change to the presence registry. Applied in order, these are the registry's whole
+/// history: the single-node broker applies them directly, the cluster through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceOp {
+    /// A connection was accepted.
+    Connect(ConnectionRecord),
+    /// A connection ended.
+    Disconnect { node: NodeId, connection: String },
+    /// Every connection of a node is gone (the node died, drained or restarted).
+    PurgeNode { node: NodeId },
+    /// A node restarted: replace everything it held by this list.
+    ResyncNode {
+        node: NodeId,
+        connections: Vec<ConnectionRecord>,
+    },
+}
+
+/// A message published to a group, forwarded by the node that received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub group: String,
+    /// The payload exactly as published.
+    pub payload: Bytes,
+    /// Whether the payload goes out as a text frame (it is valid UTF-8).
+    pub text: bool,
+    /// The origin node and its publisher connection, with a per-publisher sequence:
+    /// receivers use them to keep per-publisher order and to spot gaps.
+    pub origin: NodeId,
+    pub publisher: u64,
+    pub seq: u64,
+}
+
+/// The set of groups a node has subscribers for, or a change to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Interest {
+    /// Everything the sender has: replaces what the receiver knew of it.
+    Full {
+        /// Increases by one on every change the sender makes to its interest.
+        version: u64,
+        /// Group name and number of local connections in it.
+        groups: Vec<(String, u32)>,
+    },
+    /// A change since `base_version`; a receiver whose known version differs asks for
+    /// a full sync instead of applying it.
+    Delta {
+        base_version: u64,
+        version: u64,
+        /// Group name and its new local count; 0 means the sender left the group.
+        changes: Vec<(String, u32)>,
+    },
+}
+
+/// Everything one node says to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// First message on a connection, after the peer has proved the cluster secret.
+    Hello {
+        node: NodeId,
+        protocol: u32,
+        /// The addresses others should use to reach this node.
+        peer_addr: String,
+        admin_addr: String,
+        ws_addr: String,
+        resp_addr: String,
+    },
+    /// Liveness and round-trip time; answered by `HeartbeatAck` with the same `sent_micros`.
+    Heartbeat { sent_micros: u64 },
+    HeartbeatAck { sent_micros: u64 },
+    /// Group interest of the sender.
+    Interest(Interest),
+    /// Asks the receiver for `Interest::Full`.
+    InterestSyncRequest,
+    /// Published messages for groups the receiver has subscribers in.
+    Forward(Vec<Forward>),
+    /// An opaque Raft RPC, request or response, correlated by `id`.
+    Raft { id: u64, body: Bytes },
+}
+
+/// Why a peer message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCodecError {
+    /// The bytes are not a valid message of this protocol version.
+    #[error("malformed peer message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// The message could not be encoded (should not happen for well-formed values).
+    #[error("peer message could not be encoded: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// The message is larger than [`MAX_PEER_MESSAGE`].
+    #[error("peer message of {0} bytes exceeds the {MAX_PEER_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// Bytes were left over after the message.
+    #[error("{0} trailing bytes after a peer message")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PEER_MESSAGE>()
+}
+
+impl PeerMessage {
+    /// Encodes the message.
+    pub fn encode(&self) -> Result<Vec<u8>, PeerCodecError> {
+        let bytes = bincode::serde::encode_to_vec(self, config())?;
+        if bytes.len() > MAX_PEER_MESSAGE {
+            return Err(PeerCodecError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes exactly one message from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PeerCodecError> {
+        if bytes.len() > MAX_PEER_MESSAGE {
+            return Err(PeerCodecError::TooLarge(bytes.len()));
+        }
+        let (message, used) = bincode::serde::decode_from_slice(bytes, config())?;
+        if used != bytes.len() {
+            return Err(PeerCodecError::Trailing(bytes.len() - used));
+        }
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn forward() -> impl Strategy<Value = Forward> {
+        (
+            ".{0,20}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(group, payload, origin, publisher, seq)| Forward {
+                text: std::str::from_utf8(&payload).is_ok(),
+                group,
+                payload: Bytes::from(payload),
+                origin,
+                publisher,
+                seq,
+            })
+    }
+
+    fn message() -> impl Strategy<Value = PeerMessage> {
+        prop_oneof![
+            any::<u64>().prop_map(|sent_micros| PeerMessage::Heartbeat { sent_micros }),
+            proptest::collection::vec(forward(), 0..4).prop_map(PeerMessage::Forward),
+            (
+                any::<u64>(),
+                proptest::collection::vec((".{0,10}", any::<u32>()), 0..8)
+            )
+                .prop_map(|(version, groups)| PeerMessage::Interest(Interest::Full {
+                    version,
+                    groups
+                })),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |(id, body)| PeerMessage::Raft {
+                    id,
+                    body: Bytes::from(body)
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn peer_messages_round_trip(message in message()) {
+            let bytes = message.encode().expect("encodes");
+            prop_assert_eq!(PeerMessage::decode(&bytes).expect("decodes"), message);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = PeerMessage::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = PeerMessage::InterestSyncRequest.encode().expect("encodes");
+        bytes.push(0);
+        assert!(matches!(
+            PeerMessage::decode(&bytes),
+            Err(PeerCodecError::Trailing(1))
+        ));
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_refused_without_allocating() {
+        // Variant 6 (Forward) followed by a varint length of u64::MAX elements.
+        let bytes = [6u8, 253, 255, 255, 255, 255, 255, 255, 255, 255];
+        assert!(PeerMessage::decode(&bytes).is_err());
+    }
+}
