@@ -1,1 +1,165 @@
-fn main() {}
+//! The `switchboard` binary: CLI parsing, tracing and signals; everything else is in the
+//! library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard_node::config::{LogFormat, ServeArgs};
+use switchboard_node::{Node, auth, cli};
+
+/// Switchboard: a clustered WebSocket message broker that speaks Redis to publishers.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Admin API address of the node to ask.
+    #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = "127.0.0.1:8002")]
+    admin: String,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// This node: id, role, term, leader, members, connections, groups, readiness.
+    Status(AdminArgs),
+    /// Every member: id, addresses, voter/learner, up/down, last seen.
+    Members(AdminArgs),
+    /// Every live connection of a user, cluster-wide.
+    Presence {
+        user_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Number of connections in a group, cluster-wide, per node.
+    Group {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop accepting, close clients with 1012 so they reconnect elsewhere, and leave.
+    Drain(AdminArgs),
+    /// Remove a member for good.
+    Remove {
+        node_id: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print a signed HS256 access token (for testing).
+    Token {
+        /// The HMAC secret (the node's --jwt-secret).
+        #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user id (`user_id` claim).
+        #[arg(long)]
+        user: String,
+        /// Lifetime: 3600, 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Comma-separated groups to join at connect (`room_*` permits subscribing).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Print {"token": ...} instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Status(a) => cli::status(&a.admin, a.json),
+        Command::Members(a) => cli::members(&a.admin, a.json),
+        Command::Presence { user_id, admin } => cli::presence(&admin.admin, &user_id, admin.json),
+        Command::Group { name, admin } => cli::group(&admin.admin, &name, admin.json),
+        Command::Drain(a) => cli::drain(&a.admin, a.json),
+        Command::Remove { node_id, admin } => cli::remove(&admin.admin, node_id, admin.json),
+        Command::Token {
+            secret,
+            user,
+            ttl,
+            groups,
+            json,
+        } => token(&secret, &user, &ttl, &groups, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(secret: &str, user: &str, ttl: &str, groups: &[String], json: bool) -> anyhow::Result<()> {
+    let ttl = cli::parse_ttl(ttl)?;
+    let token = auth::mint_hs256(secret.as_bytes(), user, ttl, groups)?;
+    if json {
+        println!("{}", serde_json::json!({ "token": token }));
+    } else {
+        println!("{token}");
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchboard")
+        .build()?;
+    runtime.block_on(async move {
+        let node = Node::start(config).await?;
+        if let Some(token) = node.dev_token() {
+            println!(
+                "\nSwitchboard is running in development mode (no --jwt-secret): loopback only.\n\
+                 Connect a client as user 1 (group user_1):\n\n  {}?token={}\n\n\
+                 Then publish:  redis-cli -p {} PUBLISH user_1 hello\n\
+                 More tokens:   switchboard token --secret $(cat {}/dev-jwt-secret) --user 42\n",
+                node.ws_url(),
+                token,
+                node.addrs().resp.port(),
+                node.shared().config.data_dir.display(),
+            );
+        }
+        wait_for_signal().await?;
+        tracing::info!("signal received: draining, then exiting");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -96,8 +96,12 @@ pub enum PeerMessage {
         resp_addr: String,
     },
     /// Liveness and round-trip time; answered by `HeartbeatAck` with the same `sent_micros`.
-    Heartbeat { sent_micros: u64 },
-    HeartbeatAck { sent_micros: u64 },
+    Heartbeat {
+        sent_micros: u64,
+    },
+    HeartbeatAck {
+        sent_micros: u64,
+    },
     /// Group interest of the sender.
     Interest(Interest),
     /// Asks the receiver for `Interest::Full`.
@@ -105,7 +109,10 @@ pub enum PeerMessage {
     /// Published messages for groups the receiver has subscribers in.
     Forward(Vec<Forward>),
     /// An opaque Raft RPC, request or response, correlated by `id`.
-    Raft { id: u64, body: Bytes },
+    Raft {
+        id: u64,
+        body: Bytes,
+    },
 }
 
 /// Why a peer message could not be encoded or decoded.
@@ -187,12 +194,12 @@ mod tests {
                     version,
                     groups
                 })),
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-                |(id, body)| PeerMessage::Raft {
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(id, body)| {
+                PeerMessage::Raft {
                     id,
-                    body: Bytes::from(body)
+                    body: Bytes::from(body),
                 }
-            ),
+            }),
         ]
     }
 

@@ -1,0 +1,260 @@
+//! Django Channels publishers, unchanged: what `channels_redis` sends, mapped onto groups.
+//!
+//! - `channels_redis.pubsub.RedisPubSubChannelLayer.group_send(g, event)` is
+//!   `PUBLISH <prefix>__group__<g> <msgpack event>`: [`from_pubsub_layer`] maps the
+//!   channel back to the group and the event to JSON.
+//! - `channels_redis.core.RedisChannelLayer.group_send(g, event)` reads the group's
+//!   members with `ZRANGE <prefix>:group:<g> 0 -1` and, if there are any, `EVAL`s a Lua
+//!   script that `ZADD`s the event (12 random bytes + msgpack, with `__asgi_channel__`
+//!   naming the target channels) into each channel's sorted set. [`core_command`]
+//!   answers that `ZRANGE` with one synthetic channel, `switchboard.group!<g>`, when the
+//!   group has subscribers anywhere, and turns the `EVAL` into a publish to every group
+//!   named in `__asgi_channel__`. The other commands of the layer answer as an empty
+//!   Redis would, so the publisher carries on.
+//!
+//! An event is delivered as its JSON text (`{"type": "notify", "message": "hi"}`), or,
+//! with `--channels-unwrap KEY`, as just `event[KEY]`.
+
+use bytes::Bytes;
+use switchboard_proto::resp::Frame;
+
+use crate::shared::Shared;
+
+/// The synthetic channel-name prefix answered to `ZRANGE`; the part up to `!` is what
+/// channels_redis uses as the Redis key, so every group shares one key per `EVAL`.
+pub const SYNTHETIC_CHANNEL: &str = "switchboard.group!";
+/// channels_redis's default `random_prefix_length` for the core layer.
+const CORE_RANDOM_PREFIX: usize = 12;
+
+/// For `PUBLISH <prefix>__group__<g> payload` from the pub/sub layer: the group and the
+/// payload to deliver. Any other channel is a group of that name, payload untouched.
+pub fn from_pubsub_layer<'a>(
+    shared: &Shared,
+    channel: &'a str,
+    payload: Bytes,
+) -> (&'a str, Bytes) {
+    let marker = format!("{}__group__", shared.config.channels_prefix);
+    match channel.strip_prefix(marker.as_str()) {
+        Some(group) if !group.is_empty() => {
+            let payload = decode_event(&payload, &[0])
+                .map(|event| render_event(shared, event))
+                .unwrap_or(payload);
+            (group, payload)
+        }
+        _ => (channel, payload),
+    }
+}
+
+/// Answers the commands of `channels_redis.core.RedisChannelLayer`; `None` for a
+/// command this module does not know (the caller answers "unknown command").
+pub fn core_command(shared: &Shared, name: &str, args: &[Bytes]) -> Option<Frame> {
+    let group_key = format!("{}:group:", shared.config.channels_prefix);
+    let arg = |i: usize| args.get(i).map(|a| a.as_ref()).unwrap_or_default();
+    Some(match name {
+        "ZRANGE" if args.len() >= 4 => {
+            let key = String::from_utf8_lossy(arg(1));
+            match key.strip_prefix(group_key.as_str()) {
+                Some(group) if shared.group_counts(group).iter().any(|(_, n)| *n > 0) => {
+                    Frame::Array(vec![Frame::Bulk(Bytes::from(format!(
+                        "{SYNTHETIC_CHANNEL}{group}"
+                    )))])
+                }
+                _ => Frame::Array(vec![]),
+            }
+        }
+        "EVAL" | "EVALSHA" => eval(shared, args),
+        // Group membership and channel queues live in WebSocket connections here, not in
+        // sorted sets: these answer as an empty Redis would.
+        "ZREMRANGEBYSCORE" | "ZREM" | "ZCOUNT" | "DEL" | "UNLINK" if args.len() >= 2 => {
+            Frame::Integer(0)
+        }
+        "ZADD" if args.len() >= 4 => Frame::Integer(1),
+        "EXPIRE" if args.len() >= 3 => Frame::Integer(1),
+        "KEYS" if args.len() == 2 => Frame::Array(vec![]),
+        "ZPOPMIN" if args.len() >= 2 => Frame::Array(vec![]),
+        "BZPOPMIN" | "SUBSCRIBE" | "UNSUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
+            Frame::Error(format!(
+                "ERR {name} is not supported: Switchboard is a publish-only Redis shim; \
+                 consumers receive over WebSocket"
+            ))
+        }
+        "FLUSHDB" | "FLUSHALL" => Frame::Simple("OK".into()),
+        "DBSIZE" => Frame::Integer(0),
+        "EXISTS" if args.len() >= 2 => Frame::Integer(0),
+        _ => return None,
+    })
+}
+
+/// `EVAL <group_send script> n keys... messages... capacities... now expiry`.
+fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
+    let Some(nkeys) = args
+        .get(2)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return Frame::Error("ERR value is not an integer or out of range".into());
+    };
+    let script = String::from_utf8_lossy(args.get(1).map(|a| a.as_ref()).unwrap_or_default());
+    let is_group_send = script.contains("ZADD") && script.contains("over_capacity");
+    if !is_group_send || args.len() < 3 + 2 * nkeys {
+        return Frame::Error(
+            "ERR EVAL of this script is not supported: Switchboard runs only channels_redis's group_send script".into(),
+        );
+    }
+    let messages = &args[3 + nkeys..3 + 2 * nkeys];
+    for message in messages {
+        // The core layer prefixes 12 random bytes; a layer configured without them works too.
+        let Some(mut event) = decode_event(message, &[CORE_RANDOM_PREFIX, 0]) else {
+            continue;
+        };
+        let targets = take_channels(&mut event);
+        let payload = render_event(shared, event);
+        for group in targets
+            .iter()
+            .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
+        {
+            shared.publish(group, payload.clone());
+        }
+    }
+    Frame::Integer(0)
+}
+
+/// Decodes a msgpack dict after skipping one of the given prefix lengths; the first that
+/// yields a map that uses up the whole input wins.
+fn decode_event(bytes: &[u8], prefixes: &[usize]) -> Option<rmpv::Value> {
+    prefixes.iter().find_map(|&skip| {
+        let mut rest = bytes.get(skip..)?;
+        let value = rmpv::decode::read_value(&mut rest).ok()?;
+        (value.is_map() && rest.is_empty()).then_some(value)
+    })
+}
+
+/// Removes `__asgi_channel__` from the event and returns the channel names it held.
+fn take_channels(event: &mut rmpv::Value) -> Vec<String> {
+    let rmpv::Value::Map(entries) = event else {
+        return Vec::new();
+    };
+    let Some(at) = entries
+        .iter()
+        .position(|(k, _)| k.as_str() == Some("__asgi_channel__"))
+    else {
+        return Vec::new();
+    };
+    let (_, channels) = entries.remove(at);
+    match channels {
+        rmpv::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        rmpv::Value::String(s) => s.into_str().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The bytes a client receives for an event: its JSON, or one key of it.
+fn render_event(shared: &Shared, event: rmpv::Value) -> Bytes {
+    let json = to_json(event);
+    if let Some(key) = &shared.config.channels_unwrap {
+        match json.get(key) {
+            Some(serde_json::Value::String(s)) => return Bytes::from(s.clone()),
+            Some(other) => return Bytes::from(other.to_string()),
+            None => {}
+        }
+    }
+    Bytes::from(json.to_string())
+}
+
+/// msgpack to JSON: binary becomes a string when it is UTF-8 (else an array of bytes),
+/// non-string map keys are written as their JSON text, extension types become null.
+pub fn to_json(value: rmpv::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        rmpv::Value::Nil => J::Null,
+        rmpv::Value::Boolean(b) => J::Bool(b),
+        rmpv::Value::Integer(i) => i
+            .as_i64()
+            .map(J::from)
+            .or_else(|| i.as_u64().map(J::from))
+            .unwrap_or(J::Null),
+        rmpv::Value::F32(f) => {
+            serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number)
+        }
+        rmpv::Value::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        rmpv::Value::String(s) => match s.into_str() {
+            Some(s) => J::String(s),
+            None => J::Null,
+        },
+        rmpv::Value::Binary(b) => match String::from_utf8(b) {
+            Ok(s) => J::String(s),
+            Err(e) => J::Array(e.into_bytes().into_iter().map(J::from).collect()),
+        },
+        rmpv::Value::Array(items) => J::Array(items.into_iter().map(to_json).collect()),
+        rmpv::Value::Map(entries) => J::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        rmpv::Value::Ext(_, _) => J::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pairs: Vec<(&str, rmpv::Value)>) -> Vec<u8> {
+        let map = rmpv::Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &map).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn a_core_layer_message_decodes_after_its_random_prefix() {
+        let mut bytes = vec![7u8; CORE_RANDOM_PREFIX];
+        bytes.extend(event(vec![
+            ("type", "notify".into()),
+            ("message", "hello".into()),
+            (
+                "__asgi_channel__",
+                rmpv::Value::Array(vec!["switchboard.group!user_42".into()]),
+            ),
+        ]));
+        let mut value = decode_event(&bytes, &[CORE_RANDOM_PREFIX, 0]).expect("decodes");
+        assert_eq!(take_channels(&mut value), vec!["switchboard.group!user_42"]);
+        assert_eq!(
+            to_json(value),
+            serde_json::json!({"type": "notify", "message": "hello"})
+        );
+    }
+
+    #[test]
+    fn plain_text_is_not_mistaken_for_an_event() {
+        assert!(decode_event(b"hello", &[0]).is_none());
+        assert!(decode_event(b"", &[CORE_RANDOM_PREFIX, 0]).is_none());
+    }
+
+    #[test]
+    fn json_conversion_keeps_types() {
+        let value = rmpv::Value::Map(vec![
+            ("n".into(), 5.into()),
+            ("f".into(), rmpv::Value::F64(1.5)),
+            ("b".into(), rmpv::Value::Binary(vec![0xff])),
+            (
+                "l".into(),
+                rmpv::Value::Array(vec![true.into(), rmpv::Value::Nil]),
+            ),
+        ]);
+        assert_eq!(
+            to_json(value),
+            serde_json::json!({"n": 5, "f": 1.5, "b": [255], "l": [true, null]})
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! The presence registry: who is connected where, cluster-wide.
+//!
+//! [`Registry`] is a deterministic state machine over [`PresenceOp`]s: the same ops in
+//! the same order give the same registry on every node. The single-node broker applies
+//! ops directly; the cluster applies them as Raft log entries.
+//!
+//! [`Batcher`] collects ops from connection tasks so that accepting a WebSocket never
+//! waits for the registry (or, in a cluster, a Raft round trip); a flusher applies the
+//! batch within [`FLUSH_INTERVAL`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
+
+/// Longest a presence change waits in the batch before it is applied.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A batch is flushed early once it holds this many ops.
+pub const MAX_BATCH: usize = 4096;
+
+type Key = (NodeId, String);
+
+/// Who is connected where. See the module header.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Registry {
+    by_user: HashMap<String, BTreeMap<Key, ConnectionRecord>>,
+    by_connection: HashMap<Key, String>,
+    per_node: BTreeMap<NodeId, usize>,
+}
+
+impl Registry {
+    /// Applies one op. Ops that refer to unknown connections are no-ops, so replaying a
+    /// log (or applying a purge twice) is harmless.
+    pub fn apply(&mut self, op: PresenceOp) {
+        match op {
+            PresenceOp::Connect(record) => self.insert(record),
+            PresenceOp::Disconnect { node, connection } => self.remove(&(node, connection)),
+            PresenceOp::PurgeNode { node } => self.purge(node),
+            PresenceOp::ResyncNode { node, connections } => {
+                self.purge(node);
+                for record in connections.into_iter().filter(|r| r.node == node) {
+                    self.insert(record);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, record: ConnectionRecord) {
+        let key = (record.node, record.connection.clone());
+        if self.by_connection.contains_key(&key) {
+            self.remove(&key);
+        }
+        self.by_connection.insert(key.clone(), record.user.clone());
+        *self.per_node.entry(record.node).or_default() += 1;
+        self.by_user
+            .entry(record.user.clone())
+            .or_default()
+            .insert(key, record);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let Some(user) = self.by_connection.remove(key) else {
+            return;
+        };
+        if let Some(count) = self.per_node.get_mut(&key.0) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_node.remove(&key.0);
+            }
+        }
+        if let Some(conns) = self.by_user.get_mut(&user) {
+            conns.remove(key);
+            if conns.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
+    }
+
+    fn purge(&mut self, node: NodeId) {
+        let keys: Vec<Key> = self
+            .by_connection
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
+    /// Every live connection of `user`, ordered by node then connection id.
+    pub fn user(&self, user: &str) -> Vec<ConnectionRecord> {
+        self.by_user
+            .get(user)
+            .map(|conns| conns.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of connections registered for `node`.
+    pub fn node_connections(&self, node: NodeId) -> usize {
+        self.per_node.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Number of connections registered, cluster-wide.
+    pub fn len(&self) -> usize {
+        self.by_connection.len()
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_connection.is_empty()
+    }
+
+    /// Number of distinct users connected.
+    pub fn users(&self) -> usize {
+        self.by_user.len()
+    }
+
+    /// Every record, for a snapshot.
+    pub fn records(&self) -> impl Iterator<Item = &ConnectionRecord> {
+        self.by_user.values().flat_map(|conns| conns.values())
+    }
+}
+
+/// Presence ops waiting to be applied. Pushing never blocks on the registry; the flusher
+/// takes the whole batch at once.
+#[derive(Debug, Default)]
+pub struct Batcher {
+    pending: Vec<PresenceOp>,
+}
+
+impl Batcher {
+    /// Queues an op; returns true when the batch is full and should be flushed now.
+    /// A `Disconnect` that cancels a `Connect` still in the batch removes both, so a
+    /// connection that lives shorter than a flush costs the registry nothing.
+    pub fn push(&mut self, op: PresenceOp) -> bool {
+        if let PresenceOp::Disconnect { node, connection } = &op {
+            if let Some(at) = self.pending.iter().rposition(|p| {
+                matches!(p, PresenceOp::Connect(r) if r.node == *node && r.connection == *connection)
+            }) {
+                self.pending.remove(at);
+                return false;
+            }
+        }
+        self.pending.push(op);
+        self.pending.len() >= MAX_BATCH
+    }
+
+    /// Takes every queued op, in order.
+    pub fn take(&mut self) -> Vec<PresenceOp> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Number of ops waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node: NodeId, connection: &str, user: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            node,
+            connection: connection.into(),
+            user: user.into(),
+            connected_at: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn connect_disconnect_and_purge() {
+        let mut r = Registry::default();
+        r.apply(PresenceOp::Connect(record(1, "1-1", "42")));
+        r.apply(PresenceOp::Connect(record(2, "2-1", "42")));
+        r.apply(PresenceOp::Connect(record(2, "2-2", "7")));
+        assert_eq!(r.user("42").len(), 2);
+        assert_eq!(r.node_connections(2), 2);
+        r.apply(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        });
+        assert_eq!(r.user("42"), vec![record(2, "2-1", "42")]);
+        r.apply(PresenceOp::PurgeNode { node: 2 });
+        assert!(r.is_empty());
+        assert_eq!(r.users(), 0);
+        assert_eq!(r.node_connections(2), 0);
+        // Applying again is harmless.
+        r.apply(PresenceOp::PurgeNode { node: 2 });
+        r.apply(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        });
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn resync_replaces_a_nodes_connections_only() {
+        let mut r = Registry::default();
+        r.apply(PresenceOp::Connect(record(1, "1-1", "a")));
+        r.apply(PresenceOp::Connect(record(2, "2-1", "b")));
+        r.apply(PresenceOp::ResyncNode {
+            node: 1,
+            connections: vec![record(1, "1-9", "c"), record(3, "3-1", "intruder")],
+        });
+        assert!(r.user("a").is_empty());
+        assert_eq!(r.user("c").len(), 1);
+        assert_eq!(r.user("b").len(), 1);
+        assert!(
+            r.user("intruder").is_empty(),
+            "a resync only speaks for its node"
+        );
+    }
+
+    #[test]
+    fn the_same_ops_give_the_same_registry() {
+        let ops = vec![
+            PresenceOp::Connect(record(1, "1-1", "a")),
+            PresenceOp::Connect(record(1, "1-2", "a")),
+            PresenceOp::Disconnect {
+                node: 1,
+                connection: "1-1".into(),
+            },
+            PresenceOp::Connect(record(2, "2-1", "b")),
+        ];
+        let mut one = Registry::default();
+        let mut two = Registry::default();
+        for op in ops.clone() {
+            one.apply(op);
+        }
+        for op in ops {
+            two.apply(op);
+        }
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn a_short_lived_connection_cancels_out_in_the_batch() {
+        let mut b = Batcher::default();
+        b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+        b.push(PresenceOp::Connect(record(1, "1-2", "a")));
+        b.push(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        });
+        assert_eq!(b.take(), vec![PresenceOp::Connect(record(1, "1-2", "a"))]);
+        assert!(b.is_empty());
+    }
+}

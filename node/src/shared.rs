@@ -1,0 +1,279 @@
+//! The state every part of a node shares: configuration, the broker core behind a
+//! short-held lock, the presence registry, metrics and the node's lifecycle.
+//!
+//! Locks here are std locks held for a bounded, non-async stretch (a fan-out loop of
+//! `try_send`s at most) and never across an `.await`.
+
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::broker::{Broker, BrokerLimits, ConnId};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::presence::{Batcher, Registry};
+use switchboard_proto::client::CloseCode;
+use switchboard_proto::peer::PresenceOp;
+
+/// Where a node is in its life. `/readyz` answers 200 only in `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Lifecycle {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+    Stopping = 3,
+}
+
+/// The broker's handle on one WebSocket connection: its bounded outbound queue, and a
+/// way for whoever finds the queue full to have the connection closed.
+#[derive(Debug)]
+pub struct OutletInner {
+    pub id: ConnId,
+    tx: mpsc::Sender<Message>,
+    close: Notify,
+    close_code: AtomicU16,
+}
+
+/// Cheap to clone; the broker keeps one per group the connection is in.
+pub type Outlet = Arc<OutletInner>;
+
+impl OutletInner {
+    /// A new outlet and the receiving end of its queue.
+    pub fn new(id: ConnId, capacity: usize) -> (Outlet, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Arc::new(OutletInner {
+                id,
+                tx,
+                close: Notify::new(),
+                close_code: AtomicU16::new(0),
+            }),
+            rx,
+        )
+    }
+
+    /// Asks the connection's task to close with `code`. The first request wins.
+    pub fn request_close(&self, code: CloseCode) {
+        if self
+            .close_code
+            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.notify_one();
+        }
+    }
+
+    /// Waits until a close is requested, and says with which code.
+    pub async fn close_requested(&self) -> CloseCode {
+        loop {
+            if let Some(code) = CloseCode::from_code(self.close_code.load(Ordering::Acquire)) {
+                return code;
+            }
+            self.close.notified().await;
+        }
+    }
+}
+
+/// A published message, encoded once: every recipient gets a clone of the same frame,
+/// which shares the payload bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded(Message);
+
+impl Encoded {
+    /// A text frame when the payload is UTF-8, a binary frame otherwise.
+    pub fn new(payload: Bytes) -> Self {
+        match Utf8Bytes::try_from(payload.clone()) {
+            Ok(text) => Encoded(Message::Text(text)),
+            Err(_) => Encoded(Message::Binary(payload)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub verifier: Verifier,
+    pub broker: RwLock<Broker<Outlet>>,
+    pub presence: RwLock<Registry>,
+    batcher: Mutex<Batcher>,
+    /// Wakes the presence flusher early when a batch fills up.
+    pub presence_flush: Notify,
+    lifecycle: AtomicU8,
+    next_conn: AtomicU64,
+    /// Distinguishes this process's connection ids from a previous run's.
+    boot: u64,
+    pub started: Instant,
+    /// Cancelled when the node drains: connection tasks close with 1012.
+    pub drain: CancellationToken,
+    /// Cancelled when the node shuts down (after drain).
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(config: Config, verifier: Verifier) -> Arc<Self> {
+        let limits = BrokerLimits {
+            max_groups_per_connection: config.max_groups_per_connection,
+            ..BrokerLimits::default()
+        };
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Arc::new(Shared {
+            config,
+            metrics: Metrics::default(),
+            verifier,
+            broker: RwLock::new(Broker::new(limits)),
+            presence: RwLock::new(Registry::default()),
+            batcher: Mutex::new(Batcher::default()),
+            presence_flush: Notify::new(),
+            lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
+            next_conn: AtomicU64::new(1),
+            boot,
+            started: Instant::now(),
+            drain: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.load(Ordering::Acquire) {
+            0 => Lifecycle::Starting,
+            1 => Lifecycle::Ready,
+            2 => Lifecycle::Draining,
+            _ => Lifecycle::Stopping,
+        }
+    }
+
+    /// Moves forward in the lifecycle; never backwards.
+    pub fn advance(&self, to: Lifecycle) {
+        self.lifecycle.fetch_max(to as u8, Ordering::AcqRel);
+    }
+
+    /// Whether `/readyz` answers 200: accepting clients, with a known leader.
+    pub fn ready(&self) -> bool {
+        self.lifecycle() == Lifecycle::Ready
+    }
+
+    /// A new connection id: a local number, and the cluster-unique string form.
+    pub fn next_connection(&self) -> (ConnId, String) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        (id, format!("{}-{:x}-{id}", self.config.node_id, self.boot))
+    }
+
+    /// Queues a presence change; it is applied within the flush interval.
+    pub fn presence_change(&self, op: PresenceOp) {
+        let full = lock(&self.batcher).push(op);
+        if full {
+            self.presence_flush.notify_one();
+        }
+    }
+
+    /// Applies every queued presence change. Returns how many were applied.
+    pub fn flush_presence(&self) -> usize {
+        let ops = lock(&self.batcher).take();
+        if ops.is_empty() {
+            return 0;
+        }
+        let n = ops.len();
+        let mut registry = write(&self.presence);
+        for op in ops {
+            registry.apply(op);
+        }
+        drop(registry);
+        self.metrics.presence_ops_applied.add(n as u64);
+        self.metrics.presence_batches.inc();
+        n
+    }
+
+    /// Delivers `payload` to every local connection in `group`. Returns the number of
+    /// connections it was routed to. A connection whose queue is full is closed as a slow
+    /// consumer (4008) rather than allowed to grow without bound.
+    pub fn publish_local(&self, group: &str, message: &Encoded) -> usize {
+        let broker = read(&self.broker);
+        let recipients = broker.recipients(group);
+        let mut delivered = 0u64;
+        let mut dropped = 0u64;
+        for outlet in recipients {
+            match outlet.tx.try_send(message.0.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    outlet.request_close(CloseCode::SlowConsumer);
+                }
+                // The connection is on its way out; it unregisters itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let routed = recipients.len();
+        drop(broker);
+        self.metrics.messages_delivered.add(delivered);
+        self.metrics
+            .bytes_delivered
+            .add(delivered * message.len() as u64);
+        if dropped > 0 {
+            self.metrics.messages_dropped.add(dropped);
+        }
+        routed
+    }
+
+    /// Publishes to `group` cluster-wide. Returns the number of connections routed to.
+    pub fn publish(&self, group: &str, payload: Bytes) -> usize {
+        self.metrics.messages_published.inc();
+        let message = Encoded::new(payload);
+        self.publish_local(group, &message)
+    }
+
+    /// Number of connections in `group`, per node, cluster-wide.
+    pub fn group_counts(&self, group: &str) -> Vec<(u64, usize)> {
+        let local = read(&self.broker).group_size(group);
+        let mut counts = Vec::new();
+        if local > 0 {
+            counts.push((self.node_id(), local));
+        }
+        counts
+    }
+
+    /// Groups with at least one connection anywhere in the cluster, sorted.
+    pub fn all_groups(&self, pattern: Option<&[u8]>) -> Vec<String> {
+        read(&self.broker).groups(pattern)
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here leaves the data
+/// consistent before anything can panic, so a poisoned lock still holds valid state.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-locks, recovering from poisoning (see [`lock`]).
+pub fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-locks, recovering from poisoning (see [`lock`]).
+pub fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,532 @@
+//! One node, real sockets: WebSocket clients, authentication, delivery, close codes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchboard_client::{ConnectOptions, Connection, Incoming, TokenIn};
+use switchboard_proto::client::{ClientOp, ErrorCode, ServerReply};
+use switchboard_proto::resp::Frame;
+
+async fn connect(node: &TestNode, token: &str) -> Connection {
+    Connection::connect_url(&node.ws_url(), Some(token))
+        .await
+        .expect("connects")
+}
+
+async fn publish(node: &TestNode, group: &str, payload: &[u8]) -> i64 {
+    let mut resp = Resp::connect(&node.resp_addr()).await;
+    match resp.cmd(&[b"PUBLISH", group.as_bytes(), payload]).await {
+        Frame::Integer(n) => n,
+        other => panic!("PUBLISH answered {other:?}"),
+    }
+}
+
+/// Waits until `group` has `n` connections on the node (registration is synchronous,
+/// but the client sees the handshake before the server registers it).
+async fn wait_group(node: &TestNode, group: &str, n: u64) {
+    let admin = node.admin_addr();
+    wait_for(&format!("{n} connection(s) in {group}"), DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            let (_, body) = http_get(&admin, &format!("/v1/groups/{group}")).await;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["connections"].as_u64() == Some(n)).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn expect_close(conn: &mut Connection, code: u16, reason_has: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close {code}");
+        match conn.recv_timeout(DEADLINE).await {
+            Ok(Incoming::Closed { code: got, reason }) => {
+                assert_eq!(got, code, "close reason was {reason:?}");
+                assert!(
+                    reason.contains(reason_has),
+                    "reason {reason:?} lacks {reason_has:?}"
+                );
+                return;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected close {code}, got error {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_simplejwt_client_receives_what_redis_publishes() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = connect(&node, &simplejwt_token(42)).await;
+    wait_group(&node, "user_42", 1).await;
+    assert_eq!(publish(&node, "user_42", b"hello").await, 1);
+    match client.recv_timeout(DEADLINE).await.unwrap() {
+        Incoming::Text(text) => assert_eq!(text, "hello"),
+        other => panic!("expected text, got {other:?}"),
+    }
+    // Nobody in user_43: routed to nobody.
+    assert_eq!(publish(&node, "user_43", b"x").await, 0);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn binary_payloads_arrive_byte_for_byte_as_binary_frames() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = connect(&node, &simplejwt_token(7)).await;
+    wait_group(&node, "user_7", 1).await;
+    let payload: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0x00]).collect();
+    assert_eq!(publish(&node, "user_7", &payload).await, 1);
+    match client.recv_timeout(DEADLINE).await.unwrap() {
+        Incoming::Binary(bytes) => assert_eq!(bytes.as_ref(), payload.as_slice()),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_bearer_header_works_too() {
+    let node = TestNode::start(|_| {}).await;
+    let mut opts = ConnectOptions::new(node.ws_url());
+    opts.token = Some(simplejwt_token(5));
+    opts.token_in = TokenIn::Bearer;
+    let mut client = Connection::connect(opts).await.expect("connects");
+    wait_group(&node, "user_5", 1).await;
+    publish(&node, "user_5", b"via bearer").await;
+    assert!(
+        matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "via bearer")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_groups_subscribe_and_unsubscribe() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = connect(&node, &token_with_groups(1, &["news", "room_*"])).await;
+    wait_group(&node, "news", 1).await;
+    assert_eq!(publish(&node, "news", b"n1").await, 1);
+    assert!(matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "n1"));
+
+    let reply = client
+        .request(ClientOp::Subscribe {
+            group: "room_9".into(),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ServerReply::Subscribed { ref group, .. } if group == "room_9"),
+        "{reply:?}"
+    );
+    assert_eq!(publish(&node, "room_9", b"r").await, 1);
+    assert!(matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "r"));
+
+    let reply = client
+        .request(ClientOp::Subscribe {
+            group: "admins".into(),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply,
+            ServerReply::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(publish(&node, "admins", b"secret").await, 0);
+
+    let reply = client
+        .request(ClientOp::Unsubscribe {
+            group: "news".into(),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ServerReply::Unsubscribed { .. }),
+        "{reply:?}"
+    );
+    assert_eq!(publish(&node, "news", b"n2").await, 0);
+
+    let reply = client.request(ClientOp::Ping { id: None }).await.unwrap();
+    assert!(matches!(reply, ServerReply::Pong { .. }));
+
+    // Garbage gets an error reply and the connection stays.
+    client.send_text("{not json").await.unwrap();
+    match client.recv_timeout(DEADLINE).await.unwrap() {
+        Incoming::Text(t) => assert!(t.contains("bad_request"), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(publish(&node, "user_1", b"still here").await, 1);
+    assert!(
+        matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "still here")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_bad_token_is_closed_with_4001_and_the_node_keeps_serving() {
+    let node = TestNode::start(|_| {}).await;
+    let t = now();
+    let wrong_key = switchboard_client::mint_hs256(
+        "another-secret",
+        &serde_json::json!({"user_id": 1, "exp": t + 60}),
+    )
+    .unwrap();
+    let expired =
+        switchboard_client::mint_hs256(SECRET, &serde_json::json!({"user_id": 1, "exp": t - 10}))
+            .unwrap();
+    let refresh = switchboard_client::mint_hs256(
+        SECRET,
+        &serde_json::json!({"user_id": 1, "exp": t + 60, "token_type": "refresh"}),
+    )
+    .unwrap();
+    // {"alg":"none"} with valid claims and no signature.
+    let none = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+        base64url(&serde_json::json!({"user_id": 1, "exp": t + 60}).to_string())
+    );
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "missing token"),
+        (Some("garbage".into()), "malformed"),
+        (Some(wrong_key), "bad signature"),
+        (Some(expired), "expired"),
+        (Some(refresh), "not an access token"),
+        (Some(none), ""),
+    ];
+    for (token, reason) in cases {
+        let mut conn = Connection::connect_url(&node.ws_url(), token.as_deref())
+            .await
+            .expect("the handshake succeeds; the close says why");
+        expect_close(&mut conn, 4001, reason).await;
+    }
+    assert_eq!(
+        metric(&node.admin_addr(), "switchboard_auth_failures_total").await,
+        6
+    );
+    let mut good = connect(&node, &simplejwt_token(3)).await;
+    wait_group(&node, "user_3", 1).await;
+    publish(&node, "user_3", b"ok").await;
+    assert!(matches!(good.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "ok"));
+    node.shutdown().await;
+}
+
+fn base64url(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_public_key_node_refuses_an_hmac_token_made_with_that_public_key() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (public, private, alg) in [
+        ("ec256.pub", "ec256.key", jsonwebtoken::Algorithm::ES256),
+        ("ed25519.pub", "ed25519.key", jsonwebtoken::Algorithm::EdDSA),
+    ] {
+        let public = fixtures.join(public);
+        let node = TestNode::start(|c| {
+            c.jwt = switchboard_node::config::JwtKey::PublicKey(public.clone())
+        })
+        .await;
+        let claims = serde_json::json!({"user_id": 11, "exp": now() + 60, "token_type": "access"});
+        let pem = std::fs::read(fixtures.join(private)).unwrap();
+        let key = match alg {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap(),
+        };
+        let good = jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap();
+        let mut conn = connect(&node, &good).await;
+        wait_group(&node, "user_11", 1).await;
+        publish(&node, "user_11", b"signed").await;
+        assert!(
+            matches!(conn.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "signed")
+        );
+
+        // The classic key-confusion attack: HS256 keyed with the public key's bytes.
+        let public_bytes = std::fs::read(&public).unwrap();
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&public_bytes),
+        )
+        .unwrap();
+        let mut conn = connect(&node, &forged).await;
+        expect_close(&mut conn, 4001, "algorithm not allowed").await;
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_that_expires_while_connected_closes_with_4001() {
+    let node = TestNode::start(|_| {}).await;
+    let token = switchboard_client::mint_hs256(
+        SECRET,
+        &serde_json::json!({"user_id": 8, "exp": now() + 2, "token_type": "access"}),
+    )
+    .unwrap();
+    let mut conn = connect(&node, &token).await;
+    expect_close(&mut conn, 4001, "expired").await;
+    assert_eq!(
+        metric(&node.admin_addr(), "switchboard_token_expiry_closes_total").await,
+        1
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
+    let node = TestNode::start(|_| {}).await;
+    let old_exp = now() + 2;
+    let short = switchboard_client::mint_hs256(
+        SECRET,
+        &serde_json::json!({"user_id": 9, "exp": old_exp, "token_type": "access"}),
+    )
+    .unwrap();
+    let mut conn = connect(&node, &short).await;
+    let reply = conn
+        .request(ClientOp::Refresh {
+            token: simplejwt_token(9),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ServerReply::Refreshed { exp: Some(_), .. }),
+        "{reply:?}"
+    );
+    // Another user's token is refused.
+    let reply = conn
+        .request(ClientOp::Refresh {
+            token: simplejwt_token(10),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply,
+            ServerReply::Error {
+                code: ErrorCode::InvalidToken,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // Wait past the old expiry by watching the wall clock, then prove the connection lives.
+    wait_for("the old token's expiry to pass", DEADLINE, || async {
+        (now() > old_exp).then_some(())
+    })
+    .await;
+    publish(&node, "user_9", b"alive").await;
+    assert!(
+        matches!(conn.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "alive")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_get_4003() {
+    let node = TestNode::start(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let mut opts = ConnectOptions::new(node.ws_url());
+    opts.token = Some(simplejwt_token(1));
+    opts.origin = Some("https://evil.example".into());
+    let mut conn = Connection::connect(opts.clone()).await.unwrap();
+    expect_close(&mut conn, 4003, "origin").await;
+    opts.origin = Some("https://app.example".into());
+    let mut conn = Connection::connect(opts).await.unwrap();
+    let reply = conn.request(ClientOp::Ping { id: None }).await.unwrap();
+    assert!(matches!(reply, ServerReply::Pong { .. }));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_gets_1009() {
+    let node = TestNode::start(|c| c.max_frame_size = 1024).await;
+    let mut conn = connect(&node, &simplejwt_token(1)).await;
+    conn.send_text(&"x".repeat(4096)).await.unwrap();
+    expect_close(&mut conn, 1009, "too large").await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_as_a_slow_consumer_with_bounded_memory() {
+    let node = TestNode::start(|c| c.client_queue = 8).await;
+    let mut slow = connect(&node, &simplejwt_token(77)).await;
+    wait_group(&node, "user_77", 1).await;
+    let reply = slow.request(ClientOp::Ping { id: None }).await.unwrap();
+    assert!(matches!(reply, ServerReply::Pong { .. }));
+    let payload = vec![b'p'; 16 * 1024];
+    let mut resp = Resp::connect(&node.resp_addr()).await;
+    // Publish until the server gives up on the slow client (bounded count).
+    let admin = node.admin_addr();
+    let mut closed = false;
+    for _ in 0..20_000 {
+        resp.cmd(&[b"PUBLISH", b"user_77", &payload]).await;
+        if metric(&admin, "switchboard_slow_consumer_closes_total").await >= 1 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow consumer was never closed");
+    assert!(metric(&admin, "switchboard_messages_dropped_total").await >= 1);
+    // When it finally reads, it finds the close code after what was queued.
+    expect_close(&mut slow, 4008, "slow consumer").await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_from_one_publisher_arrive_in_order() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = connect(&node, &token_with_groups(1, &["ordered"])).await;
+    wait_group(&node, "ordered", 1).await;
+    let mut resp = Resp::connect(&node.resp_addr()).await;
+    // Pipelined: all commands written at once.
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        batch.extend(Resp::encode(&[
+            b"PUBLISH",
+            b"ordered",
+            i.to_string().as_bytes(),
+        ]));
+    }
+    resp.send_raw(&batch).await;
+    for _ in 0..500 {
+        assert_eq!(resp.reply().await, Some(Frame::Integer(1)));
+    }
+    for i in 0..500 {
+        match client.recv_timeout(DEADLINE).await.unwrap() {
+            Incoming::Text(t) => assert_eq!(t, i.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_drain() {
+    let node = TestNode::start(|_| {}).await;
+    let ws = node.node().addrs().ws.to_string();
+    let admin = node.admin_addr();
+    assert_eq!(http_get(&ws, "/healthz").await.0, 200);
+    assert_eq!(http_get(&ws, "/readyz").await.0, 200);
+    assert_eq!(http_get(&admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(&admin, "/readyz").await.0, 200);
+    assert_eq!(http_get(&ws, "/nope").await.0, 404);
+    assert_eq!(
+        http_get(&ws, "/ws/notifications/").await.0,
+        426,
+        "no upgrade"
+    );
+
+    let mut client = connect(&node, &simplejwt_token(4)).await;
+    wait_group(&node, "user_4", 1).await;
+    let (status, body) = http(&admin, "POST", "/v1/drain").await;
+    assert_eq!(status, 202, "{body}");
+    expect_close(&mut client, 1012, "draining").await;
+    assert_eq!(http_get(&ws, "/readyz").await.0, 503);
+    assert_eq!(http_get(&ws, "/healthz").await.0, 200);
+    let mut late = connect(&node, &simplejwt_token(4)).await;
+    expect_close(&mut late, 1012, "draining").await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_node_answers_1013() {
+    let node = TestNode::start(|c| c.max_connections = 1).await;
+    let _first = connect(&node, &simplejwt_token(1)).await;
+    wait_group(&node, "user_1", 1).await;
+    let mut second = connect(&node, &simplejwt_token(2)).await;
+    expect_close(&mut second, 1013, "full").await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn presence_follows_connections() {
+    let node = TestNode::start(|_| {}).await;
+    let admin = node.admin_addr();
+    let mut a = connect(&node, &simplejwt_token(42)).await;
+    let b = connect(&node, &simplejwt_token(42)).await;
+    let presence = |n: usize| {
+        let admin = admin.clone();
+        async move {
+            wait_for(&format!("{n} presence entries"), DEADLINE, || {
+                let admin = admin.clone();
+                async move {
+                    let (_, body) = http_get(&admin, "/v1/presence/42").await;
+                    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    (v["connections"].as_array()?.len() == n).then_some(v)
+                }
+            })
+            .await
+        }
+    };
+    let v = presence(2).await;
+    assert_eq!(v["user"], "42");
+    assert_eq!(v["connections"][0]["node"], 1);
+    // The client can ask too.
+    let reply = a
+        .request(ClientOp::Presence {
+            user: None,
+            id: None,
+        })
+        .await
+        .unwrap();
+    match reply {
+        ServerReply::Presence {
+            user, connections, ..
+        } => {
+            assert_eq!(user, "42");
+            assert_eq!(connections.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    let reply = a
+        .request(ClientOp::Presence {
+            user: Some("43".into()),
+            id: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        reply,
+        ServerReply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    drop(b);
+    presence(1).await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1012() {
+    let node = TestNode::start(|_| {}).await;
+    let mut client = connect(&node, &simplejwt_token(6)).await;
+    wait_group(&node, "user_6", 1).await;
+    let stopping = tokio::spawn(node.shutdown());
+    expect_close(&mut client, 1012, "").await;
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
