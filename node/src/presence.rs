@@ -135,14 +135,13 @@ impl Batcher {
     /// A `Disconnect` that cancels a `Connect` still in the batch removes both, so a
     /// connection that lives shorter than a flush costs the registry nothing.
     pub fn push(&mut self, op: PresenceOp) -> bool {
-        if let PresenceOp::Disconnect { node, connection } = &op {
-            if let Some(at) = self.pending.iter().rposition(|p| {
+        if let PresenceOp::Disconnect { node, connection } = &op
+            && let Some(at) = self.pending.iter().rposition(|p| {
                 matches!(p, PresenceOp::Connect(r) if r.node == *node && r.connection == *connection)
             }) {
                 self.pending.remove(at);
                 return false;
             }
-        }
         self.pending.push(op);
         self.pending.len() >= MAX_BATCH
     }

@@ -60,15 +60,17 @@ impl OutletInner {
         )
     }
 
-    /// Asks the connection's task to close with `code`. The first request wins.
-    pub fn request_close(&self, code: CloseCode) {
-        if self
+    /// Asks the connection's task to close with `code`. The first request wins; returns
+    /// whether this was it.
+    pub fn request_close(&self, code: CloseCode) -> bool {
+        let first = self
             .close_code
             .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .is_ok();
+        if first {
             self.close.notify_one();
         }
+        first
     }
 
     /// Waits until a close is requested, and says with which code.
@@ -221,7 +223,11 @@ impl Shared {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     dropped += 1;
-                    outlet.request_close(CloseCode::SlowConsumer);
+                    // Counted once per client, when its queue first overflows; the
+                    // client sees 4008 after what was already queued.
+                    if outlet.request_close(CloseCode::SlowConsumer) {
+                        self.metrics.slow_consumer_closes.inc();
+                    }
                 }
                 // The connection is on its way out; it unregisters itself.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}

@@ -1,6 +1,6 @@
 //! RESP2 and RESP3 frames (lead's interim codec).
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Version {

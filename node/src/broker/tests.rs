@@ -39,7 +39,7 @@ fn subscribe_is_checked_against_the_token() {
         b.join(1, 100, "admin"),
         Err(JoinError::NotPermitted("admin".into()))
     );
-    assert_eq!(b.join(1, 100, "user_43").is_err(), true);
+    assert!(b.join(1, 100, "user_43").is_err());
     assert_eq!(b.recipients("room_7"), &[100]);
 }
 

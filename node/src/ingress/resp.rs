@@ -462,8 +462,9 @@ pub fn unknown_command(args: &[Bytes]) -> Frame {
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`, `COMMAND INFO`: enough for redis-cli's
 /// start-up and for clients that probe what the server supports.
 fn command_info(args: &[Bytes]) -> Frame {
-    // name, arity, flags, first key, last key, step
-    const TABLE: &[(&str, i64, &[&str], i64, i64, i64)] = &[
+    /// name, arity, flags, first key, last key, step
+    type Entry = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+    const TABLE: &[Entry] = &[
         ("ping", -1, &["fast", "stale"], 0, 0, 0),
         ("echo", 2, &["fast"], 0, 0, 0),
         (
@@ -520,7 +521,7 @@ fn command_info(args: &[Bytes]) -> Frame {
             0,
         ),
     ];
-    let entry = |(name, arity, flags, first, last, step): &(&str, i64, &[&str], i64, i64, i64)| {
+    let entry = |(name, arity, flags, first, last, step): &Entry| {
         Frame::Array(vec![
             bulk(name),
             Frame::Integer(*arity),

@@ -115,7 +115,7 @@ async fn handle(mut stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()
         }
     };
     shared.metrics.http_requests.inc();
-    let is_ws_path = shared.config.ws_paths.iter().any(|p| *p == req.path);
+    let is_ws_path = shared.config.ws_paths.contains(&req.path);
     match req.path.as_str() {
         "/healthz" => health(&shared).write(&mut stream).await?,
         "/readyz" => readiness(&shared).write(&mut stream).await?,
@@ -321,9 +321,6 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 code = self.outlet.close_requested() => {
-                    if code == CloseCode::SlowConsumer {
-                        self.shared.metrics.slow_consumer_closes.inc();
-                    }
                     return End::Close(code, "slow consumer: outbound queue overflowed".into());
                 }
                 _ = self.shared.drain.cancelled() => {
