@@ -33,8 +33,11 @@ pub fn from_pubsub_layer<'a>(
     channel: &'a str,
     payload: Bytes,
 ) -> (&'a str, Bytes) {
-    let marker = format!("{}__group__", shared.config.channels_prefix);
-    match channel.strip_prefix(marker.as_str()) {
+    let prefix = shared.config.channels_prefix.as_str();
+    let group = channel
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix("__group__"));
+    match group {
         Some(group) if !group.is_empty() => {
             let payload = decode_event(&payload, &[0])
                 .map(|event| render_event(shared, event))

@@ -24,7 +24,9 @@ type Key = (NodeId, String);
 /// Who is connected where. See the module header.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Registry {
-    by_user: HashMap<String, BTreeMap<Key, ConnectionRecord>>,
+    /// A user's connections, sorted by (node, connection). A small vector: users hold a
+    /// handful of connections, and a B-tree node per user would cost over 1 KiB.
+    by_user: HashMap<String, Vec<ConnectionRecord>>,
     by_connection: HashMap<Key, String>,
     per_node: BTreeMap<NodeId, usize>,
 }
@@ -53,10 +55,11 @@ impl Registry {
         }
         self.by_connection.insert(key.clone(), record.user.clone());
         *self.per_node.entry(record.node).or_default() += 1;
-        self.by_user
-            .entry(record.user.clone())
-            .or_default()
-            .insert(key, record);
+        let conns = self.by_user.entry(record.user.clone()).or_default();
+        let at = conns
+            .binary_search_by(|r| (r.node, r.connection.as_str()).cmp(&(key.0, key.1.as_str())))
+            .unwrap_or_else(|at| at);
+        conns.insert(at, record);
     }
 
     fn remove(&mut self, key: &Key) {
@@ -70,7 +73,7 @@ impl Registry {
             }
         }
         if let Some(conns) = self.by_user.get_mut(&user) {
-            conns.remove(key);
+            conns.retain(|r| !(r.node == key.0 && r.connection == key.1));
             if conns.is_empty() {
                 self.by_user.remove(&user);
             }
@@ -93,7 +96,7 @@ impl Registry {
     pub fn user(&self, user: &str) -> Vec<ConnectionRecord> {
         self.by_user
             .get(user)
-            .map(|conns| conns.values().cloned().collect())
+            .map(|conns| conns.to_vec())
             .unwrap_or_default()
     }
 
@@ -119,7 +122,7 @@ impl Registry {
 
     /// Every record, for a snapshot.
     pub fn records(&self) -> impl Iterator<Item = &ConnectionRecord> {
-        self.by_user.values().flat_map(|conns| conns.values())
+        self.by_user.values().flatten()
     }
 }
 

@@ -336,7 +336,7 @@ impl Frame {
             }
             Frame::Integer(i) => {
                 out.push(b':');
-                out.extend_from_slice(i.to_string().as_bytes());
+                let _ = std::io::Write::write_fmt(out, format_args!("{i}"));
                 out.extend_from_slice(b"\r\n");
             }
             Frame::Bulk(b) => bulk(out, b),

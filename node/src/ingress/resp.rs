@@ -167,13 +167,14 @@ impl RespConn {
                 return Next::Close;
             }
         };
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        if !self.authenticated && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        let mut upper = [0u8; 24];
+        let name = command_name(&args[0], &mut upper);
+        if !self.authenticated && !matches!(name.as_ref(), "AUTH" | "HELLO" | "QUIT") {
             metrics.resp_auth_failures.inc();
             self.reply(Frame::Error("NOAUTH Authentication required.".into()), out);
             return Next::Continue;
         }
-        let reply = match name.as_str() {
+        let reply = match name.as_ref() {
             "PING" => match args.len() {
                 1 => Frame::Simple("PONG".into()),
                 2 => Frame::Bulk(args[1].clone()),
@@ -434,6 +435,19 @@ impl RespConn {
                 sub.to_ascii_lowercase()
             )),
         }
+    }
+}
+
+/// The command name upper-cased into `buf` without allocating (names are short); a name
+/// too long for any real command comes back as written, and matches nothing.
+fn command_name<'a>(raw: &'a [u8], buf: &'a mut [u8; 24]) -> std::borrow::Cow<'a, str> {
+    match buf.get_mut(..raw.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(raw);
+            dst.make_ascii_uppercase();
+            String::from_utf8_lossy(dst)
+        }
+        None => String::from_utf8_lossy(raw),
     }
 }
 
