@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/benchmarks.md on one machine: a release node, the
+# switchboard-bench load generator, and redis-server (Debian) for the side-by-side.
+# Usage: client/scripts/bench.sh [idle|fanout|publish|all]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-all}
+secret=benchsecret
+data=$(mktemp -d)
+cargo build --release -p switchboard-node -p switchboard-client >/dev/null
+bin=target/release
+
+start_node() {
+  "$bin/switchboard" serve --jwt-secret "$secret" --data-dir "$data" --resp-listen 127.0.0.1:6391 "$@" \
+    >"$data/out" 2>"$data/err" &
+  node=$!
+  for _ in $(seq 100); do curl -sf localhost:8001/readyz >/dev/null && return; sleep 0.1; done
+  echo "node did not become ready" >&2; exit 1
+}
+stop_node() { kill -TERM "$node"; wait "$node" || true; }
+
+if [[ $what == idle || $what == all ]]; then
+  # The per-process open-file limit bounds the count: the node and the bench each need
+  # one descriptor per connection (`ulimit -Hn` was 20000 on the benchmark machine).
+  limit=$(ulimit -Hn)
+  for n in 10000 $(( limit > 60000 ? 50000 : limit - 1000 )); do
+    start_node
+    echo "== idle $n"
+    "$bin/switchboard-bench" idle --jwt-secret "$secret" --connections "$n" --hold 2 --server-pid "$node"
+    stop_node
+  done
+fi
+
+if [[ $what == fanout || $what == all ]]; then
+  start_node
+  echo "== fanout: 10k clients in one group, publishing as fast as replies allow"
+  "$bin/switchboard-bench" fanout --jwt-secret "$secret" --resp 127.0.0.1:6391 --connections 10000 \
+    --groups 1 --rate 0 --duration 10 --pipeline 1 --payload-size 64
+  stop_node
+  start_node
+  echo "== fanout: 10k clients, 60 msg/s (600k deliveries/s, about half the maximum)"
+  "$bin/switchboard-bench" fanout --jwt-secret "$secret" --resp 127.0.0.1:6391 --connections 10000 \
+    --groups 1 --rate 60 --duration 10 --pipeline 1 --payload-size 64
+  stop_node
+fi
+
+if [[ $what == publish || $what == all ]]; then
+  command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+  start_node
+  redis-server --port 6392 --bind 127.0.0.1 --save '' --appendonly no >"$data/redis.log" 2>&1 &
+  redis=$!
+  for _ in $(seq 100); do redis-cli -p 6392 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for mode in "4 32" "8 1"; do
+    set -- $mode
+    for round in 1 2; do
+      for port in 6391 6392; do
+        name=$([[ $port == 6391 ]] && echo switchboard || echo redis-server)
+        ops=$("$bin/switchboard-bench" publish --resp 127.0.0.1:$port --clients "$1" --pipeline "$2" \
+          --duration 5 --payload-size 64 | awk '/PUBLISH ops\/s/ {print $3}')
+        echo "publish clients=$1 pipeline=$2 round=$round $name: $ops ops/s"
+      done
+    done
+  done
+  kill "$redis"; wait "$redis" || true
+  stop_node
+fi
+rm -rf "$data"
