@@ -1,5 +1,6 @@
 //! Switchboard client library: one WebSocket connection with a token ([`Connection`]),
-//! JSON ops with replies matched by id, and HS256 token minting for tests and benches.
+//! JSON ops with replies matched by id, a [`ReconnectingClient`] that fails over between
+//! nodes with backoff, and HS256 token minting for tests and benches.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -28,6 +29,8 @@ pub enum Error {
     Timeout,
     #[error("the connection is closed")]
     Closed,
+    #[error("refused by the server: {0}")]
+    Refused(String),
 }
 
 /// Where the token goes.
@@ -272,6 +275,167 @@ impl Connection {
     }
 }
 
+/// Reconnection policy: exponential backoff with jitter between `min` and `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): min * 2^n capped at max, with the upper
+    /// half randomised so that clients dropped together do not come back together.
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let base = self
+            .min
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// What a [`ReconnectingClient`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A frame from the server.
+    Message(Incoming),
+    /// A new connection is up (after the first, or after a drop) to this URL.
+    Connected { url: String },
+    /// The server closed with a code that says retrying will not help (4001, 4003): the
+    /// client stops.
+    Refused { code: u16, reason: String },
+}
+
+/// Keeps a connection to one of several URLs alive: on a close or error it reconnects
+/// with [`Backoff`], moving to the next URL (so a draining node's 1012 sends it
+/// elsewhere). Groups subscribed through it are subscribed again after a reconnect.
+#[derive(Debug)]
+pub struct ReconnectingClient {
+    urls: Vec<String>,
+    next_url: usize,
+    options: ConnectOptions,
+    backoff: Backoff,
+    conn: Option<Connection>,
+    subscriptions: Vec<String>,
+    attempt: u32,
+    stopped: bool,
+}
+
+impl ReconnectingClient {
+    /// A client for `urls`, each connection made with `options` (its `url` is ignored).
+    pub fn new(urls: Vec<String>, options: ConnectOptions, backoff: Backoff) -> Self {
+        ReconnectingClient {
+            urls,
+            next_url: 0,
+            options,
+            backoff,
+            conn: None,
+            subscriptions: Vec::new(),
+            attempt: 0,
+            stopped: false,
+        }
+    }
+
+    /// Replaces the token used for the next connections (after a refresh).
+    pub fn set_token(&mut self, token: String) {
+        self.options.token = Some(token);
+    }
+
+    /// Subscribes now (if connected) and after every reconnect. A refusal from the
+    /// server is returned as [`Error::Refused`] and the group is not remembered.
+    pub async fn subscribe(&mut self, group: &str) -> Result<(), Error> {
+        if let Some(conn) = &mut self.conn {
+            let reply = conn
+                .request(ClientOp::Subscribe {
+                    group: group.to_owned(),
+                    id: None,
+                })
+                .await?;
+            if let ServerReply::Error { message, .. } = reply {
+                return Err(Error::Refused(message));
+            }
+        }
+        if !self.subscriptions.iter().any(|g| g == group) {
+            self.subscriptions.push(group.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The next event; connects (and reconnects) as needed. Returns `Error::Closed` once
+    /// the server has refused the client for good.
+    pub async fn recv(&mut self) -> Result<Event, Error> {
+        loop {
+            if self.stopped {
+                return Err(Error::Closed);
+            }
+            let Some(conn) = &mut self.conn else {
+                if let Some(event) = self.connect().await {
+                    return Ok(event);
+                }
+                continue;
+            };
+            match conn.recv().await {
+                Ok(Incoming::Closed { code, reason }) => {
+                    self.conn = None;
+                    if code == 4001 || code == 4003 {
+                        self.stopped = true;
+                        return Ok(Event::Refused { code, reason });
+                    }
+                    // 1012 (draining) and everything else: try the next node.
+                }
+                Ok(message) => return Ok(Event::Message(message)),
+                Err(_) => self.conn = None,
+            }
+        }
+    }
+
+    /// One connection attempt (after the backoff delay when retrying).
+    async fn connect(&mut self) -> Option<Event> {
+        if self.urls.is_empty() {
+            self.stopped = true;
+            return None;
+        }
+        if self.attempt > 0 {
+            let jitter = f64::from(std::process::id() ^ self.attempt) % 1000.0 / 1000.0;
+            tokio::time::sleep(self.backoff.delay(self.attempt - 1, jitter)).await;
+        }
+        let url = self.urls[self.next_url % self.urls.len()].clone();
+        self.next_url += 1;
+        let mut options = self.options.clone();
+        options.url = url.clone();
+        match Connection::connect(options).await {
+            Ok(mut conn) => {
+                for group in &self.subscriptions {
+                    let op = ClientOp::Subscribe {
+                        group: group.clone(),
+                        id: None,
+                    };
+                    if conn.request(op).await.is_err() {
+                        self.attempt += 1;
+                        return None;
+                    }
+                }
+                self.attempt = 0;
+                self.conn = Some(conn);
+                Some(Event::Connected { url })
+            }
+            Err(_) => {
+                self.attempt += 1;
+                None
+            }
+        }
+    }
+}
+
 fn reply_id(reply: &ServerReply) -> Option<u64> {
     match reply {
         ServerReply::Subscribed { id, .. }
@@ -298,6 +462,15 @@ pub fn mint_hs256(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(b.delay(3, 1.0), Duration::from_millis(800));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(10));
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
+    }
 
     #[test]
     fn the_token_goes_into_the_query_string_encoded() {

@@ -530,3 +530,74 @@ async fn shutdown_closes_clients_with_1012() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_reconnecting_client_moves_to_another_node_when_one_drains() {
+    use switchboard_client::{Backoff, Event, ReconnectingClient};
+    let a = TestNode::start(|_| {}).await;
+    let b = TestNode::start(|c| c.node_id = 2).await;
+    let mut opts = ConnectOptions::default();
+    opts.token = Some(simplejwt_token(12));
+    let backoff = Backoff {
+        min: Duration::from_millis(10),
+        max: Duration::from_millis(200),
+    };
+    let mut client = ReconnectingClient::new(vec![a.ws_url(), b.ws_url()], opts, backoff);
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Connected { url: a.ws_url() }
+    );
+    client.subscribe("extra").await.unwrap_err(); // not permitted by the token: an error reply...
+    wait_group(&a, "user_12", 1).await;
+    let (status, _) = http(&a.admin_addr(), "POST", "/v1/drain").await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Connected { url: b.ws_url() }
+    );
+    wait_group(&b, "user_12", 1).await;
+    assert_eq!(publish(&b, "user_12", b"after failover").await, 1);
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Message(Incoming::Text("after failover".into()))
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_stops_on_4001() {
+    use switchboard_client::{Backoff, Event, ReconnectingClient};
+    let node = TestNode::start(|_| {}).await;
+    let mut opts = ConnectOptions::default();
+    opts.token = Some("not-a-token".into());
+    let mut client = ReconnectingClient::new(vec![node.ws_url()], opts, Backoff::default());
+    assert!(matches!(
+        tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Connected { .. }
+    ));
+    assert!(matches!(
+        tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Refused { code: 4001, .. }
+    ));
+    assert!(
+        client.recv().await.is_err(),
+        "no retry loop after a refusal"
+    );
+    node.shutdown().await;
+}
