@@ -536,8 +536,10 @@ async fn a_reconnecting_client_moves_to_another_node_when_one_drains() {
     use switchboard_client::{Backoff, Event, ReconnectingClient};
     let a = TestNode::start(|_| {}).await;
     let b = TestNode::start(|c| c.node_id = 2).await;
-    let mut opts = ConnectOptions::default();
-    opts.token = Some(simplejwt_token(12));
+    let opts = ConnectOptions {
+        token: Some(simplejwt_token(12)),
+        ..ConnectOptions::default()
+    };
     let backoff = Backoff {
         min: Duration::from_millis(10),
         max: Duration::from_millis(200),
@@ -578,8 +580,10 @@ async fn a_reconnecting_client_moves_to_another_node_when_one_drains() {
 async fn a_reconnecting_client_stops_on_4001() {
     use switchboard_client::{Backoff, Event, ReconnectingClient};
     let node = TestNode::start(|_| {}).await;
-    let mut opts = ConnectOptions::default();
-    opts.token = Some("not-a-token".into());
+    let opts = ConnectOptions {
+        token: Some("not-a-token".into()),
+        ..ConnectOptions::default()
+    };
     let mut client = ReconnectingClient::new(vec![node.ws_url()], opts, Backoff::default());
     assert!(matches!(
         tokio::time::timeout(DEADLINE, client.recv())
