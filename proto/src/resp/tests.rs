@@ -1,4 +1,5 @@
 //! Tests of the RESP codec: round trips, arbitrary splits, limits, hostile input.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 use proptest::prelude::*;
