@@ -98,10 +98,20 @@ fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
         return Frame::Error("ERR value is not an integer or out of range".into());
     };
     let script = String::from_utf8_lossy(args.get(1).map(|a| a.as_ref()).unwrap_or_default());
+    // channels_redis's other scripts work on keys that do not exist here: `flush` deletes
+    // every key under the prefix, the receive path restores a backup queue. Both return
+    // nothing in Redis, and nothing is what they would find.
+    let is_flush = script.contains("redis.call('keys'") && script.contains("'del'");
+    let is_cleanup = script.contains("WITHSCORES") && script.contains("redis.call('DEL'");
+    if is_flush || is_cleanup {
+        return Frame::Null;
+    }
     let is_group_send = script.contains("ZADD") && script.contains("over_capacity");
     if !is_group_send || args.len() < 3 + 2 * nkeys {
         return Frame::Error(
-            "ERR EVAL of this script is not supported: Switchboard runs only channels_redis's group_send script".into(),
+            "ERR EVAL of this script is not supported: Switchboard runs only channels_redis's \
+             group_send, flush and cleanup scripts"
+                .into(),
         );
     }
     let messages = &args[3 + nkeys..3 + 2 * nkeys];

@@ -316,3 +316,52 @@ async fn the_channels_pubsub_layer_protocol_reaches_the_group() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn multi_exec_queues_and_runs_commands_as_redis_py_pipelines_expect() {
+    let node = TestNode::start(|_| {}).await;
+    let mut r = Resp::connect(&node.resp_addr()).await;
+    assert!(is_error_starting(
+        &r.cmd(&[b"EXEC"]).await,
+        "ERR EXEC without MULTI"
+    ));
+    assert_eq!(r.cmd(&[b"MULTI"]).await, Frame::Simple("OK".into()));
+    assert!(is_error_starting(
+        &r.cmd(&[b"MULTI"]).await,
+        "ERR MULTI calls can not be nested"
+    ));
+    assert_eq!(
+        r.cmd(&[b"ZREMRANGEBYSCORE", b"asgi:x", b"0", b"1"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    assert_eq!(r.cmd(&[b"PING"]).await, Frame::Simple("QUEUED".into()));
+    assert_eq!(
+        r.cmd(&[b"EXEC"]).await,
+        Frame::Array(vec![Frame::Integer(0), Frame::Simple("PONG".into())])
+    );
+    assert_eq!(r.cmd(&[b"MULTI"]).await, Frame::Simple("OK".into()));
+    assert_eq!(
+        r.cmd(&[b"PUBLISH", b"g", b"x"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    assert_eq!(r.cmd(&[b"DISCARD"]).await, Frame::Simple("OK".into()));
+    assert_eq!(r.cmd(&[b"PING"]).await, Frame::Simple("PONG".into()));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn numsub_is_a_flat_array_in_resp3_too() {
+    let node = TestNode::start(|_| {}).await;
+    let mut r = Resp::connect(&node.resp_addr()).await;
+    assert!(matches!(r.cmd(&[b"HELLO", b"3"]).await, Frame::Map(_)));
+    assert_eq!(
+        r.cmd(&[b"PUBSUB", b"NUMSUB", b"a", b"b"]).await,
+        Frame::Array(vec![
+            bulk("a"),
+            Frame::Integer(0),
+            bulk("b"),
+            Frame::Integer(0)
+        ])
+    );
+    node.shutdown().await;
+}

@@ -29,6 +29,8 @@ use crate::shared::Shared;
 pub const REDIS_VERSION: &str = "7.2.0";
 /// Most RESP connections at once.
 const MAX_RESP_CONNECTIONS: usize = 10_000;
+/// Most commands one MULTI may queue.
+const MAX_QUEUED: usize = 10_000;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -89,6 +91,8 @@ struct RespConn {
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
+    /// Commands queued since MULTI, if a transaction is open.
+    queued: Option<Vec<Vec<Bytes>>>,
 }
 
 impl RespConn {
@@ -102,6 +106,7 @@ impl RespConn {
             name: None,
             lib_name: None,
             lib_ver: None,
+            queued: None,
         }
     }
 
@@ -174,6 +179,81 @@ impl RespConn {
             self.reply(Frame::Error("NOAUTH Authentication required.".into()), out);
             return Next::Continue;
         }
+        // MULTI/EXEC: redis-py pipelines are transactions by default (channels_redis uses
+        // one). Commands are queued and run together at EXEC; each is independent here,
+        // so "atomic" holds trivially.
+        match (name.as_ref(), self.queued.is_some()) {
+            ("MULTI", true) => {
+                self.reply(
+                    Frame::Error("ERR MULTI calls can not be nested".into()),
+                    out,
+                );
+                return Next::Continue;
+            }
+            ("MULTI", false) => {
+                self.queued = Some(Vec::new());
+                self.reply(Frame::ok(), out);
+                return Next::Continue;
+            }
+            ("EXEC", true) => {
+                let queued = self.queued.take().unwrap_or_default();
+                let mut replies = Vec::with_capacity(queued.len());
+                let mut next = Next::Continue;
+                for args in queued {
+                    let (reply, after) = self.execute(args);
+                    replies.push(reply);
+                    if let Next::Close = after {
+                        next = Next::Close;
+                    }
+                }
+                self.reply(Frame::Array(replies), out);
+                return next;
+            }
+            ("DISCARD", true) => {
+                self.queued = None;
+                self.reply(Frame::ok(), out);
+                return Next::Continue;
+            }
+            ("EXEC", false) => {
+                self.reply(Frame::Error("ERR EXEC without MULTI".into()), out);
+                return Next::Continue;
+            }
+            ("DISCARD", false) => {
+                self.reply(Frame::Error("ERR DISCARD without MULTI".into()), out);
+                return Next::Continue;
+            }
+            ("WATCH" | "UNWATCH", _) => {
+                self.reply(Frame::ok(), out);
+                return Next::Continue;
+            }
+            (_, true) if name.as_ref() != "QUIT" => {
+                if let Some(queue) = &mut self.queued {
+                    if queue.len() >= MAX_QUEUED {
+                        self.queued = None;
+                        self.reply(
+                            Frame::Error(format!(
+                                "ERR more than {MAX_QUEUED} commands in MULTI; transaction discarded"
+                            )),
+                            out,
+                        );
+                        return Next::Continue;
+                    }
+                    queue.push(args);
+                }
+                self.reply(Frame::Simple("QUEUED".into()), out);
+                return Next::Continue;
+            }
+            _ => {}
+        }
+        let (reply, next) = self.execute(args);
+        self.reply(reply, out);
+        next
+    }
+
+    /// Runs one command; returns its reply and whether to close afterwards.
+    fn execute(&mut self, args: Vec<Bytes>) -> (Frame, Next) {
+        let mut upper = [0u8; 24];
+        let name = command_name(&args[0], &mut upper);
         let reply = match name.as_ref() {
             "PING" => match args.len() {
                 1 => Frame::Simple("PONG".into()),
@@ -182,10 +262,7 @@ impl RespConn {
             },
             "ECHO" if args.len() == 2 => Frame::Bulk(args[1].clone()),
             "ECHO" => arity("echo"),
-            "QUIT" => {
-                self.reply(Frame::Simple("OK".into()), out);
-                return Next::Close;
-            }
+            "QUIT" => return (Frame::ok(), Next::Close),
             "AUTH" => self.auth(&args[1..]),
             "HELLO" => self.hello(&args[1..]),
             "SELECT" => match args.get(1).map(|a| a.as_ref()) {
@@ -204,6 +281,7 @@ impl RespConn {
                 self.version = Version::Resp2;
                 self.authenticated = self.shared.config.resp_password.is_none();
                 self.name = None;
+                self.queued = None;
                 Frame::Simple("RESET".into())
             }
             _ => match channels::core_command(&self.shared, &name, &args) {
@@ -211,8 +289,7 @@ impl RespConn {
                 None => unknown_command(&args),
             },
         };
-        self.reply(reply, out);
-        Next::Continue
+        (reply, Next::Continue)
     }
 
     fn reply(&self, frame: Frame, out: &mut Vec<u8>) {
@@ -418,16 +495,17 @@ impl RespConn {
                     .collect(),
             ),
             ("NUMSUB" | "SHARDNUMSUB", groups) => {
-                let pairs = groups
-                    .iter()
-                    .map(|g| {
-                        let count: usize = std::str::from_utf8(g)
-                            .map(|g| self.shared.group_counts(g).iter().map(|(_, c)| c).sum())
-                            .unwrap_or(0);
-                        (Frame::Bulk(g.clone()), Frame::Integer(count as i64))
-                    })
-                    .collect();
-                Frame::Map(pairs)
+                // A flat array of name, count, name, count... in RESP2 and RESP3 alike,
+                // as redis-server answers (redis-py parses it so).
+                let mut flat = Vec::with_capacity(groups.len() * 2);
+                for g in groups {
+                    let count: usize = std::str::from_utf8(g)
+                        .map(|g| self.shared.group_counts(g).iter().map(|(_, c)| c).sum())
+                        .unwrap_or(0);
+                    flat.push(Frame::Bulk(g.clone()));
+                    flat.push(Frame::Integer(count as i64));
+                }
+                Frame::Array(flat)
             }
             ("NUMPAT", []) => Frame::Integer(0),
             _ => Frame::Error(format!(
