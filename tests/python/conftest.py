@@ -52,12 +52,16 @@ def wait_until(pred, timeout=DEADLINE, what="condition"):
 
 
 class Node:
-    def __init__(self, *flags):
+    def __init__(self, *flags, env=None, secret=SECRET):
+        """A node; `secret` is passed as --jwt-secret (None: none, e.g. when `env` has one);
+        `env` replaces the inherited environment."""
         self.dir = tempfile.mkdtemp(prefix="sb-py-")
-        cmd = [BIN, "serve", "--jwt-secret", SECRET, "--log-format", "json",
+        if secret:
+            flags = ("--jwt-secret", secret, *flags)
+        cmd = [BIN, "serve", "--log-format", "json",
                "--ws-listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0",
                "--admin-listen", "127.0.0.1:0", "--data-dir", self.dir, *flags]
-        env = dict(os.environ, RUST_LOG="info")
+        env = dict(env if env is not None else os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
@@ -92,6 +96,8 @@ class Node:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, ""  # not listening (yet), or gone
 
     def group_size(self, group):
         status, body = self.http(self.admin, f"/v1/groups/{group}")

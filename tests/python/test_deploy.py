@@ -1,0 +1,155 @@
+"""deploy/: the systemd unit, its environment file and the nginx config, each used for real."""
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+
+import pytest
+import redis
+
+from conftest import BIN, Node, mint, wait_until
+from wsclient import connect, recv
+
+DEPLOY = os.path.join(os.path.dirname(__file__), "../../deploy")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_systemd_unit_verifies_clean():
+    tmp = tempfile.mkdtemp(prefix="sb-unit-")
+    with open(os.path.join(DEPLOY, "systemd/switchboard@.service")) as f:
+        unit = f.read()
+    assert "ExecStart=/usr/local/bin/switchboard serve" in unit
+    # verify checks that ExecStart exists: point it at the binary under test.
+    with open(os.path.join(tmp, "switchboard@.service"), "w") as f:
+        f.write(unit.replace("/usr/local/bin/switchboard", os.path.abspath(BIN)))
+    out = subprocess.run(["systemd-analyze", "verify", "./switchboard@1.service"], cwd=tmp,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # Unknown keys are only warnings for systemd-analyze: any output is a failure here.
+    assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
+
+
+def env_file():
+    values = {}
+    with open(os.path.join(DEPLOY, "systemd/switchboard.env")) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                values[key] = value
+    return values
+
+
+def test_the_environment_file_configures_a_working_node():
+    values = env_file()
+    assert set(values) >= {"SWITCHBOARD_JWT_SECRET", "SWITCHBOARD_RESP_LISTEN", "SWITCHBOARD_ALLOWED_ORIGINS"}
+    # The file's settings; the listen addresses move to free ports for the test (flags
+    # beat the environment), and no --jwt-secret flag: the file's secret is the one used.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(values)
+    node = Node(env=env, secret=None)
+    try:
+        async def scenario():
+            token = mint(42, secret=values["SWITCHBOARD_JWT_SECRET"])
+            origin = values["SWITCHBOARD_ALLOWED_ORIGINS"].split(",")[0]
+            ws = await connect(node.ws_url, token, origin=origin)
+            node.wait_group("user_42", 1)
+            r = redis.Redis(host=node.resp_host, port=node.resp_port)
+            assert r.publish("user_42", "from systemd env") == 1
+            assert await recv(ws) == "from systemd env"
+            r.close()
+            await ws.close()
+
+        asyncio.run(scenario())
+    finally:
+        node.stop()
+
+
+class Nginx:
+    """Real nginx (Debian package) running deploy/nginx/switchboard.conf with the
+    upstream pointed at the given nodes and the listener on a free loopback port."""
+
+    def __init__(self, ws_addrs):
+        self.prefix = tempfile.mkdtemp(prefix="sb-nginx-")
+        self.port = free_port()
+        with open(os.path.join(DEPLOY, "nginx/switchboard.conf")) as f:
+            site = f.read()
+        servers = "".join(f"    server {a} max_fails=1 fail_timeout=5s;\n" for a in ws_addrs)
+        site, n = re.subn(r"(upstream switchboard_ws \{\n)(?:.*\n)*?(?=\})",
+                          lambda m: m.group(1) + servers, site)
+        assert n == 1
+        site, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{self.port};", site)
+        assert n == 1
+        with open(os.path.join(self.prefix, "switchboard.conf"), "w") as f:
+            f.write(site)
+        with open(os.path.join(self.prefix, "nginx.conf"), "w") as f:
+            f.write(f"""
+daemon off;
+pid {self.prefix}/nginx.pid;
+error_log {self.prefix}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {self.prefix}/access.log;
+    client_body_temp_path {self.prefix}/body;
+    proxy_temp_path {self.prefix}/proxy;
+    fastcgi_temp_path {self.prefix}/fastcgi;
+    uwsgi_temp_path {self.prefix}/uwsgi;
+    scgi_temp_path {self.prefix}/scgi;
+    include {self.prefix}/switchboard.conf;
+}}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        check = subprocess.run([nginx, "-t", "-p", self.prefix, "-c", "nginx.conf"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        self.proc = subprocess.Popen([nginx, "-p", self.prefix, "-c", "nginx.conf"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addr = f"127.0.0.1:{self.port}"
+        wait_until(lambda: Node.http(self.addr, "/healthz")[0] == 200, what="nginx")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(timeout=10)
+
+
+def test_a_client_through_nginx_receives_and_fails_over_when_its_node_dies(start_node):
+    a, b = start_node(), start_node()
+    nginx = Nginx([a.ws_addr, b.ws_addr])
+    try:
+        assert Node.http(nginx.addr, "/readyz")[0] == 200
+        url = f"ws://{nginx.addr}/ws/notifications/"
+
+        async def scenario():
+            ws = await connect(url, mint(42))
+            wait_until(lambda: a.group_size("user_42") + b.group_size("user_42") == 1, what="registration")
+            first = a if a.group_size("user_42") == 1 else b
+            other = b if first is a else a
+            r = redis.Redis(host=first.resp_host, port=first.resp_port)
+            assert r.publish("user_42", "via nginx") == 1
+            assert await recv(ws) == "via nginx"
+            r.close()
+            # The node behind nginx dies hard; the client reconnects through nginx.
+            first.proc.kill()
+            first.proc.wait(timeout=10)
+            with pytest.raises(Exception):
+                await recv(ws)
+            ws2 = await connect(url, mint(42))
+            other.wait_group("user_42", 1)
+            r = redis.Redis(host=other.resp_host, port=other.resp_port)
+            assert r.publish("user_42", "after failover") == 1
+            assert await recv(ws2) == "after failover"
+            r.close()
+            await ws2.close()
+
+        asyncio.run(scenario())
+    finally:
+        nginx.stop()
