@@ -205,8 +205,10 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
             return Ok(existing.to_owned());
         }
     }
+    // The OS's CSPRNG, read directly: one read at first start does not need a crate.
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("cannot read /dev/urandom for the development secret")?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
