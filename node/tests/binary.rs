@@ -110,6 +110,18 @@ impl Proc {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
+    /// Waits until one connection is in `group`.
+    async fn wait_group(&self, group: &str) {
+        wait_for(&format!("a connection in {group}"), DEADLINE, || {
+            let admin = self.admin.clone();
+            async move {
+                let (_, body) = http_get(&admin, &format!("/v1/groups/{group}")).await;
+                body.contains("\"connections\":1").then_some(())
+            }
+        })
+        .await;
+    }
+
     fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -156,14 +168,7 @@ async fn development_mode_prints_a_working_url() {
     );
     let mut client = Connection::connect_url(&url, None).await.unwrap();
     let mut r = Resp::connect(&proc.resp).await;
-    wait_for("user_1 registered", DEADLINE, || {
-        let admin = proc.admin.clone();
-        async move {
-            let (_, body) = http_get(&admin, "/v1/groups/user_1").await;
-            body.contains("\"connections\":1").then_some(())
-        }
-    })
-    .await;
+    proc.wait_group("user_1").await;
     assert_eq!(
         r.cmd(&[b"PUBLISH", b"user_1", b"hello"]).await,
         Frame::Integer(1)
@@ -193,14 +198,7 @@ async fn development_mode_prints_a_working_url() {
     )
     .await
     .unwrap();
-    wait_for("user_42 registered", DEADLINE, || {
-        let admin = proc.admin.clone();
-        async move {
-            let (_, body) = http_get(&admin, "/v1/groups/user_42").await;
-            body.contains("\"connections\":1").then_some(())
-        }
-    })
-    .await;
+    proc.wait_group("user_42").await;
     assert_eq!(
         r.cmd(&[b"PUBLISH", b"user_42", b"hi 42"]).await,
         Frame::Integer(1)
@@ -245,14 +243,7 @@ async fn flag_beats_environment_beats_file() {
     let _c = Connection::connect_url(&format!("ws://{}/ws/notifications/", proc.ws), Some(&token))
         .await
         .unwrap();
-    wait_for("u9 registered", DEADLINE, || {
-        let admin = proc.admin.clone();
-        async move {
-            let (_, body) = http_get(&admin, "/v1/groups/u9").await;
-            body.contains("\"connections\":1").then_some(())
-        }
-    })
-    .await;
+    proc.wait_group("u9").await;
 }
 
 #[tokio::test]

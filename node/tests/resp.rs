@@ -11,6 +11,20 @@ fn bulk(s: &str) -> Frame {
     Frame::Bulk(bytes::Bytes::copy_from_slice(s.as_bytes()))
 }
 
+/// Waits until `PUBSUB NUMSUB group` answers `n`.
+async fn wait_numsub(node: &TestNode, group: &str, n: i64) {
+    wait_for(&format!("{n} connection(s) in {group}"), DEADLINE, || {
+        let addr = node.resp_addr();
+        async move {
+            let mut r = Resp::connect(&addr).await;
+            (r.cmd(&[b"PUBSUB", b"NUMSUB", group.as_bytes()]).await
+                == Frame::Array(vec![bulk(group), Frame::Integer(n)]))
+            .then_some(())
+        }
+    })
+    .await;
+}
+
 fn is_error_starting(frame: &Frame, prefix: &str) -> bool {
     matches!(frame, Frame::Error(e) if e.starts_with(prefix))
 }
@@ -171,16 +185,7 @@ async fn pubsub_introspection_sees_the_groups() {
         .await
         .unwrap();
     let mut r = Resp::connect(&node.resp_addr()).await;
-    wait_for("two connections in room_a", DEADLINE, || {
-        let addr = node.resp_addr();
-        async move {
-            let mut r = Resp::connect(&addr).await;
-            (r.cmd(&[b"PUBSUB", b"NUMSUB", b"room_a"]).await
-                == Frame::Array(vec![bulk("room_a"), Frame::Integer(2)]))
-            .then_some(())
-        }
-    })
-    .await;
+    wait_numsub(&node, "room_a", 2).await;
     assert_eq!(
         r.cmd(&[b"PUBSUB", b"CHANNELS", b"room_*"]).await,
         Frame::Array(vec![bulk("room_a")])
@@ -207,16 +212,7 @@ async fn the_channels_core_layer_protocol_reaches_the_group() {
         .await
         .unwrap();
     let mut r = Resp::connect(&node.resp_addr()).await;
-    wait_for("user_42 registered", DEADLINE, || {
-        let addr = node.resp_addr();
-        async move {
-            let mut r = Resp::connect(&addr).await;
-            (r.cmd(&[b"PUBSUB", b"NUMSUB", b"user_42"]).await
-                == Frame::Array(vec![bulk("user_42"), Frame::Integer(1)]))
-            .then_some(())
-        }
-    })
-    .await;
+    wait_numsub(&node, "user_42", 1).await;
     assert_eq!(
         r.cmd(&[
             b"ZREMRANGEBYSCORE",
@@ -297,16 +293,7 @@ async fn the_channels_pubsub_layer_protocol_reaches_the_group() {
     )
     .unwrap();
     let mut r = Resp::connect(&node.resp_addr()).await;
-    wait_for("user_42 registered", DEADLINE, || {
-        let addr = node.resp_addr();
-        async move {
-            let mut r = Resp::connect(&addr).await;
-            (r.cmd(&[b"PUBSUB", b"NUMSUB", b"user_42"]).await
-                == Frame::Array(vec![bulk("user_42"), Frame::Integer(1)]))
-            .then_some(())
-        }
-    })
-    .await;
+    wait_numsub(&node, "user_42", 1).await;
     assert_eq!(
         r.cmd(&[b"PUBLISH", b"asgi__group__user_42", &event]).await,
         Frame::Integer(1)
