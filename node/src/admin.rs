@@ -103,10 +103,13 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
             Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: shared
-                    .metrics
-                    .render(groups, presence, shared.ready())
-                    .into_bytes(),
+                body: {
+                    let mut text = shared.metrics.render(groups, presence, shared.ready());
+                    if let Some(cluster) = shared.cluster.get() {
+                        cluster.render_metrics(&mut text);
+                    }
+                    text.into_bytes()
+                },
             }
         }
         ("GET", ["v1", "status"]) => Response::json(200, &status(shared)),
@@ -147,14 +150,15 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "leader": shared.node_id(),
         "ready": shared.ready(),
         "state": format!("{:?}", shared.lifecycle()).to_lowercase(),
-        "members": 1,
+        "members": 1 + shared.cluster.get().map_or(0, |c| c.members().len()),
+        "members_up": 1 + shared.cluster.get().map_or(0, |c| c.members().iter().filter(|m| m.up).count()),
         "connections": broker.connection_count(),
         "groups": broker.group_count(),
         "presence_entries": read(&shared.presence).len(),
         "uptime_secs": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "addresses": addresses(shared),
-        "cluster": if config.seeds.is_empty() { "single node" } else { "clustered" },
+        "seeds": config.seeds,
     })
 }
 
@@ -168,17 +172,31 @@ fn addresses(shared: &Shared) -> serde_json::Value {
     })
 }
 
-/// `switchboard members`.
+/// `switchboard members`: this node, then every peer it has heard of.
 pub fn members(shared: &Shared) -> serde_json::Value {
-    json!([{
+    let mut list = vec![json!({
         "id": shared.node_id(),
         "voter": true,
         "up": shared.lifecycle() != Lifecycle::Stopping,
         "self": true,
         "last_seen_ms": 0,
         "addresses": addresses(shared),
-        "connections": read(&shared.presence).node_connections(shared.node_id()),
-    }])
+        "connections": read(&shared.broker).connection_count(),
+    })];
+    if let Some(cluster) = shared.cluster.get() {
+        for m in cluster.members() {
+            list.push(json!({
+                "id": m.id,
+                "voter": true,
+                "up": m.up,
+                "self": false,
+                "last_seen_ms": m.last_seen_ms,
+                "rtt_us": m.rtt_micros,
+                "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },
+            }));
+        }
+    }
+    serde_json::Value::Array(list)
 }
 
 /// `switchboard presence USER`.

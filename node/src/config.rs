@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// Key prefix channels_redis uses (its `prefix` option) [default: asgi].
     #[arg(long, env = "SWITCHBOARD_CHANNELS_PREFIX")]
     pub channels_prefix: Option<String>,
+    /// Milliseconds of silence after which a peer counts as down [default: 5000].
+    #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT_MS")]
+    pub node_timeout_ms: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -139,6 +142,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub channels_unwrap: Option<String>,
     pub channels_prefix: String,
+    pub node_timeout: Duration,
 }
 
 /// Where tokens are verified from.
@@ -220,7 +224,8 @@ impl ServeArgs {
             max_payload,
             shutdown_grace,
             channels_unwrap,
-            channels_prefix
+            channels_prefix,
+            node_timeout_ms
         )
     }
 
@@ -302,6 +307,10 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace.unwrap_or(10)),
             channels_unwrap: self.channels_unwrap.filter(|s| !s.is_empty()),
             channels_prefix: self.channels_prefix.unwrap_or_else(|| "asgi".into()),
+            node_timeout: Duration::from_millis(positive(
+                "--node-timeout-ms",
+                self.node_timeout_ms.unwrap_or(5000) as usize,
+            )? as u64),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod broker;
 pub mod channels;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod ingress;
 pub mod metrics;
@@ -42,6 +43,7 @@ pub struct Addrs {
     pub ws: SocketAddr,
     pub resp: SocketAddr,
     pub admin: SocketAddr,
+    pub peer: Option<SocketAddr>,
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -61,12 +63,6 @@ impl Node {
     /// Binds every listener and starts serving.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.check_exposure()?;
-        if !config.seeds.is_empty() {
-            anyhow::bail!(
-                "--seeds: joining a cluster is not available in this build yet; \
-                 run without --seeds for a single node"
-            );
-        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let (verifier, dev_secret) = verifier(&config)?;
@@ -83,11 +79,21 @@ impl Node {
             ws: ws.local_addr()?,
             resp: resp.local_addr()?,
             admin: admin.local_addr()?,
+            peer: None,
         };
         // Report the real addresses (port 0 resolved) everywhere.
         config.ws_listen = addrs.ws;
         config.resp_listen = addrs.resp;
         config.admin_listen = addrs.admin;
+
+        let cluster = cluster::Cluster::bind(&config, addrs.admin.to_string())?;
+        if let Some(peer) = cluster.local_addr() {
+            config.peer_listen = peer;
+        }
+        let addrs = Addrs {
+            peer: cluster.local_addr(),
+            ..addrs
+        };
 
         let dev_token = match &dev_secret {
             Some(secret) => Some(auth::mint_hs256(secret.as_bytes(), "1", 24 * 3600, &[])?),
@@ -98,6 +104,7 @@ impl Node {
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
 
+        let _ = shared.cluster.set(cluster.clone());
         let admin = admin::spawn(admin, shared.clone())?;
         tokio::spawn(presence_flusher(shared.clone()));
         tokio::spawn(ingress::ws::serve(
@@ -112,10 +119,14 @@ impl Node {
             tracker.clone(),
             stop_accepting.clone(),
         ));
+        cluster.start(shared.clone());
         shared.advance(Lifecycle::Ready);
         ingress::ws::announce(addrs.ws, &ws_paths);
         info!(addr = %addrs.resp, "RESP ingest shim listening");
         info!(addr = %addrs.admin, "admin API listening (/metrics, /healthz, /readyz)");
+        if let Some(peer) = cluster.local_addr() {
+            info!(addr = %peer, seeds = ?shared.config.seeds, "peer endpoint listening (QUIC)");
+        }
         Ok(Node {
             shared,
             addrs,
@@ -170,6 +181,9 @@ impl Node {
         }
         self.shared.flush_presence();
         self.shared.shutdown.cancel();
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.close();
+        }
         if let Some(admin) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || admin.join()).await;
         }

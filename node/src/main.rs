@@ -120,6 +120,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("switchboard")
         .build()?;
     runtime.block_on(async move {
+        // Handlers first: a signal that arrives while the node starts must drain it, not
+        // kill the process with the default action.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let node = Node::start(config).await?;
         if let Some(token) = node.dev_token() {
             println!(
@@ -133,22 +138,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 node.shared().config.data_dir.display(),
             );
         }
-        wait_for_signal().await?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         tracing::info!("signal received: draining, then exiting");
         node.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -127,6 +127,8 @@ pub struct Shared {
     pub drain: CancellationToken,
     /// Cancelled when the node shuts down (after drain).
     pub shutdown: CancellationToken,
+    /// The peer mesh, set once at start.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -153,6 +155,7 @@ impl Shared {
             started: Instant::now(),
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -245,26 +248,44 @@ impl Shared {
         routed
     }
 
-    /// Publishes to `group` cluster-wide. Returns the number of connections routed to.
+    /// Publishes to `group` cluster-wide: to local connections, and once to each peer
+    /// with subscribers for it. Returns the number of connections routed to.
     pub fn publish(&self, group: &str, payload: Bytes) -> usize {
         self.metrics.messages_published.inc();
-        let message = Encoded::new(payload);
-        self.publish_local(group, &message)
+        let message = Encoded::new(payload.clone());
+        let text = matches!(message.0, Message::Text(_));
+        let local = self.publish_local(group, &message);
+        let remote = self
+            .cluster
+            .get()
+            .map_or(0, |c| c.forward(group, &payload, text));
+        local + remote
     }
 
     /// Number of connections in `group`, per node, cluster-wide.
     pub fn group_counts(&self, group: &str) -> Vec<(u64, usize)> {
         let local = read(&self.broker).group_size(group);
-        let mut counts = Vec::new();
-        if local > 0 {
-            counts.push((self.node_id(), local));
+        match self.cluster.get() {
+            Some(cluster) => cluster.with_local((self.node_id(), local), group),
+            None if local > 0 => vec![(self.node_id(), local)],
+            None => Vec::new(),
         }
-        counts
     }
 
     /// Groups with at least one connection anywhere in the cluster, sorted.
     pub fn all_groups(&self, pattern: Option<&[u8]>) -> Vec<String> {
-        read(&self.broker).groups(pattern)
+        let mut groups = read(&self.broker).groups(pattern);
+        if let Some(cluster) = self.cluster.get() {
+            groups.extend(
+                cluster
+                    .groups()
+                    .into_iter()
+                    .filter(|g| pattern.is_none_or(|p| crate::broker::glob_match(p, g.as_bytes()))),
+            );
+            groups.sort_unstable();
+            groups.dedup();
+        }
+        groups
     }
 }
 

@@ -31,7 +31,12 @@ impl Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--log-format", "json"])
             .args(["--ws-listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
-            .args(["--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(&dir)
             .args(extra)

@@ -113,6 +113,16 @@ pub enum PeerMessage {
         id: u64,
         body: Bytes,
     },
+    /// The first message each side sends: who it is, and an HMAC-SHA256 with the cluster
+    /// secret over the TLS session's exported keying material and that id. The secret is
+    /// never sent, and a proof cannot be replayed on another TLS session.
+    Auth {
+        node: NodeId,
+        proof: Bytes,
+    },
+    /// The members the sender knows (id, peer address), so that every node meshes with
+    /// every other one after joining through a single seed.
+    Peers(Vec<(NodeId, String)>),
 }
 
 /// Why a peer message could not be encoded or decoded.

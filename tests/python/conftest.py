@@ -60,7 +60,8 @@ class Node:
             flags = ("--jwt-secret", secret, *flags)
         cmd = [BIN, "serve", "--log-format", "json",
                "--ws-listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0",
-               "--admin-listen", "127.0.0.1:0", "--data-dir", self.dir, *flags]
+               "--admin-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+               "--data-dir", self.dir, *flags]
         env = dict(env if env is not None else os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
         logs = queue.Queue()

@@ -1,0 +1,171 @@
+//! Several nodes in one process over real QUIC on 127.0.0.1: the mesh, gossip and
+//! forwarding. (The Raft presence registry is not built yet: presence is per node.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switchboard_client::{Connection, Incoming};
+use switchboard_proto::resp::Frame;
+
+const CLUSTER_SECRET: &str = "cluster-test-secret";
+
+async fn node(id: u64, seeds: &[&TestNode], secret: &str) -> TestNode {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .map(|n| n.node().addrs().peer.unwrap().to_string())
+        .collect();
+    let secret = secret.to_owned();
+    TestNode::start(move |c| {
+        c.node_id = id;
+        c.seeds = seeds;
+        c.cluster_secret = Some(secret);
+        c.node_timeout = Duration::from_millis(1500);
+    })
+    .await
+}
+
+async fn members_up(n: &TestNode) -> Vec<u64> {
+    let (_, body) = http_get(&n.admin_addr(), "/v1/members").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut up: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["up"] == true)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    up.sort_unstable();
+    up
+}
+
+async fn wait_members(n: &TestNode, expected: &[u64]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let up = members_up(n).await;
+        if up == expected {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let (_, body) = http_get(&n.admin_addr(), "/v1/members").await;
+            panic!("timed out waiting for members {expected:?}; up: {up:?}; {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn group_total(n: &TestNode, group: &str) -> u64 {
+    let (_, body) = http_get(&n.admin_addr(), &format!("/v1/groups/{group}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["connections"].as_u64().unwrap_or(0)
+}
+
+async fn wait_group_total(n: &TestNode, group: &str, total: u64) {
+    wait_for(
+        &format!("{total} in {group} as seen by a node"),
+        DEADLINE,
+        || async { (group_total(n, group).await == total).then_some(()) },
+    )
+    .await;
+}
+
+async fn publish(n: &TestNode, group: &str, payload: &[u8]) -> i64 {
+    let mut r = Resp::connect(&n.resp_addr()).await;
+    match r.cmd(&[b"PUBLISH", group.as_bytes(), payload]).await {
+        Frame::Integer(k) => k,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn text(c: &mut Connection) -> String {
+    match c.recv_timeout(DEADLINE).await.unwrap() {
+        Incoming::Text(t) => t,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    let c = node(3, &[&a], CLUSTER_SECRET).await;
+    // B and C only know A, and still find each other.
+    for n in [&a, &b, &c] {
+        wait_members(n, &[1, 2, 3]).await;
+    }
+    let mut on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(42)))
+        .await
+        .unwrap();
+    let mut on_c = Connection::connect_url(&c.ws_url(), Some(&simplejwt_token(42)))
+        .await
+        .unwrap();
+    for n in [&a, &b, &c] {
+        wait_group_total(n, "user_42", 2).await;
+    }
+    // Published on A, where nobody is: routed to the two connections on B and C.
+    assert_eq!(publish(&a, "user_42", b"hello cluster").await, 2);
+    assert_eq!(text(&mut on_b).await, "hello cluster");
+    assert_eq!(text(&mut on_c).await, "hello cluster");
+    // The group's per-node view agrees everywhere.
+    let (_, body) = http_get(&a.admin_addr(), "/v1/groups/user_42").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["nodes"], serde_json::json!({"2": 1, "3": 1}));
+
+    // Per-publisher order across nodes: a pipelined burst from one RESP connection.
+    let mut r = Resp::connect(&a.resp_addr()).await;
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        batch.extend(Resp::encode(&[
+            b"PUBLISH",
+            b"user_42",
+            i.to_string().as_bytes(),
+        ]));
+    }
+    r.send_raw(&batch).await;
+    for _ in 0..300 {
+        assert_eq!(r.reply().await, Some(Frame::Integer(2)));
+    }
+    for client in [&mut on_b, &mut on_c] {
+        for i in 0..300 {
+            assert_eq!(text(client).await, i.to_string());
+        }
+    }
+    // PUBSUB sees the cluster.
+    let mut r = Resp::connect(&a.resp_addr()).await;
+    assert_eq!(
+        r.cmd(&[b"PUBSUB", b"NUMSUB", b"user_42"]).await,
+        Frame::Array(vec![Frame::Bulk("user_42".into()), Frame::Integer(2)])
+    );
+
+    // A node goes away: the others mark it down and keep delivering.
+    c.shutdown().await;
+    wait_members(&a, &[1, 2]).await;
+    wait_members(&b, &[1, 2]).await;
+    wait_group_total(&a, "user_42", 1).await;
+    assert_eq!(publish(&a, "user_42", b"after c left").await, 1);
+    assert_eq!(text(&mut on_b).await, "after c left");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_with_the_wrong_secret_is_refused_and_changes_nothing() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let intruder = node(9, &[&a], "not-the-secret").await;
+    wait_for("a refused peer", DEADLINE, || async {
+        (metric(&a.admin_addr(), "switchboard_peer_auth_failures_total").await >= 1).then_some(())
+    })
+    .await;
+    let _c = Connection::connect_url(&intruder.ws_url(), Some(&simplejwt_token(5)))
+        .await
+        .unwrap();
+    wait_group_total(&intruder, "user_5", 1).await;
+    // Neither side counts the other as a member, and A routes nothing to it.
+    assert_eq!(members_up(&a).await, vec![1]);
+    assert_eq!(members_up(&intruder).await, vec![9]);
+    assert_eq!(publish(&a, "user_5", b"x").await, 0);
+    a.shutdown().await;
+    intruder.shutdown().await;
+}
