@@ -71,6 +71,27 @@ async fn wait_group_total(n: &TestNode, group: &str, total: u64) {
     .await;
 }
 
+/// The nodes holding `user`'s connections, as `node`'s admin API reports them.
+async fn presence_nodes(n: &TestNode, user: &str) -> Vec<u64> {
+    let (_, body) = http_get(&n.admin_addr(), &format!("/v1/presence/{user}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_u64().unwrap())
+        .collect()
+}
+
+async fn wait_presence(n: &TestNode, user: &str, nodes: &[u64]) {
+    wait_for(
+        &format!("presence of {user} on {nodes:?}"),
+        DEADLINE,
+        || async { (presence_nodes(n, user).await == nodes).then_some(()) },
+    )
+    .await;
+}
+
 async fn publish(n: &TestNode, group: &str, payload: &[u8]) -> i64 {
     let mut r = Resp::connect(&n.resp_addr()).await;
     match r.cmd(&[b"PUBLISH", group.as_bytes(), payload]).await {
@@ -112,6 +133,10 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
     let (_, body) = http_get(&a.admin_addr(), "/v1/groups/user_42").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["nodes"], serde_json::json!({"2": 1, "3": 1}));
+    // Presence is cluster-wide from any node.
+    for n in [&a, &b, &c] {
+        wait_presence(n, "42", &[2, 3]).await;
+    }
 
     // Per-publisher order across nodes: a pipelined burst from one RESP connection.
     let mut r = Resp::connect(&a.resp_addr()).await;
@@ -144,6 +169,8 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
     wait_members(&a, &[1, 2]).await;
     wait_members(&b, &[1, 2]).await;
     wait_group_total(&a, "user_42", 1).await;
+    wait_presence(&a, "42", &[2]).await;
+    wait_presence(&b, "42", &[2]).await;
     assert_eq!(publish(&a, "user_42", b"after c left").await, 1);
     assert_eq!(text(&mut on_b).await, "after c left");
     a.shutdown().await;

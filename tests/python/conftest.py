@@ -68,15 +68,16 @@ class Node:
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
         addrs = {}
         end = time.monotonic() + DEADLINE
-        while len(addrs) < 3:
+        while len(addrs) < 4:
             line = logs.get(timeout=max(0.1, end - time.monotonic()))
             fields = line.get("fields", {})
             message = fields.get("message", "")
             for key, prefix in (("ws", "WebSocket endpoint listening"), ("resp", "RESP ingest shim listening"),
-                                ("admin", "admin API listening")):
+                                ("admin", "admin API listening"), ("peer", "peer endpoint listening")):
                 if message.startswith(prefix):
                     addrs[key] = fields["addr"]
         self.ws_addr, self.resp_addr, self.admin = addrs["ws"], addrs["resp"], addrs["admin"]
+        self.peer_addr = addrs["peer"]
         self.resp_host, port = self.resp_addr.rsplit(":", 1)
         self.resp_port = int(port)
         self.ws_url = f"ws://{self.ws_addr}/ws/notifications/"
@@ -106,6 +107,12 @@ class Node:
 
     def wait_group(self, group, n):
         wait_until(lambda: self.group_size(group) == n, what=f"{n} connection(s) in {group}")
+
+    def cli(self, *args):
+        """`switchboard <args> --json` against this node's admin API."""
+        out = subprocess.run([BIN, *args, "--admin", self.admin, "--json"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
 
     def stop(self):
         if self.proc.poll() is None:

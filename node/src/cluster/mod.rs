@@ -228,7 +228,9 @@ impl Cluster {
             .iter()
             .map(|(id, p)| MemberView {
                 id: *id,
-                up: p.session.is_some() && now.duration_since(p.last_seen) < self.node_timeout,
+                // Down is decided in one place, the heartbeat loop, which also drops the
+                // peer's interest: members, presence and routing never disagree.
+                up: p.session.is_some(),
                 last_seen_ms: now.duration_since(p.last_seen).as_millis() as u64,
                 rtt_micros: p.rtt_micros,
                 peer: p.peer_addr.clone(),

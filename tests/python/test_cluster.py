@@ -1,0 +1,67 @@
+"""The scenario from the developers' guide, with real processes: three nodes, a client on
+each, redis-cli on any node reaches all; one node SIGKILLed, the rest keep delivering and
+`switchboard members` / `presence` tell the truth on every node."""
+
+import asyncio
+import signal
+import subprocess
+
+from conftest import mint, wait_until
+from wsclient import connect, recv
+
+SECRET = "python-cluster-secret"
+
+
+def cli_publish(node, group, payload):
+    out = subprocess.run(["redis-cli", "-h", node.resp_host, "-p", str(node.resp_port), "PUBLISH", group, payload],
+                         capture_output=True, text=True, timeout=10)
+    return int(out.stdout.strip())
+
+
+def up_members(node):
+    return sorted(m["id"] for m in node.cli("members")["members"] if m["up"])
+
+
+def presence_nodes(node, user):
+    return sorted(c["node"] for c in node.cli("presence", user)["connections"])
+
+
+def test_three_nodes_one_killed(start_node):
+    common = ("--cluster-secret", SECRET, "--node-timeout-ms", "2000")
+    a = start_node("--node-id", "1", *common)
+    b = start_node("--node-id", "2", "--seeds", a.peer_addr, *common)
+    c = start_node("--node-id", "3", "--seeds", a.peer_addr, *common)
+    nodes = [a, b, c]
+    for n in nodes:
+        wait_until(lambda n=n: up_members(n) == [1, 2, 3], what="a full mesh")
+
+    async def scenario():
+        clients = [await connect(n.ws_url, mint(42)) for n in nodes]
+        for n in nodes:
+            wait_until(lambda n=n: presence_nodes(n, "42") == [1, 2, 3], what="presence on every node")
+            # Interest is gossiped within milliseconds; a publish before it arrives misses
+            # the new subscriber (the documented window), so wait for it.
+            wait_until(lambda n=n: n.cli("group", "user_42")["connections"] == 3, what="interest on every node")
+        for publisher in nodes:
+            assert cli_publish(publisher, "user_42", f"from {publisher.resp_port}") == 3
+            for ws in clients:
+                assert await recv(ws) == f"from {publisher.resp_port}"
+
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(timeout=10)
+        for n in (a, b):
+            wait_until(lambda n=n: up_members(n) == [1, 2], timeout=15, what="the killed node marked down")
+            wait_until(lambda n=n: presence_nodes(n, "42") == [1, 2], timeout=15, what="its presence gone")
+        assert cli_publish(b, "user_42", "survivors") == 2
+        for ws in clients[:2]:
+            assert await recv(ws) == "survivors"
+        # The killed node's client reconnects to a survivor and receives again.
+        moved = await connect(a.ws_url, mint(42))
+        wait_until(lambda: presence_nodes(b, "42") == [1, 1, 2], what="the reconnected client")
+        wait_until(lambda: b.cli("group", "user_42")["connections"] == 3, what="its interest")
+        assert cli_publish(b, "user_42", "welcome back") == 3
+        assert await recv(moved) == "welcome back"
+        for ws in [*clients[:2], moved]:
+            await ws.close()
+
+    asyncio.run(scenario())
