@@ -72,10 +72,18 @@ fn segment(s: &str) -> String {
 
 fn print(value: &Value, json: bool, human: impl FnOnce(&Value) -> String) {
     if json {
-        println!("{value}");
+        out(&format!("{value}\n"));
     } else {
-        print!("{}", human(value));
+        out(&human(value));
     }
+}
+
+/// Writes to stdout; a closed pipe (`switchboard members | head -1`) is not an error
+/// worth a panic, so write errors are ignored.
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 fn field(v: &Value, key: &str) -> String {

@@ -105,9 +105,9 @@ fn token(secret: &str, user: &str, ttl: &str, groups: &[String], json: bool) -> 
     let ttl = cli::parse_ttl(ttl)?;
     let token = auth::mint_hs256(secret.as_bytes(), user, ttl, groups)?;
     if json {
-        println!("{}", serde_json::json!({ "token": token }));
+        cli::out(&format!("{}\n", serde_json::json!({ "token": token })));
     } else {
-        println!("{token}");
+        cli::out(&format!("{token}\n"));
     }
     Ok(())
 }
@@ -127,7 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let node = Node::start(config).await?;
         if let Some(token) = node.dev_token() {
-            println!(
+            cli::out(&format!(
                 "\nSwitchboard is running in development mode (no --jwt-secret): loopback only.\n\
                  Connect a client as user 1 (group user_1):\n\n  {}?token={}\n\n\
                  Then publish:  redis-cli -p {} PUBLISH user_1 hello\n\
@@ -136,7 +136,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 token,
                 node.addrs().resp.port(),
                 node.shared().config.data_dir.display(),
-            );
+            ));
         }
         tokio::select! {
             _ = term.recv() => {}

@@ -1,6 +1,7 @@
 """deploy/: the systemd unit, its environment file and the nginx config, each used for real."""
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -153,3 +154,37 @@ def test_a_client_through_nginx_receives_and_fails_over_when_its_node_dies(start
         asyncio.run(scenario())
     finally:
         nginx.stop()
+
+
+def test_the_local_cluster_script_starts_three_meshed_nodes_and_stops_them():
+    script = os.path.join(DEPLOY, "local-cluster.sh")
+    state = tempfile.mkdtemp(prefix="sb-local-")
+    env = dict(os.environ, SWITCHBOARD_BIN=os.path.abspath(BIN), SWITCHBOARD_LOCAL_DIR=state)
+    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=60)
+    try:
+        assert out.returncode == 0, out.stderr
+        url = next(l.strip() for l in out.stdout.splitlines() if l.strip().startswith("ws://127.0.0.1:8011"))
+
+        def members_up():
+            r = subprocess.run([BIN, "members", "--admin", "127.0.0.1:8002", "--json"], capture_output=True, text=True)
+            return r.returncode == 0 and sorted(m["id"] for m in json.loads(r.stdout)["members"] if m["up"]) == [1, 2, 3]
+
+        wait_until(members_up, what="three meshed nodes")
+
+        async def scenario():
+            ws = await connect(url.split("?token=")[0], url.split("?token=")[1])
+            wait_until(lambda: json.loads(subprocess.run(
+                [BIN, "group", "user_1", "--admin", "127.0.0.1:8022", "--json"],
+                capture_output=True, text=True).stdout)["connections"] == 1, what="interest on node 3")
+            r = redis.Redis(host="127.0.0.1", port=6382)
+            assert r.publish("user_1", "from node 3") == 1
+            assert await recv(ws) == "from node 3"
+            r.close()
+            await ws.close()
+
+        asyncio.run(scenario())
+    finally:
+        stop = subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+    for n in (1, 2, 3):
+        assert not os.path.exists(os.path.join(state, f"node-{n}.pid"))
