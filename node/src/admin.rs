@@ -303,10 +303,20 @@ pub fn drain(shared: &Shared) {
 }
 
 fn remove(shared: &Shared, id: &str) -> Response {
+    let known = |id: u64| {
+        shared
+            .cluster
+            .get()
+            .is_some_and(|c| c.members().iter().any(|m| m.id == id))
+    };
     match id.parse::<u64>() {
         Ok(id) if id == shared.node_id() => Response::json(
             409,
-            &json!({ "error": format!("node {id} is this node, the only member: a cluster cannot remove its last member; stop it instead") }),
+            &json!({ "error": format!("node {id} is this node: drain it (switchboard drain) and stop it instead") }),
+        ),
+        Ok(id) if known(id) => Response::json(
+            501,
+            &json!({ "error": format!("removing node {id} for good needs the Raft membership, which is not built yet; stop the node: peers mark it down after --node-timeout-ms") }),
         ),
         Ok(id) => Response::json(
             404,
