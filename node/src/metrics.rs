@@ -75,9 +75,7 @@ impl Metrics {
     pub fn render(&self, groups: usize, presence_entries: usize, ready: bool) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
-            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
-            let _ = writeln!(out, "switchboard_{name} {value}");
+            write_metric(&mut out, name, kind, help, value)
         };
         metric(
             "connections",
@@ -244,6 +242,13 @@ impl Metrics {
         let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         out
     }
+}
+
+/// Appends one metric, `switchboard_<name>`, with its HELP and TYPE lines.
+pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+    let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+    let _ = writeln!(out, "switchboard_{name} {value}");
 }
 
 /// The process's resident set size, from /proc/self/statm (Linux).

@@ -39,6 +39,15 @@ async fn wait_group(node: &TestNode, group: &str, n: u64) {
     .await;
 }
 
+async fn subscribe(conn: &mut Connection, group: &str) -> ServerReply {
+    conn.request(ClientOp::Subscribe {
+        group: group.into(),
+        id: None,
+    })
+    .await
+    .unwrap()
+}
+
 async fn expect_close(conn: &mut Connection, code: u16, reason_has: &str) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
@@ -110,13 +119,7 @@ async fn token_groups_subscribe_and_unsubscribe() {
     assert_eq!(publish(&node, "news", b"n1").await, 1);
     assert!(matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "n1"));
 
-    let reply = client
-        .request(ClientOp::Subscribe {
-            group: "room_9".into(),
-            id: None,
-        })
-        .await
-        .unwrap();
+    let reply = subscribe(&mut client, "room_9").await;
     assert!(
         matches!(reply, ServerReply::Subscribed { ref group, .. } if group == "room_9"),
         "{reply:?}"
@@ -124,13 +127,7 @@ async fn token_groups_subscribe_and_unsubscribe() {
     assert_eq!(publish(&node, "room_9", b"r").await, 1);
     assert!(matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "r"));
 
-    let reply = client
-        .request(ClientOp::Subscribe {
-            group: "admins".into(),
-            id: None,
-        })
-        .await
-        .unwrap();
+    let reply = subscribe(&mut client, "admins").await;
     assert!(
         matches!(
             reply,

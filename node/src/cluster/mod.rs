@@ -675,9 +675,7 @@ impl Cluster {
             ),
         ];
         for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
-            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
-            let _ = writeln!(out, "switchboard_{name} {value}");
+            crate::metrics::write_metric(out, name, kind, help, value);
         }
         let _ = writeln!(
             out,
