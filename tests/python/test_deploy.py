@@ -76,21 +76,29 @@ def test_the_environment_file_configures_a_working_node():
         node.stop()
 
 
-class Nginx:
-    """Real nginx (Debian package) running deploy/nginx/switchboard.conf with the
-    upstream pointed at the given nodes and the listener on a free loopback port."""
+def plain_site(ws_addrs, port):
+    """deploy/nginx/switchboard.conf with the upstream pointed at `ws_addrs` and the
+    listener on 127.0.0.1:`port`."""
+    with open(os.path.join(DEPLOY, "nginx/switchboard.conf")) as f:
+        site = f.read()
+    servers = "".join(f"    server {a} max_fails=1 fail_timeout=5s;\n" for a in ws_addrs)
+    site, n = re.subn(r"(upstream switchboard_ws \{\n)(?:.*\n)*?(?=\})",
+                      lambda m: m.group(1) + servers, site)
+    assert n == 1
+    site, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{port};", site)
+    assert n == 1
+    return site
 
-    def __init__(self, ws_addrs):
+
+class Nginx:
+    """Real nginx (Debian package) running a site built from deploy/nginx/."""
+
+    def __init__(self, ws_addrs, tls=False):
         self.prefix = tempfile.mkdtemp(prefix="sb-nginx-")
         self.port = free_port()
-        with open(os.path.join(DEPLOY, "nginx/switchboard.conf")) as f:
-            site = f.read()
-        servers = "".join(f"    server {a} max_fails=1 fail_timeout=5s;\n" for a in ws_addrs)
-        site, n = re.subn(r"(upstream switchboard_ws \{\n)(?:.*\n)*?(?=\})",
-                          lambda m: m.group(1) + servers, site)
-        assert n == 1
-        site, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{self.port};", site)
-        assert n == 1
+        site = plain_site(ws_addrs, self.port)
+        if tls:
+            site = self.tls_site(site)
         with open(os.path.join(self.prefix, "switchboard.conf"), "w") as f:
             f.write(site)
         with open(os.path.join(self.prefix, "nginx.conf"), "w") as f:
@@ -117,8 +125,29 @@ http {{
         self.addr = f"127.0.0.1:{self.port}"
         wait_until(lambda: Node.http(self.addr, "/healthz")[0] == 200, what="nginx")
 
+    def tls_site(self, plain):
+        """deploy/nginx/switchboard-tls.conf with a fresh self-signed certificate, its
+        listeners on free loopback ports, and the upstream and map of the plain site
+        (which it says to use together with it) kept; the plain server block stays on
+        self.port for health checks."""
+        cert, key = os.path.join(self.prefix, "cert.pem"), os.path.join(self.prefix, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=api.example.com", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True, timeout=60)
+        with open(os.path.join(DEPLOY, "nginx/switchboard-tls.conf")) as f:
+            tls = f.read()
+        self.tls_port, self.redirect_port = free_port(), free_port()
+        for old, new in [("/etc/letsencrypt/live/api.example.com/fullchain.pem", cert),
+                         ("/etc/letsencrypt/live/api.example.com/privkey.pem", key),
+                         ("listen 443 ssl;", f"listen 127.0.0.1:{self.tls_port} ssl;"),
+                         ("listen 80;", f"listen 127.0.0.1:{self.redirect_port};")]:
+            assert old in tls, old
+            tls = tls.replace(old, new)
+        return plain + tls
+
     def stop(self):
-        self.proc.send_signal(signal.SIGQUIT)
+        # SIGTERM: fast shutdown (SIGQUIT would wait out the 7-day WebSocket timeouts).
+        self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=10)
 
 
@@ -188,3 +217,35 @@ def test_the_local_cluster_script_starts_three_meshed_nodes_and_stops_them():
         assert stop.returncode == 0, stop.stderr
     for n in (1, 2, 3):
         assert not os.path.exists(os.path.join(state, f"node-{n}.pid"))
+
+
+def test_the_tls_example_serves_wss_and_redirects_http(start_node):
+    import ssl
+
+    node = start_node()
+    nginx = Nginx([node.ws_addr], tls=True)
+    try:
+        req = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                              "-H", "Host: api.example.com", f"http://127.0.0.1:{nginx.redirect_port}/ws/notifications/"],
+                             capture_output=True, text=True, timeout=10)
+        assert req.stdout.startswith("301 https://api.example.com/ws/notifications/"), req.stdout
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        async def scenario():
+            import websockets
+            ws = await websockets.connect(f"wss://127.0.0.1:{nginx.tls_port}/ws/notifications/?token={mint(42)}",
+                                          ssl=context, open_timeout=10)
+            node.wait_group("user_42", 1)
+            r = redis.Redis(host=node.resp_host, port=node.resp_port)
+            assert r.publish("user_42", "over wss") == 1
+            assert await recv(ws) == "over wss"
+            r.close()
+            await ws.close()
+
+        asyncio.run(scenario())
+        status, _ = Node.http(f"127.0.0.1:{nginx.port}", "/readyz")
+        assert status == 200
+    finally:
+        nginx.stop()
