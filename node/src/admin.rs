@@ -300,6 +300,10 @@ pub fn drain(shared: &Shared) {
         node: shared.node_id(),
     });
     shared.presence_flush.notify_one();
+    // Leave the mesh: peers see the connections close and mark this node down at once.
+    if let Some(cluster) = shared.cluster.get() {
+        cluster.close();
+    }
 }
 
 fn remove(shared: &Shared, id: &str) -> Response {

@@ -180,6 +180,10 @@ impl Shared {
     /// Whether `/readyz` answers 200: accepting clients, with a known leader.
     pub fn ready(&self) -> bool {
         self.lifecycle() == Lifecycle::Ready
+            && self
+                .cluster
+                .get()
+                .is_none_or(|c| c.in_majority(!self.config.seeds.is_empty()))
     }
 
     /// A new connection id: a local number, and the cluster-unique string form.

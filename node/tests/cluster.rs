@@ -13,6 +13,15 @@ use switchboard_proto::resp::Frame;
 const CLUSTER_SECRET: &str = "cluster-test-secret";
 
 async fn node(id: u64, seeds: &[&TestNode], secret: &str) -> TestNode {
+    node_with_timeout(id, seeds, secret, Duration::from_millis(1500)).await
+}
+
+async fn node_with_timeout(
+    id: u64,
+    seeds: &[&TestNode],
+    secret: &str,
+    timeout: Duration,
+) -> TestNode {
     let seeds: Vec<String> = seeds
         .iter()
         .map(|n| n.node().addrs().peer.unwrap().to_string())
@@ -22,7 +31,7 @@ async fn node(id: u64, seeds: &[&TestNode], secret: &str) -> TestNode {
         c.node_id = id;
         c.seeds = seeds;
         c.cluster_secret = Some(secret);
-        c.node_timeout = Duration::from_millis(1500);
+        c.node_timeout = timeout;
     })
     .await
 }
@@ -185,14 +194,83 @@ async fn a_peer_with_the_wrong_secret_is_refused_and_changes_nothing() {
         (metric(&a.admin_addr(), "switchboard_peer_auth_failures_total").await >= 1).then_some(())
     })
     .await;
-    let _c = Connection::connect_url(&intruder.ws_url(), Some(&simplejwt_token(5)))
-        .await
-        .unwrap();
-    wait_group_total(&intruder, "user_5", 1).await;
-    // Neither side counts the other as a member, and A routes nothing to it.
+    // Neither side counts the other as a member. The intruder, started with a seed it
+    // never joined, is not ready; A, a cluster of one, is.
     assert_eq!(members_up(&a).await, vec![1]);
     assert_eq!(members_up(&intruder).await, vec![9]);
-    assert_eq!(publish(&a, "user_5", b"x").await, 0);
+    assert_eq!(
+        http_get(&intruder.node().addrs().ws.to_string(), "/readyz")
+            .await
+            .0,
+        503
+    );
+    assert_eq!(
+        http_get(&a.node().addrs().ws.to_string(), "/readyz")
+            .await
+            .0,
+        200
+    );
+    let _c = Connection::connect_url(&a.ws_url(), Some(&simplejwt_token(5)))
+        .await
+        .unwrap();
+    wait_group_total(&a, "user_5", 1).await;
+    let mut r = Resp::connect(&intruder.resp_addr()).await;
+    assert_eq!(
+        r.cmd(&[b"PUBSUB", b"NUMSUB", b"user_5"]).await,
+        Frame::Array(vec![Frame::Bulk("user_5".into()), Frame::Integer(0)]),
+        "nothing of A's interest reached the intruder"
+    );
     a.shutdown().await;
     intruder.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_majority_is_not_ready() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    let c = node(3, &[&a], CLUSTER_SECRET).await;
+    for n in [&a, &b, &c] {
+        wait_members(n, &[1, 2, 3]).await;
+    }
+    let readyz = |n: &TestNode| {
+        let addr = n.node().addrs().ws.to_string();
+        async move { http_get(&addr, "/readyz").await.0 }
+    };
+    assert_eq!(readyz(&a).await, 200);
+    // One of three gone: the other two are a majority.
+    b.shutdown().await;
+    wait_members(&a, &[1, 3]).await;
+    assert_eq!(readyz(&a).await, 200);
+    // Two of three gone: the last one is cut off from the majority.
+    c.shutdown().await;
+    wait_members(&a, &[1]).await;
+    assert_eq!(readyz(&a).await, 503);
+    // And it refuses new clients with 1013 rather than serve a minority.
+    let mut late = Connection::connect_url(&a.ws_url(), Some(&simplejwt_token(1)))
+        .await
+        .unwrap();
+    match late.recv_timeout(DEADLINE).await.unwrap() {
+        Incoming::Closed { code, .. } => assert_eq!(code, 1013),
+        other => panic!("{other:?}"),
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drained_node_leaves_the_mesh_at_once() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    wait_members(&a, &[1, 2]).await;
+    let (status, _) = http(&b.admin_addr(), "POST", "/v1/drain").await;
+    assert_eq!(status, 202);
+    // Well before --node-timeout-ms: the closed connection says it.
+    let left = tokio::time::Instant::now();
+    wait_members(&a, &[1]).await;
+    assert!(
+        left.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        left.elapsed()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

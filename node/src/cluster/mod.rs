@@ -160,9 +160,23 @@ impl Cluster {
         tokio::spawn(self.clone().heartbeat_loop(shared));
     }
 
-    /// Closes every connection.
+    /// Closes every connection and stops accepting: the node leaves the mesh.
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"node stopping");
+        self.endpoint.close(0u32.into(), b"node leaving");
+    }
+
+    /// Whether this node is in a majority of the members it knows (itself included), so
+    /// that it may call itself ready. A node started with seeds that has not yet reached
+    /// any peer is still joining, so not ready; a node that knows no peer and had no
+    /// seeds is a cluster of one.
+    pub fn in_majority(&self, joining: bool) -> bool {
+        let peers = lock(&self.peers);
+        if peers.is_empty() {
+            return !joining;
+        }
+        let up = 1 + peers.values().filter(|p| p.session.is_some()).count();
+        let known = 1 + peers.len();
+        2 * up > known
     }
 
     // ----- the publish path -----
