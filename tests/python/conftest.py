@@ -56,6 +56,10 @@ class Node:
         """A node; `secret` is passed as --jwt-secret (None: none, e.g. when `env` has one);
         `env` replaces the inherited environment."""
         self.dir = tempfile.mkdtemp(prefix="sb-py-")
+        if "--data-dir" in flags:
+            self.dir = flags[flags.index("--data-dir") + 1]
+            i = flags.index("--data-dir")
+            flags = flags[:i] + flags[i + 2:]
         if secret:
             flags = ("--jwt-secret", secret, *flags)
         cmd = [BIN, "serve", "--log-format", "json",

@@ -65,3 +65,19 @@ def test_three_nodes_one_killed(start_node):
             await ws.close()
 
     asyncio.run(scenario())
+
+    # The killed node restarts with its data dir and id: it rejoins and serves again.
+    again = start_node("--node-id", "3", "--seeds", a.peer_addr, *common, "--data-dir", c.dir)
+    for n in (a, b, again):
+        wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=15, what="the restarted node back in the mesh")
+
+    async def rejoined():
+        ws = await connect(again.ws_url, mint(7))
+        for n in (a, b):
+            wait_until(lambda n=n: n.cli("group", "user_7")["connections"] == 1, what="its interest")
+        assert cli_publish(a, "user_7", "welcome home") == 1
+        assert await recv(ws) == "welcome home"
+        assert presence_nodes(b, "7") == [3]
+        await ws.close()
+
+    asyncio.run(rejoined())
