@@ -200,11 +200,27 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     }
 }
 
-fn role(shared: &Shared) -> &'static str {
-    // A single node bootstraps its own cluster and leads it.
+/// This node's role and the leader's id. Until the Raft registry lands there is no
+/// elected leader: the lowest id among the live members (this node included) is reported
+/// as leader, which every connected node agrees on; a single node leads itself. Status
+/// says `"raft": false` so nobody mistakes this for consensus.
+fn role(shared: &Shared) -> (&'static str, u64) {
+    let me = shared.node_id();
+    let leader = shared
+        .cluster
+        .get()
+        .map(|c| {
+            c.members()
+                .iter()
+                .filter(|m| m.up)
+                .map(|m| m.id)
+                .fold(me, u64::min)
+        })
+        .unwrap_or(me);
     match shared.lifecycle() {
-        Lifecycle::Starting => "follower",
-        _ => "leader",
+        Lifecycle::Starting => ("follower", leader),
+        _ if leader == me => ("leader", leader),
+        _ => ("follower", leader),
     }
 }
 
@@ -214,9 +230,10 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     let config = &shared.config;
     json!({
         "id": shared.node_id(),
-        "role": role(shared),
+        "role": role(shared).0,
         "term": 1,
-        "leader": shared.node_id(),
+        "leader": role(shared).1,
+        "raft": false,
         "ready": shared.ready(),
         "state": format!("{:?}", shared.lifecycle()).to_lowercase(),
         "members": 1 + shared.cluster.get().map_or(0, |c| c.members().len()),

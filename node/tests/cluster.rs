@@ -142,6 +142,15 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
     let (_, body) = http_get(&a.admin_addr(), "/v1/groups/user_42").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["nodes"], serde_json::json!({"2": 1, "3": 1}));
+    // Status names one leader everywhere (interim: the lowest live id, no Raft yet).
+    for (n, role) in [(&a, "leader"), (&b, "follower"), (&c, "follower")] {
+        let (_, body) = http_get(&n.admin_addr(), "/v1/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["role"].as_str(), v["leader"].as_u64()),
+            (Some(role), Some(1))
+        );
+    }
     // Presence is cluster-wide from any node.
     for n in [&a, &b, &c] {
         wait_presence(n, "42", &[2, 3]).await;
