@@ -132,6 +132,31 @@ def node():
     n.stop()
 
 
+def up_members(node):
+    """Ids of the members `node` reports up, sorted."""
+    return sorted(m["id"] for m in node.cli("members")["members"] if m["up"])
+
+
+CLUSTER_SECRET = "python-suite-cluster-secret"
+
+
+@pytest.fixture
+def start_cluster(start_node):
+    """Starts nodes 1..n (2..n seeded with node 1), all with the same cluster secret and a
+    2 s node timeout plus `flags`, and returns them once every node sees the full mesh."""
+
+    def start(n=3, *flags):
+        common = ("--cluster-secret", CLUSTER_SECRET, "--node-timeout-ms", "2000", *flags)
+        first = start_node("--node-id", "1", *common)
+        nodes = [first] + [start_node("--node-id", str(i), "--seeds", first.peer_addr, *common)
+                           for i in range(2, n + 1)]
+        for node in nodes:
+            wait_until(lambda node=node: up_members(node) == list(range(1, n + 1)), what="a full mesh")
+        return nodes
+
+    return start
+
+
 @pytest.fixture
 def start_node():
     nodes = []

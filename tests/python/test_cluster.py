@@ -6,11 +6,8 @@ import asyncio
 import signal
 import subprocess
 
-from conftest import mint, wait_until
+from conftest import CLUSTER_SECRET, mint, up_members, wait_until
 from wsclient import connect, recv
-
-SECRET = "python-cluster-secret"
-
 
 def cli_publish(node, group, payload):
     out = subprocess.run(["redis-cli", "-h", node.resp_host, "-p", str(node.resp_port), "PUBLISH", group, payload],
@@ -18,22 +15,13 @@ def cli_publish(node, group, payload):
     return int(out.stdout.strip())
 
 
-def up_members(node):
-    return sorted(m["id"] for m in node.cli("members")["members"] if m["up"])
-
-
 def presence_nodes(node, user):
     return sorted(c["node"] for c in node.cli("presence", user)["connections"])
 
 
-def test_three_nodes_one_killed(start_node):
-    common = ("--cluster-secret", SECRET, "--node-timeout-ms", "2000")
-    a = start_node("--node-id", "1", *common)
-    b = start_node("--node-id", "2", "--seeds", a.peer_addr, *common)
-    c = start_node("--node-id", "3", "--seeds", a.peer_addr, *common)
-    nodes = [a, b, c]
-    for n in nodes:
-        wait_until(lambda n=n: up_members(n) == [1, 2, 3], what="a full mesh")
+def test_three_nodes_one_killed(start_node, start_cluster):
+    nodes = start_cluster(3)
+    a, b, c = nodes
 
     async def scenario():
         clients = [await connect(n.ws_url, mint(42)) for n in nodes]
@@ -67,7 +55,8 @@ def test_three_nodes_one_killed(start_node):
     asyncio.run(scenario())
 
     # The killed node restarts with its data dir and id: it rejoins and serves again.
-    again = start_node("--node-id", "3", "--seeds", a.peer_addr, *common, "--data-dir", c.dir)
+    again = start_node("--node-id", "3", "--seeds", a.peer_addr, "--cluster-secret", CLUSTER_SECRET,
+                       "--node-timeout-ms", "2000", "--data-dir", c.dir)
     for n in (a, b, again):
         wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=15, what="the restarted node back in the mesh")
 

@@ -12,9 +12,6 @@ from conftest import mint, wait_until
 from test_clients import CHROMIUM, PAGE, browser, page_server  # noqa: F401 (fixtures)
 from test_deploy import Nginx
 
-SECRET = "dropin-cluster-secret"
-
-
 def configure_django(host, port):
     """The old deployment's CHANNEL_LAYERS block, with REDIS_HOST/REDIS_PORT pointed at a node."""
     if not settings.configured:
@@ -50,14 +47,8 @@ def holder(nodes, user):
     return next(n for n in nodes if n.cli("status")["id"] == conns[0]["node"])
 
 
-def test_group_send_reaches_a_browser_through_nginx_and_survives_a_node_kill(start_node, page_server, browser):  # noqa: F811
-    common = ("--cluster-secret", SECRET, "--node-timeout-ms", "2000", "--allowed-origins", page_server)
-    a = start_node("--node-id", "1", *common)
-    b = start_node("--node-id", "2", "--seeds", a.peer_addr, *common)
-    c = start_node("--node-id", "3", "--seeds", a.peer_addr, *common)
-    nodes = [a, b, c]
-    for n in nodes:
-        wait_until(lambda n=n: len([m for m in n.cli("members")["members"] if m["up"]]) == 3, what="mesh")
+def test_group_send_reaches_a_browser_through_nginx_and_survives_a_node_kill(start_cluster, page_server, browser):  # noqa: F811
+    nodes = start_cluster(3, "--allowed-origins", page_server)
     nginx = Nginx([n.ws_addr for n in nodes])
     try:
         url = f"ws://{nginx.addr}/ws/notifications/"
@@ -93,7 +84,7 @@ def test_group_send_reaches_a_browser_through_nginx_and_survives_a_node_kill(sta
         nginx.stop()
 
 
-def test_several_hosts_in_config_pointing_at_different_nodes(start_node):
+def test_several_hosts_in_config_pointing_at_different_nodes(start_cluster):
     """CONFIG.hosts listing every node: channels_redis shards groups and channel keys over
     the hosts by a consistent hash, so ZRANGE and EVAL for one group_send may go to
     different nodes; each answers from the cluster-wide view."""
@@ -103,13 +94,7 @@ def test_several_hosts_in_config_pointing_at_different_nodes(start_node):
 
     from wsclient import connect, recv
 
-    common = ("--cluster-secret", SECRET, "--node-timeout-ms", "2000")
-    a = start_node("--node-id", "1", *common)
-    b = start_node("--node-id", "2", "--seeds", a.peer_addr, *common)
-    c = start_node("--node-id", "3", "--seeds", a.peer_addr, *common)
-    nodes = [a, b, c]
-    for n in nodes:
-        wait_until(lambda n=n: len([m for m in n.cli("members")["members"] if m["up"]]) == 3, what="mesh")
+    nodes = start_cluster(3)
 
     async def scenario():
         users = list(range(100, 112))
