@@ -2,6 +2,7 @@
 tokens, and helpers that wait for conditions with a deadline (never fixed sleeps)."""
 
 import base64
+import http.server
 import hashlib
 import hmac
 import json
@@ -169,3 +170,54 @@ def start_node():
     yield start
     for n in nodes:
         n.stop()
+
+
+# ----- a page served on loopback and a headless Chromium (Debian's), for browser tests -----
+
+CHROMIUM = "/usr/bin/chromium"
+
+PAGE = """<!doctype html><html><body><script>
+const params = new URLSearchParams(location.search);
+window.received = []; window.closes = []; window.opened = false;
+// The browser-console snippet of the old docs, unchanged but for the URL:
+const token = params.get('token');
+const ws = new WebSocket(`${params.get('url')}?token=${token}`);
+ws.onopen = () => { console.log('Connecté!'); window.opened = true; };
+ws.onmessage = (event) => { console.log('Message:', event.data); window.received.push(event.data); };
+ws.onerror = (error) => console.error('Erreur:', error);
+ws.onclose = (event) => { console.log('Déconnecté'); window.closes.push([event.code, event.reason]); };
+</script></body></html>"""
+
+
+@pytest.fixture
+def page_server():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = PAGE.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def browser():
+    assert os.path.exists(CHROMIUM), "chromium missing: tests/run installs Debian's chromium"
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+

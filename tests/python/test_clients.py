@@ -1,21 +1,16 @@
 """Real WebSocket clients from the old docs: wscat (npm) with the documented command
 line, and headless Chromium (Debian) running the browser-console snippet on a page."""
 
-import asyncio
-import http.server
 import os
 import subprocess
 import threading
-import time
 
-import pytest
 import redis
 
 from conftest import mint, wait_until
 
 JS = os.path.join(os.path.dirname(__file__), "../js")
 WSCAT = os.path.join(JS, "node_modules/.bin/wscat")
-CHROMIUM = "/usr/bin/chromium"
 
 
 def test_wscat_receives_a_published_message(node):
@@ -35,51 +30,6 @@ def test_wscat_receives_a_published_message(node):
     finally:
         proc.kill()
         proc.wait(timeout=10)
-
-
-PAGE = """<!doctype html><html><body><script>
-const params = new URLSearchParams(location.search);
-window.received = []; window.closes = []; window.opened = false;
-// The browser-console snippet of the old docs, unchanged but for the URL:
-const token = params.get('token');
-const ws = new WebSocket(`${params.get('url')}?token=${token}`);
-ws.onopen = () => { console.log('Connecté!'); window.opened = true; };
-ws.onmessage = (event) => { console.log('Message:', event.data); window.received.push(event.data); };
-ws.onerror = (error) => console.error('Erreur:', error);
-ws.onclose = (event) => { console.log('Déconnecté'); window.closes.push([event.code, event.reason]); };
-</script></body></html>"""
-
-
-@pytest.fixture
-def page_server():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = PAGE.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/html; charset=utf-8")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-@pytest.fixture
-def browser():
-    assert os.path.exists(CHROMIUM), "chromium missing: tests/run installs Debian's chromium"
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
 
 
 def open_page(browser, page_server, node, token):

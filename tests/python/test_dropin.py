@@ -9,7 +9,6 @@ import django
 from django.conf import settings
 
 from conftest import mint, wait_until
-from test_clients import CHROMIUM, PAGE, browser, page_server  # noqa: F401 (fixtures)
 from test_deploy import Nginx
 
 def configure_django(host, port):
@@ -47,7 +46,7 @@ def holder(nodes, user):
     return next(n for n in nodes if n.cli("status")["id"] == conns[0]["node"])
 
 
-def test_group_send_reaches_a_browser_through_nginx_and_survives_a_node_kill(start_cluster, page_server, browser):  # noqa: F811
+def test_group_send_reaches_a_browser_through_nginx_and_survives_a_node_kill(start_cluster, page_server, browser):
     nodes = start_cluster(3, "--allowed-origins", page_server)
     nginx = Nginx([n.ws_addr for n in nodes])
     try:
