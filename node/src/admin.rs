@@ -99,58 +99,12 @@ async fn cluster_presence(req: &Request, shared: &Arc<Shared>) -> Option<Respons
     {
         return None;
     }
-    let cluster = shared.cluster.get()?;
     let user = percent_decode(user);
-    let mut answer = presence(shared, &user);
-    let path = format!(
-        "/v1/presence/{}?scope=local",
-        req.path.trim_start_matches("/v1/presence/")
-    );
-    let asks = cluster.members().into_iter().filter(|m| m.up).map(|m| {
-        let path = path.clone();
-        async move {
-            tokio::time::timeout(std::time::Duration::from_secs(1), get_json(&m.admin, &path)).await
-        }
-    });
-    let mut connections: Vec<serde_json::Value> = answer["connections"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for reply in futures_util::future::join_all(asks).await {
-        if let Ok(Some(v)) = reply {
-            connections.extend(v["connections"].as_array().cloned().unwrap_or_default());
-        }
-    }
-    connections.sort_by_key(|c| {
-        (
-            c["node"].as_u64(),
-            c["connection"].as_str().map(str::to_owned),
-        )
-    });
-    answer["connections"] = serde_json::Value::Array(connections);
-    Some(Response::json(200, &answer))
-}
-
-/// A tiny HTTP GET of a peer's admin API.
-async fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(4 * 1024 * 1024)
-        .read_to_end(&mut raw)
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| serde_json::from_str(body).ok())?
+    let connections = shared.presence_everywhere(&user).await;
+    Some(Response::json(
+        200,
+        &json!({ "user": user, "connections": connections }),
+    ))
 }
 
 fn route(req: &Request, shared: &Arc<Shared>) -> Response {

@@ -59,7 +59,7 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<Value> {
 }
 
 /// Percent-encodes one path segment.
-fn segment(s: &str) -> String {
+pub fn segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

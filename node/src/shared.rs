@@ -276,6 +276,28 @@ impl Shared {
         }
     }
 
+    /// Every live connection of `user`: this node's registry plus, in a cluster, each
+    /// live peer's; ordered by node, then connection id.
+    pub async fn presence_everywhere(
+        &self,
+        user: &str,
+    ) -> Vec<switchboard_proto::client::PresenceEntry> {
+        let mut entries: Vec<switchboard_proto::client::PresenceEntry> = read(&self.presence)
+            .user(user)
+            .into_iter()
+            .map(|r| switchboard_proto::client::PresenceEntry {
+                node: r.node,
+                connection: r.connection,
+                connected_at: r.connected_at,
+            })
+            .collect();
+        if let Some(cluster) = self.cluster.get() {
+            entries.extend(cluster.remote_presence(user).await);
+        }
+        entries.sort_by(|a, b| (a.node, &a.connection).cmp(&(b.node, &b.connection)));
+        entries
+    }
+
     /// Groups with at least one connection anywhere in the cluster, sorted.
     pub fn all_groups(&self, pattern: Option<&[u8]>) -> Vec<String> {
         let mut groups = read(&self.broker).groups(pattern);

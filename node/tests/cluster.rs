@@ -151,9 +151,23 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
             (Some(role), Some(1))
         );
     }
-    // Presence is cluster-wide from any node.
+    // Presence is cluster-wide from any node, for admins and for the client itself.
     for n in [&a, &b, &c] {
         wait_presence(n, "42", &[2, 3]).await;
+    }
+    let reply = on_b
+        .request(switchboard_proto::client::ClientOp::Presence {
+            user: None,
+            id: None,
+        })
+        .await
+        .unwrap();
+    match reply {
+        switchboard_proto::client::ServerReply::Presence { connections, .. } => {
+            let nodes: Vec<u64> = connections.iter().map(|c| c.node).collect();
+            assert_eq!(nodes, vec![2, 3]);
+        }
+        other => panic!("{other:?}"),
     }
 
     // Per-publisher order across nodes: a pipelined burst from one RESP connection.

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use switchboard_proto::client::PresenceEntry;
 use switchboard_proto::peer::{
     Forward, Interest, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
 };
@@ -233,6 +234,31 @@ impl Cluster {
     /// Every group some peer has subscribers for.
     pub fn groups(&self) -> Vec<String> {
         read(&self.remote).groups().map(str::to_owned).collect()
+    }
+
+    /// The connections of `user` on every live peer, from each peer's own registry
+    /// (`/v1/presence/{user}?scope=local` on its admin API), asked concurrently with a 1 s
+    /// limit each. A peer that does not answer contributes nothing. Interim until the Raft
+    /// registry replicates presence.
+    pub async fn remote_presence(&self, user: &str) -> Vec<PresenceEntry> {
+        let path = format!("/v1/presence/{}?scope=local", crate::cli::segment(user));
+        let asks =
+            self.members().into_iter().filter(|m| m.up).map(|m| {
+                let path = path.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(1), get_json(&m.admin, &path)).await
+                }
+            });
+        let mut entries = Vec::new();
+        for reply in futures_util::future::join_all(asks).await {
+            if let Ok(Some(v)) = reply
+                && let Ok(list) =
+                    serde_json::from_value::<Vec<PresenceEntry>>(v["connections"].clone())
+            {
+                entries.extend(list);
+            }
+        }
+        entries
     }
 
     /// Every peer this node has heard of.
@@ -713,6 +739,24 @@ impl Cluster {
         }
         counts.into_iter().collect()
     }
+}
+
+/// A tiny HTTP GET of a peer's admin API; the body as JSON when the status is 200.
+async fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(4 * 1024 * 1024)
+        .read_to_end(&mut raw)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| serde_json::from_str(body).ok())?
 }
 
 fn micros_now() -> u64 {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_proto::client::{ClientOp, CloseCode, ErrorCode, PresenceEntry, ServerReply};
+use switchboard_proto::client::{ClientOp, CloseCode, ErrorCode, ServerReply};
 use switchboard_proto::peer::{ConnectionRecord, PresenceOp};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -428,11 +428,11 @@ impl Session<'_> {
                 return self.reply(&reply).await;
             }
         };
-        let reply = self.answer(op);
+        let reply = self.answer(op).await;
         self.reply(&reply).await
     }
 
-    fn answer(&mut self, op: ClientOp) -> ServerReply {
+    async fn answer(&mut self, op: ClientOp) -> ServerReply {
         let shared = self.shared;
         let id = op.id();
         match op {
@@ -463,15 +463,9 @@ impl Session<'_> {
                         id,
                     );
                 }
-                let connections = read(&shared.presence)
-                    .user(&user)
-                    .into_iter()
-                    .map(|r| PresenceEntry {
-                        node: r.node,
-                        connection: r.connection,
-                        connected_at: r.connected_at,
-                    })
-                    .collect();
+                // Cluster-wide; bounded by the 1 s per-peer limit, during which this
+                // connection's outbound messages wait in its (bounded) queue.
+                let connections = shared.presence_everywhere(&user).await;
                 ServerReply::Presence {
                     user,
                     connections,
