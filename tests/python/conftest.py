@@ -13,7 +13,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 
 import pytest
 
@@ -29,7 +32,9 @@ def b64url(data: bytes) -> str:
 def mint(user_id, groups=None, exp_in=300, secret=SECRET, extra=None):
     """An HS256 token shaped like djangorestframework-simplejwt's access tokens."""
     now = int(time.time())
-    claims = {"token_type": "access", "exp": now + exp_in, "iat": now, "jti": "0" * 32, "user_id": user_id}
+    claims = {"token_type": "access", "exp": now + exp_in, "iat": now, "jti": uuid.uuid4().hex}
+    if user_id is not None:  # None: no user_id claim (say, a token naming its user in `sub`)
+        claims["user_id"] = user_id
     if groups is not None:
         claims["groups"] = groups
     claims.update(extra or {})
@@ -69,12 +74,20 @@ class Node:
                "--data-dir", self.dir, *flags]
         env = dict(env if env is not None else os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        self.log_tail = []  # the last lines of stderr, for failure messages
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
         addrs = {}
         end = time.monotonic() + DEADLINE
         while len(addrs) < 4:
-            line = logs.get(timeout=max(0.1, end - time.monotonic()))
+            if time.monotonic() > end:
+                self._fail_start(f"timed out waiting for the listening addresses (got {sorted(addrs)})")
+            try:
+                line = logs.get(timeout=max(0.05, min(0.5, end - time.monotonic())))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    self._fail_start(f"switchboard exited {self.proc.returncode} during start")
+                continue
             fields = line.get("fields", {})
             message = fields.get("message", "")
             for key, prefix in (("ws", "WebSocket endpoint listening"), ("resp", "RESP ingest shim listening"),
@@ -88,8 +101,22 @@ class Node:
         self.ws_url = f"ws://{self.ws_addr}/ws/notifications/"
         wait_until(lambda: self.http(self.ws_addr, "/readyz")[0] == 200, what="readiness")
 
+    def _fail_start(self, why):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        tail = "\n".join(self.log_tail[-20:])
+        raise AssertionError(f"{why}; stderr ends with:\n{tail}")
+
+    @staticmethod
+    def token(user_id, groups=None, exp_in=300, **extra):
+        """A SimpleJWT-style access token this node accepts (see `mint`)."""
+        return mint(user_id, groups=groups, exp_in=exp_in, extra=extra)
+
     def _pump(self, logs):
         for line in self.proc.stderr:
+            self.log_tail.append(line.rstrip())
+            del self.log_tail[:-200]
             try:
                 logs.put(json.loads(line))
             except ValueError:
@@ -107,7 +134,7 @@ class Node:
             return 0, ""  # not listening (yet), or gone
 
     def group_size(self, group):
-        status, body = self.http(self.admin, f"/v1/groups/{group}")
+        status, body = self.http(self.admin, f"/v1/groups/{urllib.parse.quote(group, safe='')}")
         return json.loads(body)["connections"] if status == 200 else -1
 
     def wait_group(self, group, n):
@@ -168,8 +195,21 @@ def start_node():
         return n
 
     yield start
+    stop_all(nodes)
+
+
+def stop_all(nodes):
+    """Stops every node (SIGTERM, exit 0 within 10 s), even if one of them fails to."""
+    failures = []
     for n in nodes:
-        n.stop()
+        try:
+            n.stop()
+        except (AssertionError, subprocess.TimeoutExpired) as e:
+            if n.proc.poll() is None:
+                n.proc.kill()
+                n.proc.wait(timeout=10)
+            failures.append(str(e))
+    assert not failures, "; ".join(failures)
 
 
 # ----- a page served on loopback and a headless Chromium (Debian's), for browser tests -----
