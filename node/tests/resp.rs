@@ -352,3 +352,35 @@ async fn numsub_is_a_flat_array_in_resp3_too() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_command_inside_multi_aborts_the_transaction() {
+    let node = TestNode::start(|_| {}).await;
+    let mut r = Resp::connect(&node.resp_addr()).await;
+    assert_eq!(r.cmd(&[b"MULTI"]).await, Frame::Simple("OK".into()));
+    assert_eq!(
+        r.cmd(&[b"PUBLISH", b"g", b"a"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    assert!(is_error_starting(
+        &r.cmd(&[b"FROB", b"x"]).await,
+        "ERR unknown command 'FROB'"
+    ));
+    assert!(is_error_starting(
+        &r.cmd(&[b"PUBLISH", b"g"]).await,
+        "ERR wrong number of arguments for 'publish'"
+    ));
+    assert_eq!(
+        r.cmd(&[b"EXEC"]).await,
+        Frame::Error("EXECABORT Transaction discarded because of previous errors.".into())
+    );
+    assert_eq!(
+        metric(&node.admin_addr(), "switchboard_messages_published_total").await,
+        0
+    );
+    assert!(is_error_starting(
+        &r.cmd(&[b"EXEC"]).await,
+        "ERR EXEC without MULTI"
+    ));
+    node.shutdown().await;
+}

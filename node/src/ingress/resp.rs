@@ -93,6 +93,8 @@ struct RespConn {
     lib_ver: Option<Bytes>,
     /// Commands queued since MULTI, if a transaction is open.
     queued: Option<Vec<Vec<Bytes>>>,
+    /// A command was refused while queueing: EXEC aborts.
+    multi_failed: bool,
 }
 
 impl RespConn {
@@ -107,6 +109,7 @@ impl RespConn {
             lib_name: None,
             lib_ver: None,
             queued: None,
+            multi_failed: false,
         }
     }
 
@@ -192,7 +195,18 @@ impl RespConn {
             }
             ("MULTI", false) => {
                 self.queued = Some(Vec::new());
+                self.multi_failed = false;
                 self.reply(Frame::ok(), out);
+                return Next::Continue;
+            }
+            ("EXEC", true) if self.multi_failed => {
+                self.queued = None;
+                self.reply(
+                    Frame::Error(
+                        "EXECABORT Transaction discarded because of previous errors.".into(),
+                    ),
+                    out,
+                );
                 return Next::Continue;
             }
             ("EXEC", true) => {
@@ -227,6 +241,13 @@ impl RespConn {
                 return Next::Continue;
             }
             (_, true) if name.as_ref() != "QUIT" => {
+                // As Redis: an unknown command or a wrong arity is answered at once and
+                // makes EXEC abort the whole transaction.
+                if let Some(error) = queue_error(&name, &args) {
+                    self.multi_failed = true;
+                    self.reply(error, out);
+                    return Next::Continue;
+                }
                 if let Some(queue) = &mut self.queued {
                     if queue.len() >= MAX_QUEUED {
                         self.queued = None;
@@ -527,6 +548,61 @@ fn command_name<'a>(raw: &'a [u8], buf: &'a mut [u8; 24]) -> std::borrow::Cow<'a
         }
         None => String::from_utf8_lossy(raw),
     }
+}
+
+/// Redis arity of every command the shim knows: positive = exactly that many arguments
+/// (the name included), negative = at least that many.
+const ARITY: &[(&str, i64)] = &[
+    ("PING", -1),
+    ("ECHO", 2),
+    ("QUIT", -1),
+    ("AUTH", -2),
+    ("HELLO", -1),
+    ("SELECT", 2),
+    ("CLIENT", -2),
+    ("INFO", -1),
+    ("COMMAND", -1),
+    ("PUBLISH", 3),
+    ("SPUBLISH", 3),
+    ("PUBSUB", -2),
+    ("RESET", 1),
+    ("ZRANGE", -4),
+    ("EVAL", -3),
+    ("EVALSHA", -3),
+    ("ZREMRANGEBYSCORE", 4),
+    ("ZREM", -3),
+    ("ZCOUNT", 4),
+    ("DEL", -2),
+    ("UNLINK", -2),
+    ("ZADD", -4),
+    ("EXPIRE", -3),
+    ("KEYS", 2),
+    ("ZPOPMIN", -2),
+    ("BZPOPMIN", -3),
+    ("SUBSCRIBE", -2),
+    ("UNSUBSCRIBE", -1),
+    ("PSUBSCRIBE", -2),
+    ("SSUBSCRIBE", -2),
+    ("FLUSHDB", -1),
+    ("FLUSHALL", -1),
+    ("DBSIZE", 1),
+    ("EXISTS", -2),
+    ("WATCH", -2),
+    ("UNWATCH", 1),
+];
+
+/// The error Redis gives when queueing this command inside MULTI, if any.
+fn queue_error(name: &str, args: &[Bytes]) -> Option<Frame> {
+    let Some(&(_, expected)) = ARITY.iter().find(|(n, _)| *n == name) else {
+        return Some(unknown_command(args));
+    };
+    let n = args.len() as i64;
+    let ok = if expected >= 0 {
+        n == expected
+    } else {
+        n >= -expected
+    };
+    (!ok).then(|| arity(&name.to_ascii_lowercase()))
 }
 
 fn bulk(s: &str) -> Frame {
