@@ -9,7 +9,7 @@
 //! | GET | /metrics | Prometheus text |
 //! | GET | /v1/status | this node |
 //! | GET | /v1/members | every member |
-//! | GET | /v1/presence/{user} | the user's live connections, cluster-wide |
+//! | GET | /v1/presence/{user} | the user's live connections, cluster-wide, from this node's replica (`?consistency=linearizable`: after a read index from the leader) |
 //! | GET | /v1/groups/{name} | connections in the group, per node |
 //! | POST | /v1/drain | start draining this node |
 //! | POST | /v1/members/{id}/remove | remove a member for good |
@@ -74,7 +74,7 @@ async fn serve_one(mut stream: TcpStream, shared: Arc<Shared>) {
     let response = match http::read_head(&mut stream).await {
         Ok(req) => {
             shared.metrics.http_requests.inc();
-            match cluster_presence(&req, &shared).await {
+            match route_async(&req, &shared).await {
                 Some(response) => response,
                 None => route(&req, &shared),
             }
@@ -87,24 +87,29 @@ async fn serve_one(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = response.write(&mut stream).await;
 }
 
-/// `GET /v1/presence/{user}` in a cluster: this node's connections of the user plus each
-/// live peer's (asked with `?scope=local`, 1 s each, all at once). Until the Raft
-/// registry lands this is how presence is cluster-wide: a peer that does not answer
-/// contributes nothing, and a dead node's connections are gone at once.
-async fn cluster_presence(req: &Request, shared: &Arc<Shared>) -> Option<Response> {
-    let user = req.path.strip_prefix("/v1/presence/")?;
-    if req.method != "GET"
-        || user.contains('/')
-        || req.query_param("scope").as_deref() == Some("local")
+/// The endpoints that wait on Raft: a linearizable presence read, and `remove`.
+async fn route_async(req: &Request, shared: &Arc<Shared>) -> Option<Response> {
+    if req.method == "GET"
+        && let Some(user) = req.path.strip_prefix("/v1/presence/")
+        && !user.contains('/')
+        && req.query_param("consistency").as_deref() == Some("linearizable")
     {
-        return None;
+        let consensus = shared.consensus.get()?;
+        return Some(match consensus.linearizable().await {
+            Ok(()) => Response::json(200, &presence(shared, &percent_decode(user))),
+            Err(e) => Response::json(
+                503,
+                &json!({ "error": format!("no linearizable read now: {e}") }),
+            ),
+        });
     }
-    let user = percent_decode(user);
-    let connections = shared.presence_everywhere(&user).await;
-    Some(Response::json(
-        200,
-        &json!({ "user": user, "connections": connections }),
-    ))
+    if req.method == "POST"
+        && let Some(rest) = req.path.strip_prefix("/v1/members/")
+        && let Some(id) = rest.strip_suffix("/remove")
+    {
+        return Some(remove(shared, id).await);
+    }
+    None
 }
 
 fn route(req: &Request, shared: &Arc<Shared>) -> Response {
@@ -121,7 +126,7 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
         ("GET", ["metrics"]) => {
             let (groups, presence) = (
                 read(&shared.broker).group_count(),
-                read(&shared.presence).len(),
+                read(&shared.replica).presence.len(),
             );
             Response {
                 status: 200,
@@ -130,6 +135,9 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
                     let mut text = shared.metrics.render(groups, presence, shared.ready());
                     if let Some(cluster) = shared.cluster.get() {
                         cluster.render_metrics(&mut text);
+                    }
+                    if let Some(consensus) = shared.consensus.get() {
+                        consensus.render_metrics(&mut text);
                     }
                     text.into_bytes()
                 },
@@ -143,7 +151,6 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
             drain(shared);
             Response::json(202, &json!({ "id": shared.node_id(), "draining": true }))
         }
-        ("POST", ["v1", "members", id, "remove"]) => remove(shared, id),
         (_, ["v1", ..]) | (_, ["healthz" | "readyz" | "metrics"]) => {
             Response::json(405, &json!({ "error": "method not allowed" }))
         }
@@ -154,47 +161,29 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     }
 }
 
-/// This node's role and the leader's id. Until the Raft registry lands there is no
-/// elected leader: the lowest id among the live members (this node included) is reported
-/// as leader, which every connected node agrees on; a single node leads itself. Status
-/// says `"raft": false` so nobody mistakes this for consensus.
-fn role(shared: &Shared) -> (&'static str, u64) {
-    let me = shared.node_id();
-    let leader = shared
-        .cluster
-        .get()
-        .map(|c| {
-            c.members()
-                .iter()
-                .filter(|m| m.up)
-                .map(|m| m.id)
-                .fold(me, u64::min)
-        })
-        .unwrap_or(me);
-    match shared.lifecycle() {
-        Lifecycle::Starting => ("follower", leader),
-        _ if leader == me => ("leader", leader),
-        _ => ("follower", leader),
-    }
-}
-
 /// `switchboard status`.
 pub fn status(shared: &Shared) -> serde_json::Value {
     let broker = read(&shared.broker);
     let config = &shared.config;
+    let raft = shared.consensus.get().map(|c| c.status());
+    let list = members(shared);
+    let count = list.as_array().map_or(0, Vec::len);
+    let up = list
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|m| m["up"] == true).count());
     json!({
         "id": shared.node_id(),
-        "role": role(shared).0,
-        "term": 1,
-        "leader": role(shared).1,
-        "raft": false,
+        "role": raft.as_ref().map_or("starting", |r| r.role),
+        "term": raft.as_ref().map_or(0, |r| r.term),
+        "leader": raft.as_ref().and_then(|r| r.leader),
         "ready": shared.ready(),
         "state": format!("{:?}", shared.lifecycle()).to_lowercase(),
-        "members": 1 + shared.cluster.get().map_or(0, |c| c.members().len()),
-        "members_up": 1 + shared.cluster.get().map_or(0, |c| c.members().iter().filter(|m| m.up).count()),
+        "members": count,
+        "members_up": up,
         "connections": broker.connection_count(),
         "groups": broker.group_count(),
-        "presence_entries": read(&shared.presence).len(),
+        "presence_entries": read(&shared.replica).presence.len(),
+        "raft": raft,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "addresses": addresses(shared),
@@ -212,36 +201,78 @@ fn addresses(shared: &Shared) -> serde_json::Value {
     })
 }
 
-/// `switchboard members`: this node, then every peer it has heard of.
+/// `switchboard members`: the Raft membership (voters and learners) and every peer the
+/// mesh knows, this node first. `role` is `voter`, `learner`, `joining` (a peer not yet
+/// in the membership) or `removed`.
 pub fn members(shared: &Shared) -> serde_json::Value {
+    let me = shared.node_id();
+    let raft = shared.consensus.get().map(|c| c.status());
+    let voters: Vec<u64> = raft.as_ref().map(|r| r.voters.clone()).unwrap_or_default();
+    let learners: Vec<u64> = raft
+        .as_ref()
+        .map(|r| r.learners.clone())
+        .unwrap_or_default();
+    let removed = read(&shared.replica).removed.clone();
+    let role = |id: u64| {
+        if removed.contains(&id) {
+            "removed"
+        } else if voters.contains(&id) {
+            "voter"
+        } else if learners.contains(&id) {
+            "learner"
+        } else {
+            "joining"
+        }
+    };
     let mut list = vec![json!({
-        "id": shared.node_id(),
-        "voter": true,
+        "id": me,
+        "voter": voters.contains(&me),
+        "role": role(me),
         "up": shared.lifecycle() != Lifecycle::Stopping,
         "self": true,
         "last_seen_ms": 0,
         "addresses": addresses(shared),
         "connections": read(&shared.broker).connection_count(),
     })];
-    if let Some(cluster) = shared.cluster.get() {
-        for m in cluster.members() {
+    let mesh = shared
+        .cluster
+        .get()
+        .map(|c| c.members())
+        .unwrap_or_default();
+    for m in &mesh {
+        list.push(json!({
+            "id": m.id,
+            "voter": voters.contains(&m.id),
+            "role": role(m.id),
+            "up": m.up,
+            "self": false,
+            "last_seen_ms": m.last_seen_ms,
+            "rtt_us": m.rtt_micros,
+            "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },
+        }));
+    }
+    // Members of the Raft membership this node has not heard from since it started.
+    for id in voters.iter().chain(&learners) {
+        if *id != me && !mesh.iter().any(|m| m.id == *id) {
             list.push(json!({
-                "id": m.id,
-                "voter": true,
-                "up": m.up,
+                "id": id,
+                "voter": voters.contains(id),
+                "role": role(*id),
+                "up": false,
                 "self": false,
-                "last_seen_ms": m.last_seen_ms,
-                "rtt_us": m.rtt_micros,
-                "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },
+                "last_seen_ms": null,
+                "addresses": {},
             }));
         }
     }
+    list.sort_by_key(|m| m["id"].as_u64());
     serde_json::Value::Array(list)
 }
 
 /// `switchboard presence USER`.
 pub fn presence(shared: &Shared, user: &str) -> serde_json::Value {
-    let connections: Vec<serde_json::Value> = read(&shared.presence)
+    let connections: Vec<serde_json::Value> = read(&shared.replica)
+        .presence
         .user(user)
         .into_iter()
         .map(|r| json!({ "node": r.node, "connection": r.connection, "connected_at": r.connected_at }))
@@ -271,32 +302,44 @@ pub fn drain(shared: &Shared) {
         node: shared.node_id(),
     });
     shared.presence_flush.notify_one();
-    // Leave the mesh: peers see the connections close and mark this node down at once.
-    if let Some(cluster) = shared.cluster.get() {
-        cluster.close();
-    }
+    // The node leaves the mesh once its presence removal is committed (see
+    // `leave_after_drain` in lib.rs).
 }
 
-fn remove(shared: &Shared, id: &str) -> Response {
-    let known = |id: u64| {
-        shared
+async fn remove(shared: &Shared, id: &str) -> Response {
+    let Ok(id) = percent_decode(id).parse::<u64>() else {
+        return Response::json(400, &json!({ "error": format!("'{id}' is not a node id") }));
+    };
+    let Some(consensus) = shared.consensus.get() else {
+        return Response::json(503, &json!({ "error": "Raft is not running" }));
+    };
+    let status = consensus.status();
+    let known = status.voters.contains(&id)
+        || status.learners.contains(&id)
+        || shared
             .cluster
             .get()
-            .is_some_and(|c| c.members().iter().any(|m| m.id == id))
-    };
-    match id.parse::<u64>() {
-        Ok(id) if id == shared.node_id() => Response::json(
+            .is_some_and(|c| c.members().iter().any(|m| m.id == id));
+    if id == shared.node_id() {
+        return Response::json(
             409,
-            &json!({ "error": format!("node {id} is this node: drain it (switchboard drain) and stop it instead") }),
-        ),
-        Ok(id) if known(id) => Response::json(
-            501,
-            &json!({ "error": format!("removing node {id} for good needs the Raft membership, which is not built yet; stop the node: peers mark it down after --node-timeout-ms") }),
-        ),
-        Ok(id) => Response::json(
+            &json!({ "error": format!("node {id} is this node: run remove on another member, or drain this one") }),
+        );
+    }
+    if read(&shared.replica).removed.contains(&id) {
+        return Response::json(200, &json!({ "id": id, "removed": true, "already": true }));
+    }
+    if !known {
+        return Response::json(
             404,
             &json!({ "error": format!("node {id} is not a member") }),
+        );
+    }
+    match consensus.remove(id).await {
+        Ok(()) => Response::json(200, &json!({ "id": id, "removed": true })),
+        Err(e) => Response::json(
+            503,
+            &json!({ "error": format!("node {id} not removed: {e}") }),
         ),
-        Err(_) => Response::json(400, &json!({ "error": format!("'{id}' is not a node id") })),
     }
 }

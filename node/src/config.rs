@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Milliseconds of silence after which a peer counts as down [default: 5000].
     #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT_MS")]
     pub node_timeout_ms: Option<u64>,
+    /// Most Raft voters; further members replicate as learners [default: 5].
+    #[arg(long, env = "SWITCHBOARD_MAX_VOTERS")]
+    pub max_voters: Option<usize>,
 }
 
 /// The resolved configuration of a node.
@@ -143,6 +146,7 @@ pub struct Config {
     pub channels_unwrap: Option<String>,
     pub channels_prefix: String,
     pub node_timeout: Duration,
+    pub max_voters: usize,
 }
 
 /// Where tokens are verified from.
@@ -225,7 +229,8 @@ impl ServeArgs {
             shutdown_grace,
             channels_unwrap,
             channels_prefix,
-            node_timeout_ms
+            node_timeout_ms,
+            max_voters
         )
     }
 
@@ -311,6 +316,7 @@ impl ServeArgs {
                 "--node-timeout-ms",
                 self.node_timeout_ms.unwrap_or(5000) as usize,
             )? as u64),
+            max_voters: positive("--max-voters", self.max_voters.unwrap_or(5))?,
         })
     }
 }

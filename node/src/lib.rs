@@ -4,6 +4,8 @@
 //! - [`auth`]: JWT verification.
 //! - [`broker`]: the sans-IO core (groups, subscriptions, fan-out decisions).
 //! - [`presence`]: the presence registry state machine and its batcher.
+//! - [`raft`]: the registry kept consistent with Raft (openraft), log on disk.
+//! - [`cluster`]: the QUIC peer mesh: gossip of interest, forwarding, Raft transport.
 //! - [`shared`]: the state the parts share, and the publish path.
 //! - [`ingress`]: WebSocket, RESP and HTTP listeners.
 //! - [`channels`]: what Django's channels_redis sends, mapped onto groups.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod ingress;
 pub mod metrics;
 pub mod presence;
+pub mod raft;
 pub mod shared;
 
 use std::net::SocketAddr;
@@ -35,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::auth::Verifier;
 use crate::config::{Config, JwtKey};
-use crate::shared::{Lifecycle, Shared};
+use crate::shared::{Lifecycle, Shared, read};
 
 /// The addresses a started node actually listens on (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +108,11 @@ impl Node {
         let stop_accepting = CancellationToken::new();
 
         let _ = shared.cluster.set(cluster.clone());
+        let consensus = raft::Consensus::start(&shared, &cluster).await?;
+        let _ = shared.consensus.set(consensus.clone());
         let admin = admin::spawn(admin, shared.clone())?;
-        tokio::spawn(presence_flusher(shared.clone()));
+        consensus.spawn_loops(shared.clone());
+        tokio::spawn(leave_after_drain(shared.clone()));
         tokio::spawn(ingress::ws::serve(
             ws,
             shared.clone(),
@@ -179,10 +185,10 @@ impl Node {
                 "shutdown grace period over; dropping the remaining connections"
             );
         }
-        self.shared.flush_presence();
+        leave(&self.shared).await;
         self.shared.shutdown.cancel();
-        if let Some(cluster) = self.shared.cluster.get() {
-            cluster.close();
+        if let Some(consensus) = self.shared.consensus.get() {
+            let _ = consensus.raft.shutdown().await;
         }
         if let Some(admin) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || admin.join()).await;
@@ -228,15 +234,44 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// Applies batched presence changes every [`presence::FLUSH_INTERVAL`], or at once when
-/// a batch fills.
-async fn presence_flusher(shared: Arc<Shared>) {
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            _ = shared.presence_flush.notified() => {}
-            _ = tokio::time::sleep(presence::FLUSH_INTERVAL) => {}
+/// Longest a leaving node waits for its last presence changes to commit.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Commits this node's last presence changes (its clients gone, its presence purged),
+/// then leaves the mesh: peers see the connections close and mark it down at once.
+async fn leave(shared: &Arc<Shared>) {
+    if let Some(consensus) = shared.consensus.get() {
+        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+        while !shared.presence_queue_is_empty() && tokio::time::Instant::now() < deadline {
+            let flush = consensus.flush_presence(shared);
+            if tokio::time::timeout_at(deadline, flush).await.is_err() {
+                break;
+            }
         }
-        shared.flush_presence();
+        if !shared.presence_queue_is_empty() {
+            warn!(
+                "leaving with presence changes not committed; the leader purges them after --node-timeout-ms"
+            );
+        }
     }
+    if let Some(cluster) = shared.cluster.get() {
+        cluster.close();
+    }
+}
+
+/// `switchboard drain` without a stop: once the clients are gone (or the grace period
+/// is over), the node commits its presence removal and leaves the mesh.
+async fn leave_after_drain(shared: Arc<Shared>) {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        _ = shared.drain.cancelled() => {}
+    }
+    let grace = shared.config.shutdown_grace;
+    let gone = async {
+        while read(&shared.broker).connection_count() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(grace, gone).await;
+    leave(&shared).await;
 }

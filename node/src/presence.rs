@@ -5,8 +5,10 @@
 //! ops directly; the cluster applies them as Raft log entries.
 //!
 //! [`Batcher`] collects ops from connection tasks so that accepting a WebSocket never
-//! waits for the registry (or, in a cluster, a Raft round trip); a flusher applies the
-//! batch within [`FLUSH_INTERVAL`].
+//! waits for a Raft round trip; the presence writer ([`crate::raft`]) commits the batch
+//! within [`FLUSH_INTERVAL`] when a leader is reachable. The batcher also keeps this
+//! node's live connections, so that the node can re-register all of them at once
+//! ([`Batcher::resync`]) when the registry has lost them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A batch is flushed early once it holds this many ops.
-pub const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 2048;
 
 type Key = (NodeId, String);
 
@@ -100,6 +102,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Nodes with at least one registered connection.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.per_node.keys().copied()
+    }
+
     /// Number of connections registered for `node`.
     pub fn node_connections(&self, node: NodeId) -> usize {
         self.per_node.get(&node).copied().unwrap_or(0)
@@ -131,6 +138,11 @@ impl Registry {
 #[derive(Debug, Default)]
 pub struct Batcher {
     pending: Vec<PresenceOp>,
+    /// This node's live connections, by connection id.
+    live: HashMap<String, ConnectionRecord>,
+    /// The first `fence` pending ops were requeued after a failed write and may have
+    /// committed after all: a disconnect must not cancel those.
+    fence: usize,
 }
 
 impl Batcher {
@@ -138,11 +150,21 @@ impl Batcher {
     /// A `Disconnect` that cancels a `Connect` still in the batch removes both, so a
     /// connection that lives shorter than a flush costs the registry nothing.
     pub fn push(&mut self, op: PresenceOp) -> bool {
+        match &op {
+            PresenceOp::Connect(record) => {
+                self.live.insert(record.connection.clone(), record.clone());
+            }
+            PresenceOp::Disconnect { connection, .. } => {
+                self.live.remove(connection);
+            }
+            PresenceOp::PurgeNode { .. } => self.live.clear(),
+            PresenceOp::ResyncNode { .. } => {}
+        }
         if let PresenceOp::Disconnect { node, connection } = &op
-            && let Some(at) = self.pending.iter().rposition(|p| {
+            && let Some(at) = self.pending[self.fence..].iter().rposition(|p| {
                 matches!(p, PresenceOp::Connect(r) if r.node == *node && r.connection == *connection)
             }) {
-                self.pending.remove(at);
+                self.pending.remove(self.fence + at);
                 return false;
             }
         self.pending.push(op);
@@ -151,7 +173,29 @@ impl Batcher {
 
     /// Takes every queued op, in order.
     pub fn take(&mut self) -> Vec<PresenceOp> {
+        self.fence = 0;
         std::mem::take(&mut self.pending)
+    }
+
+    /// Puts ops that could not be committed back in front of the queue, in order.
+    pub fn requeue(&mut self, mut ops: Vec<PresenceOp>) {
+        self.fence += ops.len();
+        ops.append(&mut self.pending);
+        self.pending = ops;
+    }
+
+    /// Replaces everything queued by one op that re-registers every live connection of
+    /// `node`: what the registry holds for it afterwards is exactly the truth.
+    pub fn resync(&mut self, node: NodeId) {
+        let mut connections: Vec<ConnectionRecord> = self.live.values().cloned().collect();
+        connections.sort_by(|a, b| a.connection.cmp(&b.connection));
+        self.pending = vec![PresenceOp::ResyncNode { node, connections }];
+        self.fence = 1;
+    }
+
+    /// Number of live connections on this node.
+    pub fn live(&self) -> usize {
+        self.live.len()
     }
 
     /// Number of ops waiting.
@@ -255,5 +299,42 @@ mod tests {
         });
         assert_eq!(b.take(), vec![PresenceOp::Connect(record(1, "1-2", "a"))]);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_in_front_and_a_resync_tells_the_truth() {
+        let mut b = Batcher::default();
+        b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+        let failed = b.take();
+        b.push(PresenceOp::Connect(record(1, "1-2", "b")));
+        b.requeue(failed);
+        // A requeued connect may have committed after all: a disconnect no longer
+        // cancels it, it follows it.
+        b.push(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        });
+        assert_eq!(b.len(), 3);
+        b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+        let mut r = Registry::default();
+        for op in b.take() {
+            r.apply(op);
+        }
+        assert_eq!(r.node_connections(1), 2);
+
+        // The registry lost node 1 (purged while it was cut off); a resync restores it.
+        r.apply(PresenceOp::PurgeNode { node: 1 });
+        b.push(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        });
+        b.resync(1);
+        assert_eq!(b.len(), 1);
+        for op in b.take() {
+            r.apply(op);
+        }
+        assert_eq!(r.user("b"), vec![record(1, "1-2", "b")]);
+        assert!(r.user("a").is_empty());
+        assert_eq!(b.live(), 1);
     }
 }

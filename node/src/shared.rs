@@ -18,7 +18,8 @@ use crate::auth::Verifier;
 use crate::broker::{Broker, BrokerLimits, ConnId};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::presence::{Batcher, Registry};
+use crate::presence::Batcher;
+use crate::raft::Replica;
 use switchboard_proto::client::CloseCode;
 use switchboard_proto::peer::PresenceOp;
 
@@ -114,9 +115,11 @@ pub struct Shared {
     pub metrics: Metrics,
     pub verifier: Verifier,
     pub broker: RwLock<Broker<Outlet>>,
-    pub presence: RwLock<Registry>,
+    /// What the cluster agreed on through Raft (presence, removed members): this node's
+    /// replica, written only by the Raft state machine.
+    pub replica: Arc<RwLock<Replica>>,
     batcher: Mutex<Batcher>,
-    /// Wakes the presence flusher early when a batch fills up.
+    /// Wakes the presence writer early when a batch fills up.
     pub presence_flush: Notify,
     lifecycle: AtomicU8,
     next_conn: AtomicU64,
@@ -129,6 +132,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// The peer mesh, set once at start.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The Raft node, set once at start.
+    pub consensus: std::sync::OnceLock<Arc<crate::raft::Consensus>>,
 }
 
 impl Shared {
@@ -146,7 +151,7 @@ impl Shared {
             metrics: Metrics::default(),
             verifier,
             broker: RwLock::new(Broker::new(limits)),
-            presence: RwLock::new(Registry::default()),
+            replica: Arc::new(RwLock::new(Replica::default())),
             batcher: Mutex::new(Batcher::default()),
             presence_flush: Notify::new(),
             lifecycle: AtomicU8::new(Lifecycle::Starting as u8),
@@ -156,6 +161,7 @@ impl Shared {
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             cluster: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
         })
     }
 
@@ -177,13 +183,20 @@ impl Shared {
         self.lifecycle.fetch_max(to as u8, Ordering::AcqRel);
     }
 
-    /// Whether `/readyz` answers 200: accepting clients, with a known leader.
+    /// Whether `/readyz` answers 200: accepting clients, with a known Raft leader that
+    /// can commit, and in touch with a majority of the members this node knows.
     pub fn ready(&self) -> bool {
         self.lifecycle() == Lifecycle::Ready
+            && self.consensus.get().is_some_and(|c| c.has_leader())
             && self
                 .cluster
                 .get()
                 .is_none_or(|c| c.in_majority(!self.config.seeds.is_empty()))
+    }
+
+    /// Whether the node is draining or stopping.
+    pub fn draining(&self) -> bool {
+        self.lifecycle() >= Lifecycle::Draining
     }
 
     /// A new connection id: a local number, and the cluster-unique string form.
@@ -200,21 +213,32 @@ impl Shared {
         }
     }
 
-    /// Applies every queued presence change. Returns how many were applied.
-    pub fn flush_presence(&self) -> usize {
-        let ops = lock(&self.batcher).take();
-        if ops.is_empty() {
-            return 0;
-        }
-        let n = ops.len();
-        let mut registry = write(&self.presence);
-        for op in ops {
-            registry.apply(op);
-        }
-        drop(registry);
-        self.metrics.presence_ops_applied.add(n as u64);
-        self.metrics.presence_batches.inc();
-        n
+    /// Takes every queued presence change, in order, for the presence writer.
+    pub fn take_presence_ops(&self) -> Vec<PresenceOp> {
+        lock(&self.batcher).take()
+    }
+
+    /// Puts changes that could not be committed back in front of the queue.
+    pub fn requeue_presence_ops(&self, ops: Vec<PresenceOp>) {
+        lock(&self.batcher).requeue(ops);
+    }
+
+    /// Whether no presence change is waiting.
+    pub fn presence_queue_is_empty(&self) -> bool {
+        lock(&self.batcher).is_empty()
+    }
+
+    /// Number of live WebSocket connections on this node, as the presence batcher
+    /// knows them.
+    pub fn live_connections(&self) -> usize {
+        lock(&self.batcher).live()
+    }
+
+    /// Queues a re-registration of every live connection of this node, replacing what
+    /// is queued, and wakes the writer.
+    pub fn resync_presence(&self) {
+        lock(&self.batcher).resync(self.node_id());
+        self.presence_flush.notify_one();
     }
 
     /// Delivers `payload` to every local connection in `group`. Returns the number of
@@ -276,13 +300,11 @@ impl Shared {
         }
     }
 
-    /// Every live connection of `user`: this node's registry plus, in a cluster, each
-    /// live peer's; ordered by node, then connection id.
-    pub async fn presence_everywhere(
-        &self,
-        user: &str,
-    ) -> Vec<switchboard_proto::client::PresenceEntry> {
-        let mut entries: Vec<switchboard_proto::client::PresenceEntry> = read(&self.presence)
+    /// Every live connection of `user`, cluster-wide, from this node's replica of the
+    /// presence registry; ordered by node, then connection id.
+    pub fn presence_of(&self, user: &str) -> Vec<switchboard_proto::client::PresenceEntry> {
+        read(&self.replica)
+            .presence
             .user(user)
             .into_iter()
             .map(|r| switchboard_proto::client::PresenceEntry {
@@ -290,12 +312,7 @@ impl Shared {
                 connection: r.connection,
                 connected_at: r.connected_at,
             })
-            .collect();
-        if let Some(cluster) = self.cluster.get() {
-            entries.extend(cluster.remote_presence(user).await);
-        }
-        entries.sort_by(|a, b| (a.node, &a.connection).cmp(&(b.node, &b.connection)));
-        entries
+            .collect()
     }
 
     /// Groups with at least one connection anywhere in the cluster, sorted.

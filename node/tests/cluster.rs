@@ -1,5 +1,6 @@
-//! Several nodes in one process over real QUIC on 127.0.0.1: the mesh, gossip and
-//! forwarding. (The Raft presence registry is not built yet: presence is per node.)
+//! Several nodes in one process over real QUIC on 127.0.0.1: the mesh, gossip,
+//! forwarding, and the Raft presence registry (membership, replication, forwarded
+//! writes, linearizable reads, `remove`). Killing processes is in tests/python.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -65,6 +66,23 @@ async fn wait_members(n: &TestNode, expected: &[u64]) {
     }
 }
 
+async fn status(n: &TestNode) -> serde_json::Value {
+    let (_, body) = http_get(&n.admin_addr(), "/v1/status").await;
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until every node is ready, with roles `roles` (by node, in order) and node 1
+/// as leader: a cluster that has formed.
+async fn wait_formed(nodes: &[&TestNode], roles: &[&str]) {
+    for (n, role) in nodes.iter().zip(roles) {
+        wait_for(&format!("node ready as {role}"), DEADLINE, || async {
+            let v = status(n).await;
+            (v["ready"] == true && v["role"] == *role && v["leader"] == 1).then_some(())
+        })
+        .await;
+    }
+}
+
 async fn group_total(n: &TestNode, group: &str) -> u64 {
     let (_, body) = http_get(&n.admin_addr(), &format!("/v1/groups/{group}")).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -125,6 +143,8 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
     for n in [&a, &b, &c] {
         wait_members(n, &[1, 2, 3]).await;
     }
+    // The joiners were added as learners, then promoted: three voters, one leader.
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
     let mut on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(42)))
         .await
         .unwrap();
@@ -142,19 +162,30 @@ async fn three_nodes_mesh_and_deliver_everywhere_in_order() {
     let (_, body) = http_get(&a.admin_addr(), "/v1/groups/user_42").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["nodes"], serde_json::json!({"2": 1, "3": 1}));
-    // Status names one leader everywhere (interim: the lowest live id, no Raft yet).
-    for (n, role) in [(&a, "leader"), (&b, "follower"), (&c, "follower")] {
-        let (_, body) = http_get(&n.admin_addr(), "/v1/status").await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            (v["role"].as_str(), v["leader"].as_u64()),
-            (Some(role), Some(1))
-        );
+    // Status and members agree on the Raft view everywhere.
+    for n in [&a, &b, &c] {
+        let v = status(n).await;
+        assert_eq!(v["raft"]["voters"], serde_json::json!([1, 2, 3]), "{v}");
+        assert_eq!(v["term"], status(&a).await["term"]);
+        let (_, body) = http_get(&n.admin_addr(), "/v1/members").await;
+        let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let voters: Vec<bool> = m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["voter"] == true)
+            .collect();
+        assert_eq!(voters, vec![true, true, true], "{m}");
     }
-    // Presence is cluster-wide from any node, for admins and for the client itself.
+    // Presence is replicated: every node answers from its replica, and a linearizable
+    // read on a follower (read index from the leader) agrees.
     for n in [&a, &b, &c] {
         wait_presence(n, "42", &[2, 3]).await;
     }
+    let (code, body) = http_get(&c.admin_addr(), "/v1/presence/42?consistency=linearizable").await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["connections"].as_array().unwrap().len(), 2, "{v}");
     let reply = on_b
         .request(switchboard_proto::client::ClientOp::Presence {
             user: None,
@@ -255,19 +286,37 @@ async fn a_node_cut_off_from_the_majority_is_not_ready() {
     for n in [&a, &b, &c] {
         wait_members(n, &[1, 2, 3]).await;
     }
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
     let readyz = |n: &TestNode| {
         let addr = n.node().addrs().ws.to_string();
         async move { http_get(&addr, "/readyz").await.0 }
     };
     assert_eq!(readyz(&a).await, 200);
+    let on_a = Connection::connect_url(&a.ws_url(), Some(&simplejwt_token(11)))
+        .await
+        .unwrap();
+    wait_presence(&a, "11", &[1]).await;
     // One of three gone: the other two are a majority.
     b.shutdown().await;
     wait_members(&a, &[1, 3]).await;
     assert_eq!(readyz(&a).await, 200);
-    // Two of three gone: the last one is cut off from the majority.
+    // Two of three gone: the last one is cut off from the majority, and can commit
+    // nothing: a presence change stays queued.
     c.shutdown().await;
     wait_members(&a, &[1]).await;
-    assert_eq!(readyz(&a).await, 503);
+    wait_for("the lone node to report not ready", DEADLINE, || async {
+        (readyz(&a).await == 503).then_some(())
+    })
+    .await;
+    let applied = status(&a).await["raft"]["last_applied"].clone();
+    drop(on_a);
+    wait_for("a presence write to fail", DEADLINE, || async {
+        (metric(&a.admin_addr(), "switchboard_presence_write_failures_total").await >= 1)
+            .then_some(())
+    })
+    .await;
+    // The disconnect is not committed: the replica still shows the connection.
+    assert_eq!(presence_nodes(&a, "11").await, vec![1]);
     // And it refuses new clients with 1013 rather than serve a minority.
     let mut late = Connection::connect_url(&a.ws_url(), Some(&simplejwt_token(1)))
         .await
@@ -276,7 +325,44 @@ async fn a_node_cut_off_from_the_majority_is_not_ready() {
         Incoming::Closed { code, .. } => assert_eq!(code, 1013),
         other => panic!("{other:?}"),
     }
+    let (code, _) = http_get(&a.admin_addr(), "/v1/presence/1?consistency=linearizable").await;
+    assert_eq!(code, 503, "no linearizable read without a quorum");
+    assert_eq!(status(&a).await["raft"]["last_applied"], applied);
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn remove_takes_a_member_out_for_good() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    let c = node(3, &[&a], CLUSTER_SECRET).await;
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
+    let _on_c = Connection::connect_url(&c.ws_url(), Some(&simplejwt_token(7)))
+        .await
+        .unwrap();
+    wait_presence(&a, "7", &[3]).await;
+    // Asked on a follower: forwarded to the leader.
+    let (code, body) = http(&b.admin_addr(), "POST", "/v1/members/3/remove").await;
+    assert_eq!(code, 200, "{body}");
+    for n in [&a, &b] {
+        wait_for("node 3 out of the voters", DEADLINE, || async {
+            (status(n).await["raft"]["voters"] == serde_json::json!([1, 2])).then_some(())
+        })
+        .await;
+        wait_presence(n, "7", &[]).await;
+    }
+    // The removed node drains (its clients reconnect elsewhere) and is not let back in.
+    wait_for("the removed node to drain", DEADLINE, || async {
+        (status(&c).await["state"] == "draining").then_some(())
+    })
+    .await;
+    let (code, _) = http(&a.admin_addr(), "POST", "/v1/members/9/remove").await;
+    assert_eq!(code, 404);
+    let (code, _) = http(&a.admin_addr(), "POST", "/v1/members/1/remove").await;
+    assert_eq!(code, 409, "a node does not remove itself");
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test]
@@ -284,6 +370,11 @@ async fn a_drained_node_leaves_the_mesh_at_once() {
     let a = node(1, &[], CLUSTER_SECRET).await;
     let b = node(2, &[&a], CLUSTER_SECRET).await;
     wait_members(&a, &[1, 2]).await;
+    wait_formed(&[&a, &b], &["leader", "follower"]).await;
+    let _on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(8)))
+        .await
+        .unwrap();
+    wait_presence(&a, "8", &[2]).await;
     let (status, _) = http(&b.admin_addr(), "POST", "/v1/drain").await;
     assert_eq!(status, 202);
     // Well before --node-timeout-ms: the closed connection says it.
@@ -294,6 +385,9 @@ async fn a_drained_node_leaves_the_mesh_at_once() {
         "took {:?}",
         left.elapsed()
     );
+    // And it took its presence with it, committed before it left.
+    let (_, body) = http_get(&a.admin_addr(), "/v1/presence/8").await;
+    assert!(body.contains("\"connections\":[]"), "{body}");
     a.shutdown().await;
     b.shutdown().await;
 }

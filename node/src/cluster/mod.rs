@@ -15,9 +15,9 @@
 //! lower node id. Each peer has a bounded outbound queue: when it is full (the peer or
 //! the link is too slow), messages for that peer are dropped and counted.
 //!
-//! Not here yet: the Raft presence registry (presence queries answer from this node's
-//! connections only), `remove`, and a node-wide member list agreed through Raft; the
-//! member list is what each node has seen.
+//! Raft RPCs (see [`crate::raft::network`]) travel on further bidirectional streams of
+//! the same authenticated connection, one stream per call. A peer removed for good
+//! (`switchboard remove`) is refused at the handshake.
 
 pub mod auth;
 pub mod tls;
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use switchboard_proto::client::PresenceEntry;
 use switchboard_proto::peer::{
     Forward, Interest, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
 };
@@ -72,6 +71,7 @@ struct Session {
     /// The node that dialed this connection: of two, the lower dialer's is kept.
     dialer: NodeId,
     tx: mpsc::Sender<PeerMessage>,
+    conn: quinn::Connection,
 }
 
 /// One member as the admin API shows it.
@@ -110,6 +110,8 @@ pub struct Cluster {
     remote: RwLock<RemoteInterest>,
     /// Addresses with a dial loop running.
     dialing: Mutex<HashSet<String>>,
+    /// Members known from the Raft log at start, dialed with the seeds.
+    remembered: Mutex<Vec<(NodeId, String)>>,
     next_session: AtomicU64,
     pub metrics: ClusterMetrics,
 }
@@ -141,6 +143,7 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             remote: RwLock::new(RemoteInterest::default()),
             dialing: Mutex::new(HashSet::new()),
+            remembered: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(1),
             metrics: ClusterMetrics::default(),
         }))
@@ -157,8 +160,38 @@ impl Cluster {
         for seed in &shared.config.seeds {
             self.dial(seed.clone(), shared.clone());
         }
+        let remembered = std::mem::take(&mut *lock(&self.remembered));
+        for (_, addr) in remembered {
+            self.dial(addr, shared.clone());
+        }
         tokio::spawn(self.clone().gossip_loop(shared.clone()));
         tokio::spawn(self.clone().heartbeat_loop(shared));
+    }
+
+    /// The peer address this node gives others (its Hello's).
+    pub fn advertised_addr(&self) -> String {
+        match &self.hello {
+            PeerMessage::Hello { peer_addr, .. } => peer_addr.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Members learnt from the Raft log, to dial at start along with the seeds.
+    pub fn remember(&self, members: Vec<(NodeId, String)>) {
+        lock(&self.remembered).extend(members);
+    }
+
+    /// The live connection to `node`, if any.
+    pub fn connection(&self, node: NodeId) -> Option<quinn::Connection> {
+        lock(&self.peers)
+            .get(&node)
+            .and_then(|p| p.session.as_ref())
+            .map(|s| s.conn.clone())
+    }
+
+    /// How long ago `node` was last heard from, if it was ever heard from.
+    pub fn last_seen(&self, node: NodeId) -> Option<Duration> {
+        lock(&self.peers).get(&node).map(|p| p.last_seen.elapsed())
     }
 
     /// Closes every connection and stops accepting: the node leaves the mesh.
@@ -234,31 +267,6 @@ impl Cluster {
     /// Every group some peer has subscribers for.
     pub fn groups(&self) -> Vec<String> {
         read(&self.remote).groups().map(str::to_owned).collect()
-    }
-
-    /// The connections of `user` on every live peer, from each peer's own registry
-    /// (`/v1/presence/{user}?scope=local` on its admin API), asked concurrently with a 1 s
-    /// limit each. A peer that does not answer contributes nothing. Interim until the Raft
-    /// registry replicates presence.
-    pub async fn remote_presence(&self, user: &str) -> Vec<PresenceEntry> {
-        let path = format!("/v1/presence/{}?scope=local", crate::cli::segment(user));
-        let asks =
-            self.members().into_iter().filter(|m| m.up).map(|m| {
-                let path = path.clone();
-                async move {
-                    tokio::time::timeout(Duration::from_secs(1), get_json(&m.admin, &path)).await
-                }
-            });
-        let mut entries = Vec::new();
-        for reply in futures_util::future::join_all(asks).await {
-            if let Ok(Some(v)) = reply
-                && let Ok(list) =
-                    serde_json::from_value::<Vec<PresenceEntry>>(v["connections"].clone())
-            {
-                entries.extend(list);
-            }
-        }
-        entries
     }
 
     /// Every peer this node has heard of.
@@ -433,6 +441,12 @@ impl Cluster {
         if node != peer || protocol != PEER_PROTOCOL_VERSION {
             bail!("peer {peer} sent a Hello for node {node}, protocol {protocol}");
         }
+        if read(&shared.replica).removed.contains(&peer) {
+            self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(peer, remote = %conn.remote_address(), "peer refused: it was removed from the cluster");
+            conn.close(4u32.into(), b"removed from the cluster");
+            bail!("peer {peer} was removed from the cluster");
+        }
 
         // Register, keeping the connection dialed by the lower node id if there are two.
         let dialer = if dialed.is_some() { self.node } else { peer };
@@ -466,6 +480,7 @@ impl Cluster {
                 id: session_id,
                 dialer,
                 tx: tx.clone(),
+                conn: conn.clone(),
             });
         }
         info!(peer, remote = %conn.remote_address(), "peer connected");
@@ -483,8 +498,10 @@ impl Cluster {
         }
 
         let writer = tokio::spawn(write_loop(send, rx));
+        let rpcs = tokio::spawn(serve_rpcs(conn.clone(), peer, shared.clone()));
         let result = self.read_loop(peer, &mut recv, &tx, &shared).await;
         writer.abort();
+        rpcs.abort();
         conn.close(0u32.into(), b"session ended");
         self.end_session(peer, session_id);
         result
@@ -576,10 +593,7 @@ impl Cluster {
                     bail!("peer {peer} sent a second handshake")
                 }
                 PeerMessage::Raft { .. } => {
-                    debug!(
-                        peer,
-                        "Raft message ignored: the Raft registry is not built yet"
-                    );
+                    bail!("peer {peer} sent a Raft message on the gossip stream")
                 }
             }
         }
@@ -741,24 +755,6 @@ impl Cluster {
     }
 }
 
-/// A tiny HTTP GET of a peer's admin API; the body as JSON when the status is 200.
-async fn get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(4 * 1024 * 1024)
-        .read_to_end(&mut raw)
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| serde_json::from_str(body).ok())?
-}
-
 fn micros_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -766,7 +762,25 @@ fn micros_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn write_frame(send: &mut quinn::SendStream, message: &PeerMessage) -> anyhow::Result<()> {
+/// Accepts the Raft RPC streams a peer opens on its connection, one task per call.
+async fn serve_rpcs(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let Some(consensus) = shared.consensus.get().cloned() else {
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::raft::network::serve_stream(consensus, peer, send, recv).await {
+                debug!(peer, error = %e, "Raft RPC stream failed");
+            }
+        });
+    }
+}
+
+/// Writes one length-prefixed peer message.
+pub(crate) async fn write_frame(
+    send: &mut quinn::SendStream,
+    message: &PeerMessage,
+) -> anyhow::Result<()> {
     let body = message.encode()?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -775,7 +789,8 @@ async fn write_frame(send: &mut quinn::SendStream, message: &PeerMessage) -> any
     Ok(())
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<PeerMessage> {
+/// Reads one length-prefixed peer message, bounded by [`MAX_PEER_MESSAGE`].
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<PeerMessage> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;

@@ -465,7 +465,7 @@ impl Session<'_> {
                 }
                 // Cluster-wide; bounded by the 1 s per-peer limit, during which this
                 // connection's outbound messages wait in its (bounded) queue.
-                let connections = shared.presence_everywhere(&user).await;
+                let connections = shared.presence_of(&user);
                 ServerReply::Presence {
                     user,
                     connections,
