@@ -163,10 +163,16 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
 
 /// `switchboard status`.
 pub fn status(shared: &Shared) -> serde_json::Value {
-    let broker = read(&shared.broker);
+    // Before taking the broker lock: `members` takes it too, and a second read lock on a
+    // std RwLock can deadlock behind a waiting writer.
+    let list = members(shared);
     let config = &shared.config;
     let raft = shared.consensus.get().map(|c| c.status());
-    let list = members(shared);
+    let (connections, groups) = {
+        let broker = read(&shared.broker);
+        (broker.connection_count(), broker.group_count())
+    };
+    let presence_entries = read(&shared.replica).presence.len();
     let count = list.as_array().map_or(0, Vec::len);
     let up = list
         .as_array()
@@ -180,9 +186,9 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "state": format!("{:?}", shared.lifecycle()).to_lowercase(),
         "members": count,
         "members_up": up,
-        "connections": broker.connection_count(),
-        "groups": broker.group_count(),
-        "presence_entries": read(&shared.replica).presence.len(),
+        "connections": connections,
+        "groups": groups,
+        "presence_entries": presence_entries,
         "raft": raft,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -114,6 +114,13 @@ pub fn status(admin: &str, json: bool) -> anyhow::Result<()> {
         ] {
             out.push_str(&format!("{key:<17} {}\n", field(v, key)));
         }
+        for key in ["voters", "learners", "commit_index", "apply_lag"] {
+            out.push_str(&format!(
+                "{:<17} {}\n",
+                format!("raft.{key}"),
+                field(&v["raft"], key)
+            ));
+        }
         out
     });
     Ok(())
@@ -134,11 +141,7 @@ pub fn members(admin: &str, json: bool) -> anyhow::Result<()> {
             out.push_str(&format!(
                 "{:<6} {:<8} {:<5} {:<22} {:<22} {}\n",
                 field(m, "id"),
-                if m["voter"].as_bool() == Some(true) {
-                    "voter"
-                } else {
-                    "learner"
-                },
+                m["role"].as_str().unwrap_or("-"),
                 if m["up"].as_bool() == Some(true) {
                     "up"
                 } else {
@@ -154,8 +157,17 @@ pub fn members(admin: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn presence(admin: &str, user: &str, json: bool) -> anyhow::Result<()> {
-    let v = call(admin, "GET", &format!("/v1/presence/{}", segment(user)))?;
+pub fn presence(admin: &str, user: &str, linearizable: bool, json: bool) -> anyhow::Result<()> {
+    let query = if linearizable {
+        "?consistency=linearizable"
+    } else {
+        ""
+    };
+    let v = call(
+        admin,
+        "GET",
+        &format!("/v1/presence/{}{query}", segment(user)),
+    )?;
     print(&v, json, |v| {
         let conns = v["connections"].as_array().cloned().unwrap_or_default();
         let mut out = format!("user {user}: {} connection(s)\n", conns.len());

@@ -37,6 +37,10 @@ enum Command {
     /// Every live connection of a user, cluster-wide.
     Presence {
         user_id: String,
+        /// Answer only after the leader has confirmed a read index, so that every
+        /// presence change committed before the call is seen (costs one round trip).
+        #[arg(long)]
+        linearizable: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -80,7 +84,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Status(a) => cli::status(&a.admin, a.json),
         Command::Members(a) => cli::members(&a.admin, a.json),
-        Command::Presence { user_id, admin } => cli::presence(&admin.admin, &user_id, admin.json),
+        Command::Presence {
+            user_id,
+            linearizable,
+            admin,
+        } => cli::presence(&admin.admin, &user_id, linearizable, admin.json),
         Command::Group { name, admin } => cli::group(&admin.admin, &name, admin.json),
         Command::Drain(a) => cli::drain(&a.admin, a.json),
         Command::Remove { node_id, admin } => cli::remove(&admin.admin, node_id, admin.json),

@@ -165,6 +165,12 @@ def up_members(node):
     return sorted(m["id"] for m in node.cli("members")["members"] if m["up"])
 
 
+def formed(node, voters):
+    """Whether `node` is ready, knows a leader, and has exactly `voters` as Raft voters."""
+    status = node.cli("status")
+    return status["ready"] and status["leader"] is not None and status["raft"]["voters"] == voters
+
+
 CLUSTER_SECRET = "python-suite-cluster-secret"
 
 
@@ -180,6 +186,10 @@ def start_cluster(start_node):
                            for i in range(2, n + 1)]
         for node in nodes:
             wait_until(lambda node=node: up_members(node) == list(range(1, n + 1)), what="a full mesh")
+        # Formed: every node a Raft voter (up to the default 5) and one leader known to all.
+        voters = list(range(1, min(n, 5) + 1))
+        for node in nodes:
+            wait_until(lambda node=node: formed(node, voters), what="the Raft membership")
         return nodes
 
     return start

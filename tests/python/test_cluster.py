@@ -5,8 +5,9 @@ each, redis-cli on any node reaches all; one node SIGKILLed, the rest keep deliv
 import asyncio
 import signal
 import subprocess
+import time
 
-from conftest import CLUSTER_SECRET, mint, up_members, wait_until
+from conftest import BIN as BIN_PATH, CLUSTER_SECRET, mint, up_members, wait_until
 from wsclient import connect, recv
 
 def cli_publish(node, group, payload):
@@ -66,7 +67,63 @@ def test_three_nodes_one_killed(start_node, start_cluster):
             wait_until(lambda n=n: n.cli("group", "user_7")["connections"] == 1, what="its interest")
         assert cli_publish(a, "user_7", "welcome home") == 1
         assert await recv(ws) == "welcome home"
-        assert presence_nodes(b, "7") == [3]
+        wait_until(lambda: presence_nodes(b, "7") == [3], what="its presence, committed through Raft")
         await ws.close()
 
     asyncio.run(rejoined())
+
+
+def leaders(nodes):
+    return {n.cli("status")["leader"] for n in nodes}
+
+
+def test_leader_killed_a_new_leader_takes_over_and_purges_its_presence(start_cluster):
+    nodes = start_cluster(3)
+    leader_id = nodes[0].cli("status")["leader"]
+    leader = next(n for n in nodes if n.cli("status")["id"] == leader_id)
+    survivors = [n for n in nodes if n is not leader]
+    assert leader.cli("status")["role"] == "leader"
+    assert sorted(n.cli("status")["role"] for n in survivors) == ["follower", "follower"]
+
+    async def scenario():
+        clients = [await connect(n.ws_url, mint(42)) for n in nodes]
+        for n in nodes:
+            wait_until(lambda n=n: presence_nodes(n, "42") == [1, 2, 3], what="presence on every node")
+            wait_until(lambda n=n: n.cli("group", "user_42")["connections"] == 3, what="interest")
+
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait(timeout=10)
+        killed_at = time.monotonic()
+        # A new leader among the survivors, agreed by both.
+        wait_until(lambda: len(leaders(survivors)) == 1 and not leaders(survivors) & {leader_id, None},
+                   timeout=10, what="a new leader")
+        new_leader = leaders(survivors).pop()
+        assert new_leader in {n.cli("status")["id"] for n in survivors}
+        # The dead leader's presence is gone from every survivor's view within 15 s.
+        for n in survivors:
+            wait_until(lambda n=n: leader_id not in presence_nodes(n, "42"), timeout=15,
+                       what="the dead leader's presence purged")
+        assert time.monotonic() - killed_at < 15
+        for n in survivors:
+            wait_until(lambda n=n: leader_id not in up_members(n), what="the dead leader marked down")
+            status = n.cli("status")
+            assert status["ready"], status
+            members = {m["id"]: m for m in n.cli("members")["members"]}
+            assert members[leader_id]["voter"] is True, "down, but still a voter until removed"
+        # Survivors keep delivering, and new presence commits under the new leader.
+        alive = [ws for ws, n in zip(clients, nodes) if n is not leader]
+        assert cli_publish(survivors[0], "user_42", "after the leader died") == 2
+        for ws in alive:
+            assert await recv(ws) == "after the leader died"
+        late = await connect(survivors[1].ws_url, mint(43))
+        for n in survivors:
+            wait_until(lambda n=n: presence_nodes(n, "43") == [survivors[1].cli("status")["id"]],
+                       what="a presence write under the new leader")
+        # A linearizable read through the new leader agrees.
+        out = subprocess.run([BIN_PATH, "presence", "43", "--linearizable", "--admin", survivors[0].admin, "--json"],
+                             capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        for ws in [*alive, late]:
+            await ws.close()
+
+    asyncio.run(scenario())

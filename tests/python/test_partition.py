@@ -1,8 +1,10 @@
 """A node cut off from the majority, with network namespaces: three "hosts" (netns
 sbp<pid>-1..3) on a bridge, one node each. Cutting host 3's link partitions it: it reports
-not ready while the majority stays ready and marks it down; healing the link brings it back.
+not ready and commits nothing while the majority stays ready, marks it down and keeps
+committing presence; healing the link brings it back and its replica converges.
 The test hosts' addresses (10.77.0.0/24) exist only inside namespaces this test makes."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, SECRET, wait_until
+from conftest import BIN, SECRET, mint, wait_until
+from wsclient import connect
 
 CLUSTER = "partition-test-secret"
 
@@ -56,6 +59,18 @@ def readyz_inside(hosts, i):
     return out.stdout.strip()
 
 
+def admin_inside(hosts, i, path):
+    """GET on the node's admin API from inside its own host, as JSON."""
+    out = sh("ip", "netns", "exec", hosts.names[i - 1], "curl", "-s", "--max-time", "3",
+             f"http://127.0.0.1:8002{path}", check=False)
+    return json.loads(out.stdout) if out.stdout.strip() else None
+
+
+def presence_inside(hosts, i, user):
+    v = admin_inside(hosts, i, f"/v1/presence/{user}")
+    return sorted(c["node"] for c in v["connections"]) if v else None
+
+
 def members_up(i):
     with urllib.request.urlopen(f"http://10.77.0.{i}:8002/v1/members", timeout=2) as r:
         return sorted(m["id"] for m in json.loads(r.read())["members"] if m["up"])
@@ -85,16 +100,36 @@ def test_a_partitioned_node_is_not_ready_and_converges_after_healing(hosts):
             wait_until(lambda i=i: readyz_inside(hosts, i) == "200", what=f"node {i} ready")
             wait_until(lambda i=i: members_up(i) == [1, 2, 3], what=f"node {i} meshed")
 
+        for i in (1, 2, 3):
+            wait_until(lambda i=i: admin_inside(hosts, i, "/v1/status")["raft"]["voters"] == [1, 2, 3],
+                       what=f"node {i} a voter")
+
         hosts.cut(3)
         wait_until(lambda: readyz_inside(hosts, 3) == "503", what="the cut-off node not ready")
         for i in (1, 2):
             wait_until(lambda i=i: members_up(i) == [1, 2], what=f"node {i} sees 3 down")
             assert readyz_inside(hosts, i) == "200", "the majority stays ready"
+        cut_applied = admin_inside(hosts, 3, "/v1/status")["raft"]["last_applied"]
 
-        hosts.heal(3)
-        for i in (1, 2, 3):
-            wait_until(lambda i=i: members_up(i) == [1, 2, 3], timeout=15, what=f"node {i} converged")
-        wait_until(lambda: readyz_inside(hosts, 3) == "200", what="node 3 ready again")
+        async def while_cut():
+            # The majority commits a new connection's presence; the cut-off node does not.
+            ws = await connect("ws://10.77.0.1:8001/ws/notifications/", mint(77))
+            for i in (1, 2):
+                wait_until(lambda i=i: presence_inside(hosts, i, "77") == [1], what=f"presence on node {i}")
+            assert presence_inside(hosts, 3, "77") == []
+            assert admin_inside(hosts, 3, "/v1/status")["raft"]["last_applied"] == cut_applied
+            majority_applied = admin_inside(hosts, 1, "/v1/status")["raft"]["last_applied"]
+            assert majority_applied > cut_applied
+
+            hosts.heal(3)
+            for i in (1, 2, 3):
+                wait_until(lambda i=i: members_up(i) == [1, 2, 3], timeout=15, what=f"node {i} converged")
+            wait_until(lambda: readyz_inside(hosts, 3) == "200", what="node 3 ready again")
+            # Its replica catches up with what was committed while it was away.
+            wait_until(lambda: presence_inside(hosts, 3, "77") == [1], what="node 3's replica converged")
+            await ws.close()
+
+        asyncio.run(while_cut())
     finally:
         for p in procs:
             p.terminate()

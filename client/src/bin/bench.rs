@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+#[path = "bench/churn.rs"]
+mod churn;
+
 use clap::{Args, Parser, Subcommand};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -129,6 +132,37 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Presence churn: workers connect, hold, close and reconnect; reports the presence
+    /// changes committed through Raft per second, cluster-wide.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Concurrent connect/hold/close loops, spread over the --ws URLs.
+        #[arg(long, default_value_t = 200)]
+        workers: usize,
+        /// How long each connection stays open (longer than the 20 ms presence batch, so
+        /// that connect and close both commit).
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        hold: Duration,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Admin addresses of every node, to sum their committed presence changes.
+        #[arg(long, value_delimiter = ',')]
+        admins: Vec<String>,
+    },
+    /// Leader fail-over: churn against a surviving node (--ws, --admin), kill -9 the
+    /// leader's process, report when the survivor's presence writes resume.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        hold: Duration,
+        /// PID of the current leader's process.
+        #[arg(long)]
+        leader_pid: u32,
+    },
     /// RESP PUBLISH throughput only (works against redis-server).
     Publish {
         #[command(flatten)]
@@ -185,6 +219,19 @@ async fn main() -> anyhow::Result<()> {
             };
             fanout(&common, plan).await
         }
+        Command::Churn {
+            common,
+            workers,
+            hold,
+            duration,
+            admins,
+        } => churn::churn(&common, workers.max(1), hold, duration, &admins).await,
+        Command::Failover {
+            common,
+            workers,
+            hold,
+            leader_pid,
+        } => churn::failover(&common, workers.max(1), hold, leader_pid).await,
         Command::Publish {
             common,
             clients,

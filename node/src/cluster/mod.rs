@@ -743,6 +743,21 @@ impl Cluster {
                 p.id, p.rtt_micros
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_peer_queue_depth Messages waiting in each peer's outbound queue."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_peer_queue_depth gauge");
+        let depths: Vec<(NodeId, usize)> = lock(&self.peers)
+            .iter()
+            .filter_map(|(id, p)| {
+                let s = p.session.as_ref()?;
+                Some((*id, s.tx.max_capacity() - s.tx.capacity()))
+            })
+            .collect();
+        for (id, depth) in depths {
+            let _ = writeln!(out, "switchboard_peer_queue_depth{{peer=\"{id}\"}} {depth}");
+        }
     }
 
     /// Per-node connection counts for `group`, this node included, sorted by node.

@@ -428,7 +428,7 @@ impl Consensus {
             let pause = if failures == 0 {
                 crate::presence::FLUSH_INTERVAL
             } else {
-                Duration::from_millis(50 * u64::from(failures.min(10)))
+                Duration::from_millis(50 * u64::from(failures.min(4)))
             };
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,

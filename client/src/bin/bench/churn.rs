@@ -1,0 +1,210 @@
+//! Presence churn and leader fail-over: what the Raft registry sustains.
+//!
+//! `churn`: W workers each connect (a WebSocket, its own user), hold the connection for
+//! `--hold`, close, and start again, for `--duration`. Every connect and close is a
+//! presence change that must be committed through Raft (a connection held longer than the
+//! 20 ms batch does not cancel out). Reports the client-side connect rate and, from every
+//! node's `/metrics`, the presence changes committed per second cluster-wide.
+//!
+//! `failover`: the same churn against one surviving node, then `kill -9` of the leader;
+//! reports the time until the survivor sees a new term, and until its first presence
+//! write commits in that term.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use switchboard_client::{ConnectOptions, Connection};
+use tokio::sync::watch;
+
+use super::{Common, Minter, http_get, metric, report};
+
+/// Sum of `name` over every admin address.
+async fn sum_metric(admins: &[String], name: &str) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for admin in admins {
+        let body = http_get(admin, "/metrics").await?;
+        total += metric(&body, name).with_context(|| format!("{admin} has no {name}"))?;
+    }
+    Ok(total)
+}
+
+/// Runs `workers` connect/hold/close loops until `stop` turns true. Returns (connects,
+/// failures).
+fn spawn_workers(
+    common: &Common,
+    workers: usize,
+    hold: Duration,
+    first_user: usize,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<(u64, u64)>>> {
+    let minter = Minter::new(common)?;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let url = common.ws[w % common.ws.len()].clone();
+        let token = minter
+            .token(first_user + w, &[])
+            .context("cannot mint a token")?;
+        let timeout = common.connect_timeout;
+        let mut stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut connects, mut failures) = (0u64, 0u64);
+            while !*stop.borrow() {
+                let opts = ConnectOptions::new(url.clone())
+                    .token(token.clone())
+                    .connect_timeout(timeout);
+                match Connection::connect(opts).await {
+                    Ok(conn) => {
+                        connects += 1;
+                        tokio::select! {
+                            _ = tokio::time::sleep(hold) => {}
+                            _ = stop.changed() => {}
+                        }
+                        let _ = conn.close().await;
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (connects, failures)
+        }));
+    }
+    Ok(handles)
+}
+
+async fn join(handles: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
+    let mut total = (0, 0);
+    for h in handles {
+        if let Ok((c, f)) = h.await {
+            total.0 += c;
+            total.1 += f;
+        }
+    }
+    total
+}
+
+pub async fn churn(
+    common: &Common,
+    workers: usize,
+    hold: Duration,
+    duration: Duration,
+    admins: &[String],
+) -> anyhow::Result<()> {
+    let admins: Vec<String> = if admins.is_empty() {
+        vec![common.admin.clone()]
+    } else {
+        admins.to_vec()
+    };
+    const OPS: &str = "switchboard_presence_ops_applied_total";
+    const BATCHES: &str = "switchboard_presence_writes_total";
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handles = spawn_workers(common, workers, hold, 1_000_000, stop_rx)?;
+    // Let the workers reach their steady state before measuring.
+    tokio::time::sleep(hold + Duration::from_millis(500)).await;
+    let (ops0, batches0) = (
+        sum_metric(&admins, OPS).await?,
+        sum_metric(&admins, BATCHES).await?,
+    );
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    let (ops1, batches1) = (
+        sum_metric(&admins, OPS).await?,
+        sum_metric(&admins, BATCHES).await?,
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let (connects, failures) = join(handles).await;
+    let committed = (ops1 - ops0) / elapsed;
+    let batches = (batches1 - batches0) / elapsed;
+    report(
+        common.json,
+        &[
+            ("workers", workers.to_string()),
+            ("hold", format!("{hold:?}")),
+            ("nodes measured", admins.len().to_string()),
+            ("client connects (whole run)", connects.to_string()),
+            ("connect failures", failures.to_string()),
+            ("presence changes committed/s", format!("{committed:.0}")),
+            ("Raft presence batches/s", format!("{batches:.0}")),
+            (
+                "changes per batch",
+                format!("{:.1}", committed / batches.max(1.0)),
+            ),
+        ],
+        serde_json::json!({
+            "workers": workers,
+            "hold_ms": hold.as_millis() as u64,
+            "connects": connects,
+            "failures": failures,
+            "committed_per_sec": committed,
+            "batches_per_sec": batches,
+        }),
+    );
+    Ok(())
+}
+
+pub async fn failover(
+    common: &Common,
+    workers: usize,
+    hold: Duration,
+    leader_pid: u32,
+) -> anyhow::Result<()> {
+    let term = |body: &str| metric(body, "switchboard_raft_term").unwrap_or(0.0);
+    let writes = |body: &str| metric(body, "switchboard_presence_writes_total").unwrap_or(0.0);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handles = spawn_workers(common, workers, hold, 2_000_000, stop_rx)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = http_get(&common.admin, "/metrics").await?;
+    let (term0, writes0) = (term(&before), writes(&before));
+    if writes0 == 0.0 {
+        bail!("no presence write on the survivor before the kill: is the churn reaching it?");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-9", &leader_pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -9 {leader_pid} failed");
+    }
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    let mut elected: Option<(Duration, f64)> = None;
+    let resumed = loop {
+        if Instant::now() > deadline {
+            bail!("no presence write in a new term within 30 s");
+        }
+        if let Ok(body) = http_get(&common.admin, "/metrics").await {
+            match elected {
+                None if term(&body) > term0 => elected = Some((killed.elapsed(), writes(&body))),
+                Some((_, w)) if writes(&body) > w => break killed.elapsed(),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = stop_tx.send(true);
+    let (connects, failures) = join(handles).await;
+    let elected = elected.map_or(Duration::ZERO, |(d, _)| d);
+    report(
+        common.json,
+        &[
+            (
+                "new term seen after",
+                format!("{:.0} ms", elected.as_secs_f64() * 1e3),
+            ),
+            (
+                "presence writes resumed after",
+                format!("{:.0} ms", resumed.as_secs_f64() * 1e3),
+            ),
+            ("client connects (whole run)", connects.to_string()),
+            ("connect failures", failures.to_string()),
+        ],
+        serde_json::json!({
+            "elected_ms": elected.as_secs_f64() * 1e3,
+            "resumed_ms": resumed.as_secs_f64() * 1e3,
+            "connects": connects,
+            "failures": failures,
+        }),
+    );
+    Ok(())
+}
