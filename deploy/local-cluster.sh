@@ -26,10 +26,13 @@ resp() { echo "127.0.0.1:638$(( $1 - 1 ))"; }
 admin() { echo "127.0.0.1:80$(( $1 - 1 ))2"; }
 peer() { echo "127.0.0.1:70$(( $1 - 1 ))1"; }
 
+# Whether a process runs (a killed one not yet reaped is a zombie: not running).
+alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
+
 start() {
   mkdir -p "$dir"
   for n in 1 2 3; do
-    if [[ -f $dir/node-$n.pid ]] && kill -0 "$(cat "$dir/node-$n.pid")" 2>/dev/null; then
+    if [[ -f $dir/node-$n.pid ]] && alive "$(cat "$dir/node-$n.pid")"; then
       echo "node $n already running" >&2; continue
     fi
     seeds=()
@@ -64,9 +67,9 @@ stop() {
   for n in 1 2 3; do
     [[ -f $dir/node-$n.pid ]] || continue
     pid=$(cat "$dir/node-$n.pid")
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
       kill -TERM "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
     fi
     rm -f "$dir/node-$n.pid"
   done

@@ -223,6 +223,11 @@ impl Shared {
         lock(&self.batcher).requeue(ops);
     }
 
+    /// Number of presence changes waiting.
+    pub fn presence_queue_len(&self) -> usize {
+        lock(&self.batcher).len()
+    }
+
     /// Whether no presence change is waiting.
     pub fn presence_queue_is_empty(&self) -> bool {
         lock(&self.batcher).is_empty()

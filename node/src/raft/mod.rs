@@ -48,11 +48,13 @@ pub type Entry = openraft::Entry<TypeConfig>;
 
 /// How often the steward looks at the cluster.
 pub const STEWARD_INTERVAL: Duration = Duration::from_millis(250);
-/// Raft heartbeat and election timeouts: a dead leader is replaced within about
-/// `ELECTION_MAX` plus one election round.
+/// Raft heartbeat and election timeouts. A follower that has seen a committed leader
+/// waits out the leader's lease (openraft 0.9 sets it to `ELECTION_MAX_MS`) plus a random
+/// election timeout before it campaigns: a dead leader is replaced 0.9 to 1.2 s after its
+/// last heartbeat, plus one vote round.
 const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MIN_MS: u64 = 500;
-const ELECTION_MAX_MS: u64 = 1000;
+const ELECTION_MIN_MS: u64 = 300;
+const ELECTION_MAX_MS: u64 = 600;
 /// A write forwarded to the leader is given up (and retried) after this long.
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(700);
 /// A write on the leader that has not committed after this long (no quorum) is given
@@ -274,10 +276,23 @@ impl Consensus {
                 self.metrics
                     .forwarded_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match self
-                    .call(leader, network::Rpc::Write(command), FORWARD_TIMEOUT)
-                    .await
-                {
+                // Give up at once if another leader is elected meanwhile (the one asked may
+                // be dead): the caller retries with the new one.
+                let mut metrics = self.raft.metrics();
+                let leader_changed = async move {
+                    while metrics.changed().await.is_ok() {
+                        if metrics.borrow().current_leader != Some(leader) {
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                };
+                let call = self.call(leader, network::Rpc::Write(command), FORWARD_TIMEOUT);
+                let reply = tokio::select! {
+                    reply = call => reply,
+                    () = leader_changed => return Err(WriteError::NotLeader(leader)),
+                };
+                match reply {
                     Ok(network::Reply::Write(result)) => result,
                     Ok(_) => Err(WriteError::Failed("unexpected reply".into())),
                     Err(e) => Err(WriteError::Failed(format!("leader {leader}: {e:#}"))),
