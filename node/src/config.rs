@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// Secret every peer must prove before it can join or send anything.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// PEM file of the cluster CA: peers must present a certificate it signed (mutual
+    /// TLS). Needs --cluster-cert and --cluster-key.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate (chain), signed by the cluster CA.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+    /// PEM file of this node's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_KEY")]
+    pub cluster_key: Option<PathBuf>,
     /// When set, RESP clients must AUTH first.
     #[arg(long, env = "SWITCHBOARD_RESP_PASSWORD", hide_env_values = true)]
     pub resp_password: Option<String>,
@@ -132,6 +142,8 @@ pub struct Config {
     pub jwt_audience: Vec<String>,
     pub jwt_issuer: Vec<String>,
     pub cluster_secret: Option<String>,
+    /// The cluster CA mode: (CA, certificate, key) PEM files.
+    pub cluster_ca: Option<ClusterCa>,
     pub resp_password: Option<String>,
     pub allowed_origins: Vec<String>,
     pub user_group: String,
@@ -147,6 +159,14 @@ pub struct Config {
     pub channels_prefix: String,
     pub node_timeout: Duration,
     pub max_voters: usize,
+}
+
+/// PEM files of the cluster CA mode (`--cluster-ca`, `--cluster-cert`, `--cluster-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Where tokens are verified from.
@@ -216,6 +236,9 @@ impl ServeArgs {
             jwt_audience,
             jwt_issuer,
             cluster_secret,
+            cluster_ca,
+            cluster_cert,
+            cluster_key,
             resp_password,
             allowed_origins,
             user_group,
@@ -293,6 +316,16 @@ impl ServeArgs {
             jwt_audience: non_empty(self.jwt_audience),
             jwt_issuer: non_empty(self.jwt_issuer),
             cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
+            cluster_ca: match (self.cluster_ca, self.cluster_cert, self.cluster_key) {
+                (None, None, None) => None,
+                (Some(ca), Some(cert), Some(key)) => Some(ClusterCa { ca, cert, key }),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--cluster-ca, --cluster-cert and --cluster-key go together: give all three"
+                            .into(),
+                    ));
+                }
+            },
             resp_password: self.resp_password.filter(|s| !s.is_empty()),
             allowed_origins: non_empty(self.allowed_origins),
             user_group,
@@ -338,9 +371,13 @@ impl Config {
                 }
             }
         }
-        if self.cluster_secret.is_none() && !self.peer_listen.ip().is_loopback() {
+        if self.cluster_secret.is_none()
+            && self.cluster_ca.is_none()
+            && !self.peer_listen.ip().is_loopback()
+        {
             return Err(ConfigError::Invalid(format!(
-                "refusing to bind --peer-listen {} beyond loopback without --cluster-secret",
+                "refusing to bind --peer-listen {} beyond loopback without --cluster-secret \
+                 (or --cluster-ca, --cluster-cert and --cluster-key)",
                 self.peer_listen
             )));
         }
@@ -422,6 +459,18 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_ca_flags_go_together() {
+        let args = ServeArgs {
+            cluster_ca: Some("ca.pem".into()),
+            ..ServeArgs::default()
+        };
+        let err = args
+            .finish()
+            .expect_err("a CA without a certificate and key");
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_file_key_is_an_error() {
         let dir = std::env::temp_dir().join(format!("sb-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -468,5 +517,12 @@ mod tests {
         );
         c.cluster_secret = Some("c".into());
         assert!(c.check_exposure().is_ok());
+        c.cluster_secret = None;
+        c.cluster_ca = Some(ClusterCa {
+            ca: "ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+        });
+        assert!(c.check_exposure().is_ok(), "a cluster CA is enough too");
     }
 }

@@ -210,10 +210,11 @@ impl Batcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(node: NodeId, connection: &str, user: &str) -> ConnectionRecord {
+    /// A connection record for tests.
+    pub(crate) fn record(node: NodeId, connection: &str, user: &str) -> ConnectionRecord {
         ConnectionRecord {
             node,
             connection: connection.into(),

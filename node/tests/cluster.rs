@@ -391,3 +391,85 @@ async fn a_drained_node_leaves_the_mesh_at_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Writes a CA, and a certificate and key it signed for `node`, as PEM files in `dir`.
+fn cluster_ca(dir: &std::path::Path, tag: &str) -> (rcgen::CertificateParams, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{tag}-ca.pem")), cert.pem()).unwrap();
+    (params, key)
+}
+
+fn node_cert(
+    dir: &std::path::Path,
+    ca: &(rcgen::CertificateParams, rcgen::KeyPair),
+    tag: &str,
+    node: u64,
+) -> switchboard_node::config::ClusterCa {
+    let issuer = rcgen::Issuer::from_params(&ca.0, &ca.1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![format!("node-{node}.cluster.internal")])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{tag}-node-{node}.pem")),
+        dir.join(format!("{tag}-node-{node}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    switchboard_node::config::ClusterCa {
+        ca: dir.join(format!("{tag}-ca.pem")),
+        cert: cert_path,
+        key: key_path,
+    }
+}
+
+async fn ca_node(
+    id: u64,
+    seeds: &[&TestNode],
+    ca: switchboard_node::config::ClusterCa,
+) -> TestNode {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .map(|n| n.node().addrs().peer.unwrap().to_string())
+        .collect();
+    TestNode::start(move |c| {
+        c.node_id = id;
+        c.seeds = seeds;
+        c.cluster_secret = None;
+        c.cluster_ca = Some(ca);
+        c.node_timeout = Duration::from_millis(1500);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn with_a_cluster_ca_members_need_its_certificate() {
+    let dir = temp_dir("ca");
+    let ca = cluster_ca(&dir, "good");
+    let other = cluster_ca(&dir, "other");
+    let a = ca_node(1, &[], node_cert(&dir, &ca, "good", 1)).await;
+    let b = ca_node(2, &[&a], node_cert(&dir, &ca, "good", 2)).await;
+    wait_formed(&[&a, &b], &["leader", "follower"]).await;
+    let mut on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(3)))
+        .await
+        .unwrap();
+    wait_group_total(&a, "user_3", 1).await;
+    assert_eq!(publish(&a, "user_3", b"over mutual TLS").await, 1);
+    assert_eq!(text(&mut on_b).await, "over mutual TLS");
+
+    // A node whose certificate another CA signed (trusting that other CA) is refused.
+    let intruder = ca_node(9, &[&a], node_cert(&dir, &other, "other", 9)).await;
+    wait_for("the intruder refused", DEADLINE, || async {
+        (metric(&a.admin_addr(), "switchboard_peer_auth_failures_total").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(members_up(&a).await, vec![1, 2]);
+    assert_eq!(members_up(&intruder).await, vec![9]);
+    a.shutdown().await;
+    b.shutdown().await;
+    intruder.shutdown().await;
+}

@@ -108,9 +108,9 @@ pub enum PeerMessage {
     InterestSyncRequest,
     /// Published messages for groups the receiver has subscribers in.
     Forward(Vec<Forward>),
-    /// An opaque Raft RPC, request or response, correlated by `id`.
+    /// One Raft RPC request, or its reply, opaque here (the node encodes openraft's
+    /// types). Each call has a QUIC stream of its own: one request, one reply.
     Raft {
-        id: u64,
         body: Bytes,
     },
     /// The first message each side sends: who it is, and an HMAC-SHA256 with the cluster
@@ -204,11 +204,8 @@ mod tests {
                     version,
                     groups
                 })),
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(id, body)| {
-                PeerMessage::Raft {
-                    id,
-                    body: Bytes::from(body),
-                }
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|body| PeerMessage::Raft {
+                body: Bytes::from(body),
             }),
         ]
     }

@@ -120,7 +120,11 @@ impl Cluster {
     /// Binds the peer endpoint; `config` holds this node's resolved addresses and
     /// `admin` its admin address, which peers learn from its Hello.
     pub fn bind(config: &crate::config::Config, admin: String) -> anyhow::Result<Arc<Cluster>> {
-        let endpoint = tls::endpoint(config.peer_listen, config.node_timeout)?;
+        let endpoint = tls::endpoint(
+            config.peer_listen,
+            config.node_timeout,
+            config.cluster_ca.as_ref(),
+        )?;
         let peer_addr = endpoint.local_addr()?.to_string();
         let hello = PeerMessage::Hello {
             node: config.node_id,
@@ -304,7 +308,15 @@ impl Cluster {
                             debug!(%remote, error = %e, "peer session ended");
                         }
                     }
-                    Err(e) => debug!(%remote, error = %e, "peer handshake failed"),
+                    Err(e) => {
+                        // A peer without a certificate of the cluster CA (in that mode)
+                        // ends here, as does a dialer that gave up.
+                        cluster
+                            .metrics
+                            .auth_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(%remote, error = %e, "peer refused: TLS handshake failed");
+                    }
                 }
             });
         }
@@ -718,7 +730,7 @@ impl Cluster {
             (
                 "peer_auth_failures_total",
                 "counter",
-                "Peers refused for not proving the cluster secret.",
+                "Peers refused: failed TLS handshake (cluster CA) or cluster-secret proof.",
                 m.auth_failures.load(Ordering::Relaxed),
             ),
             (

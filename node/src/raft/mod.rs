@@ -246,7 +246,9 @@ impl Consensus {
     /// Whether this node knows a leader that can commit: a follower or learner that has
     /// heard from one, or a leader acknowledged by a quorum within `--node-timeout-ms`.
     pub fn has_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        // Called on every WebSocket accept: read the metrics in place, no clone.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         match m.current_leader {
             None => false,
             Some(leader) if leader == self.node => {

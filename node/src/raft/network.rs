@@ -99,10 +99,10 @@ async fn call_typed(
     })?;
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        crate::cluster::write_frame(&mut send, &PeerMessage::Raft { id: 0, body }).await?;
+        crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
         send.finish()?;
         match crate::cluster::read_frame(&mut recv).await? {
-            PeerMessage::Raft { body, .. } => decode::<Reply>(&body),
+            PeerMessage::Raft { body } => decode::<Reply>(&body),
             other => bail!("unexpected reply {other:?}"),
         }
     };
@@ -124,13 +124,13 @@ pub async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let body = match crate::cluster::read_frame(&mut recv).await? {
-        PeerMessage::Raft { body, .. } => body,
+        PeerMessage::Raft { body } => body,
         other => bail!("peer {peer} opened a stream with {other:?}"),
     };
     let rpc: Rpc = decode(&body).with_context(|| format!("malformed Raft RPC from {peer}"))?;
     let reply = consensus.serve(peer, rpc).await;
     let body = encode(&reply)?;
-    crate::cluster::write_frame(&mut send, &PeerMessage::Raft { id: 0, body }).await?;
+    crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
     send.finish()?;
     Ok(())
 }

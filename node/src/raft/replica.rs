@@ -92,15 +92,7 @@ fn op_node(op: &PresenceOp) -> NodeId {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(node: NodeId, connection: &str, user: &str) -> ConnectionRecord {
-        ConnectionRecord {
-            node,
-            connection: connection.into(),
-            user: user.into(),
-            connected_at: 1_700_000_000_000,
-        }
-    }
+    use crate::presence::tests::record;
 
     #[test]
     fn a_removed_node_is_purged_and_stays_out() {
