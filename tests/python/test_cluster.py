@@ -127,3 +127,13 @@ def test_leader_killed_a_new_leader_takes_over_and_purges_its_presence(start_clu
             await ws.close()
 
     asyncio.run(scenario())
+
+    # The dead leader is not coming back: an admin removes it for good, on a follower.
+    follower = next(n for n in survivors if n.cli("status")["role"] == "follower")
+    assert follower.cli("remove", str(leader_id)) == {"id": leader_id, "removed": True}
+    for n in survivors:
+        wait_until(lambda n=n: len(n.cli("status")["raft"]["voters"]) == 2, what="two voters left")
+        members = {m["id"]: m for m in n.cli("members")["members"]}
+        assert members[leader_id]["role"] == "removed"
+    out = subprocess.run([BIN_PATH, "remove", "99", "--admin", follower.admin], capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0 and "not a member" in out.stderr
