@@ -65,7 +65,10 @@ pub fn core_command(shared: &Shared, name: &str, args: &[Bytes]) -> Option<Frame
                 _ => Frame::Array(vec![]),
             }
         }
-        "EVAL" | "EVALSHA" => eval(shared, args),
+        "EVAL" => eval(shared, args),
+        // No script is ever loaded here (SCRIPT LOAD is not supported): as Redis answers
+        // for a script it does not have.
+        "EVALSHA" => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
         // Group membership and channel queues live in WebSocket connections here, not in
         // sorted sets: these answer as an empty Redis would.
         "ZREMRANGEBYSCORE" | "ZREM" | "ZCOUNT" | "DEL" | "UNLINK" if args.len() >= 2 => {

@@ -103,6 +103,23 @@ async fn unknown_commands_and_wrong_arity_get_redis_errors_and_the_connection_st
         &r.cmd(&[b"BZPOPMIN", b"k", b"1"]).await,
         "ERR BZPOPMIN is not supported"
     ));
+    // A known command with the wrong arity says so, as Redis does, rather than "unknown".
+    assert!(is_error_starting(
+        &r.cmd(&[b"ZADD", b"k", b"1"]).await,
+        "ERR wrong number of arguments for 'zadd'"
+    ));
+    assert_eq!(
+        r.cmd(&[b"EVALSHA", b"0123456789abcdef", b"0"]).await,
+        Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into())
+    );
+    assert_eq!(
+        r.cmd(&[b"SELECT", b"x"]).await,
+        Frame::Error("ERR value is not an integer or out of range".into())
+    );
+    assert_eq!(
+        r.cmd(&[b"SELECT", b"1"]).await,
+        Frame::Error("ERR DB index is out of range".into())
+    );
     assert_eq!(r.cmd(&[b"PING"]).await, Frame::Simple("PONG".into()));
     // Inline commands, as typed into telnet.
     r.send_raw(b"PING\r\n").await;

@@ -288,7 +288,15 @@ impl RespConn {
             "HELLO" => self.hello(&args[1..]),
             "SELECT" => match args.get(1).map(|a| a.as_ref()) {
                 Some(b"0") if args.len() == 2 => Frame::Simple("OK".into()),
-                Some(_) if args.len() == 2 => Frame::Error("ERR DB index is out of range".into()),
+                Some(index)
+                    if args.len() == 2
+                        && std::str::from_utf8(index).is_ok_and(|i| i.parse::<i64>().is_ok()) =>
+                {
+                    Frame::Error("ERR DB index is out of range".into())
+                }
+                Some(_) if args.len() == 2 => {
+                    Frame::Error("ERR value is not an integer or out of range".into())
+                }
                 _ => arity("select"),
             },
             "CLIENT" => self.client(&args[1..]),
@@ -307,7 +315,8 @@ impl RespConn {
             }
             _ => match channels::core_command(&self.shared, &name, &args) {
                 Some(reply) => reply,
-                None => unknown_command(&args),
+                // A known command with the wrong arity: say so, as Redis does.
+                None => queue_error(&name, &args).unwrap_or_else(|| unknown_command(&args)),
             },
         };
         (reply, Next::Continue)
