@@ -473,3 +473,33 @@ async fn with_a_cluster_ca_members_need_its_certificate() {
     b.shutdown().await;
     intruder.shutdown().await;
 }
+
+#[tokio::test]
+async fn members_beyond_max_voters_stay_learners_and_still_serve() {
+    let start = |id: u64, seeds: Vec<String>| {
+        TestNode::start(move |c| {
+            c.node_id = id;
+            c.seeds = seeds;
+            c.cluster_secret = Some(CLUSTER_SECRET.into());
+            c.max_voters = 2;
+        })
+    };
+    let a = start(1, vec![]).await;
+    let seed = vec![a.node().addrs().peer.unwrap().to_string()];
+    let b = start(2, seed.clone()).await;
+    let c = start(3, seed).await;
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "learner"]).await;
+    let v = status(&a).await;
+    assert_eq!(v["raft"]["voters"], serde_json::json!([1, 2]), "{v}");
+    assert_eq!(v["raft"]["learners"], serde_json::json!([3]), "{v}");
+    // A learner replicates presence and serves clients like any node.
+    let _on_c = Connection::connect_url(&c.ws_url(), Some(&simplejwt_token(12)))
+        .await
+        .unwrap();
+    for n in [&a, &b, &c] {
+        wait_presence(n, "12", &[3]).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
