@@ -18,8 +18,13 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 /// Longest a presence change waits in the batch before it is applied.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
-/// A batch is flushed early once it holds this many ops.
+/// A batch is flushed early once it holds this many ops, and one Raft entry holds at
+/// most this many: an entry stays far below the peer message limit.
 pub const MAX_BATCH: usize = 2048;
+
+/// Connections carried by the `ResyncNode` op of a resync; the rest follow as `Connect`s,
+/// so that no single op (or Raft entry) grows with the node's connection count.
+pub const RESYNC_CHUNK: usize = 1024;
 
 type Key = (NodeId, String);
 
@@ -173,8 +178,18 @@ impl Batcher {
 
     /// Takes every queued op, in order.
     pub fn take(&mut self) -> Vec<PresenceOp> {
-        self.fence = 0;
-        std::mem::take(&mut self.pending)
+        self.take_at_most(usize::MAX)
+    }
+
+    /// Takes the first `max` queued ops (or all), in order.
+    pub fn take_at_most(&mut self, max: usize) -> Vec<PresenceOp> {
+        if max >= self.pending.len() {
+            self.fence = 0;
+            return std::mem::take(&mut self.pending);
+        }
+        self.fence = self.fence.saturating_sub(max);
+        let rest = self.pending.split_off(max);
+        std::mem::replace(&mut self.pending, rest)
     }
 
     /// Puts ops that could not be committed back in front of the queue, in order.
@@ -184,12 +199,19 @@ impl Batcher {
         self.pending = ops;
     }
 
-    /// Replaces everything queued by one op that re-registers every live connection of
-    /// `node`: what the registry holds for it afterwards is exactly the truth.
+    /// Replaces everything queued by ops that re-register every live connection of
+    /// `node`: a `ResyncNode` (which drops whatever the registry held for it) with the
+    /// first [`RESYNC_CHUNK`] connections, then a `Connect` for each of the others. What
+    /// the registry holds for the node afterwards is exactly the truth.
     pub fn resync(&mut self, node: NodeId) {
         let mut connections: Vec<ConnectionRecord> = self.live.values().cloned().collect();
         connections.sort_by(|a, b| a.connection.cmp(&b.connection));
-        self.pending = vec![PresenceOp::ResyncNode { node, connections }];
+        let rest = connections.split_off(connections.len().min(RESYNC_CHUNK));
+        self.pending = Vec::with_capacity(1 + rest.len());
+        self.pending
+            .push(PresenceOp::ResyncNode { node, connections });
+        self.pending
+            .extend(rest.into_iter().map(PresenceOp::Connect));
         self.fence = 1;
     }
 
@@ -337,5 +359,36 @@ pub(crate) mod tests {
         assert_eq!(r.user("b"), vec![record(1, "1-2", "b")]);
         assert!(r.user("a").is_empty());
         assert_eq!(b.live(), 1);
+    }
+
+    #[test]
+    fn a_large_resync_is_split_and_taken_in_bounded_batches() {
+        let mut b = Batcher::default();
+        let n = RESYNC_CHUNK + MAX_BATCH + 10;
+        for i in 0..n {
+            b.push(PresenceOp::Connect(record(4, &format!("4-{i:05}"), "u")));
+        }
+        b.take();
+        b.resync(4);
+        let mut r = Registry::default();
+        r.apply(PresenceOp::Connect(record(4, "4-stale", "u")));
+        let mut batches = 0;
+        while !b.is_empty() {
+            let batch = b.take_at_most(MAX_BATCH);
+            assert!(batch.len() <= MAX_BATCH);
+            for op in batch {
+                if let PresenceOp::ResyncNode { connections, .. } = &op {
+                    assert_eq!(connections.len(), RESYNC_CHUNK);
+                }
+                r.apply(op);
+            }
+            batches += 1;
+        }
+        assert_eq!(batches, 2);
+        assert_eq!(
+            r.node_connections(4),
+            n,
+            "every live connection, the stale one gone"
+        );
     }
 }

@@ -214,8 +214,9 @@ impl Shared {
     }
 
     /// Takes every queued presence change, in order, for the presence writer.
+    /// At most [`crate::presence::MAX_BATCH`], so that one Raft entry stays small.
     pub fn take_presence_ops(&self) -> Vec<PresenceOp> {
-        lock(&self.batcher).take()
+        lock(&self.batcher).take_at_most(crate::presence::MAX_BATCH)
     }
 
     /// Puts changes that could not be committed back in front of the queue.

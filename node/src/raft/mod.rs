@@ -139,7 +139,9 @@ impl Consensus {
             election_timeout_min: ELECTION_MIN_MS,
             election_timeout_max: ELECTION_MAX_MS,
             install_snapshot_timeout: 5000,
-            max_payload_entries: 64,
+            // At most 16 entries of at most MAX_BATCH ops each per append: a few MiB,
+            // well inside the 16 MiB peer message limit.
+            max_payload_entries: 16,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: KEEP_AFTER_SNAPSHOT,
             snapshot_max_chunk_size: 1024 * 1024,
@@ -447,10 +449,15 @@ impl Consensus {
             } else {
                 Duration::from_millis(50 * u64::from(failures.min(4)))
             };
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => break,
-                _ = shared.presence_flush.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
+            // A backlog of full batches goes out back to back.
+            let backlog =
+                failures == 0 && shared.presence_queue_len() >= crate::presence::MAX_BATCH;
+            if !backlog {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = shared.presence_flush.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
             match self.flush_presence(&shared).await {
                 Ok(_) => failures = 0,
