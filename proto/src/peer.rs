@@ -15,7 +15,8 @@ pub type NodeId = u64;
 pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Version of the peer protocol; peers with another major version are refused.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+/// 2: Raft RPCs on streams of their own (`Raft { body }`).
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
