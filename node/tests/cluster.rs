@@ -392,13 +392,40 @@ async fn a_drained_node_leaves_the_mesh_at_once() {
     b.shutdown().await;
 }
 
+/// PEM text of `der` (RFC 7468), without a PEM crate for one test.
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = Vec::new();
+    for chunk in der.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = byte(0) << 16 | byte(1) << 8 | byte(2);
+        for i in 0..4 {
+            b64.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i)) as usize & 63]
+            } else {
+                b'='
+            });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out + &format!("-----END {label}-----\n")
+}
+
 /// Writes a CA, and a certificate and key it signed for `node`, as PEM files in `dir`.
 fn cluster_ca(dir: &std::path::Path, tag: &str) -> (rcgen::CertificateParams, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{tag}-ca.pem")), cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{tag}-ca.pem")),
+        pem("CERTIFICATE", cert.der()),
+    )
+    .unwrap();
     (params, key)
 }
 
@@ -418,8 +445,8 @@ fn node_cert(
         dir.join(format!("{tag}-node-{node}.pem")),
         dir.join(format!("{tag}-node-{node}.key")),
     );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, pem("CERTIFICATE", cert.der())).unwrap();
+    std::fs::write(&key_path, pem("PRIVATE KEY", &key.serialize_der())).unwrap();
     switchboard_node::config::ClusterCa {
         ca: dir.join(format!("{tag}-ca.pem")),
         cert: cert_path,
