@@ -530,3 +530,63 @@ async fn members_beyond_max_voters_stay_learners_and_still_serve() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_far_behind_catches_up_from_a_snapshot() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    let c = node(3, &[&a], CLUSTER_SECRET).await;
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
+    let _on_a = Connection::connect_url(&a.ws_url(), Some(&simplejwt_token(21)))
+        .await
+        .unwrap();
+    wait_presence(&c, "21", &[1]).await;
+    let applied_before = status(&c).await["raft"]["last_applied"].as_u64().unwrap();
+    let dir = c.stop_keeping_data().await;
+    wait_members(&a, &[1, 2]).await;
+
+    // More entries than a snapshot interval plus what is kept after it: the part of the
+    // log node 3 lacks is purged on the leader, so it can only catch up from a snapshot.
+    let consensus = a.node().shared().consensus.get().unwrap().clone();
+    let _on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(22)))
+        .await
+        .unwrap();
+    for _ in 0..2600 {
+        consensus
+            .write(switchboard_node::raft::Command::Presence(vec![]))
+            .await
+            .unwrap();
+    }
+    wait_for("the leader to purge its log", DEADLINE, || async {
+        let purged = consensus.raft.metrics().borrow().purged;
+        purged
+            .is_some_and(|p| p.index > applied_before)
+            .then_some(())
+    })
+    .await;
+    wait_presence(&a, "22", &[2]).await;
+
+    let seed = a.node().addrs().peer.unwrap().to_string();
+    let restart_dir = dir.clone();
+    let c = TestNode::start(move |cfg| {
+        cfg.node_id = 3;
+        cfg.seeds = vec![seed];
+        cfg.cluster_secret = Some(CLUSTER_SECRET.into());
+        cfg.node_timeout = Duration::from_millis(1500);
+        cfg.data_dir = restart_dir;
+    })
+    .await;
+    // It has what was committed while it was away, and a replica equal to the leader's.
+    wait_presence(&c, "22", &[2]).await;
+    wait_presence(&c, "21", &[1]).await;
+    wait_for("identical replicas", DEADLINE, || async {
+        let leader = switchboard_node::shared::read(&a.node().shared().replica).clone();
+        let rejoined = switchboard_node::shared::read(&c.node().shared().replica).clone();
+        (leader == rejoined).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

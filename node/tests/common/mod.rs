@@ -64,6 +64,15 @@ impl TestNode {
             node.shutdown().await;
         }
     }
+
+    /// Stops the node and hands back its data dir, kept for a restart (the caller
+    /// removes it).
+    pub async fn stop_keeping_data(mut self) -> PathBuf {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+        std::mem::take(&mut self.dir)
+    }
 }
 
 impl Drop for TestNode {
