@@ -361,7 +361,22 @@ impl Consensus {
             None => return Err(WriteError::NoLeader),
         }
         let membership = m.membership_config.membership().clone();
-        self.write(Command::Remove(id)).await?;
+        let index = self.write(Command::Remove(id)).await?;
+        // A node still up should learn of its own removal (so that it drains) before the
+        // membership change stops its log: give it up to 2 s to replicate the entry.
+        if self.cluster.connection(id).is_some() {
+            let replicated = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|l| l.index >= index)
+            };
+            let _ = self
+                .raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(replicated, "the removed node has the removal")
+                .await;
+        }
         let fail = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
             WriteError::Failed(e.to_string())
         };
