@@ -234,10 +234,11 @@ impl Shared {
         lock(&self.batcher).is_empty()
     }
 
-    /// Number of live WebSocket connections on this node, as the presence batcher
-    /// knows them.
-    pub fn live_connections(&self) -> usize {
-        lock(&self.batcher).live()
+    /// This node's live connection count, if no presence change is queued (both read
+    /// under one lock, so they agree).
+    pub fn settled_live_connections(&self) -> Option<usize> {
+        let batcher = lock(&self.batcher);
+        batcher.is_empty().then(|| batcher.live())
     }
 
     /// Queues a re-registration of every live connection of this node, replacing what

@@ -100,6 +100,8 @@ pub struct Consensus {
     max_voters: usize,
     /// Serialises presence flushes (the writer loop and the final one at shutdown).
     flushing: tokio::sync::Mutex<()>,
+    /// Log index of this node's last committed presence write.
+    last_written: std::sync::atomic::AtomicU64,
     pub metrics: RaftCounters,
 }
 
@@ -157,6 +159,7 @@ impl Consensus {
             node_timeout: config.node_timeout,
             max_voters: config.max_voters,
             flushing: tokio::sync::Mutex::new(()),
+            last_written: std::sync::atomic::AtomicU64::new(0),
             metrics: RaftCounters::default(),
         });
 
@@ -169,29 +172,23 @@ impl Consensus {
                 .initialize(BTreeMap::from([(config.node_id, me)]))
                 .await?;
         }
+        // The membership as the Raft core has it (its metrics may lag just after start).
+        let membership = consensus
+            .raft
+            .with_raft_state(|st| st.membership_state.effective().membership().clone())
+            .await?;
         // Dial every member the log knows, so a restarted node finds its cluster even
         // without seeds.
-        let members: Vec<(NodeId, String)> = consensus
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != config.node_id)
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        cluster.remember(members);
+        cluster.remember(
+            membership
+                .nodes()
+                .filter(|(id, _)| **id != config.node_id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+        );
         // Alone in the membership: become leader before serving, so that a single node is
         // ready as soon as it starts.
-        let alone = consensus
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .eq([config.node_id]);
+        let alone = membership.voter_ids().eq([config.node_id]);
         if bootstrap || alone {
             let started = Instant::now();
             if !bootstrap {
@@ -438,7 +435,9 @@ impl Consensus {
         }
         let n = ops.len();
         match self.write(Command::Presence(ops.clone())).await {
-            Ok(_) => {
+            Ok(index) => {
+                self.last_written
+                    .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
                 self.metrics
                     .writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -506,18 +505,33 @@ impl Consensus {
             if !self.has_leader() {
                 continue;
             }
-            // Does the replica hold exactly this node's live connections? Checked when
-            // nothing is queued; two disagreeing looks in a row trigger a resync.
-            if shared.presence_queue_is_empty() && !shared.draining() {
-                let registered = read(&shared.replica).presence.node_connections(self.node);
-                if registered != shared.live_connections() {
+            // Does the replica hold exactly this node's live connections? Only asked when
+            // it is settled: nothing queued, no write in flight, and this node's last
+            // write applied here. Two disagreeing looks in a row trigger a resync.
+            let settled = match self.flushing.try_lock() {
+                Ok(_writer_idle) if !shared.draining() => {
+                    let applied = self
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .last_applied
+                        .map_or(0, |l| l.index);
+                    let written = self.last_written.load(std::sync::atomic::Ordering::Acquire);
+                    match shared.settled_live_connections() {
+                        Some(live) if applied >= written => Some((
+                            live,
+                            read(&shared.replica).presence.node_connections(self.node),
+                        )),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some((live, registered)) = settled {
+                if registered != live {
                     mismatches += 1;
                     if mismatches >= 2 {
-                        info!(
-                            registered,
-                            live = shared.live_connections(),
-                            "re-registering this node's connections"
-                        );
+                        info!(registered, live, "re-registering this node's connections");
                         shared.resync_presence();
                         self.metrics
                             .resyncs
@@ -558,8 +572,10 @@ impl Consensus {
             let add = self
                 .raft
                 .add_learner(peer.id, BasicNode::new(peer.peer.clone()), false);
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), add).await {
-                warn!(node = peer.id, error = %e, "adding a learner timed out");
+            match tokio::time::timeout(Duration::from_secs(5), add).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(node = peer.id, error = %e, "adding a learner failed"),
+                Err(_) => warn!(node = peer.id, "adding a learner timed out"),
             }
         }
         // Learners that have caught up become voters, up to --max-voters.
