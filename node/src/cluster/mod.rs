@@ -611,7 +611,8 @@ impl Cluster {
         }
     }
 
-    fn connected_to(&self, id: NodeId) -> bool {
+    /// Whether a live session to `id` exists.
+    pub fn connected_to(&self, id: NodeId) -> bool {
         lock(&self.peers)
             .get(&id)
             .is_some_and(|p| p.session.is_some())

@@ -76,6 +76,13 @@ pub enum WriteError {
     Failed(String),
 }
 
+impl WriteError {
+    /// The leader answered with a reply of another kind.
+    fn unexpected_reply() -> WriteError {
+        WriteError::Failed("unexpected reply".into())
+    }
+}
+
 /// This node's view of Raft, for `status` and `/readyz`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RaftStatus {
@@ -260,20 +267,29 @@ impl Consensus {
         }
     }
 
+    /// Commits `command` on this node if it is the leader (at most [`COMMIT_TIMEOUT`]);
+    /// otherwise says who is ([`WriteError::NotLeader`]) or that nobody is known.
+    async fn commit_here(&self, command: Command) -> Result<u64, WriteError> {
+        let local = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command));
+        match local.await {
+            Ok(Ok(reply)) => Ok(reply.log_id.index),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match f.leader_id.filter(|l| *l != self.node) {
+                    Some(leader) => Err(WriteError::NotLeader(leader)),
+                    None => Err(WriteError::NoLeader),
+                }
+            }
+            Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
+            Err(_) => Err(WriteError::Failed(format!(
+                "not committed within {COMMIT_TIMEOUT:?}: no quorum"
+            ))),
+        }
+    }
+
     /// Commits `command`, through the leader when this node is not it.
     pub async fn write(&self, command: Command) -> Result<u64, WriteError> {
-        let local = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command.clone()));
-        let Ok(result) = local.await else {
-            return Err(WriteError::Failed(format!(
-                "not committed within {COMMIT_TIMEOUT:?}: no quorum"
-            )));
-        };
-        match result {
-            Ok(reply) => Ok(reply.log_id.index),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let Some(leader) = f.leader_id.filter(|l| *l != self.node) else {
-                    return Err(WriteError::NoLeader);
-                };
+        match self.commit_here(command.clone()).await {
+            Err(WriteError::NotLeader(leader)) => {
                 self.metrics
                     .forwarded_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -288,28 +304,29 @@ impl Consensus {
                     }
                     std::future::pending::<()>().await
                 };
-                let call = self.call(leader, network::Rpc::Write(command), FORWARD_TIMEOUT);
-                let reply = tokio::select! {
-                    reply = call => reply,
-                    () = leader_changed => return Err(WriteError::NotLeader(leader)),
-                };
-                match reply {
-                    Ok(network::Reply::Write(result)) => result,
-                    Ok(_) => Err(WriteError::Failed("unexpected reply".into())),
-                    Err(e) => Err(WriteError::Failed(format!("leader {leader}: {e:#}"))),
+                let ask = self.ask_leader(leader, network::Rpc::Write(command), FORWARD_TIMEOUT);
+                tokio::select! {
+                    reply = ask => match reply? {
+                        network::Reply::Write(result) => result,
+                        _ => Err(WriteError::unexpected_reply()),
+                    },
+                    () = leader_changed => Err(WriteError::NotLeader(leader)),
                 }
             }
-            Err(e) => Err(WriteError::Failed(e.to_string())),
+            local => local,
         }
     }
 
-    async fn call(
+    /// Sends `rpc` to the leader `leader`; a failed call is a [`WriteError::Failed`].
+    async fn ask_leader(
         &self,
-        target: NodeId,
+        leader: NodeId,
         rpc: network::Rpc,
         timeout: Duration,
-    ) -> anyhow::Result<network::Reply> {
-        network::call(&self.cluster, target, &rpc, timeout).await
+    ) -> Result<network::Reply, WriteError> {
+        network::call(&self.cluster, leader, &rpc, timeout)
+            .await
+            .map_err(|e| WriteError::Failed(format!("leader {leader}: {e}")))
     }
 
     /// Waits until this node's replica reflects every write committed before the call
@@ -320,13 +337,10 @@ impl Consensus {
             Ok((read, _)) => read.map_or(0, |l| l.index),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 let leader = f.leader_id.ok_or(WriteError::NoLeader)?;
-                match self
-                    .call(leader, network::Rpc::ReadIndex, Duration::from_secs(2))
-                    .await
-                {
-                    Ok(network::Reply::ReadIndex(result)) => result?,
-                    Ok(_) => return Err(WriteError::Failed("unexpected reply".into())),
-                    Err(e) => return Err(WriteError::Failed(format!("leader {leader}: {e:#}"))),
+                let ask = self.ask_leader(leader, network::Rpc::ReadIndex, Duration::from_secs(2));
+                match ask.await? {
+                    network::Reply::ReadIndex(result) => result?,
+                    _ => return Err(WriteError::unexpected_reply()),
                 }
             }
             Err(e) => return Err(WriteError::Failed(e.to_string())),
@@ -346,13 +360,11 @@ impl Consensus {
         match m.current_leader {
             Some(leader) if leader == self.node => {}
             Some(leader) => {
-                return match self
-                    .call(leader, network::Rpc::Remove(id), Duration::from_secs(10))
-                    .await
-                {
-                    Ok(network::Reply::Remove(result)) => result,
-                    Ok(_) => Err(WriteError::Failed("unexpected reply".into())),
-                    Err(e) => Err(WriteError::Failed(format!("leader {leader}: {e:#}"))),
+                let ask =
+                    self.ask_leader(leader, network::Rpc::Remove(id), Duration::from_secs(10));
+                return match ask.await? {
+                    network::Reply::Remove(result) => result,
+                    _ => Err(WriteError::unexpected_reply()),
                 };
             }
             None => return Err(WriteError::NoLeader),
@@ -361,7 +373,7 @@ impl Consensus {
         let index = self.write(Command::Remove(id)).await?;
         // A node still up should learn of its own removal (so that it drains) before the
         // membership change stops its log: give it up to 2 s to replicate the entry.
-        if self.cluster.connection(id).is_some() {
+        if self.cluster.connected_to(id) {
             let replicated = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
                 m.replication
                     .as_ref()
@@ -401,17 +413,7 @@ impl Consensus {
             Rpc::InstallSnapshot(req) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(req).await)
             }
-            Rpc::Write(command) => {
-                let write = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(command));
-                Reply::Write(match write.await {
-                    Ok(Ok(reply)) => Ok(reply.log_id.index),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(f
-                        .leader_id
-                        .map_or(WriteError::NoLeader, WriteError::NotLeader)),
-                    Ok(Err(e)) => Err(WriteError::Failed(e.to_string())),
-                    Err(_) => Err(WriteError::Failed("not committed in time".into())),
-                })
-            }
+            Rpc::Write(command) => Reply::Write(self.commit_here(command).await),
             Rpc::ReadIndex => Reply::ReadIndex(match self.raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
                 Err(e) => Err(WriteError::Failed(e.to_string())),

@@ -80,15 +80,6 @@ pub async fn call(
     target: NodeId,
     rpc: &Rpc,
     timeout: Duration,
-) -> anyhow::Result<Reply> {
-    Ok(call_typed(cluster, target, rpc, timeout).await?)
-}
-
-async fn call_typed(
-    cluster: &Cluster,
-    target: NodeId,
-    rpc: &Rpc,
-    timeout: Duration,
 ) -> Result<Reply, CallError> {
     let conn = cluster
         .connection(target)
@@ -170,7 +161,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 
 impl Peer {
     async fn exchange(&self, rpc: Rpc, option: &RPCOption) -> Result<Reply, CallError> {
-        call_typed(&self.cluster, self.target, &rpc, option.hard_ttl()).await
+        call(&self.cluster, self.target, &rpc, option.hard_ttl()).await
     }
 
     fn failed<E: std::error::Error>(&self, e: CallError) -> RPCError<NodeId, BasicNode, E> {
@@ -182,10 +173,23 @@ impl Peer {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Network(NetworkError::new(&std::io::Error::other(
-            "reply of the wrong kind",
-        )))
+    /// The result Raft wants from an exchange: the remote's own answer (`pick` takes it
+    /// out of the reply of the right kind), a remote error, or a transport error.
+    #[allow(clippy::result_large_err)] // the type openraft's `RaftNetwork` methods return
+    fn answer<T, E: std::error::Error>(
+        &self,
+        exchanged: Result<Reply, CallError>,
+        pick: impl FnOnce(Reply) -> Option<Result<T, RaftError<NodeId, E>>>,
+    ) -> RpcResult<T, E> {
+        match exchanged.map(pick) {
+            Ok(Some(answer)) => {
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(None) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("reply of the wrong kind"),
+            ))),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 }
 
@@ -195,13 +199,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.exchange(Rpc::AppendEntries(rpc), &option).await {
-            Ok(Reply::AppendEntries(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(self.unexpected()),
-            Err(e) => Err(self.failed(e)),
-        }
+        let exchanged = self.exchange(Rpc::AppendEntries(rpc), &option).await;
+        self.answer(exchanged, |reply| match reply {
+            Reply::AppendEntries(answer) => Some(answer),
+            _ => None,
+        })
     }
 
     async fn install_snapshot(
@@ -209,13 +211,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.exchange(Rpc::InstallSnapshot(rpc), &option).await {
-            Ok(Reply::InstallSnapshot(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(self.unexpected()),
-            Err(e) => Err(self.failed(e)),
-        }
+        let exchanged = self.exchange(Rpc::InstallSnapshot(rpc), &option).await;
+        self.answer(exchanged, |reply| match reply {
+            Reply::InstallSnapshot(answer) => Some(answer),
+            _ => None,
+        })
     }
 
     async fn vote(
@@ -223,12 +223,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.exchange(Rpc::Vote(rpc), &option).await {
-            Ok(Reply::Vote(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(self.unexpected()),
-            Err(e) => Err(self.failed(e)),
-        }
+        let exchanged = self.exchange(Rpc::Vote(rpc), &option).await;
+        self.answer(exchanged, |reply| match reply {
+            Reply::Vote(answer) => Some(answer),
+            _ => None,
+        })
     }
 }
