@@ -9,19 +9,22 @@ use std::time::Duration;
 
 use common::*;
 use switchboard_client::{Connection, Incoming};
+use switchboard_node::config::Config;
 use switchboard_proto::resp::Frame;
 
 const CLUSTER_SECRET: &str = "cluster-test-secret";
 
 async fn node(id: u64, seeds: &[&TestNode], secret: &str) -> TestNode {
-    node_with_timeout(id, seeds, secret, Duration::from_millis(1500)).await
+    member(id, seeds, secret, |_| {}).await
 }
 
-async fn node_with_timeout(
+/// Node `id` of a test cluster: seeded with `seeds`, proving `secret`, with a 1.5 s node
+/// timeout, then whatever `adjust` changes.
+async fn member(
     id: u64,
     seeds: &[&TestNode],
     secret: &str,
-    timeout: Duration,
+    adjust: impl FnOnce(&mut Config),
 ) -> TestNode {
     let seeds: Vec<String> = seeds
         .iter()
@@ -32,7 +35,8 @@ async fn node_with_timeout(
         c.node_id = id;
         c.seeds = seeds;
         c.cluster_secret = Some(secret);
-        c.node_timeout = timeout;
+        c.node_timeout = Duration::from_millis(1500);
+        adjust(c);
     })
     .await
 }
@@ -459,16 +463,9 @@ async fn ca_node(
     seeds: &[&TestNode],
     ca: switchboard_node::config::ClusterCa,
 ) -> TestNode {
-    let seeds: Vec<String> = seeds
-        .iter()
-        .map(|n| n.node().addrs().peer.unwrap().to_string())
-        .collect();
-    TestNode::start(move |c| {
-        c.node_id = id;
-        c.seeds = seeds;
+    member(id, seeds, "", move |c| {
         c.cluster_secret = None;
         c.cluster_ca = Some(ca);
-        c.node_timeout = Duration::from_millis(1500);
     })
     .await
 }
@@ -503,18 +500,10 @@ async fn with_a_cluster_ca_members_need_its_certificate() {
 
 #[tokio::test]
 async fn members_beyond_max_voters_stay_learners_and_still_serve() {
-    let start = |id: u64, seeds: Vec<String>| {
-        TestNode::start(move |c| {
-            c.node_id = id;
-            c.seeds = seeds;
-            c.cluster_secret = Some(CLUSTER_SECRET.into());
-            c.max_voters = 2;
-        })
-    };
-    let a = start(1, vec![]).await;
-    let seed = vec![a.node().addrs().peer.unwrap().to_string()];
-    let b = start(2, seed.clone()).await;
-    let c = start(3, seed).await;
+    let two_voters = |c: &mut Config| c.max_voters = 2;
+    let a = member(1, &[], CLUSTER_SECRET, two_voters).await;
+    let b = member(2, &[&a], CLUSTER_SECRET, two_voters).await;
+    let c = member(3, &[&a], CLUSTER_SECRET, two_voters).await;
     wait_formed(&[&a, &b, &c], &["leader", "follower", "learner"]).await;
     let v = status(&a).await;
     assert_eq!(v["raft"]["voters"], serde_json::json!([1, 2]), "{v}");
@@ -566,16 +555,8 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     .await;
     wait_presence(&a, "22", &[2]).await;
 
-    let seed = a.node().addrs().peer.unwrap().to_string();
     let restart_dir = dir.clone();
-    let c = TestNode::start(move |cfg| {
-        cfg.node_id = 3;
-        cfg.seeds = vec![seed];
-        cfg.cluster_secret = Some(CLUSTER_SECRET.into());
-        cfg.node_timeout = Duration::from_millis(1500);
-        cfg.data_dir = restart_dir;
-    })
-    .await;
+    let c = member(3, &[&a], CLUSTER_SECRET, move |c| c.data_dir = restart_dir).await;
     // It has what was committed while it was away, and a replica equal to the leader's.
     wait_presence(&c, "22", &[2]).await;
     wait_presence(&c, "21", &[1]).await;
