@@ -65,6 +65,25 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 const SNAPSHOT_EVERY: u64 = 2000;
 const KEEP_AFTER_SNAPSHOT: u64 = 500;
 
+/// The one encoding of everything Raft stores or sends: bincode 2, standard config.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    Ok(bincode::serde::encode_to_vec(
+        value,
+        bincode::config::standard(),
+    )?)
+}
+
+/// Decodes what [`encode`] made; bytes left over are an error.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    anyhow::ensure!(
+        used == bytes.len(),
+        "{} trailing bytes after a Raft value",
+        bytes.len() - used
+    );
+    Ok(value)
+}
+
 /// Why a write did not commit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 pub enum WriteError {

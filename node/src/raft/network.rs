@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -20,7 +21,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use switchboard_proto::peer::{NodeId, PeerMessage};
 
-use super::{Command, TypeConfig, WriteError};
+use super::{Command, TypeConfig, WriteError, decode, encode};
 use crate::cluster::Cluster;
 
 /// A request from one node's Raft to another's.
@@ -50,19 +51,6 @@ pub enum Reply {
     Remove(Result<(), WriteError>),
 }
 
-fn encode<T: Serialize>(value: &T) -> anyhow::Result<bytes::Bytes> {
-    Ok(bincode::serde::encode_to_vec(value, bincode::config::standard())?.into())
-}
-
-/// Decodes an RPC or a reply; the frame was already bounded by the peer codec.
-pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> anyhow::Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())?;
-    if used != body.len() {
-        bail!("{} trailing bytes after a Raft message", body.len() - used);
-    }
-    Ok(value)
-}
-
 /// Why a call failed before any reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -84,10 +72,12 @@ pub async fn call(
     let conn = cluster
         .connection(target)
         .ok_or(CallError::NotConnected(target))?;
-    let body = encode(rpc).map_err(|source| CallError::Failed {
-        node: target,
-        source,
-    })?;
+    let body = encode(rpc)
+        .map(Bytes::from)
+        .map_err(|source| CallError::Failed {
+            node: target,
+            source,
+        })?;
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
@@ -120,7 +110,7 @@ pub async fn serve_stream(
     };
     let rpc: Rpc = decode(&body).with_context(|| format!("malformed Raft RPC from {peer}"))?;
     let reply = consensus.serve(peer, rpc).await;
-    let body = encode(&reply)?;
+    let body = Bytes::from(encode(&reply)?);
     crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
     send.finish()?;
     Ok(())

@@ -59,16 +59,12 @@ impl Replica {
             connections: self.presence.records().cloned().collect(),
             removed: self.removed.iter().copied().collect(),
         };
-        Ok(bincode::serde::encode_to_vec(
-            &body,
-            bincode::config::standard(),
-        )?)
+        super::encode(&body)
     }
 
     /// A replica from snapshot bytes.
     pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
-        let (body, _): (SnapshotBody, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+        let body: SnapshotBody = super::decode(bytes)?;
         let mut replica = Replica {
             removed: body.removed.into_iter().collect(),
             ..Replica::default()

@@ -19,7 +19,7 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Entry, Replica, TypeConfig};
+use super::{Entry, Replica, TypeConfig, decode, encode};
 use crate::shared::{lock, read, write};
 use switchboard_proto::peer::NodeId;
 
@@ -30,17 +30,6 @@ const PURGED: &str = "purged";
 const COMMITTED: &str = "committed";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
-
-fn encode<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
-    Ok(bincode::serde::encode_to_vec(
-        value,
-        bincode::config::standard(),
-    )?)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
-    Ok(bincode::serde::decode_from_slice(bytes, bincode::config::standard())?.0)
-}
 
 fn any(e: anyhow::Error) -> AnyError {
     AnyError::error(format!("{e:#}"))
