@@ -165,9 +165,10 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
 pub fn status(shared: &Shared) -> serde_json::Value {
     // Before taking the broker lock: `members` takes it too, and a second read lock on a
     // std RwLock can deadlock behind a waiting writer.
-    let list = members(shared);
-    let config = &shared.config;
+    // One look at Raft serves both the member list and the status fields.
     let raft = shared.consensus.get().map(|c| c.status());
+    let list = members_seen(shared, raft.as_ref());
+    let config = &shared.config;
     let (connections, groups) = {
         let broker = read(&shared.broker);
         (broker.connection_count(), broker.group_count())
@@ -211,13 +212,15 @@ fn addresses(shared: &Shared) -> serde_json::Value {
 /// mesh knows, this node first. `role` is `voter`, `learner`, `joining` (a peer not yet
 /// in the membership) or `removed`.
 pub fn members(shared: &Shared) -> serde_json::Value {
-    let me = shared.node_id();
     let raft = shared.consensus.get().map(|c| c.status());
-    let voters: Vec<u64> = raft.as_ref().map(|r| r.voters.clone()).unwrap_or_default();
-    let learners: Vec<u64> = raft
-        .as_ref()
-        .map(|r| r.learners.clone())
-        .unwrap_or_default();
+    members_seen(shared, raft.as_ref())
+}
+
+/// [`members`] from a Raft status already taken.
+fn members_seen(shared: &Shared, raft: Option<&crate::raft::RaftStatus>) -> serde_json::Value {
+    let me = shared.node_id();
+    let voters: Vec<u64> = raft.map(|r| r.voters.clone()).unwrap_or_default();
+    let learners: Vec<u64> = raft.map(|r| r.learners.clone()).unwrap_or_default();
     let removed = read(&shared.replica).removed.clone();
     let role = |id: u64| {
         if removed.contains(&id) {
