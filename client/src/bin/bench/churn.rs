@@ -1,22 +1,21 @@
-//! Presence churn and leader fail-over: what the Raft registry sustains.
+//! `churn`: presence churn, what the Raft registry sustains.
 //!
-//! `churn`: W workers each connect (a WebSocket, its own user), hold the connection for
+//! W workers each connect (a WebSocket, its own user), hold the connection for
 //! `--hold`, close, and start again, for `--duration`. Every connect and close is a
 //! presence change that must be committed through Raft (a connection held longer than the
 //! 20 ms batch does not cancel out). Reports the client-side connect rate and, from every
 //! node's `/metrics`, the presence changes committed per second cluster-wide.
 //!
-//! `failover`: the same churn against one surviving node, then `kill -9` of the leader;
-//! reports the time until the survivor sees a new term, and until its first presence
-//! write commits in that term.
+//! The workers ([`spawn_workers`], [`join`]) also drive `failover`.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use switchboard_client::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
-use super::{Common, Minter, http_get, metric, report};
+use crate::common::{Common, Minter, http_get, metric};
+use crate::report;
 
 /// Sum of `name` over every admin address.
 async fn sum_metric(admins: &[String], name: &str) -> anyhow::Result<f64> {
@@ -30,7 +29,7 @@ async fn sum_metric(admins: &[String], name: &str) -> anyhow::Result<f64> {
 
 /// Runs `workers` connect/hold/close loops until `stop` turns true. Returns (connects,
 /// failures).
-fn spawn_workers(
+pub fn spawn_workers(
     common: &Common,
     workers: usize,
     hold: Duration,
@@ -73,7 +72,7 @@ fn spawn_workers(
     Ok(handles)
 }
 
-async fn join(handles: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
+pub async fn join(handles: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
     let mut total = (0, 0);
     for h in handles {
         if let Ok((c, f)) = h.await {
@@ -117,7 +116,7 @@ pub async fn churn(
     let (connects, failures) = join(handles).await;
     let committed = (ops1 - ops0) / elapsed;
     let batches = (batches1 - batches0) / elapsed;
-    report(
+    report::print(
         common.json,
         &[
             ("workers", workers.to_string()),
@@ -139,71 +138,6 @@ pub async fn churn(
             "failures": failures,
             "committed_per_sec": committed,
             "batches_per_sec": batches,
-        }),
-    );
-    Ok(())
-}
-
-pub async fn failover(
-    common: &Common,
-    workers: usize,
-    hold: Duration,
-    leader_pid: u32,
-) -> anyhow::Result<()> {
-    let term = |body: &str| metric(body, "switchboard_raft_term").unwrap_or(0.0);
-    let writes = |body: &str| metric(body, "switchboard_presence_writes_total").unwrap_or(0.0);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let handles = spawn_workers(common, workers, hold, 2_000_000, stop_rx)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = http_get(&common.admin, "/metrics").await?;
-    let (term0, writes0) = (term(&before), writes(&before));
-    if writes0 == 0.0 {
-        bail!("no presence write on the survivor before the kill: is the churn reaching it?");
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-9", &leader_pid.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("kill -9 {leader_pid} failed");
-    }
-    let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(30);
-    let mut elected: Option<(Duration, f64)> = None;
-    let resumed = loop {
-        if Instant::now() > deadline {
-            bail!("no presence write in a new term within 30 s");
-        }
-        if let Ok(body) = http_get(&common.admin, "/metrics").await {
-            match elected {
-                None if term(&body) > term0 => elected = Some((killed.elapsed(), writes(&body))),
-                Some((_, w)) if writes(&body) > w => break killed.elapsed(),
-                _ => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let _ = stop_tx.send(true);
-    let (connects, failures) = join(handles).await;
-    let elected = elected.map_or(Duration::ZERO, |(d, _)| d);
-    report(
-        common.json,
-        &[
-            (
-                "new term seen after",
-                format!("{:.0} ms", elected.as_secs_f64() * 1e3),
-            ),
-            (
-                "presence writes resumed after",
-                format!("{:.0} ms", resumed.as_secs_f64() * 1e3),
-            ),
-            ("client connects (whole run)", connects.to_string()),
-            ("connect failures", failures.to_string()),
-        ],
-        serde_json::json!({
-            "elected_ms": elected.as_secs_f64() * 1e3,
-            "resumed_ms": resumed.as_secs_f64() * 1e3,
-            "connects": connects,
-            "failures": failures,
         }),
     );
     Ok(())
