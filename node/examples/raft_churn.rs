@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use switchboard_node::Node;
 use switchboard_node::config::{Config, JwtKey};
-use switchboard_node::shared::read;
 use switchboard_proto::peer::{ConnectionRecord, PresenceOp};
 
 /// Live connections per node while churning: a disconnect goes to the connection opened
@@ -41,17 +40,10 @@ async fn main() {
         nodes.push(Node::start(config).await.expect("node starts"));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !nodes.iter().all(|n| {
-        n.shared().ready()
-            && n.shared()
-                .consensus
-                .get()
-                .expect("raft")
-                .status()
-                .voters
-                .len()
-                == count as usize
-    }) {
+    while !nodes
+        .iter()
+        .all(|n| n.health().ready() && n.consensus().status().voters.len() == count as usize)
+    {
         assert!(
             Instant::now() < deadline,
             "the cluster did not form in 30 s"
@@ -63,7 +55,7 @@ async fn main() {
     let committed = |nodes: &[Node]| -> u64 {
         nodes
             .iter()
-            .map(|n| n.shared().metrics.presence_ops_applied.get())
+            .map(|n| n.consensus().counters.presence_ops.get())
             .sum()
     };
     let before = committed(&nodes);
@@ -72,24 +64,24 @@ async fn main() {
     let feeders: Vec<_> = nodes
         .iter()
         .map(|n| {
-            let shared = n.shared().clone();
+            let queue = n.presence_queue().clone();
             tokio::spawn(async move {
-                let node = shared.node_id();
+                let node = queue.node();
                 let mut next = 0u64;
                 while Instant::now() < stop {
-                    if shared.presence_queue_len() >= QUEUED {
+                    if queue.len() >= QUEUED {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
                     for _ in 0..256 {
-                        shared.presence_change(PresenceOp::Connect(ConnectionRecord {
+                        queue.push(PresenceOp::Connect(ConnectionRecord {
                             node,
                             connection: format!("{node}-bench-{next}"),
                             user: format!("u{}", next % 5000),
                             connected_at: next,
                         }));
                         if next >= LIVE {
-                            shared.presence_change(PresenceOp::Disconnect {
+                            queue.push(PresenceOp::Disconnect {
                                 node,
                                 connection: format!("{node}-bench-{}", next - LIVE),
                             });
@@ -109,9 +101,9 @@ async fn main() {
     // Everything queued commits, and every replica agrees.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let queued: usize = nodes.iter().map(|n| n.shared().presence_queue_len()).sum();
-        let first = read(&nodes[0].shared().replica).clone();
-        let same = nodes.iter().all(|n| *read(&n.shared().replica) == first);
+        let queued: usize = nodes.iter().map(|n| n.presence_queue().len()).sum();
+        let first = nodes[0].replica().read().clone();
+        let same = nodes.iter().all(|n| *n.replica().read() == first);
         if queued == 0 && same {
             println!("nodes                          {count}");
             println!(

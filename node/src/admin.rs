@@ -1,7 +1,9 @@
 //! The admin HTTP API (what the CLI talks to) and `/metrics`, on `--admin-listen`.
 //!
 //! It runs on a runtime of its own, on its own thread, so that it keeps answering when
-//! the data path is saturated (as linkerd2-proxy does with its admin server).
+//! the data path is saturated (as linkerd2-proxy does with its admin server). It reads
+//! the node through a [`NodeView`], and acts only through the lifecycle (drain, via the
+//! Raft layer so the presence purge is queued with it) and the Raft layer (remove).
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -18,18 +20,47 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::ingress::http::{self, Request, Response, percent_decode};
-use crate::ingress::ws::{health, readiness};
-use crate::shared::{Lifecycle, Shared, read};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::ingress::http::{self, Request, Response, health, percent_decode, readiness};
+use crate::lifecycle::{Lifecycle, Stage};
+use crate::metrics::Metrics;
+use crate::presence::SharedReplica;
+use crate::raft::{Consensus, RaftStatus};
+use crate::router::{Publish, Router};
+
+/// Everything the admin API reads, built once by the node's wiring.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub health: Arc<Health>,
+    pub hub: Arc<Hub>,
+    pub replica: Arc<SharedReplica>,
+    pub router: Arc<Router>,
+    pub cluster: Arc<Cluster>,
+    pub consensus: Arc<Consensus>,
+}
+
+impl NodeView {
+    fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+}
 
 /// Starts the admin server on its own thread and runtime. It stops when the node's
 /// shutdown token is cancelled.
 pub fn spawn(
     listener: std::net::TcpListener,
-    shared: Arc<Shared>,
+    view: NodeView,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let shutdown = view.lifecycle.shutdown_token().clone();
+    let view = Arc::new(view);
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("switchboard-admin".into())
@@ -54,10 +85,10 @@ pub fn spawn(
                 };
                 loop {
                     tokio::select! {
-                        _ = shared.shutdown.cancelled() => break,
+                        _ = shutdown.cancelled() => break,
                         accepted = listener.accept() => match accepted {
                             Ok((stream, _)) => {
-                                tokio::spawn(serve_one(stream, shared.clone()));
+                                tokio::spawn(serve_one(stream, view.clone()));
                             }
                             Err(e) => {
                                 debug!(error = %e, "admin accept failed");
@@ -70,13 +101,13 @@ pub fn spawn(
         })
 }
 
-async fn serve_one(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_one(mut stream: TcpStream, view: Arc<NodeView>) {
     let response = match http::read_head(&mut stream).await {
         Ok(req) => {
-            shared.metrics.http_requests.inc();
-            match route_async(&req, &shared).await {
+            view.metrics.http_requests.inc();
+            match route_async(&req, &view).await {
                 Some(response) => response,
-                None => route(&req, &shared),
+                None => route(&req, &view),
             }
         }
         Err(e) => match e.status() {
@@ -88,15 +119,14 @@ async fn serve_one(mut stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// The endpoints that wait on Raft: a linearizable presence read, and `remove`.
-async fn route_async(req: &Request, shared: &Arc<Shared>) -> Option<Response> {
+async fn route_async(req: &Request, view: &NodeView) -> Option<Response> {
     if req.method == "GET"
         && let Some(user) = req.path.strip_prefix("/v1/presence/")
         && !user.contains('/')
         && req.query_param("consistency").as_deref() == Some("linearizable")
     {
-        let consensus = shared.consensus.get()?;
-        return Some(match consensus.linearizable().await {
-            Ok(()) => Response::json(200, &presence(shared, &percent_decode(user))),
+        return Some(match view.consensus.linearizable().await {
+            Ok(()) => Response::json(200, &presence(view, &percent_decode(user))),
             Err(e) => Response::json(
                 503,
                 &json!({ "error": format!("no linearizable read now: {e}") }),
@@ -107,12 +137,12 @@ async fn route_async(req: &Request, shared: &Arc<Shared>) -> Option<Response> {
         && let Some(rest) = req.path.strip_prefix("/v1/members/")
         && let Some(id) = rest.strip_suffix("/remove")
     {
-        return Some(remove(shared, id).await);
+        return Some(remove(view, id).await);
     }
     None
 }
 
-fn route(req: &Request, shared: &Arc<Shared>) -> Response {
+fn route(req: &Request, view: &NodeView) -> Response {
     let segments: Vec<String> = req
         .path
         .trim_matches('/')
@@ -121,35 +151,20 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (req.method.as_str(), segments.as_slice()) {
-        ("GET", ["healthz"]) => health(shared),
-        ("GET", ["readyz"]) => readiness(shared),
-        ("GET", ["metrics"]) => {
-            let (groups, presence) = (
-                read(&shared.broker).group_count(),
-                read(&shared.replica).presence.len(),
-            );
-            Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: {
-                    let mut text = shared.metrics.render(groups, presence, shared.ready());
-                    if let Some(cluster) = shared.cluster.get() {
-                        cluster.render_metrics(&mut text);
-                    }
-                    if let Some(consensus) = shared.consensus.get() {
-                        consensus.render_metrics(&mut text);
-                    }
-                    text.into_bytes()
-                },
-            }
-        }
-        ("GET", ["v1", "status"]) => Response::json(200, &status(shared)),
-        ("GET", ["v1", "members"]) => Response::json(200, &json!({ "members": members(shared) })),
-        ("GET", ["v1", "presence", user]) => Response::json(200, &presence(shared, user)),
-        ("GET", ["v1", "groups", name]) => Response::json(200, &group(shared, name)),
+        ("GET", ["healthz"]) => health(),
+        ("GET", ["readyz"]) => readiness(&view.health),
+        ("GET", ["metrics"]) => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics(view).into_bytes(),
+        },
+        ("GET", ["v1", "status"]) => Response::json(200, &status(view)),
+        ("GET", ["v1", "members"]) => Response::json(200, &json!({ "members": members(view) })),
+        ("GET", ["v1", "presence", user]) => Response::json(200, &presence(view, user)),
+        ("GET", ["v1", "groups", name]) => Response::json(200, &group(view, name)),
         ("POST", ["v1", "drain"]) => {
-            drain(shared);
-            Response::json(202, &json!({ "id": shared.node_id(), "draining": true }))
+            view.consensus.drain();
+            Response::json(202, &json!({ "id": view.node_id(), "draining": true }))
         }
         (_, ["v1", ..]) | (_, ["healthz" | "readyz" | "metrics"]) => {
             Response::json(405, &json!({ "error": "method not allowed" }))
@@ -161,45 +176,53 @@ fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     }
 }
 
+/// `/metrics`: every layer's rows.
+pub fn metrics(view: &NodeView) -> String {
+    let mut rows = view.metrics.rows();
+    rows.extend(view.hub.rows());
+    rows.push(crate::metrics::Row::gauge(
+        "ready",
+        "1 when /readyz answers 200.",
+        u64::from(view.health.ready()),
+    ));
+    rows.extend(view.cluster.rows());
+    rows.extend(view.consensus.rows());
+    let mut text = String::with_capacity(8192);
+    crate::metrics::render(&mut text, &rows);
+    text
+}
+
 /// `switchboard status`.
-pub fn status(shared: &Shared) -> serde_json::Value {
-    // Before taking the broker lock: `members` takes it too, and a second read lock on a
-    // std RwLock can deadlock behind a waiting writer.
+pub fn status(view: &NodeView) -> serde_json::Value {
     // One look at Raft serves both the member list and the status fields.
-    let raft = shared.consensus.get().map(|c| c.status());
-    let list = members_seen(shared, raft.as_ref());
-    let config = &shared.config;
-    let (connections, groups) = {
-        let broker = read(&shared.broker);
-        (broker.connection_count(), broker.group_count())
-    };
-    let presence_entries = read(&shared.replica).presence.len();
+    let raft = view.consensus.status();
+    let list = members_seen(view, &raft);
+    let config = &view.config;
     let count = list.as_array().map_or(0, Vec::len);
     let up = list
         .as_array()
         .map_or(0, |l| l.iter().filter(|m| m["up"] == true).count());
     json!({
-        "id": shared.node_id(),
-        "role": raft.as_ref().map_or("starting", |r| r.role),
-        "term": raft.as_ref().map_or(0, |r| r.term),
-        "leader": raft.as_ref().and_then(|r| r.leader),
-        "ready": shared.ready(),
-        "state": format!("{:?}", shared.lifecycle()).to_lowercase(),
+        "id": view.node_id(),
+        "role": raft.role,
+        "term": raft.term,
+        "leader": raft.leader,
+        "ready": view.health.ready(),
+        "state": view.lifecycle.stage().name(),
         "members": count,
         "members_up": up,
-        "connections": connections,
-        "groups": groups,
-        "presence_entries": presence_entries,
+        "connections": view.hub.connection_count(),
+        "groups": view.hub.group_count(),
+        "presence_entries": view.replica.len(),
         "raft": raft,
-        "uptime_secs": shared.started.elapsed().as_secs(),
+        "uptime_secs": view.lifecycle.started().elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-        "addresses": addresses(shared),
+        "addresses": addresses(config),
         "seeds": config.seeds,
     })
 }
 
-fn addresses(shared: &Shared) -> serde_json::Value {
-    let config = &shared.config;
+fn addresses(config: &Config) -> serde_json::Value {
     json!({
         "ws": config.ws_listen.to_string(),
         "resp": config.resp_listen.to_string(),
@@ -211,17 +234,15 @@ fn addresses(shared: &Shared) -> serde_json::Value {
 /// `switchboard members`: the Raft membership (voters and learners) and every peer the
 /// mesh knows, this node first. `role` is `voter`, `learner`, `joining` (a peer not yet
 /// in the membership) or `removed`.
-pub fn members(shared: &Shared) -> serde_json::Value {
-    let raft = shared.consensus.get().map(|c| c.status());
-    members_seen(shared, raft.as_ref())
+pub fn members(view: &NodeView) -> serde_json::Value {
+    members_seen(view, &view.consensus.status())
 }
 
 /// [`members`] from a Raft status already taken.
-fn members_seen(shared: &Shared, raft: Option<&crate::raft::RaftStatus>) -> serde_json::Value {
-    let me = shared.node_id();
-    let voters: Vec<u64> = raft.map(|r| r.voters.clone()).unwrap_or_default();
-    let learners: Vec<u64> = raft.map(|r| r.learners.clone()).unwrap_or_default();
-    let removed = read(&shared.replica).removed.clone();
+fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
+    let me = view.node_id();
+    let (voters, learners) = (&raft.voters, &raft.learners);
+    let removed = view.replica.read().removed.clone();
     let role = |id: u64| {
         if removed.contains(&id) {
             "removed"
@@ -237,17 +258,13 @@ fn members_seen(shared: &Shared, raft: Option<&crate::raft::RaftStatus>) -> serd
         "id": me,
         "voter": voters.contains(&me),
         "role": role(me),
-        "up": shared.lifecycle() != Lifecycle::Stopping,
+        "up": view.lifecycle.stage() != Stage::Stopping,
         "self": true,
         "last_seen_ms": 0,
-        "addresses": addresses(shared),
-        "connections": read(&shared.broker).connection_count(),
+        "addresses": addresses(&view.config),
+        "connections": view.hub.connection_count(),
     })];
-    let mesh = shared
-        .cluster
-        .get()
-        .map(|c| c.members())
-        .unwrap_or_default();
+    let mesh = view.cluster.members();
     for m in &mesh {
         list.push(json!({
             "id": m.id,
@@ -261,7 +278,7 @@ fn members_seen(shared: &Shared, raft: Option<&crate::raft::RaftStatus>) -> serd
         }));
     }
     // Members of the Raft membership this node has not heard from since it started.
-    for id in voters.iter().chain(&learners) {
+    for id in voters.iter().chain(learners) {
         if *id != me && !mesh.iter().any(|m| m.id == *id) {
             list.push(json!({
                 "id": id,
@@ -279,19 +296,13 @@ fn members_seen(shared: &Shared, raft: Option<&crate::raft::RaftStatus>) -> serd
 }
 
 /// `switchboard presence USER`.
-pub fn presence(shared: &Shared, user: &str) -> serde_json::Value {
-    let connections: Vec<serde_json::Value> = read(&shared.replica)
-        .presence
-        .user(user)
-        .into_iter()
-        .map(|r| json!({ "node": r.node, "connection": r.connection, "connected_at": r.connected_at }))
-        .collect();
-    json!({ "user": user, "connections": connections })
+pub fn presence(view: &NodeView, user: &str) -> serde_json::Value {
+    json!({ "user": user, "connections": view.replica.presence_of(user) })
 }
 
 /// `switchboard group NAME`.
-pub fn group(shared: &Shared, group: &str) -> serde_json::Value {
-    let counts = shared.group_counts(group);
+pub fn group(view: &NodeView, group: &str) -> serde_json::Value {
+    let counts = view.router.group_counts(group);
     let total: usize = counts.iter().map(|(_, n)| n).sum();
     let nodes: serde_json::Map<String, serde_json::Value> = counts
         .into_iter()
@@ -300,42 +311,22 @@ pub fn group(shared: &Shared, group: &str) -> serde_json::Value {
     json!({ "group": group, "connections": total, "nodes": nodes })
 }
 
-/// Starts draining: not ready, clients closed with 1012, this node's presence removed.
-pub fn drain(shared: &Shared) {
-    if shared.lifecycle() < Lifecycle::Draining {
-        info!("draining: closing clients with 1012 and leaving");
-    }
-    shared.advance(Lifecycle::Draining);
-    shared.drain.cancel();
-    shared.presence_change(switchboard_proto::peer::PresenceOp::PurgeNode {
-        node: shared.node_id(),
-    });
-    shared.presence_flush.notify_one();
-    // The node leaves the mesh once its presence removal is committed (see
-    // `leave_after_drain` in lib.rs).
-}
-
-async fn remove(shared: &Shared, id: &str) -> Response {
+async fn remove(view: &NodeView, id: &str) -> Response {
     let Ok(id) = percent_decode(id).parse::<u64>() else {
         return Response::json(400, &json!({ "error": format!("'{id}' is not a node id") }));
     };
-    let Some(consensus) = shared.consensus.get() else {
-        return Response::json(503, &json!({ "error": "Raft is not running" }));
-    };
+    let consensus = &view.consensus;
     let status = consensus.status();
     let known = status.voters.contains(&id)
         || status.learners.contains(&id)
-        || shared
-            .cluster
-            .get()
-            .is_some_and(|c| c.members().iter().any(|m| m.id == id));
-    if id == shared.node_id() {
+        || view.cluster.members().iter().any(|m| m.id == id);
+    if id == view.node_id() {
         return Response::json(
             409,
             &json!({ "error": format!("node {id} is this node: run remove on another member, or drain this one") }),
         );
     }
-    if read(&shared.replica).removed.contains(&id) {
+    if view.replica.is_removed(id) {
         return Response::json(200, &json!({ "id": id, "removed": true, "already": true }));
     }
     if !known {

@@ -13,6 +13,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 
+use crate::clock::unix_secs as unix_now;
+
 /// Why a token was refused. The display text is the WebSocket close reason, so it is
 /// short and says which check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,14 +244,6 @@ pub fn mint_hs256(
         &claims,
         &EncodingKey::from_secret(secret),
     )
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

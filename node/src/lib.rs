@@ -1,34 +1,44 @@
-//! A Switchboard node: wiring only. Build the parts, start them, wait for shutdown.
+//! A Switchboard node. This file is the wiring: it builds the parts bottom-up, starts
+//! them, and stops them in order; it makes no decisions of its own.
 //!
-//! - [`config`]: flags, environment and file, resolved.
-//! - [`auth`]: JWT verification.
-//! - [`broker`]: the sans-IO core (groups, subscriptions, fan-out decisions).
-//! - [`presence`]: the presence registry state machine and its batcher.
-//! - [`raft`]: the registry kept consistent with Raft (openraft), log on disk.
-//! - [`cluster`]: the QUIC peer mesh: gossip of interest, forwarding, Raft transport.
-//! - [`shared`]: the state the parts share, and the publish path.
-//! - [`ingress`]: WebSocket, RESP and HTTP listeners.
-//! - [`channels`]: what Django's channels_redis sends, mapped onto groups.
-//! - [`admin`]: the admin API and `/metrics`, on its own runtime.
-//! - [`cli`]: the admin commands of the `switchboard` binary.
+//! The parts form layers; each imports only the layers below it (the table in
+//! docs/architecture.md, checked by `tests/layers.py`):
+//!
+//! 0. [`sync`], [`clock`], [`config`], [`metrics`], [`auth`]: foundations; and [`cli`],
+//!    the admin commands of the binary, which speak HTTP to a node and import nothing.
+//! 1. [`lifecycle`] (stages, the drain and shutdown tokens), [`health`] (readiness from
+//!    facts the parts report).
+//! 2. [`broker`] (the sans-IO subscription table), [`hub`] (the broker behind its lock,
+//!    outlets, local fan-out).
+//! 3. [`presence`]: the registry, the batcher and its queue, the replica's read side.
+//! 4. [`cluster`]: the QUIC mesh (peer table, sessions, gossip, forwarding).
+//! 5. [`raft`]: the registry kept with openraft (store, steward, writer, RPCs).
+//! 6. [`router`]: the cluster-wide publish path and views.
+//! 7. [`ingress`]: WebSocket, RESP and HTTP listeners.
+//! 8. [`admin`]: the admin API and `/metrics`, on its own runtime, over a `NodeView`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod broker;
-pub mod channels;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod health;
+pub mod hub;
 pub mod ingress;
+pub mod lifecycle;
 pub mod metrics;
 pub mod presence;
 pub mod raft;
-pub mod shared;
+pub mod router;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -36,9 +46,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::NodeView;
 use crate::auth::Verifier;
+use crate::broker::BrokerLimits;
 use crate::config::{Config, JwtKey};
-use crate::shared::{Lifecycle, Shared, read};
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::ingress::Ingress;
+use crate::lifecycle::{Lifecycle, Stage};
+use crate::metrics::Metrics;
+use crate::presence::{PresenceQueue, SharedReplica};
+use crate::raft::{Consensus, RaftSettings};
+use crate::router::Router;
+
+/// Longest a leaving node waits for its last presence changes to commit.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a draining node looks whether its clients are gone.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Lifetime of the development-mode token printed at start.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 /// The addresses a started node actually listens on (ports resolved when 0 was asked).
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +78,7 @@ pub struct Addrs {
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 #[derive(Debug)]
 pub struct Node {
-    shared: Arc<Shared>,
+    view: NodeView,
     addrs: Addrs,
     /// Stops the accept loops.
     stop_accepting: CancellationToken,
@@ -60,10 +86,11 @@ pub struct Node {
     tracker: TaskTracker,
     admin: Option<std::thread::JoinHandle<()>>,
     dev_token: Option<String>,
+    presence: Arc<PresenceQueue>,
 }
 
 impl Node {
-    /// Binds every listener and starts serving.
+    /// Binds every listener, builds the parts bottom-up and starts serving.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.check_exposure()?;
         std::fs::create_dir_all(&config.data_dir)
@@ -78,68 +105,144 @@ impl Node {
             .with_context(|| format!("cannot bind --resp-listen {}", config.resp_listen))?;
         let admin = std::net::TcpListener::bind(config.admin_listen)
             .with_context(|| format!("cannot bind --admin-listen {}", config.admin_listen))?;
-        let addrs = Addrs {
-            ws: ws.local_addr()?,
-            resp: resp.local_addr()?,
-            admin: admin.local_addr()?,
-            peer: None,
-        };
         // Report the real addresses (port 0 resolved) everywhere.
-        config.ws_listen = addrs.ws;
-        config.resp_listen = addrs.resp;
-        config.admin_listen = addrs.admin;
+        config.ws_listen = ws.local_addr()?;
+        config.resp_listen = resp.local_addr()?;
+        config.admin_listen = admin.local_addr()?;
 
-        let cluster = cluster::Cluster::bind(&config, addrs.admin.to_string())?;
+        // 0-1: foundations, lifecycle, health.
+        let metrics = Arc::new(Metrics::default());
+        let lifecycle = Arc::new(Lifecycle::default());
+        let health = Arc::new(Health::new(lifecycle.clone()));
+        // 2: the hub.
+        let limits = BrokerLimits {
+            max_groups_per_connection: config.max_groups_per_connection,
+            ..BrokerLimits::default()
+        };
+        let hub = Arc::new(Hub::new(limits, metrics.clone()));
+        // 3: presence.
+        let queue = Arc::new(PresenceQueue::new(config.node_id));
+        let replica = Arc::new(SharedReplica::default());
+        // 4: the mesh, which hands Raft's streams to an inbox.
+        let (rpc_inbox, rpc_outbox) = cluster::rpc::inbox();
+        let cluster = cluster::Cluster::bind(
+            &config,
+            config.admin_listen.to_string(),
+            cluster::MeshDeps {
+                hub: hub.clone(),
+                replica: replica.clone(),
+                health: health.clone(),
+                lifecycle: lifecycle.clone(),
+                rpcs: rpc_inbox,
+            },
+        )?;
         if let Some(peer) = cluster.local_addr() {
             config.peer_listen = peer;
         }
-        let addrs = Addrs {
-            peer: cluster.local_addr(),
-            ..addrs
-        };
-
-        let dev_token = match &dev_secret {
-            Some(secret) => Some(auth::mint_hs256(secret.as_bytes(), "1", 24 * 3600, &[])?),
-            None => None,
-        };
-        let ws_paths = config.ws_paths.clone();
-        let shared = Shared::new(config, verifier);
+        let config = Arc::new(config);
+        // 5: Raft, over the mesh.
+        let (consensus, known_members) = Consensus::start(
+            RaftSettings {
+                node_id: config.node_id,
+                data_dir: config.data_dir.clone(),
+                node_timeout: config.node_timeout,
+                max_voters: config.max_voters,
+                may_bootstrap: config.seeds.is_empty(),
+                advertised: cluster.advertised_addr(),
+            },
+            cluster.clone(),
+            replica.clone(),
+            queue.clone(),
+            lifecycle.clone(),
+        )
+        .await?;
+        consensus.spawn(health.clone(), rpc_outbox);
+        // 6: the router.
+        let router = Arc::new(Router::new(
+            config.node_id,
+            hub.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        ));
+        // 7: ingress.
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
+        let ingress = Arc::new(Ingress {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            verifier,
+            lifecycle: lifecycle.clone(),
+            health: health.clone(),
+            hub: hub.clone(),
+            presence: queue.clone(),
+            replica: replica.clone(),
+            ids: ingress::ws::ConnIds::new(config.node_id),
+        });
+        let resp_env = Arc::new(ingress::resp::Env {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            started: Instant::now(),
+        });
+        // 8: admin.
+        let view = NodeView {
+            config: config.clone(),
+            metrics,
+            lifecycle: lifecycle.clone(),
+            health,
+            hub,
+            replica,
+            router: router.clone(),
+            cluster: cluster.clone(),
+            consensus,
+        };
+        let admin = admin::spawn(admin, view.clone())?;
 
-        let _ = shared.cluster.set(cluster.clone());
-        let consensus = raft::Consensus::start(&shared, &cluster).await?;
-        let _ = shared.consensus.set(consensus.clone());
-        let admin = admin::spawn(admin, shared.clone())?;
-        consensus.spawn_loops(shared.clone());
-        tokio::spawn(leave_after_drain(shared.clone()));
+        tokio::spawn(leave_after_drain(view.clone()));
         tokio::spawn(ingress::ws::serve(
             ws,
-            shared.clone(),
+            ingress,
             tracker.clone(),
             stop_accepting.clone(),
         ));
         tokio::spawn(ingress::resp::serve(
             resp,
-            shared.clone(),
+            resp_env,
+            router,
             tracker.clone(),
             stop_accepting.clone(),
         ));
-        cluster.start(shared.clone());
-        shared.advance(Lifecycle::Ready);
-        ingress::ws::announce(addrs.ws, &ws_paths);
+        cluster.start(known_members);
+        lifecycle.advance(Stage::Ready);
+
+        let addrs = Addrs {
+            ws: config.ws_listen,
+            resp: config.resp_listen,
+            admin: config.admin_listen,
+            peer: cluster.local_addr(),
+        };
+        ingress::ws::announce(addrs.ws, &config.ws_paths);
         info!(addr = %addrs.resp, "RESP ingest shim listening");
         info!(addr = %addrs.admin, "admin API listening (/metrics, /healthz, /readyz)");
-        if let Some(peer) = cluster.local_addr() {
-            info!(addr = %peer, seeds = ?shared.config.seeds, "peer endpoint listening (QUIC)");
+        if let Some(peer) = addrs.peer {
+            info!(addr = %peer, seeds = ?config.seeds, "peer endpoint listening (QUIC)");
         }
+        let dev_token = match &dev_secret {
+            Some(secret) => Some(auth::mint_hs256(
+                secret.as_bytes(),
+                "1",
+                DEV_TOKEN_TTL_SECS,
+                &[],
+            )?),
+            None => None,
+        };
         Ok(Node {
-            shared,
+            view,
             addrs,
             stop_accepting,
             tracker,
             admin: Some(admin),
             dev_token,
+            presence: queue,
         })
     }
 
@@ -147,8 +250,29 @@ impl Node {
         self.addrs
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The resolved configuration.
+    pub fn config(&self) -> &Config {
+        &self.view.config
+    }
+
+    /// The Raft node.
+    pub fn consensus(&self) -> &Arc<Consensus> {
+        &self.view.consensus
+    }
+
+    /// This node's replica of what the cluster agreed on.
+    pub fn replica(&self) -> &Arc<SharedReplica> {
+        &self.view.replica
+    }
+
+    /// Readiness, as `/readyz` answers it.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.view.health
+    }
+
+    /// The queue of this node's presence changes (benchmarks feed it directly).
+    pub fn presence_queue(&self) -> &Arc<PresenceQueue> {
+        &self.presence
     }
 
     /// In development mode, a token for user 1 signed with the generated secret.
@@ -159,7 +283,7 @@ impl Node {
     /// The WebSocket URL of the first configured path.
     pub fn ws_url(&self) -> String {
         let path = self
-            .shared
+            .view
             .config
             .ws_paths
             .first()
@@ -169,13 +293,15 @@ impl Node {
     }
 
     /// Drains (clients closed with 1012, presence removed), stops accepting, waits for
-    /// connection tasks within the grace period, then stops the admin server.
+    /// connection tasks within the grace period, commits the last presence changes,
+    /// leaves the mesh, then stops Raft and the admin server.
     pub async fn shutdown(mut self) {
-        admin::drain(&self.shared);
-        self.shared.advance(Lifecycle::Stopping);
+        let view = &self.view;
+        view.consensus.drain();
+        view.lifecycle.advance(Stage::Stopping);
         self.stop_accepting.cancel();
         self.tracker.close();
-        let grace = self.shared.config.shutdown_grace;
+        let grace = view.config.shutdown_grace;
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()
@@ -185,11 +311,9 @@ impl Node {
                 "shutdown grace period over; dropping the remaining connections"
             );
         }
-        leave(&self.shared).await;
-        self.shared.shutdown.cancel();
-        if let Some(consensus) = self.shared.consensus.get() {
-            let _ = consensus.raft.shutdown().await;
-        }
+        leave(view).await;
+        view.lifecycle.shut_down();
+        let _ = view.consensus.raft.shutdown().await;
         if let Some(admin) = self.admin.take() {
             let _ = tokio::task::spawn_blocking(move || admin.join()).await;
         }
@@ -234,44 +358,39 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// Longest a leaving node waits for its last presence changes to commit.
-const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// Commits this node's last presence changes (its clients gone, its presence purged),
 /// then leaves the mesh: peers see the connections close and mark it down at once.
-async fn leave(shared: &Arc<Shared>) {
-    if let Some(consensus) = shared.consensus.get() {
-        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-        while !shared.presence_queue_is_empty() && tokio::time::Instant::now() < deadline {
-            let flush = consensus.flush_presence(shared);
-            if tokio::time::timeout_at(deadline, flush).await.is_err() {
-                break;
-            }
-        }
-        if !shared.presence_queue_is_empty() {
-            warn!(
-                "leaving with presence changes not committed; the leader purges them after --node-timeout-ms"
-            );
+async fn leave(view: &NodeView) {
+    let consensus = &view.consensus;
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    while !consensus.queue_is_empty() && tokio::time::Instant::now() < deadline {
+        if tokio::time::timeout_at(deadline, consensus.flush_presence())
+            .await
+            .is_err()
+        {
+            break;
         }
     }
-    if let Some(cluster) = shared.cluster.get() {
-        cluster.close();
+    if !consensus.queue_is_empty() {
+        warn!(
+            "leaving with presence changes not committed; the leader purges them after --node-timeout-ms"
+        );
     }
+    view.cluster.close();
 }
 
 /// `switchboard drain` without a stop: once the clients are gone (or the grace period
 /// is over), the node commits its presence removal and leaves the mesh.
-async fn leave_after_drain(shared: Arc<Shared>) {
+async fn leave_after_drain(view: NodeView) {
     tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        _ = shared.drain.cancelled() => {}
+        _ = view.lifecycle.shutdown_token().cancelled() => return,
+        _ = view.lifecycle.drain_token().cancelled() => {}
     }
-    let grace = shared.config.shutdown_grace;
     let gone = async {
-        while read(&shared.broker).connection_count() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        while view.hub.connection_count() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
         }
     };
-    let _ = tokio::time::timeout(grace, gone).await;
-    leave(&shared).await;
+    let _ = tokio::time::timeout(view.config.shutdown_grace, gone).await;
+    leave(&view).await;
 }

@@ -143,7 +143,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 node.ws_url(),
                 token,
                 node.addrs().resp.port(),
-                node.shared().config.data_dir.display(),
+                node.config().data_dir.display(),
             ));
         }
         tokio::select! {

@@ -536,13 +536,13 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
 
     // More entries than a snapshot interval plus what is kept after it: the part of the
     // log node 3 lacks is purged on the leader, so it can only catch up from a snapshot.
-    let consensus = a.node().shared().consensus.get().unwrap().clone();
+    let consensus = a.node().consensus().clone();
     let _on_b = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(22)))
         .await
         .unwrap();
     for _ in 0..2600 {
         consensus
-            .write(switchboard_node::raft::Command::Presence(vec![]))
+            .write(switchboard_node::presence::Command::Presence(vec![]))
             .await
             .unwrap();
     }
@@ -561,8 +561,8 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     wait_presence(&c, "22", &[2]).await;
     wait_presence(&c, "21", &[1]).await;
     wait_for("identical replicas", DEADLINE, || async {
-        let leader = switchboard_node::shared::read(&a.node().shared().replica).clone();
-        let rejoined = switchboard_node::shared::read(&c.node().shared().replica).clone();
+        let leader = a.node().replica().read().clone();
+        let rejoined = c.node().replica().read().clone();
         (leader == rejoined).then_some(())
     })
     .await;

@@ -2,7 +2,8 @@
 //! agrees on through Raft.
 //!
 //! Every message between peers is one [`PeerMessage`], encoded with bincode 2 (serde
-//! mode, standard config) and framed by QUIC streams. Decoding is bounded by
+//! mode, standard config). On a QUIC stream each message is preceded by its length as a
+//! big-endian `u32` (the node's `cluster::frame`). Decoding is bounded by
 //! [`MAX_PEER_MESSAGE`]: a peer cannot make a node allocate more than that for one message.
 
 use bytes::Bytes;
@@ -32,7 +33,7 @@ pub struct ConnectionRecord {
 }
 
 /// A change to the presence registry. Applied in order, these are the registry's whole
-/// history: the single-node broker applies them directly, the cluster through Raft.
+/// history; every node, a single one included, commits them through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PresenceOp {
     /// A connection was accepted.
@@ -141,6 +142,23 @@ pub enum PeerCodecError {
     /// Bytes were left over after the message.
     #[error("{0} trailing bytes after a peer message")]
     Trailing(usize),
+}
+
+impl PeerMessage {
+    /// The variant's name, for errors and logs (never the content: it may be large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessage::Hello { .. } => "Hello",
+            PeerMessage::Heartbeat { .. } => "Heartbeat",
+            PeerMessage::HeartbeatAck { .. } => "HeartbeatAck",
+            PeerMessage::Interest(_) => "Interest",
+            PeerMessage::InterestSyncRequest => "InterestSyncRequest",
+            PeerMessage::Forward(_) => "Forward",
+            PeerMessage::Raft { .. } => "Raft",
+            PeerMessage::Auth { .. } => "Auth",
+            PeerMessage::Peers(_) => "Peers",
+        }
+    }
 }
 
 fn config() -> impl bincode::config::Config {

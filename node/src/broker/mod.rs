@@ -4,15 +4,18 @@
 //! Parts:
 //! - [`Broker`]: the local subscription table, generic over the handle `H` the IO layer
 //!   uses to reach a connection (a queue sender in the node, a plain value in tests).
-//!   Fan-out is a lookup: [`Broker::recipients`] returns the group's handles as a slice,
-//!   and the caller pushes one shared, already-encoded message to each.
+//!   Fan-out is a lookup: [`Broker::fanout`] hands out the group's handles as one shared
+//!   slice (built once per change of the group, NATS's cached sublist result), so the
+//!   caller pushes one shared, already-encoded message to each *after* releasing its lock.
 //! - [`Permissions`]: what a token allows a connection to join.
 //! - [`RemoteInterest`]: which peers have subscribers for which groups, as gossiped; the
 //!   cluster uses it to send a message only to nodes that want it.
 //! - [`glob`]: Redis-style pattern matching for `PUBSUB CHANNELS pattern`.
 //!
-//! Nothing here touches a socket, a clock or a lock: the node wraps a `Broker` in a
-//! short-held lock and drives it; tests drive it directly.
+//! Nothing here touches a socket or a clock: the node wraps a `Broker` in a short-held
+//! lock and drives it (`crate::hub`); tests drive it directly. The only synchronisation
+//! inside is the `OnceLock` that lets concurrent readers build a group's fan-out slice
+//! once.
 
 mod glob;
 mod interest;
@@ -23,7 +26,7 @@ pub use interest::RemoteInterest;
 pub use permissions::Permissions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A connection's id on this node; unique for the life of the process.
 pub type ConnId = u64;
@@ -77,21 +80,26 @@ impl Default for BrokerLimits {
     }
 }
 
-/// The members of one group: handles in a dense vector for fast fan-out, with an index
-/// from connection id to position so that leaving is O(1) (swap-remove).
+/// The members of one group: handles in a dense vector, with an index from connection
+/// id to position so that leaving is O(1) (swap-remove), and the fan-out slice.
 #[derive(Debug)]
 struct Members<H> {
     handles: Vec<H>,
     ids: Vec<ConnId>,
     position: HashMap<ConnId, usize>,
+    /// `handles` as one shared slice, built by the first fan-out after a change and
+    /// dropped by the next change: a publish clones one pointer out of the table and
+    /// fans out without holding the table's lock.
+    shared: OnceLock<Arc<[H]>>,
 }
 
-impl<H> Members<H> {
+impl<H: Clone> Members<H> {
     fn new() -> Self {
         Members {
             handles: Vec::new(),
             ids: Vec::new(),
             position: HashMap::new(),
+            shared: OnceLock::new(),
         }
     }
 
@@ -102,6 +110,7 @@ impl<H> Members<H> {
         self.position.insert(id, self.handles.len());
         self.handles.push(handle);
         self.ids.push(id);
+        self.shared = OnceLock::new();
         true
     }
 
@@ -114,7 +123,14 @@ impl<H> Members<H> {
         if let Some(moved) = self.ids.get(at) {
             self.position.insert(*moved, at);
         }
+        self.shared = OnceLock::new();
         true
+    }
+
+    fn fanout(&self) -> Arc<[H]> {
+        self.shared
+            .get_or_init(|| Arc::from(self.handles.as_slice()))
+            .clone()
     }
 
     fn len(&self) -> usize {
@@ -281,7 +297,13 @@ impl<H: Clone> Broker<H> {
         }
     }
 
-    /// The handles of every local connection in `group`: the fan-out list.
+    /// The handles of every local connection in `group`, as one shared slice that the
+    /// caller may keep after releasing its lock on the broker: the fan-out list.
+    pub fn fanout(&self, group: &str) -> Option<Arc<[H]>> {
+        self.groups.get(group).map(Members::fanout)
+    }
+
+    /// The handles of every local connection in `group`.
     pub fn recipients(&self, group: &str) -> &[H] {
         self.groups
             .get(group)
@@ -305,6 +327,12 @@ impl<H: Clone> Broker<H> {
             .collect();
         names.sort_unstable();
         names
+    }
+
+    /// Every group with at least one local connection, unsorted: names are shared, so
+    /// copying them out is cheap, and the caller filters them without holding a lock.
+    pub fn group_names(&self) -> Vec<Arc<str>> {
+        self.groups.keys().cloned().collect()
     }
 
     /// Number of registered connections.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::health::Health;
+
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Longest a client may take to send its request head.
@@ -196,6 +198,21 @@ impl Response {
         stream.write_all(&out).await?;
         stream.flush().await?;
         stream.shutdown().await
+    }
+}
+
+/// `/healthz`: 200 while the process serves.
+pub fn health() -> Response {
+    Response::text(200, "ok\n")
+}
+
+/// `/readyz`: 200 when accepting clients in a cluster with a known leader, else 503
+/// with the reason.
+pub fn readiness(health: &Health) -> Response {
+    if health.ready() {
+        Response::text(200, "ready\n")
+    } else {
+        Response::text(503, format!("not ready: {}\n", health.reason()))
     }
 }
 

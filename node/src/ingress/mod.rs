@@ -1,7 +1,34 @@
-//! The node's listeners: WebSocket clients ([`ws`]), Redis-protocol publishers
-//! ([`resp`]), and the small HTTP layer both the WebSocket port and the admin API use
-//! ([`http`]).
+//! The node's client-facing listeners: WebSocket clients ([`ws`]), Redis-protocol
+//! publishers ([`resp`]), and the small HTTP layer both the WebSocket port and the admin
+//! API use ([`http`]).
+//!
+//! [`Ingress`] is what the WebSocket side needs of the layers below; the RESP side needs
+//! only its [`resp::Env`] and the router's `Publish`.
 
 pub mod http;
 pub mod resp;
 pub mod ws;
+
+use std::sync::Arc;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::presence::{PresenceQueue, SharedReplica};
+
+/// What a WebSocket connection needs of the node.
+#[derive(Debug)]
+pub struct Ingress {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Verifier,
+    pub lifecycle: Arc<Lifecycle>,
+    pub health: Arc<Health>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<PresenceQueue>,
+    pub replica: Arc<SharedReplica>,
+    pub ids: ws::ConnIds,
+}

@@ -1,13 +1,18 @@
-//! Raft RPCs over the peer mesh. Each call opens a bidirectional QUIC stream on the
-//! authenticated connection to the target, sends one [`PeerMessage::Raft`] holding the
-//! bincode-encoded [`Rpc`], and reads one back holding the [`Reply`]. Streams are
-//! independent, so a slow snapshot never holds up a heartbeat or a vote, and nothing
-//! reaches Raft from a peer that has not proved the cluster secret.
+//! Raft RPCs: what travels ([`Rpc`], [`Reply`]), the [`Transport`] that carries it, and
+//! openraft's network traits over that transport.
+//!
+//! The transport moves encoded bytes, so every test of the Raft layer exercises the codec
+//! too. In the node it is the QUIC mesh ([`Cluster`]): each call opens a bidirectional
+//! stream on the authenticated connection to the target, sends one `PeerMessage::Raft`
+//! and reads one back. Streams are independent, so a slow snapshot never holds up a
+//! heartbeat or a vote, and nothing reaches Raft from a peer that has not proved the
+//! cluster secret. Tests use an in-memory router instead (see `tests.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use openraft::BasicNode;
 use openraft::error::{
@@ -19,12 +24,16 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use switchboard_proto::peer::{NodeId, PeerMessage};
+use switchboard_proto::peer::{MAX_PEER_MESSAGE, NodeId, PeerMessage};
+use tracing::debug;
 
-use super::{Command, TypeConfig, WriteError, decode, encode};
-use crate::cluster::Cluster;
+use super::codec::{CodecError, decode_rpc, encode};
+use super::steward::PeerState;
+use super::{Command, TypeConfig, WriteError};
+use crate::cluster::frame::{read_frame, write_frame};
+use crate::cluster::{Cluster, RpcOutbox, RpcStream};
 
-/// A request from one node's Raft to another's.
+/// A request from one node's Raft layer to another's.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
@@ -54,77 +63,155 @@ pub enum Reply {
 /// Why a call failed before any reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// No live session to the target.
     #[error("node {0} is not connected")]
     NotConnected(NodeId),
+    /// The target did not answer in time.
     #[error("no reply from node {0} within {1:?}")]
     Timeout(NodeId, Duration),
-    #[error("call to node {node} failed: {source:#}")]
-    Failed { node: NodeId, source: anyhow::Error },
+    /// The stream failed, or the reply was not one.
+    #[error("call to node {node} failed: {reason}")]
+    Failed { node: NodeId, reason: String },
+    /// The request or the reply could not be encoded or decoded.
+    #[error("call to node {node}: {source}")]
+    Codec { node: NodeId, source: CodecError },
 }
 
-/// Sends `rpc` to `target` and waits for its reply, at most `timeout`.
+/// A boxed future, so that [`Transport`] is object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What carries Raft between nodes, and what the Raft layer knows of the other nodes.
+pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
+    /// Sends the encoded `rpc` to `target` and returns its encoded reply, within
+    /// `timeout`.
+    fn call(
+        &self,
+        target: NodeId,
+        rpc: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, CallError>>;
+
+    /// Every peer as the failure detector sees it.
+    fn peers(&self) -> Vec<PeerState>;
+}
+
+/// Sends `rpc` to `target` over `transport` and decodes the reply.
 pub async fn call(
-    cluster: &Cluster,
+    transport: &dyn Transport,
     target: NodeId,
     rpc: &Rpc,
     timeout: Duration,
 ) -> Result<Reply, CallError> {
-    let conn = cluster
-        .connection(target)
-        .ok_or(CallError::NotConnected(target))?;
-    let body = encode(rpc)
-        .map(Bytes::from)
-        .map_err(|source| CallError::Failed {
-            node: target,
-            source,
-        })?;
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
-        send.finish()?;
-        match crate::cluster::read_frame(&mut recv).await? {
-            PeerMessage::Raft { body } => decode::<Reply>(&body),
-            other => bail!("unexpected reply {other:?}"),
-        }
+    let codec = |source| CallError::Codec {
+        node: target,
+        source,
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(source)) => Err(CallError::Failed {
-            node: target,
-            source,
-        }),
-        Err(_) => Err(CallError::Timeout(target, timeout)),
+    let body = Bytes::from(encode(rpc).map_err(codec)?);
+    let reply = transport.call(target, body, timeout).await?;
+    decode_rpc(&reply).map_err(codec)
+}
+
+/// Answers encoded RPC bytes from `peer`: decode, serve, encode.
+pub async fn answer(
+    consensus: &super::Consensus,
+    peer: NodeId,
+    body: &[u8],
+) -> Result<Bytes, CodecError> {
+    let rpc: Rpc = decode_rpc(body)?;
+    let reply = consensus.serve(peer, rpc).await;
+    Ok(Bytes::from(encode(&reply)?))
+}
+
+// ----- the mesh as the transport -----
+
+impl Transport for Cluster {
+    fn call(
+        &self,
+        target: NodeId,
+        rpc: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, CallError>> {
+        Box::pin(async move {
+            let conn = self
+                .connection(target)
+                .ok_or(CallError::NotConnected(target))?;
+            let failed = |e: &dyn std::fmt::Display| CallError::Failed {
+                node: target,
+                reason: e.to_string(),
+            };
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+                write_frame(&mut send, &PeerMessage::Raft { body: rpc })
+                    .await
+                    .map_err(|e| failed(&e))?;
+                send.finish().map_err(|e| failed(&e))?;
+                match read_frame(&mut recv, MAX_PEER_MESSAGE).await {
+                    Ok(PeerMessage::Raft { body }) => Ok(body),
+                    Ok(other) => Err(failed(&format!("unexpected reply {}", other.kind()))),
+                    Err(e) => Err(failed(&e)),
+                }
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Timeout(target, timeout)),
+            }
+        })
+    }
+
+    fn peers(&self) -> Vec<PeerState> {
+        self.members()
+            .into_iter()
+            .map(|m| PeerState {
+                id: m.id,
+                addr: m.peer,
+                up: m.up,
+                last_seen: Some(Duration::from_millis(m.last_seen_ms)),
+            })
+            .collect()
     }
 }
 
-/// Serves one incoming RPC stream from `peer`.
-pub async fn serve_stream(
-    consensus: Arc<super::Consensus>,
-    peer: NodeId,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) -> anyhow::Result<()> {
-    let body = match crate::cluster::read_frame(&mut recv).await? {
+/// Serves the RPC streams the mesh hands over, one task per stream, until the mesh
+/// stops handing them.
+pub async fn serve(consensus: Arc<super::Consensus>, mut streams: RpcOutbox) {
+    while let Some(stream) = streams.recv().await {
+        let consensus = consensus.clone();
+        tokio::spawn(async move {
+            let peer = stream.peer;
+            if let Err(e) = serve_stream(&consensus, stream).await {
+                debug!(peer, error = %e, "Raft RPC stream failed");
+            }
+        });
+    }
+}
+
+async fn serve_stream(consensus: &super::Consensus, stream: RpcStream) -> anyhow::Result<()> {
+    let RpcStream {
+        peer,
+        mut send,
+        mut recv,
+    } = stream;
+    let body = match read_frame(&mut recv, MAX_PEER_MESSAGE).await? {
         PeerMessage::Raft { body } => body,
-        other => bail!("peer {peer} opened a stream with {other:?}"),
+        other => anyhow::bail!("peer {peer} opened a stream with {}", other.kind()),
     };
-    let rpc: Rpc = decode(&body).with_context(|| format!("malformed Raft RPC from {peer}"))?;
-    let reply = consensus.serve(peer, rpc).await;
-    let body = Bytes::from(encode(&reply)?);
-    crate::cluster::write_frame(&mut send, &PeerMessage::Raft { body }).await?;
+    let reply = answer(consensus, peer, &body).await?;
+    write_frame(&mut send, &PeerMessage::Raft { body: reply }).await?;
     send.finish()?;
     Ok(())
 }
 
-/// Makes a [`Peer`] client for each target; they share the mesh.
+// ----- openraft's network traits -----
+
+/// Makes a [`Peer`] client for each target; they share the transport.
 #[derive(Debug, Clone)]
 pub struct Network {
-    cluster: Arc<Cluster>,
+    transport: Arc<dyn Transport>,
 }
 
 impl Network {
-    pub fn new(cluster: Arc<Cluster>) -> Network {
-        Network { cluster }
+    pub fn new(transport: Arc<dyn Transport>) -> Network {
+        Network { transport }
     }
 }
 
@@ -134,7 +221,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Peer {
         Peer {
             target,
-            cluster: self.cluster.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -143,7 +230,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct Peer {
     target: NodeId,
-    cluster: Arc<Cluster>,
+    transport: Arc<dyn Transport>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -151,16 +238,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 
 impl Peer {
     async fn exchange(&self, rpc: Rpc, option: &RPCOption) -> Result<Reply, CallError> {
-        call(&self.cluster, self.target, &rpc, option.hard_ttl()).await
-    }
-
-    fn failed<E: std::error::Error>(&self, e: CallError) -> RPCError<NodeId, BasicNode, E> {
-        match e {
-            CallError::NotConnected(_) | CallError::Timeout(..) => {
-                RPCError::Unreachable(Unreachable::new(&e))
-            }
-            CallError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-        }
+        call(&*self.transport, self.target, &rpc, option.hard_ttl()).await
     }
 
     /// The result Raft wants from an exchange: the remote's own answer (`pick` takes it
@@ -178,7 +256,10 @@ impl Peer {
             Ok(None) => Err(RPCError::Network(NetworkError::new(
                 &std::io::Error::other("reply of the wrong kind"),
             ))),
-            Err(e) => Err(self.failed(e)),
+            Err(e @ (CallError::NotConnected(_) | CallError::Timeout(..))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
 }

@@ -5,12 +5,15 @@
 //!
 //! On restart the state machine starts from the snapshot and openraft re-applies the
 //! log entries after it, up to the saved commit index.
+//!
+//! openraft's own storage test suite (`openraft::testing::Suite`) runs against this
+//! store (see the tests below).
 
 use std::fmt::Debug;
 use std::io::{Cursor, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -19,9 +22,13 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Entry, Replica, TypeConfig, decode, encode};
-use crate::shared::{lock, read, write};
-use switchboard_proto::peer::NodeId;
+use serde::{Deserialize, Serialize};
+use switchboard_proto::peer::{ConnectionRecord, NodeId};
+
+use super::codec::{decode_stored as decode, encode};
+use super::{Entry, TypeConfig};
+use crate::presence::{Replica, SharedReplica};
+use crate::sync::lock;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -31,8 +38,29 @@ const COMMITTED: &str = "committed";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-fn any(e: anyhow::Error) -> AnyError {
+fn any(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(format!("{e:#}"))
+}
+
+/// The replica as a snapshot carries it.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    connections: Vec<ConnectionRecord>,
+    removed: Vec<NodeId>,
+}
+
+/// The replica as snapshot bytes.
+fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
+    Ok(encode(&SnapshotBody {
+        connections: replica.presence.records().cloned().collect(),
+        removed: replica.removed.iter().copied().collect(),
+    })?)
+}
+
+/// A replica from snapshot bytes.
+fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
+    let body: SnapshotBody = decode(bytes)?;
+    Ok(Replica::from_parts(body.connections, body.removed))
 }
 
 /// Runs blocking storage work off the async workers.
@@ -249,14 +277,14 @@ struct Applied {
 /// Raft needs to know of it. Cheap to clone: clones share everything.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    replica: Arc<RwLock<Replica>>,
+    replica: Arc<SharedReplica>,
     applied: Arc<Mutex<Applied>>,
     path: PathBuf,
 }
 
 impl StateMachine {
     /// A state machine over `replica`, restored from `<dir>/snapshot.bin` if present.
-    pub fn open(dir: &Path, replica: Arc<RwLock<Replica>>) -> anyhow::Result<StateMachine> {
+    pub fn open(dir: &Path, replica: Arc<SharedReplica>) -> anyhow::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("snapshot.bin");
         let mut applied = Applied::default();
@@ -265,7 +293,7 @@ impl StateMachine {
                 let stored: StoredSnapshot = decode(&bytes).map_err(|e| {
                     anyhow::anyhow!("the Raft snapshot {} is unreadable: {e:#}", path.display())
                 })?;
-                *write(&replica) = Replica::restore(&stored.data)?;
+                *replica.write() = restore(&stored.data)?;
                 applied.last = stored.meta.last_log_id;
                 applied.membership = stored.meta.last_membership.clone();
                 applied.snapshot = Some(stored);
@@ -297,12 +325,11 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let (data, meta) = {
-            let replica = read(&self.replica);
+            let replica = self.replica.read();
             let mut applied = lock(&self.applied);
             applied.snapshots_built += 1;
-            let data = replica
-                .snapshot()
-                .map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+            let data =
+                snapshot_of(&replica).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
             let meta = SnapshotMeta {
                 last_log_id: applied.last,
                 last_membership: applied.membership.clone(),
@@ -350,7 +377,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
-        let mut replica = write(&self.replica);
+        let mut replica = self.replica.write();
         let mut applied = lock(&self.applied);
         for entry in entries {
             applied.last = Some(entry.log_id);
@@ -380,7 +407,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
         let data = snapshot.into_inner();
-        let restored = Replica::restore(&data)
+        let restored = restore(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
@@ -391,7 +418,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking(move || this.persist(&kept))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        *write(&self.replica) = restored;
+        *self.replica.write() = restored;
         let mut applied = lock(&self.applied);
         applied.last = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
@@ -404,5 +431,67 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presence::tests::record;
+    use crate::presence::{Command, Replica};
+    use openraft::testing::{StoreBuilder, Suite};
+    use switchboard_proto::peer::PresenceOp;
+
+    /// Removes a test store's directory when dropped.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-store-{}-{tag}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine)> {
+            let dir = temp_dir("suite");
+            let fail = |e: anyhow::Error| StorageError::from(StorageIOError::write(any(e)));
+            let log = LogStore::open(&dir.0).map_err(fail)?;
+            let sm =
+                StateMachine::open(&dir.0, Arc::new(SharedReplica::default())).map_err(fail)?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite_passes() {
+        Suite::test_all(Builder).expect("openraft's storage suite");
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_replica() {
+        let mut r = Replica::default();
+        r.apply(Command::Presence(vec![
+            PresenceOp::Connect(record(1, "1-a", "u")),
+            PresenceOp::Connect(record(3, "3-a", "v")),
+            PresenceOp::Connect(record(3, "3-b", "u")),
+        ]));
+        r.apply(Command::Remove(9));
+        let restored = restore(&snapshot_of(&r).expect("encodes")).expect("decodes");
+        assert_eq!(restored, r);
+        assert!(restore(b"\xff\xff garbage").is_err());
     }
 }

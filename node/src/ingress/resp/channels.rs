@@ -18,7 +18,9 @@
 use bytes::Bytes;
 use switchboard_proto::resp::Frame;
 
-use crate::shared::Shared;
+use super::command::{Command, Name};
+use crate::config::Config;
+use crate::router::Publish;
 
 /// The synthetic channel-name prefix answered to `ZRANGE`; the part up to `!` is what
 /// channels_redis uses as the Redis key, so every group shares one key per `EVAL`.
@@ -29,18 +31,18 @@ const CORE_RANDOM_PREFIX: usize = 12;
 /// For `PUBLISH <prefix>__group__<g> payload` from the pub/sub layer: the group and the
 /// payload to deliver. Any other channel is a group of that name, payload untouched.
 pub fn from_pubsub_layer<'a>(
-    shared: &Shared,
+    config: &Config,
     channel: &'a str,
     payload: Bytes,
 ) -> (&'a str, Bytes) {
-    let prefix = shared.config.channels_prefix.as_str();
+    let prefix = config.channels_prefix.as_str();
     let group = channel
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix("__group__"));
     match group {
         Some(group) if !group.is_empty() => {
             let payload = decode_event(&payload, &[0])
-                .map(|event| render_event(shared, event))
+                .map(|event| render_event(config, event))
                 .unwrap_or(payload);
             (group, payload)
         }
@@ -48,51 +50,55 @@ pub fn from_pubsub_layer<'a>(
     }
 }
 
-/// Answers the commands of `channels_redis.core.RedisChannelLayer`; `None` for a
-/// command this module does not know (the caller answers "unknown command").
-pub fn core_command(shared: &Shared, name: &str, args: &[Bytes]) -> Option<Frame> {
-    let group_key = format!("{}:group:", shared.config.channels_prefix);
-    let arg = |i: usize| args.get(i).map(|a| a.as_ref()).unwrap_or_default();
-    Some(match name {
-        "ZRANGE" if args.len() >= 4 => {
-            let key = String::from_utf8_lossy(arg(1));
+/// Answers the commands of `channels_redis.core.RedisChannelLayer` (every command of the
+/// table that is not the shim's own; arity already checked).
+pub fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
+    let args = &command.args;
+    match command.name() {
+        Name::Zrange => {
+            let group_key = format!("{}:group:", config.channels_prefix);
+            let key = String::from_utf8_lossy(&args[1]);
             match key.strip_prefix(group_key.as_str()) {
-                Some(group) if shared.group_counts(group).iter().any(|(_, n)| *n > 0) => {
-                    Frame::Array(vec![Frame::Bulk(Bytes::from(format!(
-                        "{SYNTHETIC_CHANNEL}{group}"
-                    )))])
-                }
+                Some(group) if publish.subscribers(group) > 0 => Frame::Array(vec![Frame::Bulk(
+                    Bytes::from(format!("{SYNTHETIC_CHANNEL}{group}")),
+                )]),
                 _ => Frame::Array(vec![]),
             }
         }
-        "EVAL" => eval(shared, args),
+        Name::Eval => eval(config, args, publish),
         // No script is ever loaded here (SCRIPT LOAD is not supported): as Redis answers
         // for a script it does not have.
-        "EVALSHA" => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
+        Name::Evalsha => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
         // Group membership and channel queues live in WebSocket connections here, not in
         // sorted sets: these answer as an empty Redis would.
-        "ZREMRANGEBYSCORE" | "ZREM" | "ZCOUNT" | "DEL" | "UNLINK" if args.len() >= 2 => {
-            Frame::Integer(0)
-        }
-        "ZADD" if args.len() >= 4 => Frame::Integer(1),
-        "EXPIRE" if args.len() >= 3 => Frame::Integer(1),
-        "KEYS" if args.len() == 2 => Frame::Array(vec![]),
-        "ZPOPMIN" if args.len() >= 2 => Frame::Array(vec![]),
-        "BZPOPMIN" | "SUBSCRIBE" | "UNSUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
-            Frame::Error(format!(
-                "ERR {name} is not supported: Switchboard is a publish-only Redis shim; \
-                 consumers receive over WebSocket"
-            ))
-        }
-        "FLUSHDB" | "FLUSHALL" => Frame::Simple("OK".into()),
-        "DBSIZE" => Frame::Integer(0),
-        "EXISTS" if args.len() >= 2 => Frame::Integer(0),
-        _ => return None,
-    })
+        Name::Zremrangebyscore
+        | Name::Zrem
+        | Name::Zcount
+        | Name::Del
+        | Name::Unlink
+        | Name::Dbsize
+        | Name::Exists => Frame::Integer(0),
+        Name::Zadd | Name::Expire => Frame::Integer(1),
+        Name::Keys | Name::Zpopmin => Frame::Array(vec![]),
+        Name::Bzpopmin
+        | Name::Subscribe
+        | Name::Unsubscribe
+        | Name::Psubscribe
+        | Name::Ssubscribe => Frame::Error(format!(
+            "ERR {} is not supported: Switchboard is a publish-only Redis shim; \
+             consumers receive over WebSocket",
+            command.spec.text.to_ascii_uppercase()
+        )),
+        Name::Flushdb | Name::Flushall => Frame::ok(),
+        _ => Frame::Error(format!(
+            "ERR {} is not a channels_redis command",
+            command.spec.text
+        )),
+    }
 }
 
 /// `EVAL <group_send script> n keys... messages... capacities... now expiry`.
-fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
+fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
     let Some(nkeys) = args
         .get(2)
         .and_then(|n| std::str::from_utf8(n).ok())
@@ -100,6 +106,10 @@ fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
     else {
         return Frame::Error("ERR value is not an integer or out of range".into());
     };
+    // As Redis: the keys must be among the arguments.
+    if nkeys > args.len() - 3 {
+        return Frame::Error("ERR Number of keys can't be greater than number of args".into());
+    }
     let script = String::from_utf8_lossy(args.get(1).map(|a| a.as_ref()).unwrap_or_default());
     // channels_redis's other scripts work on keys that do not exist here: `flush` deletes
     // every key under the prefix, the receive path restores a backup queue. Both return
@@ -110,7 +120,8 @@ fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
         return Frame::Null;
     }
     let is_group_send = script.contains("ZADD") && script.contains("over_capacity");
-    if !is_group_send || args.len() < 3 + 2 * nkeys {
+    // group_send passes one message per key after the keys (then capacities and times).
+    if !is_group_send || args.len() - 3 - nkeys < nkeys {
         return Frame::Error(
             "ERR EVAL of this script is not supported: Switchboard runs only channels_redis's \
              group_send, flush and cleanup scripts"
@@ -124,12 +135,12 @@ fn eval(shared: &Shared, args: &[Bytes]) -> Frame {
             continue;
         };
         let targets = take_channels(&mut event);
-        let payload = render_event(shared, event);
+        let payload = render_event(config, event);
         for group in targets
             .iter()
             .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
         {
-            shared.publish(group, payload.clone());
+            publish.publish(group, payload.clone());
         }
     }
     Frame::Integer(0)
@@ -168,9 +179,9 @@ fn take_channels(event: &mut rmpv::Value) -> Vec<String> {
 }
 
 /// The bytes a client receives for an event: its JSON, or one key of it.
-fn render_event(shared: &Shared, event: rmpv::Value) -> Bytes {
+fn render_event(config: &Config, event: rmpv::Value) -> Bytes {
     let json = to_json(event);
-    if let Some(key) = &shared.config.channels_unwrap {
+    if let Some(key) = &config.channels_unwrap {
         match json.get(key) {
             Some(serde_json::Value::String(s)) => return Bytes::from(s.clone()),
             Some(other) => return Bytes::from(other.to_string()),

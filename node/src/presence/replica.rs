@@ -1,13 +1,22 @@
-//! What the cluster agrees on through Raft: the presence registry, and the members
-//! removed for good. A deterministic state machine: the same commands in the same order
-//! give the same replica on every node.
+//! What the cluster agrees on through Raft: the presence registry and the members removed
+//! for good, and the read side every other part uses.
+//!
+//! - [`Replica`]: the state machine's data, and the deterministic [`Command`]s it
+//!   applies: the same commands in the same order give the same replica on every node.
+//!   The Raft layer stores the commands in its log and applies them here.
+//! - [`SharedReplica`]: this node's replica behind its lock. Written only by the Raft
+//!   state machine; read by the mesh (is a peer removed?), the admin API, the client
+//!   `presence` op and the metrics.
 
 use std::collections::BTreeSet;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
+use switchboard_proto::client::PresenceEntry;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
-use crate::presence::Registry;
+use super::Registry;
+use crate::sync::{read, write};
 
 /// One Raft log entry's worth of change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,12 +32,6 @@ pub enum Command {
 pub struct Replica {
     pub presence: Registry,
     pub removed: BTreeSet<NodeId>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    connections: Vec<ConnectionRecord>,
-    removed: Vec<NodeId>,
 }
 
 impl Replica {
@@ -53,26 +56,19 @@ impl Replica {
         }
     }
 
-    /// The replica as snapshot bytes.
-    pub fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
-        let body = SnapshotBody {
-            connections: self.presence.records().cloned().collect(),
-            removed: self.removed.iter().copied().collect(),
-        };
-        super::encode(&body)
-    }
-
-    /// A replica from snapshot bytes.
-    pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
-        let body: SnapshotBody = super::decode(bytes)?;
+    /// A replica holding exactly these connections and removed members (a snapshot).
+    pub fn from_parts(
+        connections: impl IntoIterator<Item = ConnectionRecord>,
+        removed: impl IntoIterator<Item = NodeId>,
+    ) -> Replica {
         let mut replica = Replica {
-            removed: body.removed.into_iter().collect(),
+            removed: removed.into_iter().collect(),
             ..Replica::default()
         };
-        for record in body.connections {
+        for record in connections {
             replica.presence.apply(PresenceOp::Connect(record));
         }
-        Ok(replica)
+        replica
     }
 }
 
@@ -82,6 +78,56 @@ fn op_node(op: &PresenceOp) -> NodeId {
         PresenceOp::Disconnect { node, .. }
         | PresenceOp::PurgeNode { node }
         | PresenceOp::ResyncNode { node, .. } => *node,
+    }
+}
+
+/// See the module header.
+#[derive(Debug, Default)]
+pub struct SharedReplica(RwLock<Replica>);
+
+impl SharedReplica {
+    /// Read access, for a bounded look.
+    pub fn read(&self) -> RwLockReadGuard<'_, Replica> {
+        read(&self.0)
+    }
+
+    /// Write access: the Raft state machine only.
+    pub fn write(&self) -> RwLockWriteGuard<'_, Replica> {
+        write(&self.0)
+    }
+
+    /// Every live connection of `user`, cluster-wide, ordered by node then connection.
+    pub fn presence_of(&self, user: &str) -> Vec<PresenceEntry> {
+        self.read()
+            .presence
+            .user(user)
+            .into_iter()
+            .map(|r| PresenceEntry {
+                node: r.node,
+                connection: r.connection,
+                connected_at: r.connected_at,
+            })
+            .collect()
+    }
+
+    /// Whether `node` was removed from the cluster for good.
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.read().removed.contains(&node)
+    }
+
+    /// Connections registered cluster-wide.
+    pub fn len(&self) -> usize {
+        self.read().presence.len()
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.read().presence.is_empty()
+    }
+
+    /// Connections registered for `node`.
+    pub fn node_connections(&self, node: NodeId) -> usize {
+        self.read().presence.node_connections(node)
     }
 }
 
@@ -108,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_restores_the_same_replica() {
+    fn parts_rebuild_the_same_replica() {
         let mut r = Replica::default();
         r.apply(Command::Presence(vec![
             PresenceOp::Connect(record(1, "1-a", "u")),
@@ -116,9 +162,8 @@ mod tests {
             PresenceOp::Connect(record(3, "3-b", "u")),
         ]));
         r.apply(Command::Remove(9));
-        let restored = Replica::restore(&r.snapshot().expect("encodes")).expect("decodes");
-        assert_eq!(restored, r);
-        assert!(Replica::restore(b"\xff\xff garbage").is_err());
+        let rebuilt = Replica::from_parts(r.presence.records().cloned(), r.removed.clone());
+        assert_eq!(rebuilt, r);
     }
 
     #[test]

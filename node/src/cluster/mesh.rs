@@ -1,0 +1,601 @@
+//! The mesh's driver: the QUIC endpoint and the tasks around the [`PeerTable`], with no
+//! decisions of their own (those are the table's, `super::peers`).
+//!
+//! Tasks: accept, dial (seeds, members learnt from the Raft log, and every member a peer
+//! names), one session per peer (a reader loop plus a writer draining the peer's bounded
+//! queue in batches), gossip (`super::gossip`) and heartbeat (RTT, and the table's
+//! expiry of silent peers).
+//!
+//! One connection per peer pair carries one bidirectional stream of peer messages in
+//! each direction, so everything one node sends another arrives in order. Each peer has a
+//! bounded outbound queue: when it is full (the peer or the link is too slow), messages
+//! for that peer are dropped and counted. Raft RPCs travel on further streams of the same
+//! authenticated connection, handed to the [`RpcInbox`] unread.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use switchboard_proto::peer::{
+    Forward, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::frame::{encode_into, read_frame};
+use super::peers::{self, MemberView, PeerTable, Verdict};
+use super::rpc::{RpcInbox, RpcStream};
+use super::session::{CloseReason, HandshakeError, handshake};
+use super::{auth, gossip, tls};
+use crate::broker::RemoteInterest;
+use crate::clock::unix_micros;
+use crate::config::Config;
+use crate::health::Health;
+use crate::hub::{Encoded, Hub};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{Counter, Row};
+use crate::presence::SharedReplica;
+use crate::sync::{lock, read, write};
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 65_536;
+/// How often heartbeats go out and liveness is checked.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Redial delays.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Most queued messages written to a peer in one write.
+const WRITE_BATCH: usize = 256;
+
+/// A live session's sending side: the peer's bounded queue, and its connection.
+#[derive(Debug, Clone)]
+pub struct Link {
+    tx: mpsc::Sender<PeerMessage>,
+    conn: quinn::Connection,
+}
+
+impl Link {
+    /// Queues `message` for the peer; false when its queue is full (or the session ended).
+    pub fn send(&self, message: PeerMessage) -> bool {
+        self.tx.try_send(message).is_ok()
+    }
+
+    /// The connection, for the Raft layer's RPC streams.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Messages waiting in the peer's queue.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+impl peers::Link for Link {
+    fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// Counters of the mesh, exported in `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub forwarded_messages: Counter,
+    pub forwarded_bytes: Counter,
+    pub received_forwards: Counter,
+    pub peer_queue_drops: Counter,
+    pub auth_failures: Counter,
+    pub interest_full_syncs: Counter,
+    pub rpc_streams_refused: Counter,
+}
+
+/// What the mesh needs from the layers below it.
+#[derive(Debug, Clone)]
+pub struct MeshDeps {
+    pub hub: Arc<Hub>,
+    pub replica: Arc<SharedReplica>,
+    pub health: Arc<Health>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub rpcs: RpcInbox,
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Cluster {
+    node: NodeId,
+    secret: Vec<u8>,
+    endpoint: quinn::Endpoint,
+    hello: PeerMessage,
+    seeds: Vec<String>,
+    table: Mutex<PeerTable<Link>>,
+    remote: RwLock<RemoteInterest>,
+    /// Addresses with a dial loop running.
+    dialing: Mutex<HashSet<String>>,
+    deps: MeshDeps,
+    pub metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Binds the peer endpoint; `config` holds this node's resolved addresses and
+    /// `admin` its admin address, which peers learn from its hello.
+    pub fn bind(config: &Config, admin: String, deps: MeshDeps) -> anyhow::Result<Arc<Cluster>> {
+        let endpoint = tls::endpoint(
+            config.peer_listen,
+            config.node_timeout,
+            config.cluster_ca.as_ref(),
+        )?;
+        let peer_addr = endpoint.local_addr()?.to_string();
+        let hello = PeerMessage::Hello {
+            node: config.node_id,
+            protocol: PEER_PROTOCOL_VERSION,
+            peer_addr,
+            admin_addr: admin,
+            ws_addr: config.ws_listen.to_string(),
+            resp_addr: config.resp_listen.to_string(),
+        };
+        let table = PeerTable::new(
+            config.node_id,
+            config.node_timeout,
+            !config.seeds.is_empty(),
+        );
+        deps.health.set_majority(table.in_majority());
+        Ok(Arc::new(Cluster {
+            node: config.node_id,
+            secret: config
+                .cluster_secret
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
+            endpoint,
+            hello,
+            seeds: config.seeds.clone(),
+            table: Mutex::new(table),
+            remote: RwLock::new(RemoteInterest::default()),
+            dialing: Mutex::new(HashSet::new()),
+            deps,
+            metrics: ClusterMetrics::default(),
+        }))
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// The peer address this node gives others (its hello's).
+    pub fn advertised_addr(&self) -> String {
+        match &self.hello {
+            PeerMessage::Hello { peer_addr, .. } => peer_addr.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Starts accepting peers, dialing the seeds and `remembered` (members known from
+    /// the Raft log), gossiping and heartbeating.
+    pub fn start(self: &Arc<Self>, remembered: Vec<String>) {
+        tokio::spawn(self.clone().accept_loop());
+        for addr in self.seeds.iter().cloned().chain(remembered) {
+            self.dial(addr);
+        }
+        tokio::spawn(gossip::run(self.clone(), self.deps.hub.clone()));
+        tokio::spawn(self.clone().heartbeat_loop());
+    }
+
+    /// Cancelled when the node shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.deps.lifecycle.shutdown_token().clone()
+    }
+
+    /// The live connection to `node`, if any.
+    pub fn connection(&self, node: NodeId) -> Option<quinn::Connection> {
+        lock(&self.table)
+            .link(node)
+            .map(|link| link.connection().clone())
+    }
+
+    /// Whether a live session to `node` exists.
+    pub fn connected_to(&self, node: NodeId) -> bool {
+        lock(&self.table).is_up(node)
+    }
+
+    /// How long ago `node` was last heard from, if it was ever heard from.
+    pub fn last_seen(&self, node: NodeId) -> Option<Duration> {
+        lock(&self.table).last_seen(Instant::now(), node)
+    }
+
+    /// Every live session's sending side.
+    pub fn links(&self) -> Vec<Link> {
+        lock(&self.table)
+            .links()
+            .map(|(_, link)| link.clone())
+            .collect()
+    }
+
+    /// Every peer this node has heard of.
+    pub fn members(&self) -> Vec<MemberView> {
+        lock(&self.table).members(Instant::now())
+    }
+
+    /// Closes every connection and stops accepting: the node leaves the mesh.
+    pub fn close(&self) {
+        self.endpoint
+            .close((CloseReason::Ended as u32).into(), b"node leaving");
+    }
+
+    // ----- the publish path -----
+
+    /// Sends a message published here to every peer with subscribers for its group.
+    /// Returns the number of connections it was routed to on those peers.
+    pub fn forward(&self, group: &str, payload: &Bytes, text: bool) -> usize {
+        let targets: Vec<(NodeId, u32)> = match read(&self.remote).nodes_for(group) {
+            Some(nodes) => nodes.iter().map(|(n, c)| (*n, *c)).collect(),
+            None => return 0,
+        };
+        let table = lock(&self.table);
+        let mut routed = 0usize;
+        for (node, count) in targets {
+            let Some(link) = table.link(node) else {
+                continue;
+            };
+            let message = PeerMessage::Forward(vec![Forward {
+                group: group.to_owned(),
+                payload: payload.clone(),
+                text,
+                origin: self.node,
+                publisher: 0,
+                seq: 0,
+            }]);
+            if link.send(message) {
+                routed += count as usize;
+                self.metrics.forwarded_messages.inc();
+                self.metrics.forwarded_bytes.add(payload.len() as u64);
+            } else {
+                self.metrics.peer_queue_drops.inc();
+            }
+        }
+        routed
+    }
+
+    /// Connections in `group` on each peer, as gossiped.
+    pub fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
+        read(&self.remote)
+            .nodes_for(group)
+            .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c as usize)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every group some peer has subscribers for.
+    pub fn groups(&self) -> Vec<String> {
+        read(&self.remote).groups().map(str::to_owned).collect()
+    }
+
+    /// The mesh's rows in `/metrics`.
+    pub fn rows(&self) -> Vec<Row> {
+        let members = self.members();
+        let m = &self.metrics;
+        let depths = lock(&self.table)
+            .links()
+            .map(|(id, link)| (id.to_string(), link.depth() as u64))
+            .collect();
+        vec![
+            Row::gauge(
+                "peers",
+                "Peers this node has heard of.",
+                members.len() as u64,
+            ),
+            Row::gauge(
+                "peers_up",
+                "Peers connected and heard from within --node-timeout.",
+                members.iter().filter(|p| p.up).count() as u64,
+            ),
+            Row::counter(
+                "forwarded_messages_total",
+                "Messages sent to peers.",
+                m.forwarded_messages.get(),
+            ),
+            Row::counter(
+                "forwarded_bytes_total",
+                "Payload bytes sent to peers.",
+                m.forwarded_bytes.get(),
+            ),
+            Row::counter(
+                "received_forwards_total",
+                "Messages received from peers for local delivery.",
+                m.received_forwards.get(),
+            ),
+            Row::counter(
+                "peer_queue_drops_total",
+                "Messages dropped because a peer's queue was full.",
+                m.peer_queue_drops.get(),
+            ),
+            Row::counter(
+                "peer_auth_failures_total",
+                "Peers refused: failed TLS handshake (cluster CA) or cluster-secret proof.",
+                m.auth_failures.get(),
+            ),
+            Row::counter(
+                "interest_full_syncs_total",
+                "Full interest snapshots sent to peers.",
+                m.interest_full_syncs.get(),
+            ),
+            Row::counter(
+                "peer_rpc_streams_refused_total",
+                "Raft RPC streams refused because the Raft layer's inbox was full.",
+                m.rpc_streams_refused.get(),
+            ),
+            Row::gauge_by(
+                "peer_rtt_microseconds",
+                "Round-trip time to each peer.",
+                "peer",
+                members
+                    .iter()
+                    .map(|p| (p.id.to_string(), p.rtt_micros))
+                    .collect(),
+            ),
+            Row::gauge_by(
+                "peer_queue_depth",
+                "Messages waiting in each peer's outbound queue.",
+                "peer",
+                depths,
+            ),
+        ]
+    }
+
+    // ----- connections -----
+
+    fn update_majority(&self) {
+        let in_majority = lock(&self.table).in_majority();
+        self.deps.health.set_majority(in_majority);
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => {
+                        if let Err(e) = cluster.session(conn, None).await {
+                            debug!(%remote, error = %e, "peer session ended");
+                        }
+                    }
+                    Err(e) => {
+                        // A peer without a certificate of the cluster CA (in that mode)
+                        // ends here, as does a dialer that gave up.
+                        cluster.metrics.auth_failures.inc();
+                        warn!(%remote, error = %e, "peer refused: TLS handshake failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Keeps dialing `addr` until the node drains or stops; while a live session has that
+    /// address it only checks back every heartbeat.
+    fn dial(self: &Arc<Self>, addr: String) {
+        if !lock(&self.dialing).insert(addr.clone()) {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = BACKOFF_MIN;
+            let life = cluster.deps.lifecycle.clone();
+            loop {
+                if life.shutdown_token().is_cancelled() || life.drain_token().is_cancelled() {
+                    break;
+                }
+                if !lock(&cluster.table).should_dial(&addr) {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    continue;
+                }
+                match cluster.connect(&addr).await {
+                    Ok(conn) => {
+                        backoff = BACKOFF_MIN;
+                        if let Err(e) = cluster.clone().session(conn, Some(&addr)).await {
+                            debug!(%addr, error = %e, "peer session ended");
+                        }
+                    }
+                    Err(e) => debug!(%addr, error = %e, "cannot reach peer"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            lock(&cluster.dialing).remove(&addr);
+        });
+    }
+
+    async fn connect(&self, addr: &str) -> anyhow::Result<quinn::Connection> {
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .with_context(|| format!("{addr} resolves to nothing"))?;
+        let conn = self.endpoint.connect(target, "switchboard")?;
+        Ok(tokio::time::timeout(super::session::HANDSHAKE_TIMEOUT, conn).await??)
+    }
+
+    /// Runs one session until the connection ends: handshake, registration in the table,
+    /// then the reader loop (the writer and the RPC hand-off run beside it).
+    async fn session(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        dialed: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let role = if dialed.is_some() {
+            auth::Role::Dialer
+        } else {
+            auth::Role::Acceptor
+        };
+        let mut hs = match handshake(&conn, role, &self.secret, self.node, &self.hello).await {
+            Ok(hs) => hs,
+            Err(e) => {
+                if matches!(e, HandshakeError::NotProven { .. }) {
+                    self.metrics.auth_failures.inc();
+                }
+                warn!(remote = %conn.remote_address(), error = %e, "peer refused");
+                return Err(e.into());
+            }
+        };
+        let peer = hs.peer;
+        if self.deps.replica.is_removed(peer) {
+            self.metrics.auth_failures.inc();
+            warn!(peer, remote = %conn.remote_address(), "peer refused: it was removed from the cluster");
+            CloseReason::Removed.close(&conn);
+            bail!("peer {peer} was removed from the cluster");
+        }
+
+        let dialer = if dialed.is_some() { self.node } else { peer };
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let link = Link {
+            tx,
+            conn: conn.clone(),
+        };
+        let verdict = lock(&self.table).on_session(
+            Instant::now(),
+            peer,
+            std::mem::take(&mut hs.addrs),
+            dialer,
+            link.clone(),
+        );
+        let session = match verdict {
+            Verdict::Duplicate => {
+                CloseReason::Duplicate.close(&conn);
+                return Ok(());
+            }
+            Verdict::Accept { session, replaced } => {
+                if let Some(old) = replaced {
+                    CloseReason::Duplicate.close(old.connection());
+                }
+                session
+            }
+        };
+        info!(peer, remote = %conn.remote_address(), "peer connected");
+        self.update_majority();
+        // The peer's interest starts from its full sync on this session.
+        write(&self.remote).remove_node(peer);
+        gossip::send_full(&self, &self.deps.hub, &link);
+        // Everyone learns of the newcomer (and it of everyone), so the mesh closes even
+        // when nodes joined through different seeds at different times.
+        let mut known = lock(&self.table).known();
+        known.push((self.node, self.advertised_addr()));
+        for other in self.links() {
+            other.send(PeerMessage::Peers(known.clone()));
+        }
+
+        let writer = tokio::spawn(write_loop(hs.send, rx));
+        let rpcs = tokio::spawn(hand_off_rpcs(self.clone(), conn.clone(), peer));
+        let result = self.read_loop(peer, &mut hs.recv, &link).await;
+        writer.abort();
+        rpcs.abort();
+        CloseReason::Ended.close(&conn);
+        if lock(&self.table).on_session_end(peer, session) {
+            write(&self.remote).remove_node(peer);
+            info!(peer, "peer disconnected");
+            self.update_majority();
+        }
+        result
+    }
+
+    async fn read_loop(
+        self: &Arc<Self>,
+        peer: NodeId,
+        recv: &mut quinn::RecvStream,
+        link: &Link,
+    ) -> anyhow::Result<()> {
+        loop {
+            let message = read_frame(recv, MAX_PEER_MESSAGE).await?;
+            lock(&self.table).heard_from(Instant::now(), peer);
+            match message {
+                PeerMessage::Forward(forwards) => {
+                    for f in forwards {
+                        self.metrics.received_forwards.inc();
+                        self.deps
+                            .hub
+                            .publish_local(&f.group, &Encoded::new(f.payload));
+                    }
+                }
+                PeerMessage::Interest(update) => {
+                    if write(&self.remote).apply(peer, update).is_err() {
+                        link.send(PeerMessage::InterestSyncRequest);
+                    }
+                }
+                PeerMessage::InterestSyncRequest => gossip::send_full(self, &self.deps.hub, link),
+                PeerMessage::Heartbeat { sent_micros } => {
+                    link.send(PeerMessage::HeartbeatAck { sent_micros });
+                }
+                PeerMessage::HeartbeatAck { sent_micros } => {
+                    let rtt = unix_micros().saturating_sub(sent_micros);
+                    lock(&self.table).on_rtt(peer, rtt);
+                }
+                PeerMessage::Peers(list) => {
+                    for (id, addr) in list {
+                        let dial = id != self.node && lock(&self.table).should_dial_peer(id);
+                        if dial {
+                            self.dial(addr);
+                        }
+                    }
+                }
+                PeerMessage::Auth { .. } | PeerMessage::Hello { .. } => {
+                    bail!("peer {peer} sent a second handshake")
+                }
+                PeerMessage::Raft { .. } => {
+                    bail!("peer {peer} sent a Raft message on the gossip stream")
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let shutdown = self.shutdown_token();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            let tick = lock(&self.table).tick(Instant::now());
+            for link in &tick.heartbeat {
+                link.send(PeerMessage::Heartbeat {
+                    sent_micros: unix_micros(),
+                });
+            }
+            for (id, link) in &tick.expired {
+                warn!(peer = id, "peer silent for --node-timeout: marked down");
+                write(&self.remote).remove_node(*id);
+                CloseReason::Ended.close(link.connection());
+            }
+            if !tick.expired.is_empty() {
+                self.update_majority();
+            }
+        }
+    }
+}
+
+/// Hands every further stream the peer opens to the Raft layer, unread.
+async fn hand_off_rpcs(cluster: Arc<Cluster>, conn: quinn::Connection, peer: NodeId) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let stream = RpcStream { peer, send, recv };
+        if cluster.deps.rpcs.try_send(stream).is_err() {
+            // Dropped: the peer's call fails and Raft retries it.
+            cluster.metrics.rpc_streams_refused.inc();
+        }
+    }
+}
+
+/// Writes queued messages in batches: one write per batch.
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<PeerMessage>) {
+    let mut batch = Vec::new();
+    let mut out = Vec::new();
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        out.clear();
+        for message in batch.drain(..) {
+            if let Err(e) = encode_into(&mut out, &message) {
+                warn!(error = %e, "peer message not encodable; dropped");
+            }
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The hub: this node's subscription table behind its lock, and the local half of the
+//! publish path.
+//!
+//! - [`Outlet`]: the hub's handle on one WebSocket connection, its bounded outbound queue
+//!   and a way to have it closed.
+//! - [`Encoded`]: a published message encoded once, shared by every recipient.
+//! - [`Hub`]: the [`Broker`] behind a short-held `RwLock`. A publish takes the read lock
+//!   only to clone the group's fan-out slice (see [`Broker::fanout`]) and fans out after
+//!   releasing it, so a connect, a subscribe or a gossip round never waits behind a fan-out
+//!   to 10 000 sockets. Introspection copies names out and filters outside the lock.
+//!
+//! The cluster-wide publish (local fan-out plus forwarding to peers) is `crate::router`'s;
+//! the hub knows nothing of peers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use switchboard_proto::client::CloseCode;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permissions};
+use crate::metrics::{Metrics, Row};
+use crate::sync::{read, write};
+
+/// The hub's handle on one WebSocket connection: its bounded outbound queue, and a way
+/// for whoever finds the queue full to have the connection closed.
+#[derive(Debug)]
+pub struct OutletInner {
+    pub id: ConnId,
+    tx: mpsc::Sender<Message>,
+    close: Notify,
+    close_code: AtomicU16,
+}
+
+/// Cheap to clone; the broker keeps one per group the connection is in.
+pub type Outlet = Arc<OutletInner>;
+
+impl OutletInner {
+    /// A new outlet and the receiving end of its queue.
+    pub fn new(id: ConnId, capacity: usize) -> (Outlet, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Arc::new(OutletInner {
+                id,
+                tx,
+                close: Notify::new(),
+                close_code: AtomicU16::new(0),
+            }),
+            rx,
+        )
+    }
+
+    /// Asks the connection's task to close with `code`. The first request wins; returns
+    /// whether this was it.
+    pub fn request_close(&self, code: CloseCode) -> bool {
+        let first = self
+            .close_code
+            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.close.notify_one();
+        }
+        first
+    }
+
+    /// Waits until a close is requested, and says with which code.
+    pub async fn close_requested(&self) -> CloseCode {
+        loop {
+            if let Some(code) = CloseCode::from_code(self.close_code.load(Ordering::Acquire)) {
+                return code;
+            }
+            self.close.notified().await;
+        }
+    }
+}
+
+/// A published message, encoded once: every recipient gets a clone of the same frame,
+/// which shares the payload bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded(Message);
+
+impl Encoded {
+    /// A text frame when the payload is UTF-8, a binary frame otherwise.
+    pub fn new(payload: Bytes) -> Self {
+        match Utf8Bytes::try_from(payload.clone()) {
+            Ok(text) => Encoded(Message::Text(text)),
+            Err(_) => Encoded(Message::Binary(payload)),
+        }
+    }
+
+    /// Whether the frame is a text frame (the payload is UTF-8).
+    pub fn is_text(&self) -> bool {
+        matches!(self.0, Message::Text(_))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A batch of interest changes: the version it brings the table to, and each changed
+/// group with its new local count (0 = gone).
+pub type InterestDelta = (u64, Vec<(String, u32)>);
+/// The whole interest: its version, and every group with its local count.
+pub type InterestSnapshot = (u64, BTreeMap<String, u32>);
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Hub {
+    broker: RwLock<Broker<Outlet>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(limits: BrokerLimits, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            broker: RwLock::new(Broker::new(limits)),
+            metrics,
+        }
+    }
+
+    /// Registers a connection in its user group and its token's groups; returns the
+    /// groups it could not join, with why.
+    pub fn connect(
+        &self,
+        outlet: &Outlet,
+        user: &str,
+        user_group: &str,
+        permissions: Permissions,
+    ) -> Vec<(String, JoinError)> {
+        write(&self.broker).connect(outlet.id, outlet.clone(), user, user_group, permissions)
+    }
+
+    /// Joins a connection to a group its token permits.
+    pub fn join(&self, outlet: &Outlet, group: &str) -> Result<(), JoinError> {
+        write(&self.broker).join(outlet.id, outlet.clone(), group)
+    }
+
+    /// Takes a connection out of a group.
+    pub fn leave(&self, id: ConnId, group: &str) -> Result<(), LeaveError> {
+        write(&self.broker).leave(id, group)
+    }
+
+    /// Forgets a connection.
+    pub fn disconnect(&self, id: ConnId) {
+        write(&self.broker).disconnect(id);
+    }
+
+    /// Replaces a connection's permissions (token refresh).
+    pub fn set_permissions(&self, id: ConnId, permissions: Permissions) {
+        write(&self.broker).set_permissions(id, permissions);
+    }
+
+    /// Whether the connection may ask about `user`'s presence.
+    pub fn may_query_presence(&self, id: ConnId, user: &str) -> bool {
+        read(&self.broker).may_query_presence(id, user)
+    }
+
+    /// Delivers `message` to every local connection in `group`; returns the number of
+    /// connections it was routed to. A connection whose queue is full is closed as a slow
+    /// consumer (4008) rather than allowed to grow without bound.
+    pub fn publish_local(&self, group: &str, message: &Encoded) -> usize {
+        // One pointer copied under the lock; the fan-out runs without it.
+        let Some(recipients) = read(&self.broker).fanout(group) else {
+            return 0;
+        };
+        let mut delivered = 0u64;
+        let mut dropped = 0u64;
+        for outlet in recipients.iter() {
+            match outlet.tx.try_send(message.0.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    // Counted once per client, when its queue first overflows; the
+                    // client sees 4008 after what was already queued.
+                    if outlet.request_close(CloseCode::SlowConsumer) {
+                        self.metrics.slow_consumer_closes.inc();
+                    }
+                }
+                // The connection is on its way out; it unregisters itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.messages_delivered.add(delivered);
+        self.metrics
+            .bytes_delivered
+            .add(delivered * message.len() as u64);
+        if dropped > 0 {
+            self.metrics.messages_dropped.add(dropped);
+        }
+        recipients.len()
+    }
+
+    /// How many local connections are in `group`.
+    pub fn group_size(&self, group: &str) -> usize {
+        read(&self.broker).group_size(group)
+    }
+
+    /// Every group with a local connection (unsorted), copied out of the table.
+    pub fn group_names(&self) -> Vec<Arc<str>> {
+        read(&self.broker).group_names()
+    }
+
+    /// Number of local connections.
+    pub fn connection_count(&self) -> usize {
+        read(&self.broker).connection_count()
+    }
+
+    /// Number of groups with a local connection.
+    pub fn group_count(&self) -> usize {
+        read(&self.broker).group_count()
+    }
+
+    /// Collects the interest changes since the last call (and the whole interest when
+    /// `full`), and hands them to `send` under the table's lock, so that what `send`
+    /// queues goes out in version order. `send` must not block.
+    pub fn gossip_round<F>(&self, full: bool, send: F)
+    where
+        F: FnOnce(Option<InterestDelta>, Option<InterestSnapshot>),
+    {
+        let mut broker = write(&self.broker);
+        let changes = broker.take_interest_changes();
+        let snapshot = full.then(|| broker.interest_snapshot());
+        send(changes, snapshot);
+    }
+
+    /// Hands the whole interest to `send` under the table's lock, so that no delta can be
+    /// queued between the snapshot and its sending. `send` must not block.
+    pub fn with_interest<F: FnOnce(InterestSnapshot)>(&self, send: F) {
+        let broker = read(&self.broker);
+        send(broker.interest_snapshot());
+    }
+
+    /// The hub's gauges.
+    pub fn rows(&self) -> Vec<Row> {
+        vec![Row::gauge(
+            "groups",
+            "Groups with at least one connection on this node.",
+            self.group_count() as u64,
+        )]
+    }
+}

@@ -1,0 +1,66 @@
+//! `PUBLISH`, `SPUBLISH` and `PUBSUB`, cluster-wide.
+
+use bytes::Bytes;
+use switchboard_proto::resp::Frame;
+
+use crate::ingress::resp::channels;
+use crate::ingress::resp::command::{Command, Name, arity};
+use crate::ingress::resp::session::Session;
+use crate::router::Publish;
+
+/// Runs one pub/sub command.
+pub fn run(session: &Session, command: &Command, publish: &dyn Publish) -> Frame {
+    let rest = command.rest();
+    match command.name() {
+        Name::Publish | Name::Spublish => publish_one(session, &rest[0], rest[1].clone(), publish),
+        _ => pubsub(rest, publish),
+    }
+}
+
+fn publish_one(session: &Session, channel: &Bytes, payload: Bytes, publish: &dyn Publish) -> Frame {
+    let Ok(channel) = std::str::from_utf8(channel) else {
+        return Frame::Error("ERR group names must be UTF-8".into());
+    };
+    let config = &session.env.config;
+    if payload.len() > config.max_payload {
+        return Frame::Error(format!(
+            "ERR payload of {} bytes exceeds --max-payload {}",
+            payload.len(),
+            config.max_payload
+        ));
+    }
+    let (group, payload) = channels::from_pubsub_layer(config, channel, payload);
+    Frame::Integer(publish.publish(group, payload) as i64)
+}
+
+fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {
+    let Some(sub) = args.first() else {
+        return arity("pubsub");
+    };
+    let sub = String::from_utf8_lossy(sub).to_ascii_uppercase();
+    match (sub.as_str(), &args[1..]) {
+        ("CHANNELS" | "SHARDCHANNELS", rest) if rest.len() <= 1 => Frame::Array(
+            publish
+                .groups(rest.first().map(|p| p.as_ref()))
+                .into_iter()
+                .map(|g| Frame::Bulk(Bytes::from(g)))
+                .collect(),
+        ),
+        ("NUMSUB" | "SHARDNUMSUB", groups) => {
+            // A flat array of name, count, name, count... in RESP2 and RESP3 alike, as
+            // redis-server answers (redis-py parses it so).
+            let mut flat = Vec::with_capacity(groups.len() * 2);
+            for g in groups {
+                let count = std::str::from_utf8(g).map_or(0, |g| publish.subscribers(g));
+                flat.push(Frame::Bulk(g.clone()));
+                flat.push(Frame::Integer(count as i64));
+            }
+            Frame::Array(flat)
+        }
+        ("NUMPAT", []) => Frame::Integer(0),
+        _ => Frame::Error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+            sub.to_ascii_lowercase()
+        )),
+    }
+}

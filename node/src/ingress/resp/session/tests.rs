@@ -1,0 +1,389 @@
+//! The RESP command layer against a fake publisher: no sockets, no clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchboard_proto::peer::NodeId;
+use switchboard_proto::resp::{Frame, Version};
+
+use super::{Env, Next, Session};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Publish;
+
+/// Records what is published; groups have the subscriber counts the test sets.
+#[derive(Debug, Default)]
+struct FakePublisher {
+    published: Mutex<Vec<(String, Bytes)>>,
+    subscribers: BTreeMap<String, usize>,
+}
+
+impl FakePublisher {
+    fn with(groups: &[(&str, usize)]) -> Self {
+        FakePublisher {
+            subscribers: groups.iter().map(|(g, n)| (g.to_string(), *n)).collect(),
+            ..FakePublisher::default()
+        }
+    }
+
+    fn published(&self) -> Vec<(String, Bytes)> {
+        self.published.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Publish for FakePublisher {
+    fn publish(&self, group: &str, payload: Bytes) -> usize {
+        self.published
+            .lock()
+            .expect("not poisoned")
+            .push((group.to_owned(), payload));
+        self.subscribers.get(group).copied().unwrap_or(0)
+    }
+
+    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
+        self.subscribers
+            .get(group)
+            .map(|n| vec![(1, *n)])
+            .unwrap_or_default()
+    }
+
+    fn groups(&self, _pattern: Option<&[u8]>) -> Vec<String> {
+        self.subscribers.keys().cloned().collect()
+    }
+
+    fn local_groups(&self) -> usize {
+        self.subscribers.len()
+    }
+}
+
+fn session(configure: impl FnOnce(&mut Config)) -> Session {
+    let mut config = Config::for_tests(std::env::temp_dir());
+    configure(&mut config);
+    let env = Env {
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::default()),
+        started: Instant::now(),
+    };
+    Session::new(7, Arc::new(env))
+}
+
+fn args(words: &[&[u8]]) -> Vec<Bytes> {
+    words.iter().map(|w| Bytes::copy_from_slice(w)).collect()
+}
+
+/// Runs one command and returns its reply (asserting the connection stays open).
+fn run(s: &mut Session, publisher: &FakePublisher, words: &[&[u8]]) -> Frame {
+    let (reply, next) = s.handle(args(words), publisher);
+    assert_eq!(next, Next::Continue, "{words:?} closed the connection");
+    reply
+}
+
+fn error_starts(frame: &Frame, prefix: &str) -> bool {
+    matches!(frame, Frame::Error(e) if e.starts_with(prefix))
+}
+
+#[test]
+fn publish_answers_the_routed_count() {
+    let p = FakePublisher::with(&[("user_1", 3)]);
+    let mut s = session(|_| {});
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"user_1", b"hi"]),
+        Frame::Integer(3)
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"spublish", b"none", b"x"]),
+        Frame::Integer(0)
+    );
+    assert_eq!(
+        p.published(),
+        vec![
+            ("user_1".to_string(), Bytes::from("hi")),
+            ("none".to_string(), Bytes::from("x"))
+        ]
+    );
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBLISH", b"user_1"]),
+        "ERR wrong number of arguments for 'publish'"
+    ));
+}
+
+#[test]
+fn a_payload_over_the_limit_is_refused_and_not_published() {
+    let p = FakePublisher::default();
+    let mut s = session(|c| c.max_payload = 4);
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBLISH", b"g", b"12345"]),
+        "ERR payload of 5 bytes exceeds --max-payload 4"
+    ));
+    assert!(p.published().is_empty());
+}
+
+#[test]
+fn multi_queues_and_exec_runs_in_order() {
+    let p = FakePublisher::with(&[("a", 1), ("b", 2)]);
+    let mut s = session(|_| {});
+    assert_eq!(run(&mut s, &p, &[b"MULTI"]), Frame::ok());
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        Frame::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"b", b"2"]),
+        Frame::Simple("QUEUED".into())
+    );
+    assert!(p.published().is_empty(), "nothing runs before EXEC");
+    assert_eq!(
+        run(&mut s, &p, &[b"EXEC"]),
+        Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)])
+    );
+    assert_eq!(p.published().len(), 2);
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"EXEC"]),
+        "ERR EXEC without MULTI"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"DISCARD"]),
+        "ERR DISCARD without MULTI"
+    ));
+}
+
+#[test]
+fn a_refused_command_inside_multi_aborts_exec() {
+    let p = FakePublisher::default();
+    let mut s = session(|_| {});
+    run(&mut s, &p, &[b"MULTI"]);
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"NOPE"]),
+        "ERR unknown command 'NOPE'"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBLISH", b"a"]),
+        "ERR wrong number of arguments"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"MULTI"]),
+        "ERR MULTI calls can not be nested"
+    ));
+    assert!(error_starts(&run(&mut s, &p, &[b"EXEC"]), "EXECABORT"));
+    assert!(
+        p.published().is_empty(),
+        "the aborted transaction ran nothing"
+    );
+    // The next transaction starts clean.
+    run(&mut s, &p, &[b"MULTI"]);
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
+    assert_eq!(
+        run(&mut s, &p, &[b"EXEC"]),
+        Frame::Array(vec![Frame::Integer(0)])
+    );
+}
+
+#[test]
+fn discard_drops_the_queue() {
+    let p = FakePublisher::default();
+    let mut s = session(|_| {});
+    run(&mut s, &p, &[b"MULTI"]);
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
+    assert_eq!(run(&mut s, &p, &[b"DISCARD"]), Frame::ok());
+    assert!(p.published().is_empty());
+}
+
+#[test]
+fn a_password_shim_answers_noauth_until_auth() {
+    let p = FakePublisher::default();
+    let mut s = session(|c| c.resp_password = Some("pw".into()));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        "NOAUTH"
+    ));
+    assert!(
+        error_starts(&run(&mut s, &p, &[b"NOPE"]), "NOAUTH"),
+        "before the unknown-command check"
+    );
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"AUTH", b"wrong"]),
+        "WRONGPASS"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"HELLO", b"3"]),
+        "NOAUTH HELLO"
+    ));
+    assert_eq!(run(&mut s, &p, &[b"AUTH", b"default", b"pw"]), Frame::ok());
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        Frame::Integer(0)
+    );
+    assert_eq!(s.env.metrics.resp_auth_failures.get(), 4);
+    // RESET forgets the authentication.
+    assert_eq!(run(&mut s, &p, &[b"RESET"]), Frame::Simple("RESET".into()));
+    assert!(error_starts(&run(&mut s, &p, &[b"PING"]), "NOAUTH"));
+    let (reply, next) = s.handle(args(&[b"QUIT"]), &p);
+    assert_eq!(
+        (reply, next),
+        (Frame::ok(), Next::Close),
+        "QUIT works unauthenticated"
+    );
+}
+
+#[test]
+fn hello_3_switches_to_resp3_and_can_authenticate() {
+    let p = FakePublisher::default();
+    let mut s = session(|c| c.resp_password = Some("pw".into()));
+    match run(
+        &mut s,
+        &p,
+        &[
+            b"HELLO", b"3", b"AUTH", b"default", b"pw", b"SETNAME", b"me",
+        ],
+    ) {
+        Frame::Map(pairs) => {
+            assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("proto"), Frame::Integer(3))));
+            assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("id"), Frame::Integer(7))));
+        }
+        other => panic!("HELLO 3 answered {other:?}"),
+    }
+    assert_eq!(s.version(), Version::Resp3);
+    assert_eq!(
+        run(&mut s, &p, &[b"CLIENT", b"GETNAME"]),
+        Frame::Bulk(Bytes::from("me"))
+    );
+    assert!(error_starts(&run(&mut s, &p, &[b"HELLO", b"4"]), "NOPROTO"));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"HELLO", b"x"]),
+        "ERR Protocol version"
+    ));
+    assert_eq!(
+        s.version(),
+        Version::Resp3,
+        "a refused HELLO changes nothing"
+    );
+}
+
+fn msgpack(pairs: Vec<(&str, rmpv::Value)>) -> Vec<u8> {
+    let map = rmpv::Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &map).expect("encodes");
+    out
+}
+
+#[test]
+fn channels_redis_core_group_send_maps_onto_a_publish() {
+    const SCRIPT: &[u8] =
+        b"local over_capacity = 0 ... redis.call('ZADD', KEYS[i], t, ARGV[i]) ...";
+    let p = FakePublisher::with(&[("user_42", 2)]);
+    let mut s = session(|_| {});
+    // ZRANGE of a group with subscribers names the synthetic channel; others are empty.
+    assert_eq!(
+        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:user_42", b"0", b"-1"]),
+        Frame::Array(vec![Frame::Bulk(Bytes::from("switchboard.group!user_42"))])
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:nobody", b"0", b"-1"]),
+        Frame::Array(vec![])
+    );
+    // The EVAL that follows: 12 random bytes + msgpack naming the synthetic channel.
+    let mut message = vec![9u8; 12];
+    message.extend(msgpack(vec![
+        ("type", "notify".into()),
+        ("message", "hello".into()),
+        (
+            "__asgi_channel__",
+            rmpv::Value::Array(vec!["switchboard.group!user_42".into()]),
+        ),
+    ]));
+    let reply = run(
+        &mut s,
+        &p,
+        &[
+            b"EVAL",
+            SCRIPT,
+            b"1",
+            b"asgi:switchboard.group",
+            &message,
+            b"100",
+            b"1700000000",
+            b"60",
+        ],
+    );
+    assert_eq!(reply, Frame::Integer(0));
+    let published = p.published();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].0, "user_42");
+    let json: serde_json::Value = serde_json::from_slice(&published[0].1).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"type": "notify", "message": "hello"})
+    );
+}
+
+#[test]
+fn an_absurd_numkeys_is_an_error_not_a_panic() {
+    let p = FakePublisher::default();
+    let mut s = session(|_| {});
+    for numkeys in [&b"99999999999999999"[..], b"4", b"18446744073709551615"] {
+        let reply = run(
+            &mut s,
+            &p,
+            &[b"EVAL", b"over_capacity ZADD", numkeys, b"k", b"m"],
+        );
+        assert!(
+            error_starts(&reply, "ERR Number of keys") || error_starts(&reply, "ERR value is not"),
+            "{reply:?}"
+        );
+    }
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"EVAL", b"return 1", b"0"]),
+        "ERR EVAL of this script is not supported"
+    ));
+    assert!(p.published().is_empty());
+}
+
+#[test]
+fn the_pubsub_layer_channel_maps_to_its_group_and_the_event_to_json() {
+    let p = FakePublisher::with(&[("room", 1)]);
+    let mut s = session(|c| c.channels_unwrap = Some("message".into()));
+    let event = msgpack(vec![("type", "chat".into()), ("message", "hi".into())]);
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"asgi__group__room", &event]),
+        Frame::Integer(1)
+    );
+    assert_eq!(p.published(), vec![("room".to_string(), Bytes::from("hi"))]);
+}
+
+#[test]
+fn pubsub_introspection_answers_from_the_publisher() {
+    let p = FakePublisher::with(&[("a", 2), ("b", 1)]);
+    let mut s = session(|_| {});
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBSUB", b"NUMSUB", b"a", b"zz"]),
+        Frame::Array(vec![
+            Frame::Bulk(Bytes::from("a")),
+            Frame::Integer(2),
+            Frame::Bulk(Bytes::from("zz")),
+            Frame::Integer(0)
+        ])
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBSUB", b"CHANNELS"]),
+        Frame::Array(vec![
+            Frame::Bulk(Bytes::from("a")),
+            Frame::Bulk(Bytes::from("b"))
+        ])
+    );
+    assert_eq!(run(&mut s, &p, &[b"PUBSUB", b"NUMPAT"]), Frame::Integer(0));
+    assert!(matches!(
+        run(&mut s, &p, &[b"COMMAND", b"COUNT"]),
+        Frame::Integer(n) if n as usize == crate::ingress::resp::command::TABLE.len()
+    ));
+    assert!(matches!(
+        run(&mut s, &p, &[b"INFO"]),
+        Frame::Verbatim { .. }
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"SUBSCRIBE", b"a"]),
+        "ERR SUBSCRIBE is not supported"
+    ));
+}

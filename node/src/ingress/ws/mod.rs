@@ -1,0 +1,314 @@
+//! The WebSocket listener: health and readiness checks, the upgrade, authentication,
+//! and one task per connection that owns its socket ([`session`]).
+//!
+//! A connection's life: read the HTTP head (bounded in size and time) -> route
+//! (`/healthz`, `/readyz`, a WebSocket path, else 404) -> complete the handshake ->
+//! refuse with a close code if the node is draining (1012), not ready or full (1013),
+//! the Origin is not allowed (4003) or the token does not verify (4001) -> register
+//! with the hub and the presence queue -> serve -> unregister.
+
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use switchboard_proto::client::CloseCode;
+use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Ingress;
+use super::http::{self, Request, Response};
+use crate::auth::AuthError;
+use crate::broker::{ConnId, Permissions};
+use crate::clock::unix_millis;
+use crate::hub::OutletInner;
+use session::{End, Session};
+
+/// Sockets handled at once beyond `--max-connections`, for health checks and for
+/// answering 1013 to connections over the limit.
+const EXTRA_SOCKETS: usize = 1024;
+/// Longest a write to a client may take before the client counts as stuck.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest we wait for the client's close frame after sending ours.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (EMFILE and friends), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// tungstenite's buffers, sized for 100k connections per node (see [`ws_config`]).
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Connection ids: a local number, and its cluster-unique string form
+/// `<node>-<boot hex>-<n>` (the boot time tells this process's ids from a previous run's).
+#[derive(Debug)]
+pub struct ConnIds {
+    node: NodeId,
+    boot: u64,
+    next: AtomicU64,
+}
+
+impl ConnIds {
+    pub fn new(node: NodeId) -> Self {
+        ConnIds {
+            node,
+            boot: unix_millis(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection id.
+    pub fn next(&self) -> (ConnId, String) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        (id, format!("{}-{:x}-{id}", self.node, self.boot))
+    }
+}
+
+/// WebSocket settings sized for 100k connections per node: a 1 KiB read buffer (clients
+/// send small ops), and frames gathered into up to 8 KiB before a write, with an explicit
+/// flush after each batch, so a burst costs one syscall per 8 KiB rather than per message.
+/// An idle connection allocates no write buffer at all.
+fn ws_config(max_frame: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER;
+    config.write_buffer_size = WRITE_BUFFER;
+    config.max_write_buffer_size = MAX_WRITE_BUFFER;
+    config.max_frame_size = Some(max_frame);
+    config.max_message_size = Some(max_frame);
+    config
+}
+
+/// Accepts connections until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    ingress: Arc<Ingress>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let sockets = Arc::new(Semaphore::new(
+        ingress.config.max_connections + EXTRA_SOCKETS,
+    ));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = sockets.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed on the WebSocket port");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let ingress = ingress.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = handle(stream, ingress).await {
+                debug!(%peer, error = %e, "WebSocket connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, ingress: Arc<Ingress>) -> anyhow::Result<()> {
+    let req = match http::read_head(&mut stream).await {
+        Ok(req) => req,
+        Err(e) => {
+            if let Some(status) = e.status() {
+                let _ = Response::text(status, format!("{e}\n"))
+                    .write(&mut stream)
+                    .await;
+            }
+            return Ok(());
+        }
+    };
+    ingress.metrics.http_requests.inc();
+    let is_ws_path = ingress.config.ws_paths.contains(&req.path);
+    match req.path.as_str() {
+        "/healthz" => http::health().write(&mut stream).await?,
+        "/readyz" => http::readiness(&ingress.health).write(&mut stream).await?,
+        _ if is_ws_path => {
+            if !req.header_has_token("upgrade", "websocket") {
+                Response::text(426, "this endpoint speaks WebSocket only\n")
+                    .write(&mut stream)
+                    .await?;
+                return Ok(());
+            }
+            let Some(key) = req.header("sec-websocket-key") else {
+                Response::text(400, "missing Sec-WebSocket-Key\n")
+                    .write(&mut stream)
+                    .await?;
+                return Ok(());
+            };
+            if req.header("sec-websocket-version") != Some("13") {
+                Response::text(426, "unsupported WebSocket version; use 13\n")
+                    .write(&mut stream)
+                    .await?;
+                return Ok(());
+            }
+            let accept = derive_accept_key(key.as_bytes());
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+            let mut req = req;
+            let leftover = std::mem::take(&mut req.leftover);
+            let ws = WebSocketStream::from_partially_read(
+                stream,
+                leftover,
+                Role::Server,
+                Some(ws_config(ingress.config.max_frame_size)),
+            )
+            .await;
+            websocket(ws, req, ingress).await;
+        }
+        _ => {
+            Response::text(404, "not found\n")
+                .write(&mut stream)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Sends a close frame and waits (briefly) for the client's.
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+fn origin_allowed(ingress: &Ingress, req: &Request) -> bool {
+    let allowed = &ingress.config.allowed_origins;
+    if allowed.is_empty() {
+        return true;
+    }
+    // Non-browser clients send no Origin; the allow-list is a browser protection.
+    match req.header("origin") {
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+    }
+}
+
+fn token_of(req: &Request) -> Option<String> {
+    req.query_param("token")
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            req.header("authorization").and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            })
+        })
+}
+
+async fn websocket(mut ws: Ws, req: Request, ingress: Arc<Ingress>) {
+    let metrics = &ingress.metrics;
+    let origin_ok = origin_allowed(&ingress, &req);
+    let token = token_of(&req);
+    // The request head is not needed past this point; don't keep it for the connection's life.
+    drop(req);
+    if ingress.lifecycle.drain_token().is_cancelled() {
+        metrics.connections_rejected_not_ready.inc();
+        return close(&mut ws, CloseCode::Restart, "node draining").await;
+    }
+    if !ingress.health.ready() {
+        metrics.connections_rejected_not_ready.inc();
+        return close(&mut ws, CloseCode::TryAgainLater, "node not ready").await;
+    }
+    if !origin_ok {
+        metrics.origin_rejections.inc();
+        return close(&mut ws, CloseCode::Forbidden, "origin not allowed").await;
+    }
+    let identity = match token
+        .ok_or(AuthError::Missing)
+        .and_then(|t| ingress.verifier.verify(&t))
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            metrics.auth_failures.inc();
+            return close(&mut ws, CloseCode::Unauthorized, &e.to_string()).await;
+        }
+    };
+    if metrics.connections.get() as usize >= ingress.config.max_connections {
+        metrics.connections_rejected_full.inc();
+        return close(&mut ws, CloseCode::TryAgainLater, "node full").await;
+    }
+
+    let (id, connection) = ingress.ids.next();
+    let (outlet, rx) = OutletInner::new(id, ingress.config.client_queue);
+    let user_group = ingress.config.user_group_of(&identity.user);
+    let refused = ingress.hub.connect(
+        &outlet,
+        &identity.user,
+        &user_group,
+        Permissions::new(identity.groups.iter().cloned(), identity.presence_any),
+    );
+    for (group, reason) in refused {
+        debug!(%connection, %group, %reason, "token group not joined");
+    }
+    let node = ingress.config.node_id;
+    ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
+        node,
+        connection: connection.clone(),
+        user: identity.user.clone(),
+        connected_at: unix_millis(),
+    }));
+    metrics.connections.inc();
+    metrics.connections_accepted.inc();
+    debug!(%connection, user = %identity.user, "client connected");
+
+    let outcome = Session {
+        ws: &mut ws,
+        ingress: &ingress,
+        outlet: &outlet,
+        identity,
+    }
+    .run(rx)
+    .await;
+
+    ingress.hub.disconnect(id);
+    ingress.presence.push(PresenceOp::Disconnect {
+        node,
+        connection: connection.clone(),
+    });
+    metrics.connections.dec();
+    match outcome {
+        End::Close(code, reason) => close(&mut ws, code, &reason).await,
+        End::Gone => {}
+    }
+    debug!(%connection, "client disconnected");
+}
+
+/// Logs the bound address; used by the node at start.
+pub fn announce(addr: std::net::SocketAddr, paths: &[String]) {
+    info!(%addr, paths = ?paths, "WebSocket endpoint listening (/healthz, /readyz on the same port)");
+}

@@ -1,0 +1,161 @@
+//! The registry and the batcher, driven directly.
+
+use super::*;
+use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
+
+/// A connection record for tests.
+pub fn record(node: NodeId, connection: &str, user: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        node,
+        connection: connection.into(),
+        user: user.into(),
+        connected_at: 1_700_000_000_000,
+    }
+}
+
+#[test]
+fn connect_disconnect_and_purge() {
+    let mut r = Registry::default();
+    r.apply(PresenceOp::Connect(record(1, "1-1", "42")));
+    r.apply(PresenceOp::Connect(record(2, "2-1", "42")));
+    r.apply(PresenceOp::Connect(record(2, "2-2", "7")));
+    assert_eq!(r.user("42").len(), 2);
+    assert_eq!(r.node_connections(2), 2);
+    r.apply(PresenceOp::Disconnect {
+        node: 1,
+        connection: "1-1".into(),
+    });
+    assert_eq!(r.user("42"), vec![record(2, "2-1", "42")]);
+    r.apply(PresenceOp::PurgeNode { node: 2 });
+    assert!(r.is_empty());
+    assert_eq!(r.users(), 0);
+    assert_eq!(r.node_connections(2), 0);
+    // Applying again is harmless.
+    r.apply(PresenceOp::PurgeNode { node: 2 });
+    r.apply(PresenceOp::Disconnect {
+        node: 1,
+        connection: "1-1".into(),
+    });
+    assert!(r.is_empty());
+}
+
+#[test]
+fn resync_replaces_a_nodes_connections_only() {
+    let mut r = Registry::default();
+    r.apply(PresenceOp::Connect(record(1, "1-1", "a")));
+    r.apply(PresenceOp::Connect(record(2, "2-1", "b")));
+    r.apply(PresenceOp::ResyncNode {
+        node: 1,
+        connections: vec![record(1, "1-9", "c"), record(3, "3-1", "intruder")],
+    });
+    assert!(r.user("a").is_empty());
+    assert_eq!(r.user("c").len(), 1);
+    assert_eq!(r.user("b").len(), 1);
+    assert!(
+        r.user("intruder").is_empty(),
+        "a resync only speaks for its node"
+    );
+}
+
+#[test]
+fn the_same_ops_give_the_same_registry() {
+    let ops = vec![
+        PresenceOp::Connect(record(1, "1-1", "a")),
+        PresenceOp::Connect(record(1, "1-2", "a")),
+        PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-1".into(),
+        },
+        PresenceOp::Connect(record(2, "2-1", "b")),
+    ];
+    let mut one = Registry::default();
+    let mut two = Registry::default();
+    for op in ops.clone() {
+        one.apply(op);
+    }
+    for op in ops {
+        two.apply(op);
+    }
+    assert_eq!(one, two);
+}
+
+#[test]
+fn a_short_lived_connection_cancels_out_in_the_batch() {
+    let mut b = Batcher::default();
+    b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+    b.push(PresenceOp::Connect(record(1, "1-2", "a")));
+    b.push(PresenceOp::Disconnect {
+        node: 1,
+        connection: "1-1".into(),
+    });
+    assert_eq!(b.take(), vec![PresenceOp::Connect(record(1, "1-2", "a"))]);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn a_failed_batch_goes_back_in_front_and_a_resync_tells_the_truth() {
+    let mut b = Batcher::default();
+    b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+    let failed = b.take();
+    b.push(PresenceOp::Connect(record(1, "1-2", "b")));
+    b.requeue(failed);
+    // A requeued connect may have committed after all: a disconnect no longer
+    // cancels it, it follows it.
+    b.push(PresenceOp::Disconnect {
+        node: 1,
+        connection: "1-1".into(),
+    });
+    assert_eq!(b.len(), 3);
+    b.push(PresenceOp::Connect(record(1, "1-1", "a")));
+    let mut r = Registry::default();
+    for op in b.take() {
+        r.apply(op);
+    }
+    assert_eq!(r.node_connections(1), 2);
+
+    // The registry lost node 1 (purged while it was cut off); a resync restores it.
+    r.apply(PresenceOp::PurgeNode { node: 1 });
+    b.push(PresenceOp::Disconnect {
+        node: 1,
+        connection: "1-1".into(),
+    });
+    b.resync(1);
+    assert_eq!(b.len(), 1);
+    for op in b.take() {
+        r.apply(op);
+    }
+    assert_eq!(r.user("b"), vec![record(1, "1-2", "b")]);
+    assert!(r.user("a").is_empty());
+    assert_eq!(b.live(), 1);
+}
+
+#[test]
+fn a_large_resync_is_split_and_taken_in_bounded_batches() {
+    let mut b = Batcher::default();
+    let n = RESYNC_CHUNK + MAX_BATCH + 10;
+    for i in 0..n {
+        b.push(PresenceOp::Connect(record(4, &format!("4-{i:05}"), "u")));
+    }
+    b.take();
+    b.resync(4);
+    let mut r = Registry::default();
+    r.apply(PresenceOp::Connect(record(4, "4-stale", "u")));
+    let mut batches = 0;
+    while !b.is_empty() {
+        let batch = b.take_at_most(MAX_BATCH);
+        assert!(batch.len() <= MAX_BATCH);
+        for op in batch {
+            if let PresenceOp::ResyncNode { connections, .. } = &op {
+                assert_eq!(connections.len(), RESYNC_CHUNK);
+            }
+            r.apply(op);
+        }
+        batches += 1;
+    }
+    assert_eq!(batches, 2);
+    assert_eq!(
+        r.node_connections(4),
+        n,
+        "every live connection, the stale one gone"
+    );
+}

@@ -1,0 +1,356 @@
+//! The steward: the cluster's housekeeping decisions, with no IO and no clock.
+//!
+//! Every [`STEWARD_INTERVAL`] the driver (`super::consensus`) builds a [`View`] of Raft,
+//! the mesh and the replica, calls [`Steward::tick`], and carries out the [`Action`]s in
+//! order. The rules:
+//! - **Every node**: a node that finds itself removed from the cluster drains (once) and
+//!   does nothing else. Otherwise, with a leader known, it checks that the replica holds
+//!   exactly its live connections whenever it is settled (nothing queued, no write in
+//!   flight, its last write applied here); two disagreeing looks in a row ask for a
+//!   [`Action::Resync`] (after a restart, or after the leader purged it while it was cut
+//!   off).
+//! - **The leader**: a peer that is up and not yet a member becomes a learner; a learner
+//!   that is up and caught up (within [`CATCH_UP_MARGIN`] entries) becomes a voter, one at
+//!   a time and only outside a membership change, up to `--max-voters`; a node that holds
+//!   presence and has been down for `--node-timeout-ms` (counted from when it was last
+//!   heard from) has its presence purged, every tick until it is gone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use switchboard_proto::peer::NodeId;
+
+/// How often the steward looks at the cluster.
+pub const STEWARD_INTERVAL: Duration = Duration::from_millis(250);
+/// A learner this close to the leader's last log index counts as caught up.
+pub const CATCH_UP_MARGIN: u64 = 100;
+/// Disagreeing looks in a row before a resync.
+pub const MISMATCHES_BEFORE_RESYNC: u32 = 2;
+
+/// A peer as the failure detector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    pub id: NodeId,
+    /// Its peer address, for the Raft membership.
+    pub addr: String,
+    pub up: bool,
+    /// How long ago it was last heard from.
+    pub last_seen: Option<Duration>,
+}
+
+/// What the steward looks at.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub me: NodeId,
+    /// The Raft leader this node knows, if any.
+    pub leader: Option<NodeId>,
+    /// Whether that leader can commit (see `Consensus::has_leader`).
+    pub has_leader: bool,
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// A membership change is under way (joint configuration).
+    pub changing: bool,
+    /// The leader's last log index, and each follower's matched index.
+    pub last_log_index: u64,
+    pub matched: BTreeMap<NodeId, u64>,
+    pub peers: Vec<PeerState>,
+    /// Members removed for good, from the replica.
+    pub removed: BTreeSet<NodeId>,
+    /// Nodes holding presence in the replica.
+    pub presence_holders: BTreeSet<NodeId>,
+    /// When settled: this node's live connections, and what the replica holds for it.
+    pub settled: Option<(usize, usize)>,
+}
+
+/// What the driver is asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// This node was removed: drain it.
+    Drain,
+    /// Re-register every live connection of this node.
+    Resync,
+    /// Add `id` (at `addr`) as a learner.
+    AddLearner { id: NodeId, addr: String },
+    /// Make the learner `id` a voter.
+    Promote(NodeId),
+    /// Purge the presence of the down node `id`.
+    Purge(NodeId),
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Steward {
+    node_timeout: Duration,
+    max_voters: usize,
+    /// Since when each node holding presence has been seen down (leader only).
+    down_since: HashMap<NodeId, Instant>,
+    mismatches: u32,
+    removed_noticed: bool,
+}
+
+impl Steward {
+    pub fn new(node_timeout: Duration, max_voters: usize) -> Self {
+        Steward {
+            node_timeout,
+            max_voters,
+            down_since: HashMap::new(),
+            mismatches: 0,
+            removed_noticed: false,
+        }
+    }
+
+    /// One look at the cluster at `now`.
+    pub fn tick(&mut self, now: Instant, view: &View) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if view.removed.contains(&view.me) {
+            if !self.removed_noticed {
+                self.removed_noticed = true;
+                actions.push(Action::Drain);
+            }
+            return actions;
+        }
+        if !view.has_leader {
+            return actions;
+        }
+        if let Some((live, registered)) = view.settled {
+            if live != registered {
+                self.mismatches += 1;
+                if self.mismatches >= MISMATCHES_BEFORE_RESYNC {
+                    actions.push(Action::Resync);
+                    self.mismatches = 0;
+                }
+            } else {
+                self.mismatches = 0;
+            }
+        }
+        if view.leader == Some(view.me) {
+            self.lead(now, view, &mut actions);
+        } else {
+            self.down_since.clear();
+        }
+        actions
+    }
+
+    fn lead(&mut self, now: Instant, view: &View, actions: &mut Vec<Action>) {
+        let up: BTreeSet<NodeId> = view.peers.iter().filter(|p| p.up).map(|p| p.id).collect();
+        for peer in view.peers.iter().filter(|p| p.up) {
+            let member = view.voters.contains(&peer.id) || view.learners.contains(&peer.id);
+            if !member && !view.removed.contains(&peer.id) {
+                actions.push(Action::AddLearner {
+                    id: peer.id,
+                    addr: peer.addr.clone(),
+                });
+            }
+        }
+        if view.voters.len() < self.max_voters && !view.changing {
+            let caught_up = |id: &NodeId| {
+                view.matched
+                    .get(id)
+                    .is_some_and(|m| m + CATCH_UP_MARGIN >= view.last_log_index)
+            };
+            if let Some(id) = view
+                .learners
+                .iter()
+                .find(|id| up.contains(id) && caught_up(id) && !view.removed.contains(id))
+            {
+                actions.push(Action::Promote(*id));
+            }
+        }
+        self.down_since.retain(|id, _| !up.contains(id));
+        for &node in &view.presence_holders {
+            if node == view.me || up.contains(&node) {
+                continue;
+            }
+            let since = *self.down_since.entry(node).or_insert_with(|| {
+                // Silent for a while already? Count from when it was last heard of.
+                view.peers
+                    .iter()
+                    .find(|p| p.id == node)
+                    .and_then(|p| p.last_seen)
+                    .and_then(|ago| now.checked_sub(ago))
+                    .unwrap_or(now)
+            });
+            if now.saturating_duration_since(since) >= self.node_timeout {
+                actions.push(Action::Purge(node));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn peer(id: NodeId, up: bool, last_seen_ms: u64) -> PeerState {
+        PeerState {
+            id,
+            addr: format!("127.0.0.1:700{id}"),
+            up,
+            last_seen: Some(Duration::from_millis(last_seen_ms)),
+        }
+    }
+
+    /// Node 1, leader of voters {1}, with peers 2 and 3 up and unknown to Raft.
+    fn leader_view() -> View {
+        View {
+            me: 1,
+            leader: Some(1),
+            has_leader: true,
+            voters: BTreeSet::from([1]),
+            learners: BTreeSet::new(),
+            changing: false,
+            last_log_index: 1_000,
+            matched: BTreeMap::new(),
+            peers: vec![peer(2, true, 0), peer(3, true, 0)],
+            removed: BTreeSet::new(),
+            presence_holders: BTreeSet::new(),
+            settled: None,
+        }
+    }
+
+    #[test]
+    fn new_peers_join_as_learners_unless_removed() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.removed.insert(3);
+        let actions = steward.tick(Instant::now(), &view);
+        assert_eq!(
+            actions,
+            vec![Action::AddLearner {
+                id: 2,
+                addr: "127.0.0.1:7002".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_learner_is_promoted_once_caught_up_one_at_a_time() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.learners = BTreeSet::from([2, 3]);
+        view.matched = BTreeMap::from([(2, 850), (3, 400)]);
+        let now = Instant::now();
+        assert!(steward.tick(now, &view).is_empty(), "150 behind: not yet");
+        view.matched.insert(2, 900);
+        assert_eq!(steward.tick(now, &view), vec![Action::Promote(2)]);
+        view.matched.insert(3, 1_000);
+        assert_eq!(
+            steward.tick(now, &view),
+            vec![Action::Promote(2)],
+            "one promotion per look, lowest id first"
+        );
+        view.changing = true;
+        assert!(
+            steward.tick(now, &view).is_empty(),
+            "never during a membership change"
+        );
+    }
+
+    #[test]
+    fn voters_stop_at_the_maximum() {
+        let mut steward = Steward::new(TIMEOUT, 2);
+        let mut view = leader_view();
+        view.voters = BTreeSet::from([1, 2]);
+        view.learners = BTreeSet::from([3]);
+        view.matched = BTreeMap::from([(2, 1_000), (3, 1_000)]);
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+    }
+
+    #[test]
+    fn a_down_peer_is_purged_after_the_node_timeout_counted_from_last_heard() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.voters = BTreeSet::from([1, 2, 3]);
+        view.presence_holders = BTreeSet::from([1, 2, 3]);
+        // Node 3 went down, last heard from 2 s ago.
+        view.peers = vec![peer(2, true, 0), peer(3, false, 2_000)];
+        let t0 = Instant::now() + Duration::from_secs(10);
+        assert!(steward.tick(t0, &view).is_empty(), "down 2 s");
+        assert!(
+            steward
+                .tick(t0 + Duration::from_millis(2_999), &view)
+                .is_empty(),
+            "down 4.999 s"
+        );
+        assert_eq!(
+            steward.tick(t0 + Duration::from_secs(3), &view),
+            vec![Action::Purge(3)]
+        );
+        assert_eq!(
+            steward.tick(t0 + Duration::from_secs(4), &view),
+            vec![Action::Purge(3)],
+            "again while its presence is there"
+        );
+        // It comes back before the purge committed: the count starts over.
+        view.peers[1].up = true;
+        assert!(steward.tick(t0 + Duration::from_secs(5), &view).is_empty());
+        view.peers[1].up = false;
+        view.peers[1].last_seen = Some(Duration::ZERO);
+        assert!(steward.tick(t0 + Duration::from_secs(6), &view).is_empty());
+    }
+
+    #[test]
+    fn a_node_never_heard_from_counts_from_the_first_look() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.peers.clear();
+        view.presence_holders = BTreeSet::from([9]);
+        let t0 = Instant::now();
+        assert!(steward.tick(t0, &view).is_empty());
+        assert_eq!(steward.tick(t0 + TIMEOUT, &view), vec![Action::Purge(9)]);
+    }
+
+    #[test]
+    fn a_follower_does_not_do_the_leaders_chores() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.leader = Some(2);
+        view.presence_holders = BTreeSet::from([3]);
+        view.peers = vec![peer(2, true, 0), peer(3, false, 60_000)];
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+    }
+
+    #[test]
+    fn two_disagreeing_settled_looks_ask_for_a_resync() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.leader = Some(2);
+        let now = Instant::now();
+        view.settled = Some((10, 7));
+        assert!(steward.tick(now, &view).is_empty(), "one look");
+        view.settled = None;
+        assert!(steward.tick(now, &view).is_empty(), "not settled: no look");
+        view.settled = Some((10, 7));
+        assert_eq!(steward.tick(now, &view), vec![Action::Resync]);
+        assert!(steward.tick(now, &view).is_empty(), "counting starts over");
+        view.settled = Some((10, 10));
+        assert!(steward.tick(now, &view).is_empty());
+        view.settled = Some((10, 7));
+        assert!(
+            steward.tick(now, &view).is_empty(),
+            "an agreeing look reset the count"
+        );
+    }
+
+    #[test]
+    fn without_a_leader_nothing_happens() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.has_leader = false;
+        view.settled = Some((1, 0));
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+    }
+
+    #[test]
+    fn a_removed_node_drains_once_and_does_nothing_else() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.removed.insert(1);
+        view.settled = Some((1, 0));
+        assert_eq!(steward.tick(Instant::now(), &view), vec![Action::Drain]);
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+    }
+}

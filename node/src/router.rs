@@ -1,0 +1,98 @@
+//! The router: the publish path cluster-wide, and the cluster-wide views of groups.
+//!
+//! A publish is delivered to this node's connections (the hub) and forwarded once to
+//! each peer with subscribers for the group (the mesh). [`Publish`] is what the ingress
+//! layer (RESP, the admin API) sees of it, so that its command handling is tested
+//! against a fake publisher.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_proto::peer::NodeId;
+
+use crate::broker::glob_match;
+use crate::cluster::Cluster;
+use crate::hub::{Encoded, Hub};
+use crate::metrics::Metrics;
+
+/// What a publisher can do and ask, cluster-wide.
+pub trait Publish: Send + Sync {
+    /// Publishes `payload` to `group`; returns the number of connections it was routed
+    /// to.
+    fn publish(&self, group: &str, payload: Bytes) -> usize;
+
+    /// Connections in `group`, per node, sorted by node.
+    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)>;
+
+    /// Groups with at least one connection anywhere, sorted, filtered by a Redis glob.
+    fn groups(&self, pattern: Option<&[u8]>) -> Vec<String>;
+
+    /// Groups with at least one connection on this node.
+    fn local_groups(&self) -> usize;
+
+    /// Connections in `group`, cluster-wide.
+    fn subscribers(&self, group: &str) -> usize {
+        self.group_counts(group).iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// See the module header.
+#[derive(Debug)]
+pub struct Router {
+    node: NodeId,
+    hub: Arc<Hub>,
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(node: NodeId, hub: Arc<Hub>, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+        Router {
+            node,
+            hub,
+            cluster,
+            metrics,
+        }
+    }
+}
+
+impl Publish for Router {
+    fn publish(&self, group: &str, payload: Bytes) -> usize {
+        self.metrics.messages_published.inc();
+        let message = Encoded::new(payload.clone());
+        let local = self.hub.publish_local(group, &message);
+        let remote = self.cluster.forward(group, &payload, message.is_text());
+        local + remote
+    }
+
+    fn local_groups(&self) -> usize {
+        self.hub.group_count()
+    }
+
+    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
+        let mut counts: BTreeMap<NodeId, usize> =
+            self.cluster.group_counts(group).into_iter().collect();
+        let local = self.hub.group_size(group);
+        if local > 0 {
+            counts.insert(self.node, local);
+        }
+        counts.into_iter().collect()
+    }
+
+    fn groups(&self, pattern: Option<&[u8]>) -> Vec<String> {
+        let matches = |g: &str| pattern.is_none_or(|p| glob_match(p, g.as_bytes()));
+        // Names are copied out of both tables first; matching runs without their locks.
+        let mut groups: Vec<String> = self
+            .hub
+            .group_names()
+            .iter()
+            .map(|g| g.to_string())
+            .chain(self.cluster.groups())
+            .filter(|g| matches(g))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+}

@@ -1,0 +1,23 @@
+//! Lock helpers shared by every layer.
+//!
+//! Every lock in the node is a std lock held for a bounded, non-async stretch and never
+//! across an `.await`. Every critical section leaves its data consistent before anything
+//! in it can panic, so a poisoned lock still guards valid state: these helpers recover
+//! from poisoning instead of spreading one panic to every other task.
+
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Locks a mutex, recovering from poisoning (see the module header).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-locks, recovering from poisoning.
+pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-locks, recovering from poisoning.
+pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
