@@ -42,6 +42,7 @@ def code(text: str) -> str:
     for line in text.splitlines():
         stripped = line.lstrip()
         if stripped.startswith("//"):
+            out.append("")  # keep the line numbers
             continue
         at = line.find(" //")
         out.append(line if at < 0 else line[:at])

@@ -1,40 +1,153 @@
 //! The admin commands of the `switchboard` binary: small HTTP requests to a node's admin
 //! API, printed for people, or as one JSON document with `--json`.
+//!
+//! The token comes from `SWITCHBOARD_ADMIN_TOKEN` or `--admin-token-file` (its first
+//! token); an `https://` admin address speaks TLS, trusting `--admin-ca`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an answer read.
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// Which node to ask, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `host:port`, or `https://host:port`.
+    pub admin: String,
+    /// The bearer token, if any.
+    pub token: Option<String>,
+    /// The CA that signed the admin port's certificate (`https://` only).
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// `admin` with the token from `SWITCHBOARD_ADMIN_TOKEN`, else the first token of
+    /// `token_file`.
+    pub fn new(
+        admin: &str,
+        token_file: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> anyhow::Result<Target> {
+        let token = match std::env::var("SWITCHBOARD_ADMIN_TOKEN") {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => match token_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| {
+                        format!("cannot read --admin-token-file {}", path.display())
+                    })?;
+                    let first = text
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty() && !l.starts_with('#'))
+                        .and_then(|l| l.split_whitespace().next())
+                        .with_context(|| format!("no token in {}", path.display()))?;
+                    Some(first.to_owned())
+                }
+                None => None,
+            },
+        };
+        Ok(Target {
+            admin: admin.to_owned(),
+            token,
+            ca,
+        })
+    }
+}
+
+/// A TLS stream to `addr` trusting `ca`.
+fn tls_stream(
+    tcp: TcpStream,
+    host: &str,
+    ca: Option<&PathBuf>,
+) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let ca =
+        ca.context("an https:// admin address needs --admin-ca (the CA of its certificate)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read --admin-ca {}", ca.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .with_context(|| format!("'{host}' is not a server name"))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
 
 /// Sends one request to the admin API; returns the status and the parsed JSON body.
-pub fn request(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+    let (tls, admin) = match target.admin.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (
+            false,
+            target
+                .admin
+                .strip_prefix("http://")
+                .unwrap_or(&target.admin),
+        ),
+    };
+    let admin = admin.trim_end_matches('/');
     let addr: SocketAddr = admin
         .to_socket_addrs()
         .with_context(|| format!("bad admin address '{admin}'"))?
         .next()
         .with_context(|| format!("admin address '{admin}' resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| {
+    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| {
         format!("cannot reach the admin API at {addr}: is the node running (see --admin)?")
     })?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )?;
+    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_write_timeout(Some(TIMEOUT))?;
+    let host = admin.rsplit_once(':').map_or(admin, |(h, _)| h);
+    let auth = target
+        .token
+        .as_ref()
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+    );
     let mut raw = Vec::new();
-    stream
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut raw)
-        .context("reading the admin API's answer")?;
+    if tls {
+        let mut stream = tls_stream(tcp, host.trim_matches(['[', ']']), target.ca.as_ref())?;
+        stream.write_all(head.as_bytes())?;
+        // A peer that closes without close_notify ends the read with an error after
+        // the whole answer; what was read is kept.
+        let _ = (&mut stream).take(MAX_ANSWER).read_to_end(&mut raw);
+    } else {
+        let mut stream = tcp;
+        stream.write_all(head.as_bytes())?;
+        stream
+            .take(MAX_ANSWER)
+            .read_to_end(&mut raw)
+            .context("reading the admin API's answer")?;
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("the admin API sent a malformed answer")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let body = body.as_str();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -44,8 +157,24 @@ pub fn request(admin: &str, method: &str, path: &str) -> anyhow::Result<(u16, Va
     Ok((status, value))
 }
 
+/// The body of a chunked answer.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// Runs a request and fails with the server's reason on a non-2xx status.
-fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<Value> {
+fn call(admin: &Target, method: &str, path: &str) -> anyhow::Result<Value> {
     let (status, body) = request(admin, method, path)?;
     if !(200..300).contains(&status) {
         let reason = body
@@ -94,7 +223,7 @@ fn field(v: &Value, key: &str) -> String {
     }
 }
 
-pub fn status(admin: &str, json: bool) -> anyhow::Result<()> {
+pub fn status(admin: &Target, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "GET", "/v1/status")?;
     print(&v, json, |v| {
         let mut out = String::new();
@@ -126,7 +255,7 @@ pub fn status(admin: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn members(admin: &str, json: bool) -> anyhow::Result<()> {
+pub fn members(admin: &Target, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "GET", "/v1/members")?;
     print(&v, json, |v| {
         let mut out = format!(
@@ -157,7 +286,7 @@ pub fn members(admin: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn presence(admin: &str, user: &str, linearizable: bool, json: bool) -> anyhow::Result<()> {
+pub fn presence(admin: &Target, user: &str, linearizable: bool, json: bool) -> anyhow::Result<()> {
     let query = if linearizable {
         "?consistency=linearizable"
     } else {
@@ -184,7 +313,7 @@ pub fn presence(admin: &str, user: &str, linearizable: bool, json: bool) -> anyh
     Ok(())
 }
 
-pub fn group(admin: &str, name: &str, json: bool) -> anyhow::Result<()> {
+pub fn group(admin: &Target, name: &str, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "GET", &format!("/v1/groups/{}", segment(name)))?;
     print(&v, json, |v| {
         let mut out = format!("group {name}: {} connection(s)\n", field(v, "connections"));
@@ -198,7 +327,7 @@ pub fn group(admin: &str, name: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn drain(admin: &str, json: bool) -> anyhow::Result<()> {
+pub fn drain(admin: &Target, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "POST", "/v1/drain")?;
     print(&v, json, |v| {
         format!(
@@ -209,7 +338,7 @@ pub fn drain(admin: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn remove(admin: &str, id: u64, json: bool) -> anyhow::Result<()> {
+pub fn remove(admin: &Target, id: u64, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "POST", &format!("/v1/members/{id}/remove"))?;
     print(&v, json, |_| format!("node {id} removed\n"));
     Ok(())
@@ -246,6 +375,14 @@ mod tests {
         assert_eq!(parse_ttl("7d").expect("ok"), 604_800);
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn chunked_answers_are_joined() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
 
     #[test]

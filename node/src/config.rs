@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// HMAC secret for HS256/384/512 tokens (Django's SECRET_KEY works as-is for SimpleJWT).
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// File holding the JWT secret (read at start and on SIGHUP), instead of --jwt-secret.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM file for RS*/PS*/ES*/EdDSA tokens.
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -68,6 +71,9 @@ pub struct ServeArgs {
     /// Secret every peer must prove before it can join or send anything.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (read at start and on SIGHUP).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// PEM file of the cluster CA: peers must present a certificate it signed (mutual
     /// TLS). Needs --cluster-cert and --cluster-key.
     #[arg(long, env = "SWITCHBOARD_CLUSTER_CA")]
@@ -81,6 +87,32 @@ pub struct ServeArgs {
     /// When set, RESP clients must AUTH first.
     #[arg(long, env = "SWITCHBOARD_RESP_PASSWORD", hide_env_values = true)]
     pub resp_password: Option<String>,
+    /// File holding the RESP password (read at start and on SIGHUP).
+    #[arg(long, env = "SWITCHBOARD_RESP_PASSWORD_FILE")]
+    pub resp_password_file: Option<PathBuf>,
+    /// Bearer token the admin API requires (all scopes). Health checks stay open.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File of admin tokens, one a line, each optionally followed by a space and its
+    /// scopes (read, write, publish; comma-separated; none = all). Re-read on SIGHUP.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Comma-separated host names the admin API answers to, besides IP literals and
+    /// localhost (the Host header is checked, so DNS rebinding cannot reach it).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_HOSTS", value_delimiter = ',')]
+    pub admin_hosts: Option<Vec<String>>,
+    /// PEM certificate chain: the WebSocket port serves wss:// (and HTTPS health checks).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain for the admin port (HTTPS).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key for --admin-tls-cert.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Comma-separated Origin allow-list for browser clients; empty = any.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -93,9 +125,16 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]. The level comes from RUST_LOG (default info).
     #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Most WebSocket connections this node holds; more are closed with 1013 [default: 200000].
+    /// Most WebSocket connections this node holds; more are closed with 1013 [default:
+    /// derived from the open-file limit, keeping a reserve for RESP, admin, peers and files].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most WebSocket connections from one IP address; 0 = no limit [default: 0].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most WebSocket connections of one user on this node; 0 = no limit [default: 0].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
     /// Largest WebSocket frame or message a client may send, in bytes; larger closes with
     /// 1009 [default: 65536].
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME_SIZE")]
@@ -104,12 +143,28 @@ pub struct ServeArgs {
     /// 4008 [default: 1024].
     #[arg(long, env = "SWITCHBOARD_CLIENT_QUEUE")]
     pub client_queue: Option<usize>,
+    /// Payload bytes queued per client before it counts as a slow consumer (4008); at
+    /// least --max-payload [default: 4194304].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_QUEUE_BYTES")]
+    pub client_queue_bytes: Option<usize>,
     /// Most groups one connection may be in [default: 256].
     #[arg(long, env = "SWITCHBOARD_MAX_GROUPS_PER_CONNECTION")]
     pub max_groups_per_connection: Option<usize>,
     /// Largest PUBLISH payload (and RESP bulk string) accepted, in bytes [default: 1048576].
     #[arg(long, env = "SWITCHBOARD_MAX_PAYLOAD")]
     pub max_payload: Option<usize>,
+    /// Largest RESP command (all its arguments), in bytes; refused on its headers, before
+    /// the bytes arrive [default: --max-payload + 1048576].
+    #[arg(long, env = "SWITCHBOARD_MAX_COMMAND_BYTES")]
+    pub max_command_bytes: Option<usize>,
+    /// Seconds a RESP connection may stay unauthenticated on a --resp-password node
+    /// [default: 10].
+    #[arg(long, env = "SWITCHBOARD_RESP_AUTH_TIMEOUT")]
+    pub resp_auth_timeout: Option<u64>,
+    /// Seconds of silence after which a RESP connection is closed; 0 = never, as Redis's
+    /// `timeout 0` [default: 0].
+    #[arg(long, env = "SWITCHBOARD_RESP_IDLE_TIMEOUT")]
+    pub resp_idle_timeout: Option<u64>,
     /// Seconds to wait for clients to go during drain and shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
@@ -141,24 +196,147 @@ pub struct Config {
     pub jwt: JwtKey,
     pub jwt_audience: Vec<String>,
     pub jwt_issuer: Vec<String>,
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Secret>,
     /// The cluster CA mode: (CA, certificate, key) PEM files.
     pub cluster_ca: Option<ClusterCa>,
-    pub resp_password: Option<String>,
+    pub resp_password: Option<Secret>,
+    /// `--admin-token` (one token, every scope) or `--admin-token-file` (see
+    /// `secrets::AdminTokens`).
+    pub admin_tokens: Option<Secret>,
+    /// Host names the admin API answers to besides IP literals and `localhost`.
+    pub admin_hosts: Vec<String>,
+    /// `--tls-cert`/`--tls-key`: wss:// on the WebSocket port.
+    pub tls: Option<TlsFiles>,
+    /// `--admin-tls-cert`/`--admin-tls-key`: HTTPS on the admin port.
+    pub admin_tls: Option<TlsFiles>,
     pub allowed_origins: Vec<String>,
     pub user_group: String,
     pub ws_paths: Vec<String>,
     pub log_format: LogFormat,
     pub max_connections: usize,
+    /// Whether `max_connections` was given (else it was derived from the open-file limit).
+    pub max_connections_given: bool,
+    /// Most RESP connections at once (derived from the open-file limit, at most 10 000).
+    pub max_resp_connections: usize,
+    /// 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// 0 = no limit.
+    pub max_connections_per_user: usize,
     pub max_frame_size: usize,
     pub client_queue: usize,
+    pub client_queue_bytes: usize,
     pub max_groups_per_connection: usize,
     pub max_payload: usize,
+    pub max_command_bytes: usize,
+    pub resp_auth_timeout: Duration,
+    /// `None` = never.
+    pub resp_idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
     pub channels_unwrap: Option<String>,
     pub channels_prefix: String,
     pub node_timeout: Duration,
     pub max_voters: usize,
+}
+
+/// A secret: given inline (a flag, the environment, the file's key), or a file read at
+/// start and again on SIGHUP. Its value is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Value(String),
+    File(PathBuf),
+}
+
+impl Secret {
+    /// The secret's value; a file's content without its trailing newline.
+    pub fn load(&self) -> Result<String, ConfigError> {
+        let value = match self {
+            Secret::Value(v) => v.clone(),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        };
+        if value.is_empty() {
+            return Err(ConfigError::Invalid(format!("{self:?} is empty")));
+        }
+        Ok(value)
+    }
+
+    /// From a value flag and a file flag: at most one may be given.
+    fn from_pair(
+        name: &str,
+        value: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (value.filter(|v| !v.is_empty()), file) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+                "give either --{name} or --{name}-file, not both"
+            ))),
+            (Some(v), None) => Ok(Some(Secret::Value(v))),
+            (None, Some(path)) => Ok(Some(Secret::File(path))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("Secret(<redacted>)"),
+            Secret::File(path) => write!(f, "the secret file {}", path.display()),
+        }
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret::Value(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret::Value(value)
+    }
+}
+
+/// A certificate chain and its key, PEM files (re-read on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Descriptors kept for everything but client sockets: listeners, the Raft store, log
+/// files, admin requests and peer connections.
+pub const FD_RESERVE: usize = 512;
+/// Sockets the WebSocket port may hold beyond `--max-connections`: health checks, and
+/// connections being answered 1013 because the node is full.
+pub const HEALTH_SOCKETS: usize = 1024;
+/// The most RESP connections a node takes, whatever the descriptor limit.
+pub const MAX_RESP_CONNECTIONS: usize = 10_000;
+/// The least `--max-connections` derived from a small descriptor limit.
+const MIN_DERIVED_CONNECTIONS: usize = 64;
+
+/// What a node can hold with `open_files` descriptors: (WebSocket clients, RESP
+/// connections). RESP gets an eighth (at most [`MAX_RESP_CONNECTIONS`]); the rest, less
+/// [`FD_RESERVE`] and [`HEALTH_SOCKETS`], is for WebSocket clients.
+pub fn derive_capacity(open_files: usize) -> (usize, usize) {
+    let resp = (open_files / 8).clamp(16, MAX_RESP_CONNECTIONS);
+    let ws = open_files
+        .saturating_sub(FD_RESERVE + HEALTH_SOCKETS + resp)
+        .max(MIN_DERIVED_CONNECTIONS);
+    (ws, resp)
+}
+
+/// The process's soft limit on open files (Linux: `/proc/self/limits`).
+pub fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// PEM files of the cluster CA mode (`--cluster-ca`, `--cluster-cert`, `--cluster-key`).
@@ -172,8 +350,8 @@ pub struct ClusterCa {
 /// Where tokens are verified from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwtKey {
-    /// `--jwt-secret`.
-    Secret(String),
+    /// `--jwt-secret` or `--jwt-secret-file`.
+    Secret(Secret),
     /// `--jwt-public-key`.
     PublicKey(PathBuf),
     /// Neither: development mode, with a secret generated into the data dir.
@@ -232,23 +410,39 @@ impl ServeArgs {
             seeds,
             data_dir,
             jwt_secret,
+            jwt_secret_file,
             jwt_public_key,
             jwt_audience,
             jwt_issuer,
             cluster_secret,
+            cluster_secret_file,
             cluster_ca,
             cluster_cert,
             cluster_key,
             resp_password,
+            resp_password_file,
+            admin_token,
+            admin_token_file,
+            admin_hosts,
+            tls_cert,
+            tls_key,
+            admin_tls_cert,
+            admin_tls_key,
             allowed_origins,
             user_group,
             ws_path,
             log_format,
             max_connections,
+            max_connections_per_ip,
+            max_connections_per_user,
             max_frame_size,
             client_queue,
+            client_queue_bytes,
             max_groups_per_connection,
             max_payload,
+            max_command_bytes,
+            resp_auth_timeout,
+            resp_idle_timeout,
             shutdown_grace,
             channels_unwrap,
             channels_prefix,
@@ -259,20 +453,39 @@ impl ServeArgs {
 
     fn finish(self) -> Result<Config, ConfigError> {
         let node_id = self.node_id.unwrap_or(1);
+        let positive = |name: &str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::Invalid(format!("{name} must be at least 1")))
+            } else {
+                Ok(value)
+            }
+        };
+
         let parse = |s: &str| s.parse::<SocketAddr>().expect("built-in address parses");
         let jwt = match (
-            self.jwt_secret.filter(|s| !s.is_empty()),
+            Secret::from_pair("jwt-secret", self.jwt_secret, self.jwt_secret_file)?,
             self.jwt_public_key,
         ) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
-                    "give either --jwt-secret or --jwt-public-key, not both".into(),
+                    "give either --jwt-secret (or --jwt-secret-file) or --jwt-public-key, not both"
+                        .into(),
                 ));
             }
             (Some(secret), None) => JwtKey::Secret(secret),
             (None, Some(path)) => JwtKey::PublicKey(path),
             (None, None) => JwtKey::Development,
         };
+        let tls_pair = |name: &str, cert: Option<PathBuf>, key: Option<PathBuf>| match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            _ => Err(ConfigError::Invalid(format!(
+                "--{name}-cert and --{name}-key go together: give both"
+            ))),
+        };
+        let max_payload = positive("--max-payload", self.max_payload.unwrap_or(1024 * 1024))?;
+        let (derived_ws, max_resp_connections) =
+            derive_capacity(open_file_limit().unwrap_or(1 << 20));
         let non_empty = |list: Option<Vec<String>>| -> Vec<String> {
             list.unwrap_or_default()
                 .into_iter()
@@ -295,13 +508,6 @@ impl ServeArgs {
                 "--user-group '{user_group}' must contain {{user_id}}"
             )));
         }
-        let positive = |name: &str, value: usize| {
-            if value == 0 {
-                Err(ConfigError::Invalid(format!("{name} must be at least 1")))
-            } else {
-                Ok(value)
-            }
-        };
         Ok(Config {
             node_id,
             ws_listen: self.ws_listen.unwrap_or_else(|| parse("127.0.0.1:8001")),
@@ -315,7 +521,11 @@ impl ServeArgs {
             jwt,
             jwt_audience: non_empty(self.jwt_audience),
             jwt_issuer: non_empty(self.jwt_issuer),
-            cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
+            cluster_secret: Secret::from_pair(
+                "cluster-secret",
+                self.cluster_secret,
+                self.cluster_secret_file,
+            )?,
             cluster_ca: match (self.cluster_ca, self.cluster_cert, self.cluster_key) {
                 (None, None, None) => None,
                 (Some(ca), Some(cert), Some(key)) => Some(ClusterCa { ca, cert, key }),
@@ -326,22 +536,55 @@ impl ServeArgs {
                     ));
                 }
             },
-            resp_password: self.resp_password.filter(|s| !s.is_empty()),
+            resp_password: Secret::from_pair(
+                "resp-password",
+                self.resp_password,
+                self.resp_password_file,
+            )?,
+            admin_tokens: Secret::from_pair(
+                "admin-token",
+                self.admin_token,
+                self.admin_token_file,
+            )?,
+            admin_hosts: non_empty(self.admin_hosts),
+            tls: tls_pair("tls", self.tls_cert, self.tls_key)?,
+            admin_tls: tls_pair("admin-tls", self.admin_tls_cert, self.admin_tls_key)?,
             allowed_origins: non_empty(self.allowed_origins),
             user_group,
             ws_paths,
             log_format: self.log_format.unwrap_or_default(),
             max_connections: positive(
                 "--max-connections",
-                self.max_connections.unwrap_or(200_000),
+                self.max_connections.unwrap_or(derived_ws),
             )?,
+            max_connections_given: self.max_connections.is_some(),
+            max_resp_connections,
+            max_connections_per_ip: self.max_connections_per_ip.unwrap_or(0),
+            max_connections_per_user: self.max_connections_per_user.unwrap_or(0),
             max_frame_size: positive("--max-frame-size", self.max_frame_size.unwrap_or(64 * 1024))?,
             client_queue: positive("--client-queue", self.client_queue.unwrap_or(1024))?,
+            client_queue_bytes: positive(
+                "--client-queue-bytes",
+                self.client_queue_bytes.unwrap_or(4 * 1024 * 1024),
+            )?
+            .max(max_payload),
             max_groups_per_connection: positive(
                 "--max-groups-per-connection",
                 self.max_groups_per_connection.unwrap_or(256),
             )?,
-            max_payload: positive("--max-payload", self.max_payload.unwrap_or(1024 * 1024))?,
+            max_payload,
+            max_command_bytes: positive(
+                "--max-command-bytes",
+                self.max_command_bytes.unwrap_or(max_payload + 1024 * 1024),
+            )?,
+            resp_auth_timeout: Duration::from_secs(positive(
+                "--resp-auth-timeout",
+                self.resp_auth_timeout.unwrap_or(10) as usize,
+            )? as u64),
+            resp_idle_timeout: self
+                .resp_idle_timeout
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace.unwrap_or(10)),
             channels_unwrap: self.channels_unwrap.filter(|s| !s.is_empty()),
             channels_prefix: self.channels_prefix.unwrap_or_else(|| "asgi".into()),
@@ -356,7 +599,8 @@ impl ServeArgs {
 
 impl Config {
     /// Checks the safety rules of the contract: without a JWT key the WebSocket and RESP
-    /// ports stay on loopback; without a cluster secret the peer port does.
+    /// ports stay on loopback; without a cluster secret the peer port does; without an
+    /// admin token the admin port does.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
         if self.jwt == JwtKey::Development {
             for (flag, addr) in [
@@ -370,6 +614,13 @@ impl Config {
                     )));
                 }
             }
+        }
+        if self.admin_tokens.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to bind --admin-listen {} beyond loopback without an admin token: \
+                 set --admin-token-file (or --admin-token)",
+                self.admin_listen
+            )));
         }
         if self.cluster_secret.is_none()
             && self.cluster_ca.is_none()

@@ -13,7 +13,7 @@
 //! the hub knows nothing of peers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -25,32 +25,79 @@ use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permiss
 use crate::metrics::{Metrics, Row};
 use crate::sync::{read, write};
 
-/// The hub's handle on one WebSocket connection: its bounded outbound queue, and a way
-/// for whoever finds the queue full to have the connection closed.
+/// The hub's handle on one WebSocket connection: its outbound queue, bounded in messages
+/// and in payload bytes, and a way for whoever finds the queue full to have the
+/// connection closed.
 #[derive(Debug)]
 pub struct OutletInner {
     pub id: ConnId,
     tx: mpsc::Sender<Message>,
+    /// Payload bytes queued and not yet written.
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
     close: Notify,
     close_code: AtomicU16,
+}
+
+/// What became of a message offered to an outlet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue is full, in messages or in bytes: the client is not keeping up.
+    Full,
+    /// The connection is on its way out.
+    Closed,
 }
 
 /// Cheap to clone; the broker keeps one per group the connection is in.
 pub type Outlet = Arc<OutletInner>;
 
 impl OutletInner {
-    /// A new outlet and the receiving end of its queue.
-    pub fn new(id: ConnId, capacity: usize) -> (Outlet, mpsc::Receiver<Message>) {
+    /// A new outlet and the receiving end of its queue: at most `capacity` messages and
+    /// `max_bytes` payload bytes (one message is always taken into an empty queue).
+    pub fn new(id: ConnId, capacity: usize, max_bytes: usize) -> (Outlet, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel(capacity);
         (
             Arc::new(OutletInner {
                 id,
                 tx,
+                queued_bytes: AtomicUsize::new(0),
+                max_bytes,
                 close: Notify::new(),
                 close_code: AtomicU16::new(0),
             }),
             rx,
         )
+    }
+
+    /// Offers one message to the queue.
+    pub fn offer(&self, message: &Encoded) -> Offer {
+        let len = message.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Offer::Full;
+        }
+        match self.tx.try_send(message.0.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Offer::Full,
+                    mpsc::error::TrySendError::Closed(_) => Offer::Closed,
+                }
+            }
+        }
+    }
+
+    /// The connection wrote `len` payload bytes taken from the queue.
+    pub fn written(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// Payload bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Asks the connection's task to close with `code`. The first request wins; returns
@@ -153,9 +200,10 @@ impl Hub {
         write(&self.broker).disconnect(id);
     }
 
-    /// Replaces a connection's permissions (token refresh).
-    pub fn set_permissions(&self, id: ConnId, permissions: Permissions) {
-        write(&self.broker).set_permissions(id, permissions);
+    /// Replaces a connection's permissions (token refresh): it leaves the groups the new
+    /// token no longer permits and joins the new token's groups. Returns (left, joined).
+    pub fn refresh(&self, outlet: &Outlet, permissions: Permissions) -> (Vec<String>, Vec<String>) {
+        write(&self.broker).refresh(outlet.id, outlet.clone(), permissions)
     }
 
     /// Whether the connection may ask about `user`'s presence.
@@ -174,9 +222,9 @@ impl Hub {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         for outlet in recipients.iter() {
-            match outlet.tx.try_send(message.0.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match outlet.offer(message) {
+                Offer::Queued => delivered += 1,
+                Offer::Full => {
                     dropped += 1;
                     // Counted once per client, when its queue first overflows; the
                     // client sees 4008 after what was already queued.
@@ -185,7 +233,7 @@ impl Hub {
                     }
                 }
                 // The connection is on its way out; it unregisters itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offer::Closed => {}
             }
         }
         self.metrics.messages_delivered.add(delivered);
@@ -245,5 +293,45 @@ impl Hub {
             "Groups with at least one connection on this node.",
             self.group_count() as u64,
         )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outlet_is_bounded_in_bytes_and_gives_them_back_when_written() {
+        let (outlet, mut rx) = OutletInner::new(1, 100, 10);
+        let six = Encoded::new(Bytes::from_static(b"123456"));
+        assert_eq!(outlet.offer(&six), Offer::Queued);
+        assert_eq!(outlet.offer(&six), Offer::Full, "12 bytes > 10");
+        assert_eq!(outlet.queued_bytes(), 6);
+        let taken = rx.try_recv().expect("queued");
+        outlet.written(taken.len());
+        assert_eq!(outlet.queued_bytes(), 0);
+        let big = Encoded::new(Bytes::from(vec![b'x'; 50]));
+        assert_eq!(
+            outlet.offer(&big),
+            Offer::Queued,
+            "an empty queue takes one message"
+        );
+        drop(rx);
+        assert_eq!(outlet.offer(&six), Offer::Full, "still over the byte bound");
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_slow_consumer_once() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(BrokerLimits::default(), metrics.clone());
+        let (outlet, _rx) = OutletInner::new(1, 2, 1 << 20);
+        hub.connect(&outlet, "7", "user_7", Permissions::default());
+        let m = Encoded::new(Bytes::from_static(b"hi"));
+        for _ in 0..5 {
+            assert_eq!(hub.publish_local("user_7", &m), 1);
+        }
+        assert_eq!(metrics.messages_delivered.get(), 2);
+        assert_eq!(metrics.messages_dropped.get(), 3);
+        assert_eq!(metrics.slow_consumer_closes.get(), 1);
     }
 }

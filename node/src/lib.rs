@@ -4,8 +4,9 @@
 //! The parts form layers; each imports only the layers below it (the table in
 //! docs/architecture.md, checked by `tests/layers.py`):
 //!
-//! 0. [`sync`], [`clock`], [`config`], [`metrics`], [`auth`]: foundations; and [`cli`],
-//!    the admin commands of the binary, which speak HTTP to a node and import nothing.
+//! 0. [`sync`], [`clock`], [`config`], [`metrics`], [`auth`], [`secrets`] (loaded and
+//!    reloaded on SIGHUP), [`tls`] (reloadable server certificates): foundations; and
+//!    [`cli`], the admin commands of the binary, which speak HTTP to a node.
 //! 1. [`lifecycle`] (stages, the drain and shutdown tokens), [`health`] (readiness from
 //!    facts the parts report).
 //! 2. [`broker`] (the sans-IO subscription table), [`hub`] (the broker behind its lock,
@@ -33,12 +34,13 @@ pub mod metrics;
 pub mod presence;
 pub mod raft;
 pub mod router;
+pub mod secrets;
 pub mod sync;
+pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -47,9 +49,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::NodeView;
-use crate::auth::Verifier;
 use crate::broker::BrokerLimits;
-use crate::config::{Config, JwtKey};
+use crate::config::Config;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::ingress::Ingress;
@@ -58,6 +59,8 @@ use crate::metrics::Metrics;
 use crate::presence::{PresenceQueue, SharedReplica};
 use crate::raft::{Consensus, RaftSettings};
 use crate::router::Router;
+use crate::secrets::Secrets;
+use crate::tls::ServerTls;
 
 /// Longest a leaving node waits for its last presence changes to commit.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,15 +90,46 @@ pub struct Node {
     admin: Option<std::thread::JoinHandle<()>>,
     dev_token: Option<String>,
     presence: Arc<PresenceQueue>,
+    /// The TLS configurations to reload on SIGHUP.
+    tls: Vec<ServerTls>,
 }
 
 impl Node {
     /// Binds every listener, builds the parts bottom-up and starts serving.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.check_exposure()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-        let (verifier, dev_secret) = verifier(&config)?;
+        if !config.max_connections_given {
+            info!(
+                max_connections = config.max_connections,
+                max_resp_connections = config.max_resp_connections,
+                open_files = ?config::open_file_limit(),
+                "connection limits derived from the open-file limit"
+            );
+        } else if let Some(limit) = config::open_file_limit()
+            && config.max_connections + config::FD_RESERVE + config::HEALTH_SOCKETS > limit
+        {
+            warn!(
+                max_connections = config.max_connections,
+                open_files = limit,
+                "--max-connections is above what the open-file limit allows: at the limit, \
+                 accepts fail instead of answering 1013"
+            );
+        }
+        let secrets =
+            Arc::new(Secrets::load(&config).with_context(|| {
+                format!("cannot load the secrets ({})", config.data_dir.display())
+            })?);
+        let incarnation = secrets::incarnation(&config.data_dir)?;
+        let ws_tls = config
+            .tls
+            .as_ref()
+            .map(|files| ServerTls::load(files, &[b"http/1.1"]))
+            .transpose()?;
+        let admin_tls = config
+            .admin_tls
+            .as_ref()
+            .map(|files| ServerTls::load(files, &[b"http/1.1"]))
+            .transpose()?;
 
         let ws = TcpListener::bind(config.ws_listen)
             .await
@@ -128,7 +162,9 @@ impl Node {
         let cluster = cluster::Cluster::bind(
             &config,
             config.admin_listen.to_string(),
+            incarnation,
             cluster::MeshDeps {
+                secrets: secrets.clone(),
                 hub: hub.clone(),
                 replica: replica.clone(),
                 health: health.clone(),
@@ -149,6 +185,7 @@ impl Node {
                 max_voters: config.max_voters,
                 may_bootstrap: config.seeds.is_empty(),
                 advertised: cluster.advertised_addr(),
+                incarnation,
             },
             cluster.clone(),
             replica.clone(),
@@ -170,7 +207,12 @@ impl Node {
         let ingress = Arc::new(Ingress {
             config: config.clone(),
             metrics: metrics.clone(),
-            verifier,
+            secrets: secrets.clone(),
+            tls: ws_tls.clone(),
+            caps: std::sync::Mutex::new(ingress::ws::caps::Caps::new(
+                config.max_connections_per_ip,
+                config.max_connections_per_user,
+            )),
             lifecycle: lifecycle.clone(),
             health: health.clone(),
             hub: hub.clone(),
@@ -178,15 +220,16 @@ impl Node {
             replica: replica.clone(),
             ids: ingress::ws::ConnIds::new(config.node_id),
         });
-        let resp_env = Arc::new(ingress::resp::Env {
-            config: config.clone(),
-            metrics: metrics.clone(),
-            started: Instant::now(),
-        });
+        let resp_env = Arc::new(ingress::resp::Env::new(
+            config.clone(),
+            metrics.clone(),
+            secrets.clone(),
+        ));
         // 8: admin.
         let view = NodeView {
             config: config.clone(),
             metrics,
+            secrets: secrets.clone(),
             lifecycle: lifecycle.clone(),
             health,
             hub,
@@ -195,7 +238,7 @@ impl Node {
             cluster: cluster.clone(),
             consensus,
         };
-        let admin = admin::spawn(admin, view.clone())?;
+        let admin = admin::spawn(admin, view.clone(), admin_tls.clone())?;
 
         tokio::spawn(leave_after_drain(view.clone()));
         tokio::spawn(ingress::ws::serve(
@@ -226,7 +269,7 @@ impl Node {
         if let Some(peer) = addrs.peer {
             info!(addr = %peer, seeds = ?config.seeds, "peer endpoint listening (QUIC)");
         }
-        let dev_token = match &dev_secret {
+        let dev_token = match &secrets.dev_jwt_secret {
             Some(secret) => Some(auth::mint_hs256(
                 secret.as_bytes(),
                 "1",
@@ -243,6 +286,7 @@ impl Node {
             admin: Some(admin),
             dev_token,
             presence: queue,
+            tls: ws_tls.into_iter().chain(admin_tls).collect(),
         })
     }
 
@@ -289,7 +333,29 @@ impl Node {
             .first()
             .map(String::as_str)
             .unwrap_or("/");
-        format!("ws://{}{}", self.addrs.ws, path)
+        let scheme = if self.view.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{}", self.addrs.ws, path)
+    }
+
+    /// SIGHUP: re-reads every secret file and certificate. What fails to load keeps its
+    /// old value (and is logged); connections are not dropped.
+    pub fn reload(&self) {
+        let mut failed = 0;
+        for e in self.view.secrets.reload(&self.view.config) {
+            warn!(error = %e, "reload: kept the previous value");
+            failed += 1;
+        }
+        for tls in &self.tls {
+            if let Err(e) = tls.reload() {
+                warn!(error = %e, "reload: kept the previous certificate");
+                failed += 1;
+            }
+        }
+        info!(failed, "secrets and certificates reloaded");
     }
 
     /// Drains (clients closed with 1012, presence removed), stops accepting, waits for
@@ -319,43 +385,6 @@ impl Node {
         }
         info!("node stopped");
     }
-}
-
-/// The token verifier, and in development mode the generated secret.
-fn verifier(config: &Config) -> anyhow::Result<(Verifier, Option<String>)> {
-    let mut verifier = match &config.jwt {
-        JwtKey::Secret(secret) => (Verifier::hmac(secret.as_bytes())?, None),
-        JwtKey::PublicKey(path) => (Verifier::public_key_file(path)?, None),
-        JwtKey::Development => {
-            let secret = dev_secret(&config.data_dir)?;
-            (Verifier::hmac(secret.as_bytes())?, Some(secret))
-        }
-    };
-    if !config.jwt_audience.is_empty() {
-        verifier.0.require_audience(&config.jwt_audience);
-    }
-    if !config.jwt_issuer.is_empty() {
-        verifier.0.require_issuer(&config.jwt_issuer);
-    }
-    Ok(verifier)
-}
-
-/// The development-mode secret: generated once, kept in the data dir.
-fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("dev-jwt-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim();
-        if !existing.is_empty() {
-            return Ok(existing.to_owned());
-        }
-    }
-    // The OS's CSPRNG, read directly: one read at first start does not need a crate.
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
-        .context("cannot read /dev/urandom for the development secret")?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(secret)
 }
 
 /// Commits this node's last presence changes (its clients gone, its presence purged),

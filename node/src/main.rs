@@ -18,12 +18,30 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
-    /// Admin API address of the node to ask.
+    /// Admin API address of the node to ask (`https://host:port` for an admin port with
+    /// TLS).
     #[arg(long, env = "SWITCHBOARD_ADMIN", default_value = "127.0.0.1:8002")]
     admin: String,
+    /// File holding the admin token (its first token is sent); SWITCHBOARD_ADMIN_TOKEN
+    /// takes precedence.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA that signed the admin port's certificate (https:// only).
+    #[arg(long, env = "SWITCHBOARD_ADMIN_CA")]
+    admin_ca: Option<std::path::PathBuf>,
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
+}
+
+impl AdminArgs {
+    fn target(&self) -> anyhow::Result<cli::Target> {
+        cli::Target::new(
+            &self.admin,
+            self.admin_token_file.clone(),
+            self.admin_ca.clone(),
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,16 +100,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Status(a) => cli::status(&a.admin, a.json),
-        Command::Members(a) => cli::members(&a.admin, a.json),
+        Command::Status(a) => a.target().and_then(|t| cli::status(&t, a.json)),
+        Command::Members(a) => a.target().and_then(|t| cli::members(&t, a.json)),
         Command::Presence {
             user_id,
             linearizable,
             admin,
-        } => cli::presence(&admin.admin, &user_id, linearizable, admin.json),
-        Command::Group { name, admin } => cli::group(&admin.admin, &name, admin.json),
-        Command::Drain(a) => cli::drain(&a.admin, a.json),
-        Command::Remove { node_id, admin } => cli::remove(&admin.admin, node_id, admin.json),
+        } => admin
+            .target()
+            .and_then(|t| cli::presence(&t, &user_id, linearizable, admin.json)),
+        Command::Group { name, admin } => admin
+            .target()
+            .and_then(|t| cli::group(&t, &name, admin.json)),
+        Command::Drain(a) => a.target().and_then(|t| cli::drain(&t, a.json)),
+        Command::Remove { node_id, admin } => admin
+            .target()
+            .and_then(|t| cli::remove(&t, node_id, admin.json)),
         Command::Token {
             secret,
             user,
@@ -121,8 +145,13 @@ fn token(secret: &str, user: &str, ttl: &str, groups: &[String], json: bool) -> 
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the limits are derived from it: as many descriptors as the hard limit allows.
+    let raised = raise_open_file_limit();
     let config = args.resolve()?;
     init_tracing(config.log_format);
+    if let Err(e) = raised {
+        tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("switchboard")
@@ -133,6 +162,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let node = Node::start(config).await?;
         if let Some(token) = node.dev_token() {
             cli::out(&format!(
@@ -146,14 +176,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 node.config().data_dir.display(),
             ));
         }
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => node.reload(),
+            }
         }
         tracing::info!("signal received: draining, then exiting");
         node.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard limit (what nginx's
+/// `worker_rlimit_nofile` does), so that `--max-connections` can be derived from it.
+fn raise_open_file_limit() -> std::io::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

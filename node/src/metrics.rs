@@ -147,6 +147,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub origin_rejections: Counter,
     pub frames_too_large: Counter,
+    pub protocol_violations: Counter,
+    pub connections_rejected_caps: Counter,
     pub client_ops: Counter,
     pub client_op_errors: Counter,
     pub messages_published: Counter,
@@ -161,6 +163,7 @@ pub struct Metrics {
     pub resp_protocol_errors: Counter,
     pub resp_auth_failures: Counter,
     pub http_requests: Counter,
+    pub admin_refusals: Counter,
 }
 
 impl Metrics {
@@ -201,6 +204,16 @@ impl Metrics {
                 "frames_too_large_total",
                 "WebSocket connections closed with 1009.",
                 self.frames_too_large.get(),
+            ),
+            Row::counter(
+                "protocol_violations_total",
+                "WebSocket connections closed with 1002 or 1007 for breaking the protocol.",
+                self.protocol_violations.get(),
+            ),
+            Row::counter(
+                "connections_rejected_caps_total",
+                "WebSocket connections closed with 1013 over a per-IP or per-user cap.",
+                self.connections_rejected_caps.get(),
             ),
             Row::counter(
                 "client_ops_total",
@@ -271,6 +284,11 @@ impl Metrics {
                 "http_requests_total",
                 "HTTP requests served (health, readiness, admin, metrics).",
                 self.http_requests.get(),
+            ),
+            Row::counter(
+                "admin_refusals_total",
+                "Admin API requests refused: 401 (no valid token) or 403 (scope, Host or Origin).",
+                self.admin_refusals.get(),
             ),
             Row::gauge(
                 "process_resident_memory_bytes",

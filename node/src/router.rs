@@ -11,10 +11,25 @@ use std::sync::Arc;
 use bytes::Bytes;
 use switchboard_proto::peer::NodeId;
 
-use crate::broker::glob_match;
+use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
 use crate::cluster::Cluster;
 use crate::hub::{Encoded, Hub};
 use crate::metrics::Metrics;
+
+/// Steps of glob matching one listing may spend (about 10 ms of one core): the cost of a
+/// pattern grows with the number of groups, so it is capped rather than trusted.
+pub const LISTING_BUDGET: u64 = 10_000_000;
+
+/// Why a group listing was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The pattern is longer than [`MAX_PATTERN`].
+    #[error("pattern longer than {MAX_PATTERN} bytes")]
+    TooLong,
+    /// Matching it against every group would take more than [`LISTING_BUDGET`] steps.
+    #[error("pattern too costly to match against every group; make it more specific")]
+    TooCostly,
+}
 
 /// What a publisher can do and ask, cluster-wide.
 pub trait Publish: Send + Sync {
@@ -25,8 +40,9 @@ pub trait Publish: Send + Sync {
     /// Connections in `group`, per node, sorted by node.
     fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)>;
 
-    /// Groups with at least one connection anywhere, sorted, filtered by a Redis glob.
-    fn groups(&self, pattern: Option<&[u8]>) -> Vec<String>;
+    /// Groups with at least one connection anywhere, sorted, filtered by a Redis glob;
+    /// an error when the pattern is too long or too costly over all the groups.
+    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError>;
 
     /// Groups with at least one connection on this node.
     fn local_groups(&self) -> usize;
@@ -80,19 +96,30 @@ impl Publish for Router {
         counts.into_iter().collect()
     }
 
-    fn groups(&self, pattern: Option<&[u8]>) -> Vec<String> {
-        let matches = |g: &str| pattern.is_none_or(|p| glob_match(p, g.as_bytes()));
+    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError> {
+        if pattern.is_some_and(|p| p.len() > MAX_PATTERN) {
+            return Err(PatternError::TooLong);
+        }
         // Names are copied out of both tables first; matching runs without their locks.
-        let mut groups: Vec<String> = self
-            .hub
-            .group_names()
+        let local = self.hub.group_names();
+        let names = local
             .iter()
             .map(|g| g.to_string())
-            .chain(self.cluster.groups())
-            .filter(|g| matches(g))
-            .collect();
+            .chain(self.cluster.groups());
+        let mut groups = Vec::new();
+        let mut budget = Budget(LISTING_BUDGET);
+        for name in names {
+            let keep = match pattern {
+                None => true,
+                Some(p) => glob_match_within(p, name.as_bytes(), &mut budget)
+                    .ok_or(PatternError::TooCostly)?,
+            };
+            if keep {
+                groups.push(name);
+            }
+        }
         groups.sort_unstable();
         groups.dedup();
-        groups
+        Ok(groups)
     }
 }

@@ -21,3 +21,24 @@ pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A value replaced as a whole while readers hold the old one (secrets, certificates
+/// reloaded on SIGHUP): readers clone an `Arc` under a read lock held for no longer.
+#[derive(Debug)]
+pub struct Reloadable<T>(RwLock<std::sync::Arc<T>>);
+
+impl<T> Reloadable<T> {
+    pub fn new(value: T) -> Self {
+        Reloadable(RwLock::new(std::sync::Arc::new(value)))
+    }
+
+    /// The current value.
+    pub fn get(&self) -> std::sync::Arc<T> {
+        read(&self.0).clone()
+    }
+
+    /// Replaces the value; readers that hold the old one keep it.
+    pub fn set(&self, value: T) {
+        *write(&self.0) = std::sync::Arc::new(value);
+    }
+}

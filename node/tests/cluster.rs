@@ -34,7 +34,7 @@ async fn member(
     TestNode::start(move |c| {
         c.node_id = id;
         c.seeds = seeds;
-        c.cluster_secret = Some(secret);
+        c.cluster_secret = Some(secret.into());
         c.node_timeout = Duration::from_millis(1500);
         adjust(c);
     })

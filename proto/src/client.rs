@@ -99,9 +99,15 @@ pub enum ServerReply {
         id: Option<u64>,
     },
     /// The token was replaced; `exp` is the new expiry (Unix seconds), if the token has one.
+    /// The connection left the groups the new token no longer permits (`left`) and joined
+    /// the new token's groups (`joined`).
     Refreshed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exp: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
@@ -134,6 +140,11 @@ pub enum ErrorCode {
 pub enum CloseCode {
     /// Normal closure (the client asked, or `QUIT`-like end).
     Normal = 1000,
+    /// The client broke the WebSocket protocol (reserved bits, an oversized or
+    /// fragmented control frame, a bad opcode).
+    ProtocolError = 1002,
+    /// A text frame that is not UTF-8.
+    InvalidPayload = 1007,
     /// A frame or message exceeded the server's maximum size.
     TooBig = 1009,
     /// An unexpected server error.
@@ -161,6 +172,8 @@ impl CloseCode {
     pub fn from_code(code: u16) -> Option<Self> {
         Some(match code {
             1000 => CloseCode::Normal,
+            1002 => CloseCode::ProtocolError,
+            1007 => CloseCode::InvalidPayload,
             1009 => CloseCode::TooBig,
             1011 => CloseCode::InternalError,
             1012 => CloseCode::Restart,
@@ -210,6 +223,8 @@ mod tests {
     fn close_codes_round_trip() {
         for code in [
             CloseCode::Normal,
+            CloseCode::ProtocolError,
+            CloseCode::InvalidPayload,
             CloseCode::TooBig,
             CloseCode::InternalError,
             CloseCode::Restart,

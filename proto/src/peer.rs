@@ -17,7 +17,9 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Version of the peer protocol; peers with another major version are refused.
 /// 2: Raft RPCs on streams of their own (`Raft { body }`).
-pub const PEER_PROTOCOL_VERSION: u32 = 2;
+/// 3: `Auth` carries the node's incarnation (its data dir's identity), and the proof
+/// covers it.
+pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,6 +122,9 @@ pub enum PeerMessage {
     /// never sent, and a proof cannot be replayed on another TLS session.
     Auth {
         node: NodeId,
+        /// A random id created with the node's data dir: a process with the same node id
+        /// and another data dir is another incarnation, refused while the member exists.
+        incarnation: u64,
         proof: Bytes,
     },
     /// The members the sender knows (id, peer address), so that every node meshes with

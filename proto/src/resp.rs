@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Longest inline command line, in bytes.
     pub max_inline_len: usize,
+    /// Largest whole frame, in bytes: refused as soon as a header announces more, so a
+    /// peer cannot make the decoder buffer many bulks that each pass `max_bulk_len`.
+    pub max_frame_len: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_array_len: 1024 * 1024,
             max_depth: 32,
             max_inline_len: 64 * 1024,
+            max_frame_len: 512 * 1024 * 1024,
         }
     }
 }
@@ -108,6 +112,9 @@ pub enum Error {
     /// A bulk string is not followed by CRLF.
     #[error("expected CRLF after a bulk string")]
     MissingCrlf,
+    /// The frame announces more bytes in all than [`Limits::max_frame_len`].
+    #[error("frame of at least {len} bytes exceeds the limit of {max}")]
+    FrameTooLong { len: u64, max: usize },
     /// An inline command line is longer than [`Limits::max_inline_len`].
     #[error("inline command longer than {0} bytes")]
     InlineTooLong(usize),
@@ -188,13 +195,26 @@ impl Walk {
 
     /// Walks on from `self.pos`. Ok(len) = a whole frame of `len` bytes.
     fn run(&mut self, buf: &[u8], limits: &Limits) -> Result<usize, Error> {
+        // The frame needs at least `len` bytes: over the limit is an error at once.
+        let within = |len: u64| {
+            if len > limits.max_frame_len as u64 {
+                Err(Error::FrameTooLong {
+                    len,
+                    max: limits.max_frame_len,
+                })
+            } else {
+                Ok(())
+            }
+        };
         loop {
             let at = self.pos;
             let ty = *buf.get(at).ok_or(Error::Incomplete)?;
             if !TYPE_BYTES.contains(&ty) {
                 return Err(Error::UnknownType(ty));
             }
-            let (text, next) = bounded_line(buf, at + 1, limits.max_inline_len)?;
+            let (text, next) =
+                bounded_line(buf, at + 1, limits.max_inline_len.min(limits.max_frame_len))?;
+            within(next as u64)?;
             let done = match ty {
                 b'+' | b'-' | b'_' | b',' | b'#' | b'(' => {
                     self.pos = next;
@@ -220,6 +240,7 @@ impl Walk {
                                 max: limits.max_bulk_len,
                             });
                         }
+                        within(next as u64 + len + 2)?;
                         let end = next + len as usize;
                         if buf.len() < end + 2 {
                             self.need = end + 2;
@@ -259,6 +280,10 @@ impl Walk {
                         } else {
                             len
                         };
+                        // Every element takes three bytes at least (`_\r\n`), and the
+                        // aggregates still open need theirs too.
+                        let open: u64 = self.open.iter().sum();
+                        within(next as u64 + 3 * (elements + open))?;
                         if elements > 0 {
                             self.open.push(elements);
                             false
@@ -408,6 +433,17 @@ impl Decoder {
         }
     }
 
+    /// Changes the limits from the next frame on (a connection that authenticated gets
+    /// larger ones).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// How many times the decoder has walked (or resumed walking) a frame.
     pub fn walks(&self) -> u64 {
         self.walks
@@ -445,15 +481,16 @@ impl Decoder {
     /// An inline command: a line of space-separated words, `"double"` or `'single'`
     /// quoted, ending in LF or CRLF.
     fn inline(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        let max = self.limits.max_inline_len.min(self.limits.max_frame_len);
         let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() > self.limits.max_inline_len {
-                return Err(Error::InlineTooLong(self.limits.max_inline_len));
+            if buf.len() > max {
+                return Err(Error::InlineTooLong(max));
             }
             self.walk.need = buf.len() + 1;
             return Ok(None);
         };
-        if end > self.limits.max_inline_len {
-            return Err(Error::InlineTooLong(self.limits.max_inline_len));
+        if end > max {
+            return Err(Error::InlineTooLong(max));
         }
         self.walk = Walk::default();
         let line = buf.split_to(end + 1);

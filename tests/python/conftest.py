@@ -58,9 +58,10 @@ def wait_until(pred, timeout=DEADLINE, what="condition"):
 
 
 class Node:
-    def __init__(self, *flags, env=None, secret=SECRET):
+    def __init__(self, *flags, env=None, secret=SECRET, preexec_fn=None, wait_ready=True):
         """A node; `secret` is passed as --jwt-secret (None: none, e.g. when `env` has one);
-        `env` replaces the inherited environment."""
+        `env` replaces the inherited environment; `preexec_fn` runs in the child before
+        exec (resource limits); `wait_ready=False` returns once it listens."""
         self.dir = tempfile.mkdtemp(prefix="sb-py-")
         if "--data-dir" in flags:
             self.dir = flags[flags.index("--data-dir") + 1]
@@ -73,7 +74,8 @@ class Node:
                "--admin-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
                "--data-dir", self.dir, *flags]
         env = dict(env if env is not None else os.environ, RUST_LOG="info")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+                                     preexec_fn=preexec_fn)
         self.log_tail = []  # the last lines of stderr, for failure messages
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
@@ -99,7 +101,8 @@ class Node:
         self.resp_host, port = self.resp_addr.rsplit(":", 1)
         self.resp_port = int(port)
         self.ws_url = f"ws://{self.ws_addr}/ws/notifications/"
-        wait_until(lambda: self.http(self.ws_addr, "/readyz")[0] == 200, what="readiness")
+        if wait_ready:
+            wait_until(lambda: self.http(self.ws_addr, "/readyz")[0] == 200, what="readiness")
 
     def _fail_start(self, why):
         if self.proc.poll() is None:

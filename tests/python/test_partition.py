@@ -17,6 +17,8 @@ from conftest import BIN, SECRET, mint, wait_until
 from wsclient import connect
 
 CLUSTER = "partition-test-secret"
+# The admin port listens beyond loopback here, which needs an admin token.
+ADMIN_TOKEN = "partition-test-admin-token"
 
 
 def sh(*args, check=True):
@@ -62,7 +64,7 @@ def readyz_inside(hosts, i):
 def admin_inside(hosts, i, path):
     """GET on the node's admin API from inside its own host, as JSON."""
     out = sh("ip", "netns", "exec", hosts.names[i - 1], "curl", "-s", "--max-time", "3",
-             f"http://127.0.0.1:8002{path}", check=False)
+             "-H", f"Authorization: Bearer {ADMIN_TOKEN}", f"http://127.0.0.1:8002{path}", check=False)
     return json.loads(out.stdout) if out.stdout.strip() else None
 
 
@@ -72,7 +74,9 @@ def presence_inside(hosts, i, user):
 
 
 def members_up(i):
-    with urllib.request.urlopen(f"http://10.77.0.{i}:8002/v1/members", timeout=2) as r:
+    req = urllib.request.Request(f"http://10.77.0.{i}:8002/v1/members",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=2) as r:
         return sorted(m["id"] for m in json.loads(r.read())["members"] if m["up"])
 
 
@@ -92,6 +96,7 @@ def test_a_partitioned_node_is_not_ready_and_converges_after_healing(hosts):
             procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", hosts.names[i - 1], os.path.abspath(BIN), "serve",
                  "--node-id", str(i), "--jwt-secret", SECRET, "--cluster-secret", CLUSTER,
+                 "--admin-token", ADMIN_TOKEN,
                  "--node-timeout-ms", "1500", "--data-dir", data,
                  "--ws-listen", "0.0.0.0:8001", "--resp-listen", "0.0.0.0:6379",
                  "--admin-listen", "0.0.0.0:8002", "--peer-listen", f"10.77.0.{i}:7001", *seeds],

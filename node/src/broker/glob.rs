@@ -1,15 +1,34 @@
 //! Redis-style glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), as `PUBSUB CHANNELS`
-//! and `KEYS` use it. Iterative, with backtracking only to the last `*`, so a hostile
-//! pattern costs at most O(pattern * text).
+//! and `KEYS` use it. Iterative, with backtracking only to the last `*` (runs of `*` count
+//! as one), so a pattern costs at most O(pattern * text) steps per name; and the caller
+//! can cap the steps over a whole listing ([`Budget`]), so no pattern can hold a
+//! connection's task for long over many names.
+
+/// The longest pattern accepted, in bytes.
+pub const MAX_PATTERN: usize = 512;
+
+/// Steps left for matching; one step is one pattern position tried against one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub u64);
 
 /// Whether `text` matches the Redis glob `pattern`.
 pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let mut budget = Budget(u64::MAX);
+    glob_match_within(pattern, text, &mut budget).unwrap_or(false)
+}
+
+/// As [`glob_match`], spending `budget`; `None` when it runs out first.
+pub fn glob_match_within(pattern: &[u8], text: &[u8], budget: &mut Budget) -> Option<bool> {
     let (mut p, mut t) = (0usize, 0usize);
     // Where to resume after the last `*`: (pattern index after it, text index).
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
+        budget.0 = budget.0.checked_sub(1)?;
         let step = match pattern.get(p) {
             Some(b'*') => {
+                while pattern.get(p + 1) == Some(&b'*') {
+                    p += 1;
+                }
                 star = Some((p + 1, t));
                 p += 1;
                 continue;
@@ -31,11 +50,11 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                     t = st + 1;
                     star = Some((sp, st + 1));
                 }
-                None => return false,
+                None => return Some(false),
             },
         }
     }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+    Some(pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*'))
 }
 
 /// Matches `c` against the class starting at `pattern[open] == b'['`; returns the index
@@ -69,7 +88,7 @@ fn match_class(pattern: &[u8], open: usize, c: u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
 
     #[test]
     fn redis_glob_cases() {
@@ -106,5 +125,30 @@ mod tests {
         let pattern = "*a".repeat(200);
         let text = "a".repeat(2000) + "b";
         assert!(!glob_match(pattern.as_bytes(), text.as_bytes()));
+    }
+
+    #[test]
+    fn runs_of_stars_cost_one_and_a_budget_stops_a_costly_listing() {
+        let stars = "*".repeat(500) + "\x01";
+        let name = "user_".repeat(50);
+        let mut budget = Budget(10_000);
+        assert_eq!(
+            glob_match_within(stars.as_bytes(), name.as_bytes(), &mut budget),
+            Some(false)
+        );
+        assert!(
+            10_000 - budget.0 < 2 * name.len() as u64,
+            "linear in the name"
+        );
+        // The worst case of last-star backtracking: the whole suffix retried at every
+        // position of the text.
+        let costly = "*".to_string() + &"a".repeat(200) + "b";
+        let text = "a".repeat(250);
+        let mut budget = Budget(1_000);
+        assert_eq!(
+            glob_match_within(costly.as_bytes(), text.as_bytes(), &mut budget),
+            None
+        );
+        assert_eq!(budget, Budget(0));
     }
 }

@@ -21,7 +21,7 @@ mod glob;
 mod interest;
 mod permissions;
 
-pub use glob::glob_match;
+pub use glob::{Budget, MAX_PATTERN, glob_match, glob_match_within};
 pub use interest::RemoteInterest;
 pub use permissions::Permissions;
 
@@ -62,6 +62,9 @@ pub enum LeaveError {
     UnknownConnection,
 }
 
+/// Longest group name, in bytes (the default of [`BrokerLimits::max_group_name`]).
+pub const MAX_GROUP_NAME: usize = 256;
+
 /// Limits the broker enforces on what connections ask of it.
 #[derive(Debug, Clone, Copy)]
 pub struct BrokerLimits {
@@ -75,7 +78,7 @@ impl Default for BrokerLimits {
     fn default() -> Self {
         BrokerLimits {
             max_groups_per_connection: 256,
-            max_group_name: 256,
+            max_group_name: MAX_GROUP_NAME,
         }
     }
 }
@@ -363,12 +366,45 @@ impl<H: Clone> Broker<H> {
             .is_some_and(|c| c.user == user || c.permissions.presence_any())
     }
 
-    /// Replaces a connection's permissions after a token refresh. Groups it is already
-    /// in stay joined.
-    pub fn set_permissions(&mut self, id: ConnId, permissions: Permissions) {
-        if let Some(conn) = self.connections.get_mut(&id) {
-            conn.permissions = permissions;
+    /// Replaces a connection's permissions after a token refresh: it leaves every group
+    /// the new token does not permit (its user group excepted) and joins the new token's
+    /// groups, as at connect. Returns the groups left and joined, sorted.
+    pub fn refresh(
+        &mut self,
+        id: ConnId,
+        handle: H,
+        permissions: Permissions,
+    ) -> (Vec<String>, Vec<String>) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut left: Vec<Arc<str>> = conn
+            .groups
+            .iter()
+            .filter(|g| **g != conn.user_group && !permissions.permits(g))
+            .cloned()
+            .collect();
+        left.sort_unstable();
+        let initial: Vec<String> = permissions.initial_groups().map(str::to_owned).collect();
+        conn.permissions = permissions;
+        for name in &left {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.groups.remove(name);
+            }
+            self.remove_member(name, id);
         }
+        let mut joined = Vec::new();
+        for group in initial {
+            let already = self
+                .connections
+                .get(&id)
+                .is_some_and(|c| c.groups.contains(group.as_str()));
+            if !already && self.join_unchecked(id, handle.clone(), &group).is_ok() {
+                joined.push(group);
+            }
+        }
+        joined.sort_unstable();
+        (left.iter().map(|g| g.to_string()).collect(), joined)
     }
 
     /// The local count of every group that changed since the last call, with a version

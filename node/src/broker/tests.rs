@@ -173,3 +173,37 @@ fn swap_remove_keeps_the_index_consistent_under_churn() {
     }
     assert_eq!(b.group_size("all"), 0);
 }
+
+#[test]
+fn a_refresh_leaves_the_groups_the_new_token_drops_and_joins_its_new_ones() {
+    let mut b = broker();
+    b.connect(
+        1,
+        100,
+        "42",
+        "user_42",
+        Permissions::new(["news", "room_*"], false),
+    );
+    b.join(1, 100, "room_1").expect("permitted by room_*");
+    let (left, joined) = b.refresh(1, 100, Permissions::new(["sport"], false));
+    assert_eq!(left, vec!["news", "room_1"]);
+    assert_eq!(joined, vec!["sport"]);
+    assert_eq!(
+        b.groups_of(1),
+        vec!["sport", "user_42"],
+        "the user group stays"
+    );
+    assert!(b.recipients("news").is_empty());
+    assert_eq!(
+        b.join(1, 100, "room_2"),
+        Err(JoinError::NotPermitted("room_2".into()))
+    );
+    // Refreshing with the same permissions changes nothing.
+    assert_eq!(
+        b.refresh(1, 100, Permissions::new(["sport"], false)),
+        (vec![], vec![])
+    );
+    let (version, changes) = b.take_interest_changes().expect("interest changed");
+    assert!(version > 0);
+    assert!(changes.contains(&("news".to_string(), 0)));
+}

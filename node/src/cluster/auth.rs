@@ -1,7 +1,8 @@
 //! Proving the cluster secret without sending it.
 //!
 //! After the QUIC (TLS 1.3) handshake each side sends `HMAC-SHA256(secret, label || role
-//! || ekm || node id)`, where `ekm` is keying material exported from this TLS session.
+//! || ekm || node id || incarnation)`, where `ekm` is keying material exported from this
+//! TLS session and the incarnation names the node's data dir.
 //! The other side recomputes it. A peer without the secret cannot make the proof; a
 //! proof seen on one session is worthless on another (a relaying man in the middle has
 //! two sessions with two different `ekm`s); and the secret never crosses the wire.
@@ -22,7 +23,7 @@ pub enum Role {
     Acceptor,
 }
 
-fn mac(secret: &[u8], role: Role, ekm: &[u8], node: u64) -> Hmac<Sha256> {
+fn mac(secret: &[u8], role: Role, ekm: &[u8], node: u64, incarnation: u64) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable_hmac_key());
     mac.update(LABEL);
@@ -32,6 +33,7 @@ fn mac(secret: &[u8], role: Role, ekm: &[u8], node: u64) -> Hmac<Sha256> {
     });
     mac.update(ekm);
     mac.update(&node.to_be_bytes());
+    mac.update(&incarnation.to_be_bytes());
     mac
 }
 
@@ -40,17 +42,27 @@ fn unreachable_hmac_key() -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable!())
 }
 
-/// The proof `node` makes in `role` on the session with keying material `ekm`.
-pub fn prove(secret: &[u8], role: Role, ekm: &[u8], node: u64) -> Vec<u8> {
-    mac(secret, role, ekm, node)
+/// The proof `node` (of `incarnation`) makes in `role` on the session with keying
+/// material `ekm`.
+pub fn prove(secret: &[u8], role: Role, ekm: &[u8], node: u64, incarnation: u64) -> Vec<u8> {
+    mac(secret, role, ekm, node, incarnation)
         .finalize()
         .into_bytes()
         .to_vec()
 }
 
 /// Checks a proof in constant time.
-pub fn verify(secret: &[u8], role: Role, ekm: &[u8], node: u64, proof: &[u8]) -> bool {
-    mac(secret, role, ekm, node).verify_slice(proof).is_ok()
+pub fn verify(
+    secret: &[u8],
+    role: Role,
+    ekm: &[u8],
+    node: u64,
+    incarnation: u64,
+    proof: &[u8],
+) -> bool {
+    mac(secret, role, ekm, node, incarnation)
+        .verify_slice(proof)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -60,26 +72,30 @@ mod tests {
     #[test]
     fn a_proof_verifies_only_with_the_same_secret_session_role_and_node() {
         let ekm = [7u8; EKM_LEN];
-        let proof = prove(b"secret", Role::Dialer, &ekm, 3);
-        assert!(verify(b"secret", Role::Dialer, &ekm, 3, &proof));
+        let proof = prove(b"secret", Role::Dialer, &ekm, 3, 77);
+        assert!(verify(b"secret", Role::Dialer, &ekm, 3, 77, &proof));
         assert!(
-            !verify(b"other", Role::Dialer, &ekm, 3, &proof),
+            !verify(b"other", Role::Dialer, &ekm, 3, 77, &proof),
             "wrong secret"
         );
         assert!(
-            !verify(b"secret", Role::Acceptor, &ekm, 3, &proof),
+            !verify(b"secret", Role::Acceptor, &ekm, 3, 77, &proof),
             "reflected"
         );
         assert!(
-            !verify(b"secret", Role::Dialer, &[8u8; EKM_LEN], 3, &proof),
+            !verify(b"secret", Role::Dialer, &[8u8; EKM_LEN], 3, 77, &proof),
             "replayed on another session"
         );
         assert!(
-            !verify(b"secret", Role::Dialer, &ekm, 4, &proof),
+            !verify(b"secret", Role::Dialer, &ekm, 4, 77, &proof),
             "another node's id"
         );
         assert!(
-            !verify(b"secret", Role::Dialer, &ekm, 3, &proof[..31]),
+            !verify(b"secret", Role::Dialer, &ekm, 3, 78, &proof),
+            "another incarnation"
+        );
+        assert!(
+            !verify(b"secret", Role::Dialer, &ekm, 3, 77, &proof[..31]),
             "truncated"
         );
     }

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::frame::{encode_into, read_frame};
-use super::peers::{self, MemberView, PeerTable, Verdict};
+use super::peers::{self, DialBackoff, DialOutcome, MemberView, PeerTable, Verdict};
 use super::rpc::{RpcInbox, RpcStream};
-use super::session::{CloseReason, HandshakeError, handshake};
+use super::session::{CloseReason, HandshakeError, Refused, handshake};
 use super::{auth, gossip, tls};
 use crate::broker::RemoteInterest;
 use crate::clock::unix_micros;
@@ -38,15 +38,13 @@ use crate::hub::{Encoded, Hub};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Counter, Row};
 use crate::presence::SharedReplica;
+use crate::secrets::Secrets;
 use crate::sync::{lock, read, write};
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 65_536;
 /// How often heartbeats go out and liveness is checked.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Redial delays.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Most queued messages written to a peer in one write.
 const WRITE_BATCH: usize = 256;
 
@@ -95,6 +93,8 @@ pub struct ClusterMetrics {
 /// What the mesh needs from the layers below it.
 #[derive(Debug, Clone)]
 pub struct MeshDeps {
+    /// The cluster secret, reloaded on SIGHUP (new sessions prove the new one).
+    pub secrets: Arc<Secrets>,
     pub hub: Arc<Hub>,
     pub replica: Arc<SharedReplica>,
     pub health: Arc<Health>,
@@ -106,7 +106,8 @@ pub struct MeshDeps {
 #[derive(Debug)]
 pub struct Cluster {
     node: NodeId,
-    secret: Vec<u8>,
+    /// This node's incarnation: the id of its data dir.
+    incarnation: u64,
     endpoint: quinn::Endpoint,
     hello: PeerMessage,
     seeds: Vec<String>,
@@ -121,7 +122,12 @@ pub struct Cluster {
 impl Cluster {
     /// Binds the peer endpoint; `config` holds this node's resolved addresses and
     /// `admin` its admin address, which peers learn from its hello.
-    pub fn bind(config: &Config, admin: String, deps: MeshDeps) -> anyhow::Result<Arc<Cluster>> {
+    pub fn bind(
+        config: &Config,
+        admin: String,
+        incarnation: u64,
+        deps: MeshDeps,
+    ) -> anyhow::Result<Arc<Cluster>> {
         let endpoint = tls::endpoint(
             config.peer_listen,
             config.node_timeout,
@@ -144,11 +150,7 @@ impl Cluster {
         deps.health.set_majority(table.in_majority());
         Ok(Arc::new(Cluster {
             node: config.node_id,
-            secret: config
-                .cluster_secret
-                .clone()
-                .unwrap_or_default()
-                .into_bytes(),
+            incarnation,
             endpoint,
             hello,
             seeds: config.seeds.clone(),
@@ -374,14 +376,15 @@ impl Cluster {
     }
 
     /// Keeps dialing `addr` until the node drains or stops; while a live session has that
-    /// address it only checks back every heartbeat.
+    /// address it only checks back every heartbeat. Delays grow while the address is
+    /// unreachable (to 2 s) and more after refusals (to 30 s, see `peers::DialBackoff`).
     fn dial(self: &Arc<Self>, addr: String) {
         if !lock(&self.dialing).insert(addr.clone()) {
             return;
         }
         let cluster = self.clone();
         tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = DialBackoff::default();
             let life = cluster.deps.lifecycle.clone();
             loop {
                 if life.shutdown_token().is_cancelled() || life.drain_token().is_cancelled() {
@@ -391,17 +394,29 @@ impl Cluster {
                     tokio::time::sleep(HEARTBEAT).await;
                     continue;
                 }
-                match cluster.connect(&addr).await {
-                    Ok(conn) => {
-                        backoff = BACKOFF_MIN;
-                        if let Err(e) = cluster.clone().session(conn, Some(&addr)).await {
-                            debug!(%addr, error = %e, "peer session ended");
+                let outcome = match cluster.connect(&addr).await {
+                    Ok(conn) => match cluster.clone().session(conn, Some(&addr)).await {
+                        Ok(()) => DialOutcome::Session,
+                        Err(e) if is_refusal(&e) => DialOutcome::Refused,
+                        Err(e) if e.downcast_ref::<HandshakeError>().is_some() => {
+                            debug!(%addr, error = %e, "peer handshake failed");
+                            DialOutcome::Unreachable
                         }
+                        Err(e) => {
+                            debug!(%addr, error = %e, "peer session ended");
+                            DialOutcome::Session
+                        }
+                    },
+                    Err(e) => {
+                        debug!(%addr, error = %e, "cannot reach peer");
+                        DialOutcome::Unreachable
                     }
-                    Err(e) => debug!(%addr, error = %e, "cannot reach peer"),
+                };
+                let delay = backoff.after(outcome);
+                if outcome == DialOutcome::Refused && backoff.warn() {
+                    warn!(%addr, retry_in = ?delay, "peer refused this node (or was refused); retrying with backoff");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(delay).await;
             }
             lock(&cluster.dialing).remove(&addr);
         });
@@ -428,22 +443,43 @@ impl Cluster {
         } else {
             auth::Role::Acceptor
         };
-        let mut hs = match handshake(&conn, role, &self.secret, self.node, &self.hello).await {
+        let secret = self.deps.secrets.cluster.get();
+        let me = (self.node, self.incarnation);
+        let mut hs = match handshake(&conn, role, &secret, me, &self.hello).await {
             Ok(hs) => hs,
             Err(e) => {
                 if matches!(e, HandshakeError::NotProven { .. }) {
                     self.metrics.auth_failures.inc();
                 }
-                warn!(remote = %conn.remote_address(), error = %e, "peer refused");
+                // A dialer's refusals are logged by its dial loop, with backoff.
+                if dialed.is_none() {
+                    warn!(remote = %conn.remote_address(), error = %e, "peer refused");
+                }
                 return Err(e.into());
             }
         };
         let peer = hs.peer;
         if self.deps.replica.is_removed(peer) {
             self.metrics.auth_failures.inc();
-            warn!(peer, remote = %conn.remote_address(), "peer refused: it was removed from the cluster");
+            if dialed.is_none() {
+                warn!(peer, remote = %conn.remote_address(), "peer refused: it was removed from the cluster");
+            }
             CloseReason::Removed.close(&conn);
-            bail!("peer {peer} was removed from the cluster");
+            return Err(Refused(format!("peer {peer} was removed from the cluster")).into());
+        }
+        if let Some(bound) = self.deps.replica.incarnation_of(peer)
+            && bound != hs.incarnation
+        {
+            self.metrics.auth_failures.inc();
+            warn!(
+                peer,
+                remote = %conn.remote_address(),
+                bound = format!("{bound:016x}"),
+                presented = format!("{:016x}", hs.incarnation),
+                "peer refused: node id {peer} belongs to a member with another data dir"
+            );
+            CloseReason::WrongIncarnation.close(&conn);
+            return Err(Refused(format!("peer {peer} is another incarnation")).into());
         }
 
         let dialer = if dialed.is_some() { self.node } else { peer };
@@ -455,7 +491,7 @@ impl Cluster {
         let verdict = lock(&self.table).on_session(
             Instant::now(),
             peer,
-            std::mem::take(&mut hs.addrs),
+            (std::mem::take(&mut hs.addrs), hs.incarnation),
             dialer,
             link.clone(),
         );
@@ -569,6 +605,24 @@ impl Cluster {
                 self.update_majority();
             }
         }
+    }
+}
+
+/// Whether a session failed because one side refused the other.
+fn is_refusal(e: &anyhow::Error) -> bool {
+    if e.downcast_ref::<Refused>().is_some() {
+        return true;
+    }
+    match e.downcast_ref::<HandshakeError>() {
+        Some(
+            HandshakeError::NotProven { .. }
+            | HandshakeError::SameNodeId(_)
+            | HandshakeError::Version { .. },
+        ) => true,
+        Some(e) => e
+            .closed_with()
+            .is_some_and(|code| CloseReason::refusal(code).is_some()),
+        None => false,
     }
 }
 

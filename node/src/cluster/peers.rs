@@ -42,6 +42,8 @@ pub struct PeerAddrs {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MemberView {
     pub id: NodeId,
+    /// The incarnation (data dir id) its last session presented.
+    pub incarnation: u64,
     pub up: bool,
     pub last_seen_ms: u64,
     pub rtt_micros: u64,
@@ -62,6 +64,7 @@ struct Session<S> {
 #[derive(Debug, Clone)]
 struct Peer<S> {
     addrs: PeerAddrs,
+    incarnation: u64,
     last_seen: Instant,
     rtt_micros: u64,
     session: Option<Session<S>>,
@@ -115,12 +118,13 @@ impl<S: Link> PeerTable<S> {
         &mut self,
         now: Instant,
         peer: NodeId,
-        addrs: PeerAddrs,
+        (addrs, incarnation): (PeerAddrs, u64),
         dialer: NodeId,
         link: S,
     ) -> Verdict<S> {
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             addrs: addrs.clone(),
+            incarnation,
             last_seen: now,
             rtt_micros: 0,
             session: None,
@@ -134,6 +138,7 @@ impl<S: Link> PeerTable<S> {
         let session = self.next_session;
         self.next_session += 1;
         entry.addrs = addrs;
+        entry.incarnation = incarnation;
         entry.last_seen = now;
         let replaced = entry
             .session
@@ -256,6 +261,7 @@ impl<S: Link> PeerTable<S> {
             .iter()
             .map(|(id, p)| MemberView {
                 id: *id,
+                incarnation: p.incarnation,
                 // Down is decided in one place, `tick`, which also has the driver drop
                 // the peer's interest: members, presence and routing never disagree.
                 up: p.session.is_some(),
@@ -280,6 +286,70 @@ impl<S: Link> PeerTable<S> {
             .collect();
         known.sort();
         known
+    }
+}
+
+/// How a dial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialOutcome {
+    /// A session ran (and ended): redial soon.
+    Session,
+    /// The address did not answer or the handshake broke off.
+    Unreachable,
+    /// The peer refused this node, or this node refused it (secret, removed member,
+    /// another incarnation): it will likely refuse again.
+    Refused,
+}
+
+/// Redial delays while unreachable: from 50 ms, doubling, up to 2 s.
+pub const REDIAL_MIN: Duration = Duration::from_millis(50);
+pub const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// Redial delays after refusals: from 1 s, doubling, up to 30 s.
+pub const REFUSED_MIN: Duration = Duration::from_secs(1);
+pub const REFUSED_MAX: Duration = Duration::from_secs(30);
+
+/// One dialer's backoff, and when a refusal is worth a warning (the 1st, 2nd, 4th, 8th,
+/// ... in a row), so a peer refused for good does not fill the log.
+#[derive(Debug, Clone, Copy)]
+pub struct DialBackoff {
+    delay: Duration,
+    refusals: u32,
+}
+
+impl Default for DialBackoff {
+    fn default() -> Self {
+        DialBackoff {
+            delay: REDIAL_MIN,
+            refusals: 0,
+        }
+    }
+}
+
+impl DialBackoff {
+    /// The delay before the next dial, after `outcome`.
+    pub fn after(&mut self, outcome: DialOutcome) -> Duration {
+        match outcome {
+            DialOutcome::Session => {
+                *self = DialBackoff::default();
+                REDIAL_MIN
+            }
+            DialOutcome::Unreachable => {
+                let now = self.delay.clamp(REDIAL_MIN, REDIAL_MAX);
+                self.delay = (now * 2).min(REDIAL_MAX);
+                now
+            }
+            DialOutcome::Refused => {
+                self.refusals += 1;
+                let now = self.delay.clamp(REFUSED_MIN, REFUSED_MAX);
+                self.delay = (now * 2).min(REFUSED_MAX);
+                now
+            }
+        }
+    }
+
+    /// Whether the refusal just counted deserves a warning.
+    pub fn warn(&self) -> bool {
+        self.refusals.is_power_of_two()
     }
 }
 
@@ -331,10 +401,10 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
         // The session node 3 dialed arrives first and is accepted...
-        let first = table.on_session(t0, 3, addrs(7003), 3, link("dialed by 3"));
+        let first = table.on_session(t0, 3, (addrs(7003), 0), 3, link("dialed by 3"));
         assert!(matches!(first, Verdict::Accept { replaced: None, .. }));
         // ...then the one node 2 dialed replaces it (2 < 3), and hands it back to close.
-        let second = table.on_session(t0, 3, addrs(7003), 2, link("dialed by 2"));
+        let second = table.on_session(t0, 3, (addrs(7003), 0), 2, link("dialed by 2"));
         assert!(matches!(
             second,
             Verdict::Accept { replaced: Some(ref l), .. } if l.name == "dialed by 3"
@@ -342,7 +412,7 @@ mod tests {
         assert_eq!(table.link(3).map(|l| l.name), Some("dialed by 2"));
         // A late third session dialed by 3 loses to the kept one.
         assert_eq!(
-            table.on_session(t0, 3, addrs(7003), 3, link("late")),
+            table.on_session(t0, 3, (addrs(7003), 0), 3, link("late")),
             Verdict::Duplicate
         );
         assert_eq!(table.link(3).map(|l| l.name), Some("dialed by 2"));
@@ -353,9 +423,9 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
         let dead = link("dead");
-        table.on_session(t0, 3, addrs(7003), 2, dead.clone());
+        table.on_session(t0, 3, (addrs(7003), 0), 2, dead.clone());
         dead.open.set(false);
-        let verdict = table.on_session(t0, 3, addrs(7003), 3, link("fresh"));
+        let verdict = table.on_session(t0, 3, (addrs(7003), 0), 3, link("fresh"));
         assert!(matches!(
             verdict,
             Verdict::Accept {
@@ -371,12 +441,12 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(1, TIMEOUT, false);
         let Verdict::Accept { session: old, .. } =
-            table.on_session(t0, 2, addrs(7002), 2, link("old"))
+            table.on_session(t0, 2, (addrs(7002), 0), 2, link("old"))
         else {
             panic!("accepted");
         };
         let Verdict::Accept { session: new, .. } =
-            table.on_session(t0, 2, addrs(7002), 1, link("new"))
+            table.on_session(t0, 2, (addrs(7002), 0), 1, link("new"))
         else {
             panic!("accepted");
         };
@@ -391,8 +461,8 @@ mod tests {
     fn a_silent_peer_expires_after_the_timeout_and_the_others_get_heartbeats() {
         let t0 = Instant::now();
         let mut table = PeerTable::new(1, TIMEOUT, false);
-        table.on_session(t0, 2, addrs(7002), 1, link("two"));
-        table.on_session(t0, 3, addrs(7003), 1, link("three"));
+        table.on_session(t0, 2, (addrs(7002), 0), 1, link("two"));
+        table.on_session(t0, 3, (addrs(7003), 0), 1, link("three"));
         let later = t0 + Duration::from_secs(3);
         table.heard_from(later, 3);
         let tick = table.tick(t0 + Duration::from_millis(4_999));
@@ -428,8 +498,8 @@ mod tests {
         assert!(!joining.in_majority(), "started with seeds, reached nobody");
 
         let mut table = PeerTable::new(1, TIMEOUT, true);
-        table.on_session(t0, 2, addrs(7002), 1, link("two"));
-        table.on_session(t0, 3, addrs(7003), 1, link("three"));
+        table.on_session(t0, 2, (addrs(7002), 0), 1, link("two"));
+        table.on_session(t0, 3, (addrs(7003), 0), 1, link("three"));
         assert!(table.in_majority(), "3 of 3");
         table.tick(t0 + TIMEOUT - Duration::from_millis(1));
         table.heard_from(t0 + TIMEOUT, 2);
@@ -446,7 +516,7 @@ mod tests {
         assert!(table.should_dial("127.0.0.1:7003"));
         assert!(table.should_dial_peer(3), "the lower id dials");
         assert!(!table.should_dial_peer(1), "the higher waits to be dialed");
-        table.on_session(t0, 3, addrs(7003), 2, link("three"));
+        table.on_session(t0, 3, (addrs(7003), 0), 2, link("three"));
         assert!(!table.should_dial("127.0.0.1:7003"), "connected");
         assert!(!table.should_dial_peer(3), "connected");
         assert_eq!(table.known(), vec![(3, "127.0.0.1:7003".to_string())]);
@@ -454,5 +524,28 @@ mod tests {
             table.last_seen(t0 + Duration::from_secs(1), 3),
             Some(Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn refused_dials_back_off_to_half_a_minute_and_warn_less_and_less() {
+        let mut b = DialBackoff::default();
+        assert_eq!(b.after(DialOutcome::Unreachable), REDIAL_MIN);
+        assert_eq!(b.after(DialOutcome::Unreachable), REDIAL_MIN * 2);
+        let mut warned = Vec::new();
+        let mut last = Duration::ZERO;
+        for n in 1..=20 {
+            last = b.after(DialOutcome::Refused);
+            if b.warn() {
+                warned.push(n);
+            }
+        }
+        assert_eq!(last, REFUSED_MAX);
+        assert_eq!(warned, vec![1, 2, 4, 8, 16]);
+        assert_eq!(
+            b.after(DialOutcome::Session),
+            REDIAL_MIN,
+            "a session resets it"
+        );
+        assert_eq!(b.after(DialOutcome::Unreachable), REDIAL_MIN);
     }
 }

@@ -29,6 +29,8 @@ pub enum CloseReason {
     Duplicate = 3,
     /// The peer was removed from the cluster for good.
     Removed = 4,
+    /// The peer claims a member's id with another data dir (another incarnation).
+    WrongIncarnation = 5,
 }
 
 impl CloseReason {
@@ -40,6 +42,20 @@ impl CloseReason {
             CloseReason::SameNodeId => b"same node id",
             CloseReason::Duplicate => b"duplicate connection",
             CloseReason::Removed => b"removed from the cluster",
+            CloseReason::WrongIncarnation => {
+                b"this node id belongs to a member with another data dir"
+            }
+        }
+    }
+
+    /// The reason a peer closed a connection with, if it was a refusal of this node.
+    pub fn refusal(code: u64) -> Option<CloseReason> {
+        match code {
+            1 => Some(CloseReason::SecretNotProven),
+            2 => Some(CloseReason::SameNodeId),
+            4 => Some(CloseReason::Removed),
+            5 => Some(CloseReason::WrongIncarnation),
+            _ => None,
         }
     }
 
@@ -48,6 +64,11 @@ impl CloseReason {
         conn.close((self as u32).into(), self.text());
     }
 }
+
+/// This node refused a peer after its handshake (removed, another incarnation).
+#[derive(Debug, thiserror::Error)]
+#[error("peer refused: {0}")]
+pub struct Refused(pub String);
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +102,30 @@ pub enum HandshakeError {
     Timeout,
 }
 
+impl HandshakeError {
+    /// The code the peer closed the connection with during the handshake, if it did.
+    pub fn closed_with(&self) -> Option<u64> {
+        let conn = match self {
+            HandshakeError::Connection(c) => c,
+            HandshakeError::Frame(FrameError::Read(quinn::ReadExactError::ReadError(
+                quinn::ReadError::ConnectionLost(c),
+            ))) => c,
+            HandshakeError::Frame(FrameError::Write(quinn::WriteError::ConnectionLost(c))) => c,
+            _ => return None,
+        };
+        match conn {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
 /// A peer that proved the secret and said hello, with the session's gossip stream.
 #[derive(Debug)]
 pub struct Handshaken {
     pub peer: NodeId,
+    /// The peer's incarnation (its data dir's id), covered by its proof.
+    pub incarnation: u64,
     pub addrs: PeerAddrs,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
@@ -96,7 +137,7 @@ pub async fn handshake(
     conn: &quinn::Connection,
     role: auth::Role,
     secret: &[u8],
-    me: NodeId,
+    me: (NodeId, u64),
     hello: &PeerMessage,
 ) -> Result<Handshaken, HandshakeError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange(conn, role, secret, me, hello)).await {
@@ -109,7 +150,7 @@ async fn exchange(
     conn: &quinn::Connection,
     role: auth::Role,
     secret: &[u8],
-    me: NodeId,
+    (me, my_incarnation): (NodeId, u64),
     hello: &PeerMessage,
 ) -> Result<Handshaken, HandshakeError> {
     let (mut send, mut recv) = match role {
@@ -119,17 +160,22 @@ async fn exchange(
     let mut ekm = [0u8; auth::EKM_LEN];
     conn.export_keying_material(&mut ekm, auth::LABEL, b"")
         .map_err(|_| HandshakeError::Keying)?;
-    let proof = auth::prove(secret, role, &ekm, me);
+    let proof = auth::prove(secret, role, &ekm, me, my_incarnation);
     write_frame(
         &mut send,
         &PeerMessage::Auth {
             node: me,
+            incarnation: my_incarnation,
             proof: proof.into(),
         },
     )
     .await?;
-    let (peer, their_proof) = match read_frame(&mut recv, MAX_HANDSHAKE_FRAME).await? {
-        PeerMessage::Auth { node, proof } => (node, proof),
+    let (peer, incarnation, their_proof) = match read_frame(&mut recv, MAX_HANDSHAKE_FRAME).await? {
+        PeerMessage::Auth {
+            node,
+            incarnation,
+            proof,
+        } => (node, incarnation, proof),
         other => {
             return Err(HandshakeError::Protocol(format!(
                 "expected Auth first, got {}",
@@ -141,7 +187,7 @@ async fn exchange(
         auth::Role::Dialer => auth::Role::Acceptor,
         auth::Role::Acceptor => auth::Role::Dialer,
     };
-    if !auth::verify(secret, their_role, &ekm, peer, &their_proof) {
+    if !auth::verify(secret, their_role, &ekm, peer, incarnation, &their_proof) {
         CloseReason::SecretNotProven.close(conn);
         return Err(HandshakeError::NotProven {
             remote: conn.remote_address(),
@@ -170,6 +216,7 @@ async fn exchange(
             }
             Ok(Handshaken {
                 peer,
+                incarnation,
                 addrs: PeerAddrs {
                     peer: peer_addr,
                     ws: ws_addr,

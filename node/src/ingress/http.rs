@@ -19,6 +19,8 @@ const MAX_HEADERS: usize = 48;
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
     /// The path without the query string.
     pub path: String,
     /// The raw query string (after `?`), if any.
@@ -122,6 +124,7 @@ async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request
                     .collect();
                 return Ok(Request {
                     method: req.method.unwrap_or("GET").to_owned(),
+                    version: req.version.unwrap_or(0),
                     path,
                     query,
                     headers,
@@ -143,15 +146,20 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
         426 => "Upgrade Required",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "",
     }
 }
@@ -161,6 +169,8 @@ fn reason(status: u16) -> &'static str {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
+    /// Headers beyond the content type and length.
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
@@ -169,6 +179,7 @@ impl Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
             body: body.into().into_bytes(),
         }
     }
@@ -179,19 +190,30 @@ impl Response {
         Response {
             status,
             content_type: "application/json",
+            headers: Vec::new(),
             body,
         }
     }
 
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
     /// Writes the response and asks the client to close.
     pub async fn write<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
             self.status,
             reason(self.status),
             self.content_type,
             self.body.len()
         );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         let mut out = Vec::with_capacity(head.len() + self.body.len());
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(&self.body);

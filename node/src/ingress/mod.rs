@@ -11,20 +11,26 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use crate::auth::Verifier;
+use std::sync::Mutex;
+
 use crate::config::Config;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceQueue, SharedReplica};
+use crate::secrets::Secrets;
+use crate::tls::ServerTls;
 
 /// What a WebSocket connection needs of the node.
 #[derive(Debug)]
 pub struct Ingress {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub verifier: Verifier,
+    pub secrets: Arc<Secrets>,
+    /// `--tls-cert`: the port serves wss:// (and HTTPS health checks).
+    pub tls: Option<ServerTls>,
+    pub caps: Mutex<ws::caps::Caps>,
     pub lifecycle: Arc<Lifecycle>,
     pub health: Arc<Health>,
     pub hub: Arc<Hub>,

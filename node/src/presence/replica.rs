@@ -8,7 +8,7 @@
 //!   state machine; read by the mesh (is a peer removed?), the admin API, the client
 //!   `presence` op and the metrics.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,10 @@ pub enum Command {
     Presence(Vec<PresenceOp>),
     /// `switchboard remove ID`: the node's presence is purged and it may not rejoin.
     Remove(NodeId),
+    /// The member `node` is the process with data dir `incarnation`; the first binding of
+    /// a node id stands (until the member is removed), so a process started with a live
+    /// member's id and another data dir is refused by every node.
+    Bind { node: NodeId, incarnation: u64 },
 }
 
 /// See the module header.
@@ -32,6 +36,8 @@ pub enum Command {
 pub struct Replica {
     pub presence: Registry,
     pub removed: BTreeSet<NodeId>,
+    /// Each member's incarnation (the id of its data dir), as first bound.
+    pub incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl Replica {
@@ -51,7 +57,14 @@ impl Replica {
             Command::Remove(node) => {
                 self.presence.apply(PresenceOp::PurgeNode { node });
                 self.removed.insert(node);
+                self.incarnations.remove(&node);
                 1
+            }
+            Command::Bind { node, incarnation } => {
+                if self.removed.contains(&node) {
+                    return 0;
+                }
+                u64::from(*self.incarnations.entry(node).or_insert(incarnation) == incarnation)
             }
         }
     }
@@ -60,9 +73,11 @@ impl Replica {
     pub fn from_parts(
         connections: impl IntoIterator<Item = ConnectionRecord>,
         removed: impl IntoIterator<Item = NodeId>,
+        incarnations: impl IntoIterator<Item = (NodeId, u64)>,
     ) -> Replica {
         let mut replica = Replica {
             removed: removed.into_iter().collect(),
+            incarnations: incarnations.into_iter().collect(),
             ..Replica::default()
         };
         for record in connections {
@@ -115,6 +130,11 @@ impl SharedReplica {
         self.read().removed.contains(&node)
     }
 
+    /// The incarnation bound to `node`, if any.
+    pub fn incarnation_of(&self, node: NodeId) -> Option<u64> {
+        self.read().incarnations.get(&node).copied()
+    }
+
     /// Connections registered cluster-wide.
     pub fn len(&self) -> usize {
         self.read().presence.len()
@@ -162,8 +182,55 @@ mod tests {
             PresenceOp::Connect(record(3, "3-b", "u")),
         ]));
         r.apply(Command::Remove(9));
-        let rebuilt = Replica::from_parts(r.presence.records().cloned(), r.removed.clone());
+        r.apply(Command::Bind {
+            node: 3,
+            incarnation: 33,
+        });
+        let rebuilt = Replica::from_parts(
+            r.presence.records().cloned(),
+            r.removed.clone(),
+            r.incarnations.clone(),
+        );
         assert_eq!(rebuilt, r);
+    }
+
+    #[test]
+    fn the_first_binding_of_a_node_id_stands_until_it_is_removed() {
+        let mut r = Replica::default();
+        assert_eq!(
+            r.apply(Command::Bind {
+                node: 2,
+                incarnation: 7
+            }),
+            1
+        );
+        assert_eq!(
+            r.apply(Command::Bind {
+                node: 2,
+                incarnation: 7
+            }),
+            1,
+            "idempotent"
+        );
+        assert_eq!(
+            r.apply(Command::Bind {
+                node: 2,
+                incarnation: 8
+            }),
+            0,
+            "an impostor"
+        );
+        assert_eq!(r.incarnations.get(&2), Some(&7));
+        r.apply(Command::Remove(2));
+        assert_eq!(r.incarnations.get(&2), None);
+        assert_eq!(
+            r.apply(Command::Bind {
+                node: 2,
+                incarnation: 8
+            }),
+            0,
+            "removed for good"
+        );
     }
 
     #[test]

@@ -117,12 +117,15 @@ pub struct RaftSettings {
     pub may_bootstrap: bool,
     /// This node's peer address, as the membership records it.
     pub advertised: String,
+    /// This node's incarnation (its data dir's id), bound in the replica by the leader.
+    pub incarnation: u64,
 }
 
 /// See the module header.
 pub struct Consensus {
     pub raft: Raft<TypeConfig>,
     node: NodeId,
+    incarnation: u64,
     transport: Arc<dyn Transport>,
     node_timeout: Duration,
     max_voters: usize,
@@ -178,6 +181,7 @@ impl Consensus {
         let consensus = Arc::new(Consensus {
             raft,
             node: me,
+            incarnation: settings.incarnation,
             transport,
             node_timeout: settings.node_timeout,
             max_voters: settings.max_voters,
@@ -499,12 +503,18 @@ impl Consensus {
     fn view(&self) -> View {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let (removed, presence_holders) = {
+        let (removed, presence_holders, bound) = {
             let replica = self.replica.read();
-            (replica.removed.clone(), replica.presence.nodes().collect())
+            (
+                replica.removed.clone(),
+                replica.presence.nodes().collect(),
+                replica.incarnations.clone(),
+            )
         };
         View {
             me: self.node,
+            my_incarnation: self.incarnation,
+            bound,
             leader: m.current_leader,
             has_leader: self.has_leader(),
             voters: membership.voter_ids().collect(),
@@ -547,6 +557,16 @@ impl Consensus {
                 }
                 self.queue.resync();
                 self.counters.resyncs.inc();
+            }
+            Action::Bind { node, incarnation } => {
+                info!(
+                    node,
+                    incarnation = format!("{incarnation:016x}"),
+                    "binding a node id to its data dir"
+                );
+                if let Err(e) = self.write(Command::Bind { node, incarnation }).await {
+                    warn!(node, error = %e, "binding failed; retried next look");
+                }
             }
             Action::AddLearner { id, addr } => {
                 info!(node = id, "adding a learner");

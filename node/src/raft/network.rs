@@ -166,6 +166,7 @@ impl Transport for Cluster {
                 addr: m.peer,
                 up: m.up,
                 last_seen: Some(Duration::from_millis(m.last_seen_ms)),
+                incarnation: Some(m.incarnation),
             })
             .collect()
     }

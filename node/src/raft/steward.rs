@@ -9,7 +9,10 @@
 //!   flight, its last write applied here); two disagreeing looks in a row ask for a
 //!   [`Action::Resync`] (after a restart, or after the leader purged it while it was cut
 //!   off).
-//! - **The leader**: a peer that is up and not yet a member becomes a learner; a learner
+//! - **The leader**: every node that is up (itself included) and whose id is not yet
+//!   bound to an incarnation gets the one it presented bound (`Command::Bind`), so a
+//!   second process with the same id and another data dir is refused; a peer that is up
+//!   and not yet a member becomes a learner; a learner
 //!   that is up and caught up (within [`CATCH_UP_MARGIN`] entries) becomes a voter, one at
 //!   a time and only outside a membership change, up to `--max-voters`; a node that holds
 //!   presence and has been down for `--node-timeout-ms` (counted from when it was last
@@ -36,12 +39,18 @@ pub struct PeerState {
     pub up: bool,
     /// How long ago it was last heard from.
     pub last_seen: Option<Duration>,
+    /// The incarnation its session presented.
+    pub incarnation: Option<u64>,
 }
 
 /// What the steward looks at.
 #[derive(Debug, Clone)]
 pub struct View {
     pub me: NodeId,
+    /// This node's incarnation.
+    pub my_incarnation: u64,
+    /// Incarnations bound in the replica.
+    pub bound: BTreeMap<NodeId, u64>,
     /// The Raft leader this node knows, if any.
     pub leader: Option<NodeId>,
     /// Whether that leader can commit (see `Consensus::has_leader`).
@@ -69,6 +78,8 @@ pub enum Action {
     Drain,
     /// Re-register every live connection of this node.
     Resync,
+    /// Bind `node` to `incarnation` in the replica.
+    Bind { node: NodeId, incarnation: u64 },
     /// Add `id` (at `addr`) as a learner.
     AddLearner { id: NodeId, addr: String },
     /// Make the learner `id` a voter.
@@ -133,6 +144,20 @@ impl Steward {
 
     fn lead(&mut self, now: Instant, view: &View, actions: &mut Vec<Action>) {
         let up: BTreeSet<NodeId> = view.peers.iter().filter(|p| p.up).map(|p| p.id).collect();
+        let me = std::iter::once((view.me, Some(view.my_incarnation)));
+        let others = view
+            .peers
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| (p.id, p.incarnation));
+        for (node, incarnation) in me.chain(others) {
+            if let Some(incarnation) = incarnation
+                && !view.bound.contains_key(&node)
+                && !view.removed.contains(&node)
+            {
+                actions.push(Action::Bind { node, incarnation });
+            }
+        }
         for peer in view.peers.iter().filter(|p| p.up) {
             let member = view.voters.contains(&peer.id) || view.learners.contains(&peer.id);
             if !member && !view.removed.contains(&peer.id) {
@@ -189,6 +214,7 @@ mod tests {
             addr: format!("127.0.0.1:700{id}"),
             up,
             last_seen: Some(Duration::from_millis(last_seen_ms)),
+            incarnation: Some(id * 100),
         }
     }
 
@@ -196,6 +222,8 @@ mod tests {
     fn leader_view() -> View {
         View {
             me: 1,
+            my_incarnation: 100,
+            bound: BTreeMap::from([(1, 100), (2, 200), (3, 300)]),
             leader: Some(1),
             has_leader: true,
             voters: BTreeSet::from([1]),
@@ -208,6 +236,31 @@ mod tests {
             presence_holders: BTreeSet::new(),
             settled: None,
         }
+    }
+
+    #[test]
+    fn the_leader_binds_every_up_node_not_yet_bound() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.voters = BTreeSet::from([1, 2, 3]);
+        view.bound = BTreeMap::from([(2, 200)]);
+        view.peers[1].up = false;
+        assert_eq!(
+            steward.tick(Instant::now(), &view),
+            vec![Action::Bind {
+                node: 1,
+                incarnation: 100
+            }],
+            "itself, not the down node 3"
+        );
+        view.bound.insert(1, 100);
+        assert!(steward.tick(Instant::now(), &view).is_empty());
+        view.leader = Some(2);
+        view.bound.clear();
+        assert!(
+            steward.tick(Instant::now(), &view).is_empty(),
+            "a follower binds nothing"
+        );
     }
 
     #[test]

@@ -47,6 +47,14 @@ fn any(e: impl std::fmt::Display) -> AnyError {
 struct SnapshotBody {
     connections: Vec<ConnectionRecord>,
     removed: Vec<NodeId>,
+    incarnations: Vec<(NodeId, u64)>,
+}
+
+/// A snapshot written before incarnations were recorded (peer protocol 2).
+#[derive(Deserialize)]
+struct SnapshotBodyV1 {
+    connections: Vec<ConnectionRecord>,
+    removed: Vec<NodeId>,
 }
 
 /// The replica as snapshot bytes.
@@ -54,13 +62,23 @@ fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
     Ok(encode(&SnapshotBody {
         connections: replica.presence.records().cloned().collect(),
         removed: replica.removed.iter().copied().collect(),
+        incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
     })?)
 }
 
-/// A replica from snapshot bytes.
+/// A replica from snapshot bytes (either format).
 fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
-    let body: SnapshotBody = decode(bytes)?;
-    Ok(Replica::from_parts(body.connections, body.removed))
+    match decode::<SnapshotBody>(bytes) {
+        Ok(body) => Ok(Replica::from_parts(
+            body.connections,
+            body.removed,
+            body.incarnations,
+        )),
+        Err(e) => match decode::<SnapshotBodyV1>(bytes) {
+            Ok(old) => Ok(Replica::from_parts(old.connections, old.removed, [])),
+            Err(_) => Err(e.into()),
+        },
+    }
 }
 
 /// Runs blocking storage work off the async workers.
@@ -490,8 +508,26 @@ mod tests {
             PresenceOp::Connect(record(3, "3-b", "u")),
         ]));
         r.apply(Command::Remove(9));
+        r.apply(Command::Bind {
+            node: 1,
+            incarnation: 11,
+        });
         let restored = restore(&snapshot_of(&r).expect("encodes")).expect("decodes");
         assert_eq!(restored, r);
         assert!(restore(b"\xff\xff garbage").is_err());
+        // A snapshot of the format before incarnations still restores.
+        #[derive(Serialize)]
+        struct Old {
+            connections: Vec<ConnectionRecord>,
+            removed: Vec<NodeId>,
+        }
+        let old = encode(&Old {
+            connections: r.presence.records().cloned().collect(),
+            removed: vec![9],
+        })
+        .expect("encodes");
+        let restored = restore(&old).expect("the old format decodes");
+        assert_eq!(restored.presence, r.presence);
+        assert!(restored.incarnations.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! real store, codec, steward and writer, with calls dispatched in process instead of over
 //! QUIC. A node can be cut off from the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +76,7 @@ impl Transport for Endpoint {
                 addr: format!("mem:{id}"),
                 up: self.router.reachable(self.me, id).is_some(),
                 last_seen: Some(Duration::ZERO),
+                incarnation: Some(id * 1000),
             })
             .collect()
     }
@@ -119,6 +120,7 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
             max_voters: 5,
             may_bootstrap: bootstrap,
             advertised: format!("mem:{id}"),
+            incarnation: id * 1000,
         },
         transport,
         replica.clone(),
@@ -189,6 +191,10 @@ async fn three_nodes_form_replicate_forwarded_writes_and_remove_a_member() {
     })
     .await;
     assert!(two.consensus.counters.forwarded_writes.get() >= 1);
+    wait_for("every node bound to its incarnation", || {
+        three.replica.read().incarnations == BTreeMap::from([(1, 1000), (2, 2000), (3, 3000)])
+    })
+    .await;
     two.consensus
         .linearizable()
         .await

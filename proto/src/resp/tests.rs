@@ -159,6 +159,7 @@ fn each_limit_is_enforced_on_the_header() {
         max_array_len: 3,
         max_depth: 3,
         max_inline_len: 16,
+        max_frame_len: 1024,
     };
     assert_eq!(
         check(b"$11\r\n", &limits),
@@ -313,4 +314,44 @@ fn into_args_wants_an_array_of_strings() {
         Frame::Array(vec![Frame::bulk("a"), Frame::Simple("b".into())]).into_args(),
         Ok(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")])
     );
+}
+
+#[test]
+fn a_frame_announcing_more_than_the_frame_limit_is_refused_on_its_headers() {
+    let limits = Limits {
+        max_bulk_len: 100,
+        max_frame_len: 250,
+        ..Limits::default()
+    };
+    // Three bulks of 100 bytes: each passes the bulk limit, the third breaks the frame
+    // limit as soon as its header arrives (before its bytes).
+    let bulk = format!("$100\r\n{}\r\n", "x".repeat(100));
+    let mut buf = BytesMut::from(format!("*3\r\n{bulk}{bulk}$100\r\n").as_bytes());
+    let mut decoder = Decoder::new(limits);
+    assert!(matches!(
+        decoder.decode(&mut buf),
+        Err(Error::FrameTooLong { max: 250, .. })
+    ));
+    // An aggregate header announcing more elements than can fit is refused at once.
+    let mut buf = BytesMut::from(&b"*1000\r\n"[..]);
+    assert!(matches!(
+        Decoder::new(limits).decode(&mut buf),
+        Err(Error::FrameTooLong { .. })
+    ));
+    // A frame within the limit passes.
+    let mut buf = BytesMut::from(format!("*2\r\n{bulk}{bulk}").as_bytes());
+    assert!(matches!(
+        Decoder::new(limits).decode(&mut buf),
+        Ok(Some(Frame::Array(_)))
+    ));
+    // Inline commands are bounded by it too.
+    let tight = Limits {
+        max_frame_len: 8,
+        ..Limits::default()
+    };
+    let mut buf = BytesMut::from(&b"PING hello world"[..]);
+    assert!(matches!(
+        Decoder::new(tight).decode(&mut buf),
+        Err(Error::InlineTooLong(8))
+    ));
 }

@@ -62,6 +62,9 @@ pub struct Spec {
     pub arity: i64,
     /// May run before `AUTH` on a password-protected shim.
     pub no_auth: bool,
+    /// Its cost grows with the number of groups (introspection): the connection runs it
+    /// off the async workers, so it never stalls other connections.
+    pub slow: bool,
     /// Flags as `COMMAND INFO` reports them.
     pub flags: &'static [&'static str],
     /// First key, last key, step, as `COMMAND INFO` reports them.
@@ -80,6 +83,7 @@ const fn spec(
         text,
         arity,
         no_auth: false,
+        slow: false,
         flags,
         keys,
     }
@@ -87,6 +91,11 @@ const fn spec(
 
 const fn no_auth(mut s: Spec) -> Spec {
     s.no_auth = true;
+    s
+}
+
+const fn slow(mut s: Spec) -> Spec {
+    s.slow = true;
     s
 }
 
@@ -171,7 +180,7 @@ pub static TABLE: &[Spec] = &[
     spec(Name::Unlink, "unlink", -2, WRITE, KEYS),
     spec(Name::Zadd, "zadd", -4, &["write", "denyoom", "fast"], KEY),
     spec(Name::Expire, "expire", -3, WRITE, KEY),
-    spec(Name::Keys, "keys", 2, &["readonly"], NONE),
+    slow(spec(Name::Keys, "keys", 2, &["readonly"], NONE)),
     spec(Name::Zpopmin, "zpopmin", -2, WRITE, KEY),
     spec(
         Name::Bzpopmin,

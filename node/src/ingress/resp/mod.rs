@@ -6,11 +6,20 @@
 //! - [`session`]: a connection's state and what a command does to it (sans-IO, tested
 //!   against a fake publisher).
 //! - [`cmd`]: the commands by family; [`channels`]: what channels_redis sends.
+//! - [`guard`]: the throttle on failed `AUTH`s and the cap on unauthenticated
+//!   connections per address.
 //! - This module: the listener, and one task per connection that reads into a buffer,
 //!   decodes every complete frame with the proto crate's [`Decoder`], answers each command
 //!   in order into one output buffer, and writes that buffer once per read: pipelining
 //!   costs one syscall per batch. Output is bounded because it is flushed before more
 //!   input is read.
+//!
+//! What a connection can make the node hold is bounded in bytes: a command is at most
+//! `--max-command-bytes` (refused on its headers, before the bytes arrive), and before
+//! `AUTH` on a password node at most [`PRE_AUTH_MAX_COMMAND`] bytes in at most
+//! [`PRE_AUTH_MAX_ARGS`] arguments; a MULTI queue at most `session::MAX_QUEUED_BYTES`.
+//! A connection that has not authenticated within `--resp-auth-timeout` is closed, and
+//! so is one silent for `--resp-idle-timeout` when set.
 //!
 //! What the commands mean here is in docs/protocol.md; where Switchboard has no
 //! equivalent, the answer is the one Redis gives, or a Redis-style error naming the
@@ -19,8 +28,10 @@
 pub mod channels;
 pub mod cmd;
 pub mod command;
+pub mod guard;
 pub mod session;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,16 +40,17 @@ use switchboard_proto::resp::{Decoder, Frame, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 pub use session::{Env, Next, Session};
 
+use crate::metrics::Metrics;
 use crate::router::Publish;
+use crate::sync::lock;
 
-/// Most RESP connections at once.
-pub const MAX_RESP_CONNECTIONS: usize = 10_000;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 /// The output buffer is given back once it has grown past this.
@@ -48,8 +60,68 @@ const OUT_KEEP: usize = 1024 * 1024;
 const MIN_BULK: usize = 64 * 1024;
 /// Pause after a failed accept (EMFILE and friends), instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Before `AUTH` on a password node, as Redis limits unauthenticated clients: at most
+/// this many arguments...
+pub const PRE_AUTH_MAX_ARGS: usize = 10;
+/// ...of at most this many bytes each...
+pub const PRE_AUTH_MAX_BULK: usize = 16 * 1024;
+/// ...in a command of at most this many bytes.
+pub const PRE_AUTH_MAX_COMMAND: usize = 64 * 1024;
+/// Failed `AUTH`s after which a connection is closed.
+pub const MAX_AUTH_FAILURES: u32 = 10;
 
-/// Accepts RESP connections until `stop` is cancelled.
+/// The decoder limits of an authenticated connection.
+fn limits(env: &Env) -> Limits {
+    let config = &env.config;
+    Limits {
+        max_bulk_len: config.max_payload.max(MIN_BULK),
+        max_frame_len: config.max_command_bytes,
+        ..Limits::default()
+    }
+}
+
+/// The decoder limits before `AUTH`.
+fn pre_auth_limits() -> Limits {
+    Limits {
+        max_bulk_len: PRE_AUTH_MAX_BULK,
+        max_array_len: PRE_AUTH_MAX_ARGS,
+        max_frame_len: PRE_AUTH_MAX_COMMAND,
+        max_inline_len: PRE_AUTH_MAX_COMMAND,
+        ..Limits::default()
+    }
+}
+
+/// Keeps `switchboard_resp_connections` right however the task ends.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.resp_connections.inc();
+        Open(metrics)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.resp_connections.dec();
+    }
+}
+
+/// A connection's place among the unauthenticated ones from its address, given back
+/// when it authenticates or closes.
+struct Waiting<'a> {
+    env: &'a Env,
+    ip: IpAddr,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.env.unauthenticated).leave(self.ip);
+    }
+}
+
+/// Accepts RESP connections until `stop` is cancelled. Over `max_resp_connections`, a
+/// client is answered Redis's `max number of clients reached` and closed.
 pub async fn serve(
     listener: TcpListener,
     env: Arc<Env>,
@@ -57,14 +129,10 @@ pub async fn serve(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    let sockets = Arc::new(Semaphore::new(MAX_RESP_CONNECTIONS));
+    let sockets = Arc::new(Semaphore::new(env.config.max_resp_connections));
     let mut next_id: u64 = 0;
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = sockets.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -75,49 +143,89 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(permit) = sockets.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        };
         next_id += 1;
         let session = Session::new(next_id, env.clone());
         let (publish, stop) = (publish.clone(), stop.clone());
         tracker.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
-            let metrics = session.env.metrics.clone();
-            metrics.resp_connections.inc();
-            let result = run(session, stream, &*publish, stop).await;
-            metrics.resp_connections.dec();
-            if let Err(e) = result {
+            let _open = Open::new(session.env.metrics.clone());
+            if let Err(e) = run(session, stream, peer.ip(), &*publish, stop).await {
                 debug!(%peer, error = %e, "RESP connection ended with an error");
             }
         });
     }
 }
 
-/// Serves one connection until it closes, `QUIT`s, sends a malformed stream, or `stop`.
+/// Serves one connection until it closes, `QUIT`s, sends a malformed stream, fails to
+/// authenticate in time, or `stop`.
 async fn run(
     mut session: Session,
     mut stream: TcpStream,
+    ip: IpAddr,
     publish: &dyn Publish,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let env = session.env.clone();
     let metrics = &env.metrics;
-    let limits = Limits {
-        max_bulk_len: env.config.max_payload.max(MIN_BULK),
-        ..Limits::default()
-    };
-    let mut decoder = Decoder::new(limits);
+    // Held while unauthenticated: the place is given back when the connection
+    // authenticates (set to `None` below) or ends.
+    let mut _waiting = None;
+    if !session.authenticated() {
+        if !lock(&env.unauthenticated).enter(ip) {
+            metrics.resp_auth_failures.inc();
+            stream
+                .write_all(b"-ERR too many unauthenticated connections from this address\r\n")
+                .await?;
+            return Ok(());
+        }
+        _waiting = Some(Waiting { env: &env, ip });
+    }
+    let mut decoder = Decoder::new(if session.authenticated() {
+        limits(&env)
+    } else {
+        pre_auth_limits()
+    });
+    let mut auth_deadline = Instant::now() + env.config.resp_auth_timeout;
+    let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     loop {
+        let idle = env.config.resp_idle_timeout.map(|t| Instant::now() + t);
+        let deadline = if session.authenticated() {
+            idle
+        } else {
+            Some(auth_deadline)
+        };
         input.reserve(READ_CHUNK);
         let n = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             n = stream.read_buf(&mut input) => n?,
+            _ = sleep_until(deadline) => {
+                if !session.authenticated() {
+                    metrics.resp_auth_failures.inc();
+                    let _ = stream.write_all(b"-ERR authentication timeout: send AUTH first\r\n").await;
+                }
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
         };
         if n == 0 {
             return Ok(());
         }
         let mut close = false;
+        // Each failed AUTH costs its address time: the connection waits this long before
+        // it is read again (see `guard::AuthThrottle`).
+        let mut wait = Duration::ZERO;
         loop {
             let frame = match decoder.decode(&mut input) {
                 Ok(Some(frame)) => frame,
@@ -143,12 +251,43 @@ async fn run(
                     break;
                 }
             };
-            let (reply, next) = session.handle(args, publish);
+            let was_authenticated = session.authenticated();
+            let failures_before = session.auth_failures();
+            let slow = command::lookup(&args[0]).is_some_and(|s| s.slow);
+            let (reply, next) = if slow && multi_threaded {
+                // Introspection whose cost grows with the groups: this worker hands its
+                // other tasks over while it runs.
+                tokio::task::block_in_place(|| session.handle(args, publish))
+            } else {
+                session.handle(args, publish)
+            };
+            if session.auth_failures() > failures_before {
+                let now = std::time::Instant::now();
+                wait = wait.max(lock(&env.throttle).on_failure(ip, now));
+            }
             if matches!(reply, Frame::Error(_)) {
                 metrics.resp_errors.inc();
             }
             reply.encode(session.version(), &mut out);
+            match (was_authenticated, session.authenticated()) {
+                (false, true) => {
+                    decoder.set_limits(limits(&env));
+                    _waiting = None;
+                }
+                (true, false) => {
+                    // RESET on a password node: back to the pre-AUTH bounds.
+                    decoder.set_limits(pre_auth_limits());
+                    auth_deadline = Instant::now() + env.config.resp_auth_timeout;
+                }
+                _ => {}
+            }
             if next == Next::Close {
+                close = true;
+                break;
+            }
+            if session.auth_failures() >= MAX_AUTH_FAILURES {
+                Frame::Error("ERR too many failed AUTH attempts; closing".into())
+                    .encode(session.version(), &mut out);
                 close = true;
                 break;
             }
@@ -164,5 +303,19 @@ async fn run(
             let _ = stream.shutdown().await;
             return Ok(());
         }
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -6,27 +6,54 @@
 //! and `QUIT`; inside `MULTI` an unknown command or a wrong arity is answered at once
 //! and makes `EXEC` abort (`EXECABORT`); outside, it is just the error.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_proto::resp::{Frame, Version};
 
 use super::command::{Command, Name, ParseError};
+use super::guard::{AuthThrottle, Unauthenticated};
 use super::{channels, cmd};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::Publish;
+use crate::secrets::Secrets;
 
 /// Most commands one MULTI may queue.
 pub const MAX_QUEUED: usize = 10_000;
+/// Most bytes (all arguments) one MULTI may queue.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// What every session of the shim shares.
 #[derive(Debug)]
 pub struct Env {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    pub secrets: Arc<Secrets>,
     pub started: Instant,
+    /// Failed `AUTH`s per client address.
+    pub throttle: Mutex<AuthThrottle>,
+    /// Unauthenticated connections per client address.
+    pub unauthenticated: Mutex<Unauthenticated>,
+}
+
+impl Env {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, secrets: Arc<Secrets>) -> Self {
+        Env {
+            config,
+            metrics,
+            secrets,
+            started: Instant::now(),
+            throttle: Mutex::new(AuthThrottle::default()),
+            unauthenticated: Mutex::new(Unauthenticated::default()),
+        }
+    }
+
+    /// Whether clients must `AUTH` (a password is set now).
+    pub fn needs_auth(&self) -> bool {
+        self.secrets.resp_password.get().is_some()
+    }
 }
 
 /// What the connection should do after a reply.
@@ -49,14 +76,18 @@ pub struct Session {
     pub(super) lib_ver: Option<Bytes>,
     /// Commands queued since MULTI, if a transaction is open.
     queued: Option<Vec<Command>>,
+    /// Bytes of the queued commands' arguments.
+    queued_bytes: usize,
     /// A command was refused while queueing: EXEC aborts.
     multi_failed: bool,
+    /// Failed `AUTH`s (and `HELLO ... AUTH`s) on this connection.
+    pub(super) auth_failures: u32,
 }
 
 impl Session {
     /// A new session; `id` is what `CLIENT ID` answers.
     pub fn new(id: u64, env: Arc<Env>) -> Self {
-        let authenticated = env.config.resp_password.is_none();
+        let authenticated = !env.needs_auth();
         Session {
             id,
             env,
@@ -66,8 +97,20 @@ impl Session {
             lib_name: None,
             lib_ver: None,
             queued: None,
+            queued_bytes: 0,
             multi_failed: false,
+            auth_failures: 0,
         }
+    }
+
+    /// Whether the connection may run commands (authenticated, or no password is set).
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Failed `AUTH`s on this connection so far.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures
     }
 
     /// The protocol version replies are encoded in (after the last command).
@@ -133,19 +176,27 @@ impl Session {
             }
             Name::Watch | Name::Unwatch => Frame::ok(),
             Name::Quit => return self.execute(command, publish),
-            _ => match &mut self.queued {
-                Some(queue) if queue.len() >= MAX_QUEUED => {
-                    self.queued = None;
-                    Frame::Error(format!(
-                        "ERR more than {MAX_QUEUED} commands in MULTI; transaction discarded"
-                    ))
+            _ => {
+                let size: usize = command.args.iter().map(|a| a.len()).sum();
+                match &mut self.queued {
+                    Some(queue)
+                        if queue.len() >= MAX_QUEUED
+                            || self.queued_bytes + size > MAX_QUEUED_BYTES =>
+                    {
+                        self.queued = None;
+                        Frame::Error(format!(
+                            "ERR more than {MAX_QUEUED} commands or {MAX_QUEUED_BYTES} bytes \
+                             in MULTI; transaction discarded"
+                        ))
+                    }
+                    Some(queue) => {
+                        queue.push(command);
+                        self.queued_bytes += size;
+                        Frame::Simple("QUEUED".into())
+                    }
+                    None => Frame::Error("ERR EXEC without MULTI".into()),
                 }
-                Some(queue) => {
-                    queue.push(command);
-                    Frame::Simple("QUEUED".into())
-                }
-                None => Frame::Error("ERR EXEC without MULTI".into()),
-            },
+            }
         };
         (reply, Next::Continue)
     }
@@ -156,6 +207,7 @@ impl Session {
             Name::Quit => return (Frame::ok(), Next::Close),
             Name::Multi => {
                 self.queued = Some(Vec::new());
+                self.queued_bytes = 0;
                 self.multi_failed = false;
                 Frame::ok()
             }
@@ -167,7 +219,7 @@ impl Session {
             }
             Name::Reset => {
                 self.version = Version::Resp2;
-                self.authenticated = self.env.config.resp_password.is_none();
+                self.authenticated = !self.env.needs_auth();
                 self.name = None;
                 self.queued = None;
                 Frame::Simple("RESET".into())

@@ -7,6 +7,7 @@
 //! the Origin is not allowed (4003) or the token does not verify (4001) -> register
 //! with the hub and the presence queue -> serve -> unregister.
 
+pub mod caps;
 pub mod session;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use switchboard_proto::client::CloseCode;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -32,11 +34,14 @@ use crate::auth::AuthError;
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
 use crate::hub::OutletInner;
+use crate::sync::lock;
 use session::{End, Session};
 
 /// Sockets handled at once beyond `--max-connections`, for health checks and for
 /// answering 1013 to connections over the limit.
-const EXTRA_SOCKETS: usize = 1024;
+const EXTRA_SOCKETS: usize = crate::config::HEALTH_SOCKETS;
+/// Longest group name (the broker's limit), which bounds user ids through the user group.
+const MAX_GROUP_NAME: usize = crate::broker::MAX_GROUP_NAME;
 /// Longest a write to a client may take before the client counts as stuck.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest we wait for the client's close frame after sending ours.
@@ -48,7 +53,11 @@ const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
-type Ws = WebSocketStream<TcpStream>;
+/// A client's byte stream: plain TCP, or TLS over it (`--tls-cert`).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+type Ws<S> = WebSocketStream<S>;
 
 /// Connection ids: a local number, and its cluster-unique string form
 /// `<node>-<boot hex>-<n>` (the boot time tells this process's ids from a previous run's).
@@ -122,14 +131,31 @@ pub async fn serve(
         tracker.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
-            if let Err(e) = handle(stream, ingress).await {
+            let result = match &ingress.tls {
+                None => handle(stream, peer, ingress.clone()).await,
+                Some(tls) => {
+                    // The TLS handshake counts against the head's time limit.
+                    match tokio::time::timeout(http::HEAD_TIMEOUT, tls.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => handle(stream, peer, ingress.clone()).await,
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "WebSocket connection ended with an error");
             }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, ingress: Arc<Ingress>) -> anyhow::Result<()> {
+async fn handle<S: Stream>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    ingress: Arc<Ingress>,
+) -> anyhow::Result<()> {
     let req = match http::read_head(&mut stream).await {
         Ok(req) => req,
         Err(e) => {
@@ -147,6 +173,20 @@ async fn handle(mut stream: TcpStream, ingress: Arc<Ingress>) -> anyhow::Result<
         "/healthz" => http::health().write(&mut stream).await?,
         "/readyz" => http::readiness(&ingress.health).write(&mut stream).await?,
         _ if is_ws_path => {
+            // RFC 6455 4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+            if req.method != "GET" {
+                Response::text(405, "the WebSocket handshake is a GET\n")
+                    .with_header("allow", "GET")
+                    .write(&mut stream)
+                    .await?;
+                return Ok(());
+            }
+            if req.version < 1 {
+                Response::text(400, "the WebSocket handshake needs HTTP/1.1\n")
+                    .write(&mut stream)
+                    .await?;
+                return Ok(());
+            }
             if !req.header_has_token("upgrade", "websocket") {
                 Response::text(426, "this endpoint speaks WebSocket only\n")
                     .write(&mut stream)
@@ -179,7 +219,7 @@ async fn handle(mut stream: TcpStream, ingress: Arc<Ingress>) -> anyhow::Result<
                 Some(ws_config(ingress.config.max_frame_size)),
             )
             .await;
-            websocket(ws, req, ingress).await;
+            websocket(ws, req, peer, ingress).await;
         }
         _ => {
             Response::text(404, "not found\n")
@@ -191,7 +231,7 @@ async fn handle(mut stream: TcpStream, ingress: Arc<Ingress>) -> anyhow::Result<
 }
 
 /// Sends a close frame and waits (briefly) for the client's.
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+async fn close<S: Stream>(ws: &mut Ws<S>, code: CloseCode, reason: &str) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: reason.to_owned().into(),
@@ -230,7 +270,12 @@ fn token_of(req: &Request) -> Option<String> {
         })
 }
 
-async fn websocket(mut ws: Ws, req: Request, ingress: Arc<Ingress>) {
+async fn websocket<S: Stream>(
+    mut ws: Ws<S>,
+    req: Request,
+    peer: std::net::SocketAddr,
+    ingress: Arc<Ingress>,
+) {
     let metrics = &ingress.metrics;
     let origin_ok = origin_allowed(&ingress, &req);
     let token = token_of(&req);
@@ -250,7 +295,7 @@ async fn websocket(mut ws: Ws, req: Request, ingress: Arc<Ingress>) {
     }
     let identity = match token
         .ok_or(AuthError::Missing)
-        .and_then(|t| ingress.verifier.verify(&t))
+        .and_then(|t| ingress.secrets.verifier.get().verify(&t))
     {
         Ok(identity) => identity,
         Err(e) => {
@@ -258,14 +303,34 @@ async fn websocket(mut ws: Ws, req: Request, ingress: Arc<Ingress>) {
             return close(&mut ws, CloseCode::Unauthorized, &e.to_string()).await;
         }
     };
+    // Every connection is in its user group, so the user id must make a valid group name.
+    let user_group = ingress.config.user_group_of(&identity.user);
+    if user_group.len() > MAX_GROUP_NAME {
+        metrics.auth_failures.inc();
+        return close(
+            &mut ws,
+            CloseCode::Unauthorized,
+            "user id too long: its user group would exceed 256 bytes",
+        )
+        .await;
+    }
     if metrics.connections.get() as usize >= ingress.config.max_connections {
         metrics.connections_rejected_full.inc();
         return close(&mut ws, CloseCode::TryAgainLater, "node full").await;
     }
+    let admitted = lock(&ingress.caps).admit(peer.ip(), &identity.user);
+    if let Err(over) = admitted {
+        metrics.connections_rejected_caps.inc();
+        return close(&mut ws, CloseCode::TryAgainLater, over.reason()).await;
+    }
+    let user = identity.user.clone();
 
     let (id, connection) = ingress.ids.next();
-    let (outlet, rx) = OutletInner::new(id, ingress.config.client_queue);
-    let user_group = ingress.config.user_group_of(&identity.user);
+    let (outlet, rx) = OutletInner::new(
+        id,
+        ingress.config.client_queue,
+        ingress.config.client_queue_bytes,
+    );
     let refused = ingress.hub.connect(
         &outlet,
         &identity.user,
@@ -300,6 +365,7 @@ async fn websocket(mut ws: Ws, req: Request, ingress: Arc<Ingress>) {
         node,
         connection: connection.clone(),
     });
+    lock(&ingress.caps).release(peer.ip(), &user);
     metrics.connections.dec();
     match outcome {
         End::Close(code, reason) => close(&mut ws, code, &reason).await,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{WRITE_TIMEOUT, Ws};
+use super::{Stream, WRITE_TIMEOUT, Ws};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Permissions;
 use crate::hub::Outlet;
@@ -24,6 +24,15 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 const WRITE_BATCH: usize = 64;
 
 /// How a session ended.
+/// Runs its closure when dropped, however the scope ends.
+struct Release<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Release<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 #[derive(Debug)]
 pub enum End {
     /// We close with this code and reason.
@@ -33,14 +42,14 @@ pub enum End {
 }
 
 #[derive(Debug)]
-pub struct Session<'a> {
-    pub ws: &'a mut Ws,
+pub struct Session<'a, S: Stream> {
+    pub ws: &'a mut Ws<S>,
     pub ingress: &'a Ingress,
     pub outlet: &'a Outlet,
     pub identity: Identity,
 }
 
-impl Session<'_> {
+impl<S: Stream> Session<'_, S> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> End {
         // Grown on first use: an idle connection keeps no batch buffer.
         let mut batch = Vec::new();
@@ -88,6 +97,14 @@ impl Session<'_> {
                             self.ingress.metrics.frames_too_large.inc();
                             return End::Close(CloseCode::TooBig, format!("frame too large: {e}"));
                         }
+                        Some(Err(WsError::Utf8(_))) => {
+                            self.ingress.metrics.protocol_violations.inc();
+                            return End::Close(CloseCode::InvalidPayload, "text frame is not UTF-8".into());
+                        }
+                        Some(Err(WsError::Protocol(e))) => {
+                            self.ingress.metrics.protocol_violations.inc();
+                            return End::Close(CloseCode::ProtocolError, format!("protocol error: {e}"));
+                        }
                         Some(Err(_)) => return End::Gone,
                     }
                 }
@@ -110,6 +127,10 @@ impl Session<'_> {
     }
 
     async fn write_batch(&mut self, batch: &mut Vec<Message>) -> Result<(), End> {
+        // The batch's bytes count against the queue's bound until they are written.
+        let bytes: usize = batch.iter().map(Message::len).sum();
+        let outlet = self.outlet;
+        let _release = Release(move || outlet.written(bytes));
         let ws = &mut *self.ws;
         let write = async {
             for message in batch.drain(..) {
@@ -193,23 +214,33 @@ impl Session<'_> {
                 }
             }
             ClientOp::Ping { .. } => ServerReply::Pong { id },
-            ClientOp::Refresh { token, .. } => match ingress.verifier.verify(&token) {
-                Ok(identity) if identity.user == self.identity.user => {
-                    ingress.hub.set_permissions(
-                        self.outlet.id,
-                        Permissions::new(identity.groups.iter().cloned(), identity.presence_any),
-                    );
-                    let exp = identity.exp;
-                    self.identity = identity;
-                    ServerReply::Refreshed { exp: Some(exp), id }
+            ClientOp::Refresh { token, .. } => {
+                match ingress.secrets.verifier.get().verify(&token) {
+                    Ok(identity) if identity.user == self.identity.user => {
+                        let (left, joined) = ingress.hub.refresh(
+                            self.outlet,
+                            Permissions::new(
+                                identity.groups.iter().cloned(),
+                                identity.presence_any,
+                            ),
+                        );
+                        let exp = identity.exp;
+                        self.identity = identity;
+                        ServerReply::Refreshed {
+                            exp: Some(exp),
+                            left,
+                            joined,
+                            id,
+                        }
+                    }
+                    Ok(_) => error(
+                        ErrorCode::InvalidToken,
+                        "the new token names another user",
+                        id,
+                    ),
+                    Err(e) => error(ErrorCode::InvalidToken, &e.to_string(), id),
                 }
-                Ok(_) => error(
-                    ErrorCode::InvalidToken,
-                    "the new token names another user",
-                    id,
-                ),
-                Err(e) => error(ErrorCode::InvalidToken, &e.to_string(), id),
-            },
+            }
         }
     }
 }

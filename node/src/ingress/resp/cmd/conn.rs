@@ -6,6 +6,7 @@ use switchboard_proto::resp::{Frame, Version};
 use super::bulk;
 use crate::ingress::resp::command::{Command, Name, arity};
 use crate::ingress::resp::session::Session;
+use crate::secrets::constant_time_eq;
 
 /// The Redis version the shim reports (HELLO, INFO): clients gate features on it.
 pub const REDIS_VERSION: &str = "7.2.0";
@@ -43,7 +44,8 @@ fn check_password(
     user: Option<&[u8]>,
     password: &[u8],
 ) -> Result<(), Frame> {
-    let Some(expected) = session.env.config.resp_password.as_deref() else {
+    let password_now = session.env.secrets.resp_password.get();
+    let Some(expected) = password_now.as_deref() else {
         return Err(Frame::Error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into(),
         ));
@@ -54,6 +56,7 @@ fn check_password(
         Ok(())
     } else {
         session.env.metrics.resp_auth_failures.inc();
+        session.auth_failures += 1;
         Err(Frame::Error(
             "WRONGPASS invalid username-password pair or user is disabled.".into(),
         ))
@@ -189,12 +192,4 @@ fn client_line(session: &Session) -> String {
         text(&session.lib_name),
         text(&session.lib_ver)
     )
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

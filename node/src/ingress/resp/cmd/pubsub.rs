@@ -39,13 +39,17 @@ fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {
     };
     let sub = String::from_utf8_lossy(sub).to_ascii_uppercase();
     match (sub.as_str(), &args[1..]) {
-        ("CHANNELS" | "SHARDCHANNELS", rest) if rest.len() <= 1 => Frame::Array(
-            publish
-                .groups(rest.first().map(|p| p.as_ref()))
-                .into_iter()
-                .map(|g| Frame::Bulk(Bytes::from(g)))
-                .collect(),
-        ),
+        ("CHANNELS" | "SHARDCHANNELS", rest) if rest.len() <= 1 => {
+            match publish.groups(rest.first().map(|p| p.as_ref())) {
+                Ok(groups) => Frame::Array(
+                    groups
+                        .into_iter()
+                        .map(|g| Frame::Bulk(Bytes::from(g)))
+                        .collect(),
+                ),
+                Err(e) => Frame::Error(format!("ERR {e}")),
+            }
+        }
         ("NUMSUB" | "SHARDNUMSUB", groups) => {
             // A flat array of name, count, name, count... in RESP2 and RESP3 alike, as
             // redis-server answers (redis-py parses it so).

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_proto::peer::NodeId;
@@ -11,7 +10,8 @@ use switchboard_proto::resp::{Frame, Version};
 use super::{Env, Next, Session};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::router::Publish;
+use crate::router::{PatternError, Publish};
+use crate::secrets::Secrets;
 
 /// Records what is published; groups have the subscriber counts the test sets.
 #[derive(Debug, Default)]
@@ -49,8 +49,11 @@ impl Publish for FakePublisher {
             .unwrap_or_default()
     }
 
-    fn groups(&self, _pattern: Option<&[u8]>) -> Vec<String> {
-        self.subscribers.keys().cloned().collect()
+    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError> {
+        if pattern.is_some_and(|p| p.len() > crate::broker::MAX_PATTERN) {
+            return Err(PatternError::TooLong);
+        }
+        Ok(self.subscribers.keys().cloned().collect())
     }
 
     fn local_groups(&self) -> usize {
@@ -59,13 +62,16 @@ impl Publish for FakePublisher {
 }
 
 fn session(configure: impl FnOnce(&mut Config)) -> Session {
-    let mut config = Config::for_tests(std::env::temp_dir());
+    let dir = std::env::temp_dir().join(format!("sb-resp-session-{}", std::process::id()));
+    let mut config = Config::for_tests(dir);
+    config.jwt = crate::config::JwtKey::Secret("s".into());
     configure(&mut config);
-    let env = Env {
-        config: Arc::new(config),
-        metrics: Arc::new(Metrics::default()),
-        started: Instant::now(),
-    };
+    let secrets = Secrets::load(&config).expect("secrets");
+    let env = Env::new(
+        Arc::new(config),
+        Arc::new(Metrics::default()),
+        Arc::new(secrets),
+    );
     Session::new(7, Arc::new(env))
 }
 
@@ -217,6 +223,7 @@ fn a_password_shim_answers_noauth_until_auth() {
         Frame::Integer(0)
     );
     assert_eq!(s.env.metrics.resp_auth_failures.get(), 4);
+    assert_eq!(s.auth_failures(), 1, "one wrong password");
     // RESET forgets the authentication.
     assert_eq!(run(&mut s, &p, &[b"RESET"]), Frame::Simple("RESET".into()));
     assert!(error_starts(&run(&mut s, &p, &[b"PING"]), "NOAUTH"));
@@ -374,6 +381,11 @@ fn pubsub_introspection_answers_from_the_publisher() {
         ])
     );
     assert_eq!(run(&mut s, &p, &[b"PUBSUB", b"NUMPAT"]), Frame::Integer(0));
+    let long = vec![b'*'; 600];
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBSUB", b"CHANNELS", &long]),
+        "ERR pattern longer than 512 bytes"
+    ));
     assert!(matches!(
         run(&mut s, &p, &[b"COMMAND", b"COUNT"]),
         Frame::Integer(n) if n as usize == crate::ingress::resp::command::TABLE.len()
@@ -386,4 +398,28 @@ fn pubsub_introspection_answers_from_the_publisher() {
         &run(&mut s, &p, &[b"SUBSCRIBE", b"a"]),
         "ERR SUBSCRIBE is not supported"
     ));
+}
+
+#[test]
+fn a_multi_queue_is_bounded_in_bytes() {
+    let p = FakePublisher::default();
+    let mut s = session(|_| {});
+    let big = vec![b'x'; 1024 * 1024];
+    run(&mut s, &p, &[b"MULTI"]);
+    let mut refused = None;
+    for i in 0..40 {
+        let reply = run(&mut s, &p, &[b"PUBLISH", b"g", &big]);
+        if reply != Frame::Simple("QUEUED".into()) {
+            refused = Some((i, reply));
+            break;
+        }
+    }
+    let (at, reply) = refused.expect("the queue is bounded");
+    assert_eq!(at, 15, "16 MiB hold 15 one-MiB publishes and their names");
+    assert!(error_starts(&reply, "ERR more than"));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"EXEC"]),
+        "ERR EXEC without MULTI"
+    ));
+    assert!(p.published().is_empty());
 }

@@ -1,0 +1,539 @@
+//! The admin HTTP API (what the CLI talks to) and `/metrics`, on `--admin-listen`.
+//!
+//! It runs on a runtime of its own, on its own thread, so that it keeps answering when
+//! the data path is saturated (as linkerd2-proxy does with its admin server). HTTP/1.1
+//! is hyper's (server, HTTP/1 only), over TLS when `--admin-tls-cert` is set. It reads
+//! the node through a [`NodeView`], and acts only through the Raft layer (drain,
+//! remove). Who may call what is [`guard`]'s decision.
+//!
+//! | method | path | scope | answer |
+//! |---|---|---|---|
+//! | GET | /healthz, /readyz | open | as on the WebSocket port |
+//! | GET | /metrics | read | Prometheus text |
+//! | GET | /v1/status | read | this node |
+//! | GET | /v1/members | read | every member |
+//! | GET | /v1/presence/{user} | read | the user's live connections, cluster-wide, from this node's replica (`?consistency=linearizable`: after a read index from the leader) |
+//! | GET | /v1/groups/{name} | read | connections in the group, per node |
+//! | POST | /v1/drain | write | start draining this node |
+//! | POST | /v1/members/{id}/remove | write | remove a member for good |
+
+pub mod guard;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::ingress::http::percent_decode;
+use crate::lifecycle::{Lifecycle, Stage};
+use crate::metrics::Metrics;
+use crate::presence::SharedReplica;
+use crate::raft::{Consensus, RaftStatus};
+use crate::router::{Publish, Router};
+use crate::secrets::{Scope, Secrets};
+use crate::tls::ServerTls;
+
+/// Admin connections served at once; more wait in the listen backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Longest a client may take to send a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept, instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Everything the admin API reads, built once by the node's wiring.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub secrets: Arc<Secrets>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub health: Arc<Health>,
+    pub hub: Arc<Hub>,
+    pub replica: Arc<SharedReplica>,
+    pub router: Arc<Router>,
+    pub cluster: Arc<Cluster>,
+    pub consensus: Arc<Consensus>,
+}
+
+impl NodeView {
+    fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+}
+
+/// A response of the admin API.
+pub type Reply = hyper::Response<BoxBody<Bytes, Infallible>>;
+
+fn reply(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = hyper::Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn json_reply(status: u16, value: &serde_json::Value) -> Reply {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+fn text_reply(status: u16, text: &str) -> Reply {
+    reply(status, "text/plain; charset=utf-8", format!("{text}\n"))
+}
+
+/// Starts the admin server on its own thread and runtime. It stops when the node's
+/// shutdown token is cancelled.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    view: NodeView,
+    tls: Option<ServerTls>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let shutdown = view.lifecycle.shutdown_token().clone();
+    let view = Arc::new(view);
+    std::thread::Builder::new()
+        .name("switchboard-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "admin runtime could not start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "admin listener could not start");
+                        return;
+                    }
+                };
+                let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+                loop {
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        permit = slots.clone().acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    let stream = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(e) => {
+                                debug!(error = %e, "admin accept failed");
+                                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                                continue;
+                            }
+                        }
+                    };
+                    let (view, tls) = (view.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        match tls {
+                            None => serve_connection(stream, view, false).await,
+                            Some(tls) => {
+                                match tokio::time::timeout(
+                                    HEAD_TIMEOUT,
+                                    tls.acceptor().accept(stream),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(stream)) => serve_connection(stream, view, true).await,
+                                    Ok(Err(e)) => debug!(error = %e, "admin TLS handshake failed"),
+                                    Err(_) => debug!("admin TLS handshake timed out"),
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        })
+}
+
+async fn serve_connection<S>(stream: S, view: Arc<NodeView>, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let view = view.clone();
+        async move { Ok::<_, Infallible>(handle(req, &view, tls).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+/// An admin route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Metrics,
+    Status,
+    Members,
+    Presence(String),
+    Group(String),
+    Drain,
+    Remove(String),
+}
+
+impl Route {
+    /// The route of `method` `path`, or the status to answer (404, 405).
+    pub fn of(method: &Method, path: &str) -> Result<Route, u16> {
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let get = *method == Method::GET;
+        let post = *method == Method::POST;
+        Ok(match segments.as_slice() {
+            ["healthz"] if get => Route::Health,
+            ["readyz"] if get => Route::Ready,
+            ["metrics"] if get => Route::Metrics,
+            ["v1", "status"] if get => Route::Status,
+            ["v1", "members"] if get => Route::Members,
+            ["v1", "presence", user] if get => Route::Presence(user.to_string()),
+            ["v1", "groups", name] if get => Route::Group(name.to_string()),
+            ["v1", "drain"] if post => Route::Drain,
+            ["v1", "members", id, "remove"] if post => Route::Remove(id.to_string()),
+            ["healthz" | "readyz" | "metrics"]
+            | ["v1", "status" | "members" | "drain"]
+            | ["v1", "presence" | "groups", _]
+            | ["v1", "members", _, "remove"] => return Err(405),
+            _ => return Err(404),
+        })
+    }
+
+    /// The scope a token needs for this route; `None` for the open health checks.
+    pub fn scope(&self) -> Option<Scope> {
+        match self {
+            Route::Health | Route::Ready => None,
+            Route::Metrics
+            | Route::Status
+            | Route::Members
+            | Route::Presence(_)
+            | Route::Group(_) => Some(Scope::Read),
+            Route::Drain | Route::Remove(_) => Some(Scope::Write),
+        }
+    }
+}
+
+async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Reply {
+    view.metrics.http_requests.inc();
+    let route = match Route::of(req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(405) => return json_reply(405, &json!({ "error": "method not allowed" })),
+        Err(status) => {
+            return json_reply(
+                status,
+                &json!({ "error": format!("no such endpoint: {}", req.uri().path()) }),
+            );
+        }
+    };
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let host = header(HOST)
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let head = guard::Head {
+        host: host.as_deref(),
+        origin: header(ORIGIN),
+        authorization: header(AUTHORIZATION),
+        tls,
+    };
+    let tokens = view.secrets.admin.get();
+    if let Err(refusal) = guard::admit(
+        &head,
+        route.scope(),
+        tokens.as_ref().as_ref(),
+        &view.config.admin_hosts,
+    ) {
+        view.metrics.admin_refusals.inc();
+        let mut response = json_reply(refusal.status, &json!({ "error": refusal.reason }));
+        if refusal.status == 401 {
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        return response;
+    }
+    let query = req.uri().query().unwrap_or_default();
+    let linearizable = query
+        .split('&')
+        .any(|pair| pair == "consistency=linearizable");
+    match route {
+        Route::Health => text_reply(200, "ok"),
+        Route::Ready if view.health.ready() => text_reply(200, "ready"),
+        Route::Ready => text_reply(503, &format!("not ready: {}", view.health.reason())),
+        Route::Metrics => reply(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(view),
+        ),
+        Route::Status => json_reply(200, &status(view)),
+        Route::Members => json_reply(200, &json!({ "members": members(view) })),
+        Route::Presence(user) if linearizable => match view.consensus.linearizable().await {
+            Ok(()) => json_reply(200, &presence(view, &user)),
+            Err(e) => json_reply(
+                503,
+                &json!({ "error": format!("no linearizable read now: {e}") }),
+            ),
+        },
+        Route::Presence(user) => json_reply(200, &presence(view, &user)),
+        Route::Group(name) => json_reply(200, &group(view, &name)),
+        Route::Drain => {
+            view.consensus.drain();
+            json_reply(202, &json!({ "id": view.node_id(), "draining": true }))
+        }
+        Route::Remove(id) => remove(view, &id).await,
+    }
+}
+
+/// `/metrics`: every layer's rows.
+pub fn metrics(view: &NodeView) -> String {
+    let mut rows = view.metrics.rows();
+    rows.extend(view.hub.rows());
+    rows.push(crate::metrics::Row::gauge(
+        "ready",
+        "1 when /readyz answers 200.",
+        u64::from(view.health.ready()),
+    ));
+    rows.extend(view.cluster.rows());
+    rows.extend(view.consensus.rows());
+    let mut text = String::with_capacity(8192);
+    crate::metrics::render(&mut text, &rows);
+    text
+}
+
+/// `switchboard status`.
+pub fn status(view: &NodeView) -> serde_json::Value {
+    // One look at Raft serves both the member list and the status fields.
+    let raft = view.consensus.status();
+    let list = members_seen(view, &raft);
+    let config = &view.config;
+    let count = list.as_array().map_or(0, Vec::len);
+    let up = list
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|m| m["up"] == true).count());
+    json!({
+        "id": view.node_id(),
+        "role": raft.role,
+        "term": raft.term,
+        "leader": raft.leader,
+        "ready": view.health.ready(),
+        "state": view.lifecycle.stage().name(),
+        "members": count,
+        "members_up": up,
+        "connections": view.hub.connection_count(),
+        "groups": view.hub.group_count(),
+        "presence_entries": view.replica.len(),
+        "raft": raft,
+        "uptime_secs": view.lifecycle.started().elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "addresses": addresses(config),
+        "seeds": config.seeds,
+        "limits": {
+            "max_connections": config.max_connections,
+            "max_resp_connections": config.max_resp_connections,
+            "open_files": crate::config::open_file_limit(),
+        },
+        "tls": { "ws": config.tls.is_some(), "admin": config.admin_tls.is_some() },
+        "admin_tokens": config.admin_tokens.is_some(),
+    })
+}
+
+fn addresses(config: &Config) -> serde_json::Value {
+    json!({
+        "ws": config.ws_listen.to_string(),
+        "resp": config.resp_listen.to_string(),
+        "peer": config.peer_listen.to_string(),
+        "admin": config.admin_listen.to_string(),
+    })
+}
+
+/// `switchboard members`: the Raft membership (voters and learners) and every peer the
+/// mesh knows, this node first. `role` is `voter`, `learner`, `joining` (a peer not yet
+/// in the membership) or `removed`.
+pub fn members(view: &NodeView) -> serde_json::Value {
+    members_seen(view, &view.consensus.status())
+}
+
+/// [`members`] from a Raft status already taken.
+fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
+    let me = view.node_id();
+    let (voters, learners) = (&raft.voters, &raft.learners);
+    let (removed, bound) = {
+        let replica = view.replica.read();
+        (replica.removed.clone(), replica.incarnations.clone())
+    };
+    let incarnation = |id: u64| bound.get(&id).map(|i| format!("{i:016x}"));
+    let role = |id: u64| {
+        if removed.contains(&id) {
+            "removed"
+        } else if voters.contains(&id) {
+            "voter"
+        } else if learners.contains(&id) {
+            "learner"
+        } else {
+            "joining"
+        }
+    };
+    let mut list = vec![json!({
+        "id": me,
+        "voter": voters.contains(&me),
+        "role": role(me),
+        "up": view.lifecycle.stage() != Stage::Stopping,
+        "self": true,
+        "incarnation": incarnation(me),
+        "last_seen_ms": 0,
+        "addresses": addresses(&view.config),
+        "connections": view.hub.connection_count(),
+    })];
+    let mesh = view.cluster.members();
+    for m in &mesh {
+        list.push(json!({
+            "id": m.id,
+            "voter": voters.contains(&m.id),
+            "role": role(m.id),
+            "up": m.up,
+            "self": false,
+            "incarnation": incarnation(m.id),
+            "last_seen_ms": m.last_seen_ms,
+            "rtt_us": m.rtt_micros,
+            "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },
+        }));
+    }
+    // Members of the Raft membership this node has not heard from since it started.
+    for id in voters.iter().chain(learners) {
+        if *id != me && !mesh.iter().any(|m| m.id == *id) {
+            list.push(json!({
+                "id": id,
+                "voter": voters.contains(id),
+                "role": role(*id),
+                "up": false,
+                "self": false,
+                "last_seen_ms": null,
+                "addresses": {},
+            }));
+        }
+    }
+    list.sort_by_key(|m| m["id"].as_u64());
+    serde_json::Value::Array(list)
+}
+
+/// `switchboard presence USER`.
+pub fn presence(view: &NodeView, user: &str) -> serde_json::Value {
+    json!({ "user": user, "connections": view.replica.presence_of(user) })
+}
+
+/// `switchboard group NAME`.
+pub fn group(view: &NodeView, group: &str) -> serde_json::Value {
+    let counts = view.router.group_counts(group);
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    let nodes: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(node, n)| (node.to_string(), json!(n)))
+        .collect();
+    json!({ "group": group, "connections": total, "nodes": nodes })
+}
+
+async fn remove(view: &NodeView, id: &str) -> Reply {
+    let Ok(id) = id.parse::<u64>() else {
+        return json_reply(400, &json!({ "error": format!("'{id}' is not a node id") }));
+    };
+    let consensus = &view.consensus;
+    let status = consensus.status();
+    let known = status.voters.contains(&id)
+        || status.learners.contains(&id)
+        || view.cluster.members().iter().any(|m| m.id == id);
+    if id == view.node_id() {
+        return json_reply(
+            409,
+            &json!({ "error": format!("node {id} is this node: run remove on another member, or drain this one") }),
+        );
+    }
+    if view.replica.is_removed(id) {
+        return json_reply(200, &json!({ "id": id, "removed": true, "already": true }));
+    }
+    if !known {
+        return json_reply(
+            404,
+            &json!({ "error": format!("node {id} is not a member") }),
+        );
+    }
+    match consensus.remove(id).await {
+        Ok(()) => json_reply(200, &json!({ "id": id, "removed": true })),
+        Err(e) => json_reply(
+            503,
+            &json!({ "error": format!("node {id} not removed: {e}") }),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_their_scopes() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(Route::of(&get, "/healthz"), Ok(Route::Health));
+        assert_eq!(Route::of(&get, "/healthz").map(|r| r.scope()), Ok(None));
+        assert_eq!(
+            Route::of(&get, "/v1/presence/a%20b"),
+            Ok(Route::Presence("a b".into()))
+        );
+        assert_eq!(
+            Route::of(&post, "/v1/members/3/remove"),
+            Ok(Route::Remove("3".into()))
+        );
+        assert_eq!(
+            Route::of(&post, "/v1/drain").map(|r| r.scope()),
+            Ok(Some(Scope::Write))
+        );
+        assert_eq!(
+            Route::of(&get, "/metrics").map(|r| r.scope()),
+            Ok(Some(Scope::Read))
+        );
+        assert_eq!(Route::of(&get, "/v1/drain"), Err(405));
+        assert_eq!(Route::of(&post, "/v1/status"), Err(405));
+        assert_eq!(Route::of(&get, "/nope"), Err(404));
+    }
+}
