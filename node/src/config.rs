@@ -755,6 +755,62 @@ mod tests {
     }
 
     #[test]
+    fn capacity_is_derived_from_the_descriptor_limit() {
+        // 2 400 descriptors: an eighth for RESP, 512 + 1 024 in reserve, the rest for
+        // WebSocket clients.
+        assert_eq!(derive_capacity(2_400), (564, 300));
+        assert_eq!(
+            derive_capacity(1 << 20),
+            ((1 << 20) - 512 - 1_024 - 10_000, 10_000)
+        );
+        assert_eq!(derive_capacity(1_024), (64, 128), "a floor, never zero");
+        let c = ServeArgs::default().resolve().expect("valid");
+        assert!(!c.max_connections_given);
+        let given = ServeArgs {
+            max_connections: Some(10),
+            ..ServeArgs::default()
+        };
+        let c = given.resolve().expect("valid");
+        assert_eq!((c.max_connections, c.max_connections_given), (10, true));
+    }
+
+    #[test]
+    fn a_secret_comes_from_a_flag_or_its_file_not_both() {
+        let dir = std::env::temp_dir().join(format!("sb-config-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("resp-password");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let both = ServeArgs {
+            resp_password: Some("x".into()),
+            resp_password_file: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let err = both.resolve().expect_err("both");
+        assert!(err.to_string().contains("--resp-password-file"), "{err}");
+        let from_file = ServeArgs {
+            resp_password_file: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let c = from_file.resolve().expect("valid");
+        let secret = c.resp_password.expect("set");
+        assert_eq!(
+            secret.load().expect("reads"),
+            "s3cret",
+            "without the newline"
+        );
+        assert!(!format!("{secret:?}").contains("s3cret"));
+        assert!(!format!("{:?}", Secret::from("s3cret")).contains("s3cret"));
+        std::fs::write(&file, "\n").expect("write");
+        assert!(secret.load().is_err(), "an empty secret file is an error");
+        let half_tls = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            ..ServeArgs::default()
+        };
+        assert!(half_tls.resolve().is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn exposure_rules_hold() {
         let mut c = ServeArgs::default().resolve().expect("valid");
         c.ws_listen = "0.0.0.0:8001".parse().expect("addr");
@@ -767,6 +823,13 @@ mod tests {
             "public peer port without a secret"
         );
         c.cluster_secret = Some("c".into());
+        assert!(c.check_exposure().is_ok());
+        c.admin_listen = "0.0.0.0:8002".parse().expect("addr");
+        assert!(
+            c.check_exposure().is_err(),
+            "public admin port without a token"
+        );
+        c.admin_tokens = Some("t".into());
         assert!(c.check_exposure().is_ok());
         c.cluster_secret = None;
         c.cluster_ca = Some(ClusterCa {

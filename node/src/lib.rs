@@ -392,11 +392,11 @@ impl Node {
 async fn leave(view: &NodeView) {
     let consensus = &view.consensus;
     let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-    while !consensus.queue_is_empty() && tokio::time::Instant::now() < deadline {
-        if tokio::time::timeout_at(deadline, consensus.flush_presence())
-            .await
-            .is_err()
-        {
+    // At least one flush: it waits for a flush the writer has in flight (which took the
+    // last ops off the queue), then commits what is left.
+    loop {
+        let flushed = tokio::time::timeout_at(deadline, consensus.flush_presence()).await;
+        if flushed.is_err() || consensus.queue_is_empty() {
             break;
         }
     }

@@ -235,7 +235,8 @@ fn verifier(config: &Config) -> Result<(Verifier, Option<String>), ConfigError> 
 }
 
 /// Creates `dir` (mode 0700) if missing; an existing dir readable by others is made
-/// private.
+/// private. A shared dir (world-writable or sticky, such as `/tmp`) is refused: the data
+/// dir must be the node's own.
 pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
     let io = |source| ConfigError::Read {
         path: dir.display().to_string(),
@@ -247,6 +248,12 @@ pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
         .create(dir)
         .map_err(io)?;
     let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o1002 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "--data-dir {} is a shared directory (world-writable or sticky): give the node a directory of its own",
+            dir.display()
+        )));
+    }
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
@@ -378,6 +385,10 @@ mod tests {
         let id = incarnation(&dir).expect("created");
         assert_eq!(incarnation(&dir).expect("read"), id, "the same every start");
         assert_eq!(mode(&dir.join("incarnation")), 0o600);
+        assert!(
+            private_dir(&std::env::temp_dir()).is_err(),
+            "a shared dir is not made private, it is refused"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

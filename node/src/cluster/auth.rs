@@ -51,6 +51,14 @@ pub fn prove(secret: &[u8], role: Role, ekm: &[u8], node: u64, incarnation: u64)
         .to_vec()
 }
 
+/// HMAC-SHA256 of `message` with `key` (for tools and fuzz targets that sign tokens).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac_key());
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// Checks a proof in constant time.
 pub fn verify(
     secret: &[u8],

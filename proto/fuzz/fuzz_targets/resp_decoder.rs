@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         max_array_len: 256,
         max_depth: 8,
         max_inline_len: 1024,
+        max_frame_len: 16 * 1024,
     };
     if let Ok(len) = check(bytes, &limits) {
         assert!(len <= bytes.len());
