@@ -510,6 +510,7 @@ impl Connection {
     pub async fn subscribe(&mut self, group: &str) -> Result<ServerReply, Error> {
         self.request(ClientOp::Subscribe {
             group: group.to_owned(),
+            since: None,
             id: None,
         })
         .await
@@ -598,6 +599,7 @@ pub fn reply_id(reply: &ServerReply) -> Option<u64> {
         | ServerReply::Pong { id }
         | ServerReply::Refreshed { id, .. }
         | ServerReply::Error { id, .. } => *id,
+        ServerReply::Message { .. } => None,
     }
 }
 

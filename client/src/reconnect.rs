@@ -452,6 +452,7 @@ mod tests {
         let mut c = ReconnectingClient::new(vec![], ConnectOptions::default(), Backoff::default());
         let sub = |g: &str| ClientOp::Subscribe {
             group: g.into(),
+            since: None,
             id: None,
         };
         c.track(&sub("a"));

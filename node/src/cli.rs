@@ -322,6 +322,16 @@ pub fn group(admin: &Target, name: &str, json: bool) -> anyhow::Result<()> {
                 out.push_str(&format!("  node {node}: {n}\n"));
             }
         }
+        let h = &v["history"];
+        if h.is_object() {
+            out.push_str(&format!(
+                "  history: bucket {}, owner {}, replica {}, epoch {}\n",
+                field(h, "bucket"),
+                field(h, "owner"),
+                field(h, "replica"),
+                field(h, "epoch")
+            ));
+        }
         out
     });
     Ok(())

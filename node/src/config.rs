@@ -181,6 +181,14 @@ pub struct ServeArgs {
     /// Most Raft voters; further members replicate as learners [default: 5].
     #[arg(long, env = "SWITCHBOARD_MAX_VOTERS")]
     pub max_voters: Option<usize>,
+    /// Groups that keep history: PATTERN=SIZE[,TTL] rules, comma-separated
+    /// (`user_*=100,10m,room_*=50`); clients recover what they missed from it.
+    #[arg(long, env = "SWITCHBOARD_HISTORY")]
+    pub history: Option<String>,
+    /// Bytes of history one node holds, as owner and replica, over all groups; beyond,
+    /// the least recently used groups lose their messages [default: 268435456].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 
 /// The resolved configuration of a node.
@@ -236,6 +244,77 @@ pub struct Config {
     pub channels_prefix: String,
     pub node_timeout: Duration,
     pub max_voters: usize,
+    /// `--history` rules, in order.
+    pub history: Vec<HistoryRule>,
+    pub history_max_bytes: usize,
+}
+
+/// One `--history` rule: groups matching the glob `pattern` keep their last `size`
+/// messages, for at most `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub size: usize,
+    pub ttl: Option<Duration>,
+}
+
+/// The most messages one group may keep.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+/// Parses `--history`: `PATTERN=SIZE[,TTL]` rules, comma-separated; a TTL (`90s`, `10m`,
+/// `2h`, `1d`) follows its rule's size after a comma.
+pub fn parse_history(text: &str) -> Result<Vec<HistoryRule>, String> {
+    let mut rules: Vec<HistoryRule> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('=') {
+            Some((pattern, size)) => {
+                let size: usize = size.trim().parse().map_err(|_| {
+                    format!("--history '{item}': the size after '=' must be a number of messages")
+                })?;
+                if size == 0 || size > MAX_HISTORY_SIZE {
+                    return Err(format!(
+                        "--history '{item}': the size must be between 1 and {MAX_HISTORY_SIZE}"
+                    ));
+                }
+                let pattern = pattern.trim();
+                if pattern.is_empty() {
+                    return Err(format!("--history '{item}': no group pattern before '='"));
+                }
+                rules.push(HistoryRule {
+                    pattern: pattern.to_owned(),
+                    size,
+                    ttl: None,
+                });
+            }
+            None => {
+                let ttl = ttl(item).ok_or_else(|| {
+                    format!("--history '{item}': not PATTERN=SIZE nor a TTL like 90s, 10m, 2h")
+                })?;
+                match rules.last_mut() {
+                    Some(rule) if rule.ttl.is_none() => rule.ttl = Some(ttl),
+                    _ => {
+                        return Err(format!(
+                            "--history '{item}': a TTL follows its PATTERN=SIZE, once"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(rules)
+}
+
+fn ttl(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// A secret: given inline (a flag, the environment, the file's key), or a file read at
@@ -447,7 +526,9 @@ impl ServeArgs {
             channels_unwrap,
             channels_prefix,
             node_timeout_ms,
-            max_voters
+            max_voters,
+            history,
+            history_max_bytes
         )
     }
 
@@ -593,6 +674,12 @@ impl ServeArgs {
                 self.node_timeout_ms.unwrap_or(5000) as usize,
             )? as u64),
             max_voters: positive("--max-voters", self.max_voters.unwrap_or(5))?,
+            history: parse_history(self.history.as_deref().unwrap_or_default())
+                .map_err(ConfigError::Invalid)?,
+            history_max_bytes: positive(
+                "--history-max-bytes",
+                self.history_max_bytes.unwrap_or(256 * 1024 * 1024),
+            )?,
         })
     }
 }

@@ -14,10 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
+use base64::Engine;
 use bytes::Bytes;
-use switchboard_proto::client::CloseCode;
+use switchboard_proto::client::{CloseCode, ServerReply};
+use switchboard_proto::peer::Position;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -25,13 +27,48 @@ use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permiss
 use crate::metrics::{Metrics, Row};
 use crate::sync::{read, write};
 
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame written as it is: a published message on a plain connection.
+    Frame(Message),
+    /// A published message on a `?positions=1` connection: a JSON `message` frame, with
+    /// its group and position so that the connection can hold it while it recovers the
+    /// group and notice a gap.
+    Positioned(Arc<Positioned>),
+}
+
+impl Outbound {
+    /// Payload bytes, as the queue's byte bound counts them.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Frame(m) => m.len(),
+            Outbound::Positioned(p) => p.frame.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A published message framed for positioned connections.
+#[derive(Debug)]
+pub struct Positioned {
+    pub group: String,
+    pub position: Option<Position>,
+    pub frame: Message,
+}
+
 /// The hub's handle on one WebSocket connection: its outbound queue, bounded in messages
 /// and in payload bytes, and a way for whoever finds the queue full to have the
 /// connection closed.
 #[derive(Debug)]
 pub struct OutletInner {
     pub id: ConnId,
-    tx: mpsc::Sender<Message>,
+    /// The connection asked for `?positions=1`: messages come as JSON `message` frames.
+    pub positions: bool,
+    tx: mpsc::Sender<Outbound>,
     /// Payload bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -55,11 +92,17 @@ pub type Outlet = Arc<OutletInner>;
 impl OutletInner {
     /// A new outlet and the receiving end of its queue: at most `capacity` messages and
     /// `max_bytes` payload bytes (one message is always taken into an empty queue).
-    pub fn new(id: ConnId, capacity: usize, max_bytes: usize) -> (Outlet, mpsc::Receiver<Message>) {
+    pub fn new(
+        id: ConnId,
+        capacity: usize,
+        max_bytes: usize,
+        positions: bool,
+    ) -> (Outlet, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         (
             Arc::new(OutletInner {
                 id,
+                positions,
                 tx,
                 queued_bytes: AtomicUsize::new(0),
                 max_bytes,
@@ -70,15 +113,25 @@ impl OutletInner {
         )
     }
 
-    /// Offers one message to the queue.
-    pub fn offer(&self, message: &Encoded) -> Offer {
-        let len = message.len();
+    /// Offers one message of `group` to the queue, framed as this connection wants it.
+    pub fn offer(&self, group: &str, message: &Encoded) -> Offer {
+        let item = if self.positions {
+            Outbound::Positioned(message.positioned_frame(group))
+        } else {
+            Outbound::Frame(message.raw.clone())
+        };
+        self.push(item)
+    }
+
+    /// Queues one item, within the message and byte bounds.
+    pub fn push(&self, item: Outbound) -> Offer {
+        let len = item.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         if before > 0 && before + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Offer::Full;
         }
-        match self.tx.try_send(message.0.clone()) {
+        match self.tx.try_send(item) {
             Ok(()) => Offer::Queued,
             Err(e) => {
                 self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -124,31 +177,84 @@ impl OutletInner {
     }
 }
 
-/// A published message, encoded once: every recipient gets a clone of the same frame,
-/// which shares the payload bytes.
-#[derive(Debug, Clone)]
-pub struct Encoded(Message);
+/// A published message, encoded once: every plain recipient gets a clone of the same
+/// frame, which shares the payload bytes; positioned recipients share one JSON frame,
+/// made on first need.
+#[derive(Debug)]
+pub struct Encoded {
+    raw: Message,
+    position: Option<Position>,
+    positioned: OnceLock<Arc<Positioned>>,
+}
 
 impl Encoded {
     /// A text frame when the payload is UTF-8, a binary frame otherwise.
     pub fn new(payload: Bytes) -> Self {
-        match Utf8Bytes::try_from(payload.clone()) {
-            Ok(text) => Encoded(Message::Text(text)),
-            Err(_) => Encoded(Message::Binary(payload)),
+        let raw = match Utf8Bytes::try_from(payload.clone()) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Binary(payload),
+        };
+        Encoded {
+            raw,
+            position: None,
+            positioned: OnceLock::new(),
         }
+    }
+
+    /// A message of a history group, at `position`.
+    pub fn with_position(payload: Bytes, position: Position) -> Self {
+        let mut encoded = Encoded::new(payload);
+        encoded.position = Some(position);
+        encoded
     }
 
     /// Whether the frame is a text frame (the payload is UTF-8).
     pub fn is_text(&self) -> bool {
-        matches!(self.0, Message::Text(_))
+        matches!(self.raw, Message::Text(_))
+    }
+
+    /// The message's position, in a history group.
+    pub fn position(&self) -> Option<Position> {
+        self.position
+    }
+
+    /// The JSON `message` frame positioned connections get.
+    pub fn positioned_frame(&self, group: &str) -> Arc<Positioned> {
+        self.positioned
+            .get_or_init(|| {
+                let (data, b64data) = match &self.raw {
+                    Message::Text(text) => (Some(text.as_str().to_owned()), None),
+                    other => (
+                        None,
+                        Some(
+                            base64::engine::general_purpose::STANDARD
+                                .encode(other.clone().into_data()),
+                        ),
+                    ),
+                };
+                let frame = ServerReply::Message {
+                    group: group.to_owned(),
+                    data,
+                    b64data,
+                    epoch: self.position.map(|p| p.epoch),
+                    offset: self.position.map(|p| p.offset),
+                };
+                let text = serde_json::to_string(&frame).unwrap_or_default();
+                Arc::new(Positioned {
+                    group: group.to_owned(),
+                    position: self.position,
+                    frame: Message::Text(text.into()),
+                })
+            })
+            .clone()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.raw.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.raw.is_empty()
     }
 }
 
@@ -222,7 +328,7 @@ impl Hub {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         for outlet in recipients.iter() {
-            match outlet.offer(message) {
+            match outlet.offer(group, message) {
                 Offer::Queued => delivered += 1,
                 Offer::Full => {
                     dropped += 1;
@@ -302,29 +408,33 @@ mod tests {
 
     #[test]
     fn an_outlet_is_bounded_in_bytes_and_gives_them_back_when_written() {
-        let (outlet, mut rx) = OutletInner::new(1, 100, 10);
+        let (outlet, mut rx) = OutletInner::new(1, 100, 10, false);
         let six = Encoded::new(Bytes::from_static(b"123456"));
-        assert_eq!(outlet.offer(&six), Offer::Queued);
-        assert_eq!(outlet.offer(&six), Offer::Full, "12 bytes > 10");
+        assert_eq!(outlet.offer("g", &six), Offer::Queued);
+        assert_eq!(outlet.offer("g", &six), Offer::Full, "12 bytes > 10");
         assert_eq!(outlet.queued_bytes(), 6);
         let taken = rx.try_recv().expect("queued");
         outlet.written(taken.len());
         assert_eq!(outlet.queued_bytes(), 0);
         let big = Encoded::new(Bytes::from(vec![b'x'; 50]));
         assert_eq!(
-            outlet.offer(&big),
+            outlet.offer("g", &big),
             Offer::Queued,
             "an empty queue takes one message"
         );
         drop(rx);
-        assert_eq!(outlet.offer(&six), Offer::Full, "still over the byte bound");
+        assert_eq!(
+            outlet.offer("g", &six),
+            Offer::Full,
+            "still over the byte bound"
+        );
     }
 
     #[test]
     fn a_full_queue_closes_the_slow_consumer_once() {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(BrokerLimits::default(), metrics.clone());
-        let (outlet, _rx) = OutletInner::new(1, 2, 1 << 20);
+        let (outlet, _rx) = OutletInner::new(1, 2, 1 << 20, false);
         hub.connect(&outlet, "7", "user_7", Permissions::default());
         let m = Encoded::new(Bytes::from_static(b"hi"));
         for _ in 0..5 {
@@ -333,5 +443,47 @@ mod tests {
         assert_eq!(metrics.messages_delivered.get(), 2);
         assert_eq!(metrics.messages_dropped.get(), 3);
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
+    }
+
+    #[test]
+    fn positioned_connections_get_one_json_frame_with_the_position() {
+        let hub = Hub::new(BrokerLimits::default(), Arc::new(Metrics::default()));
+        let (plain, mut plain_rx) = OutletInner::new(1, 8, 1 << 20, false);
+        let (positioned, mut positioned_rx) = OutletInner::new(2, 8, 1 << 20, true);
+        hub.connect(&plain, "1", "user_1", Permissions::new(["news"], false));
+        hub.connect(
+            &positioned,
+            "2",
+            "user_2",
+            Permissions::new(["news"], false),
+        );
+        let at = Position {
+            epoch: 7,
+            offset: 3,
+        };
+        let m = Encoded::with_position(Bytes::from_static(b"hi"), at);
+        assert_eq!(hub.publish_local("news", &m), 2);
+        let Some(Outbound::Frame(Message::Text(raw))) = plain_rx.try_recv().ok() else {
+            panic!("a plain frame");
+        };
+        assert_eq!(raw.as_str(), "hi");
+        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv().ok() else {
+            panic!("a positioned frame");
+        };
+        assert_eq!(p.position, Some(at));
+        assert_eq!(
+            p.frame.to_text().expect("text"),
+            r#"{"type":"message","group":"news","data":"hi","epoch":7,"offset":3}"#
+        );
+        let binary = Encoded::new(Bytes::from_static(b"\xff"));
+        hub.publish_local("news", &binary);
+        plain_rx.try_recv().expect("plain");
+        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv().ok() else {
+            panic!("a positioned frame");
+        };
+        assert_eq!(
+            p.frame.to_text().expect("text"),
+            r#"{"type":"message","group":"news","b64data":"/w=="}"#
+        );
     }
 }

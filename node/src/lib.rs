@@ -11,12 +11,15 @@
 //!    facts the parts report).
 //! 2. [`broker`] (the sans-IO subscription table), [`hub`] (the broker behind its lock,
 //!    outlets, local fan-out).
-//! 3. [`presence`]: the registry, the batcher and its queue, the replica's read side.
+//! 3. [`history`] (who owns each group's history, the rings, the recovery decision) and
+//!    [`presence`] (the registry, the batcher and its queue, the replica's read side).
 //! 4. [`cluster`]: the QUIC mesh (peer table, sessions, gossip, forwarding).
 //! 5. [`raft`]: the registry kept with openraft (store, steward, writer, RPCs).
-//! 6. [`router`]: the cluster-wide publish path and views.
-//! 7. [`ingress`]: WebSocket, RESP and HTTP listeners.
-//! 8. [`admin`]: the admin API and `/metrics`, on its own runtime, over a `NodeView`.
+//! 6. [`historian`]: this node's part in history (owner, replica, the way in for
+//!    publishers and recovering clients).
+//! 7. [`router`]: the cluster-wide publish path and views.
+//! 8. [`ingress`]: WebSocket, RESP and HTTP listeners.
+//! 9. [`admin`]: the admin API and `/metrics`, on its own runtime, over a `NodeView`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -27,6 +30,8 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod health;
+pub mod historian;
+pub mod history;
 pub mod hub;
 pub mod ingress;
 pub mod lifecycle;
@@ -120,6 +125,9 @@ impl Node {
                 format!("cannot load the secrets ({})", config.data_dir.display())
             })?);
         let incarnation = secrets::incarnation(&config.data_dir)?;
+        // This process's boot id: what a peer that restarted has lost (history) is told
+        // by its new one.
+        let boot = clock::unix_millis();
         let ws_tls = config
             .tls
             .as_ref()
@@ -159,11 +167,13 @@ impl Node {
         let replica = Arc::new(SharedReplica::default());
         // 4: the mesh, which hands Raft's streams to an inbox.
         let (rpc_inbox, rpc_outbox) = cluster::rpc::inbox();
+        let (history_inbox, history_outbox) = tokio::sync::mpsc::channel(historian::INBOX);
         let cluster = cluster::Cluster::bind(
             &config,
             config.admin_listen.to_string(),
-            incarnation,
+            (incarnation, boot),
             cluster::MeshDeps {
+                history: history_inbox,
                 secrets: secrets.clone(),
                 hub: hub.clone(),
                 replica: replica.clone(),
@@ -186,6 +196,7 @@ impl Node {
                 may_bootstrap: config.seeds.is_empty(),
                 advertised: cluster.advertised_addr(),
                 incarnation,
+                boot,
             },
             cluster.clone(),
             replica.clone(),
@@ -194,14 +205,29 @@ impl Node {
         )
         .await?;
         consensus.spawn(health.clone(), rpc_outbox);
-        // 6: the router.
+        // 6: the historian.
+        let historian = historian::Historian::start(
+            historian::HistorianDeps {
+                me: config.node_id,
+                boot,
+                rules: config.history.clone(),
+                max_bytes: config.history_max_bytes,
+                replica: replica.clone(),
+                cluster: cluster.clone(),
+                hub: hub.clone(),
+                shutdown: lifecycle.shutdown_token().clone(),
+            },
+            history_outbox,
+        );
+        // 7: the router.
         let router = Arc::new(Router::new(
             config.node_id,
             hub.clone(),
             cluster.clone(),
+            historian,
             metrics.clone(),
         ));
-        // 7: ingress.
+        // 8: ingress.
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let ingress = Arc::new(Ingress {
@@ -218,14 +244,15 @@ impl Node {
             hub: hub.clone(),
             presence: queue.clone(),
             replica: replica.clone(),
-            ids: ingress::ws::ConnIds::new(config.node_id),
+            router: router.clone(),
+            ids: ingress::ws::ConnIds::new(config.node_id, boot),
         });
         let resp_env = Arc::new(ingress::resp::Env::new(
             config.clone(),
             metrics.clone(),
             secrets.clone(),
         ));
-        // 8: admin.
+        // 9: admin.
         let view = NodeView {
             config: config.clone(),
             metrics,

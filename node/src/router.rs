@@ -1,7 +1,9 @@
 //! The router: the publish path cluster-wide, and the cluster-wide views of groups.
 //!
 //! A publish is delivered to this node's connections (the hub) and forwarded once to
-//! each peer with subscribers for the group (the mesh). [`Publish`] is what the ingress
+//! each peer with subscribers for the group (the mesh); a publish to a group that keeps
+//! history goes through its owner instead (the historian), which answers once the message
+//! is replicated, with its position. [`Publish`] is what the ingress
 //! layer (RESP, the admin API) sees of it, so that its command handling is tested
 //! against a fake publisher.
 
@@ -9,12 +11,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use switchboard_proto::peer::NodeId;
+use futures_util::future::BoxFuture;
+use switchboard_proto::peer::{NodeId, Position};
 
 use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
 use crate::cluster::Cluster;
+use crate::historian::{Historian, HistoryError};
+use crate::history::Recovery;
 use crate::hub::{Encoded, Hub};
 use crate::metrics::Metrics;
+
+/// Where a publish went: connections routed to, and the position in a history group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub routed: usize,
+    pub position: Option<Position>,
+}
 
 /// Steps of glob matching one listing may spend (about 10 ms of one core): the cost of a
 /// pattern grows with the number of groups, so it is capped rather than trusted.
@@ -33,9 +45,13 @@ pub enum PatternError {
 
 /// What a publisher can do and ask, cluster-wide.
 pub trait Publish: Send + Sync {
-    /// Publishes `payload` to `group`; returns the number of connections it was routed
-    /// to.
-    fn publish(&self, group: &str, payload: Bytes) -> usize;
+    /// Publishes `payload` to `group`: where it went, or (a history group) why it could
+    /// not be taken, so that the publisher may retry.
+    fn publish<'a>(
+        &'a self,
+        group: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Routed, HistoryError>>;
 
     /// Connections in `group`, per node, sorted by node.
     fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)>;
@@ -59,27 +75,78 @@ pub struct Router {
     node: NodeId,
     hub: Arc<Hub>,
     cluster: Arc<Cluster>,
+    historian: Arc<Historian>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(node: NodeId, hub: Arc<Hub>, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        node: NodeId,
+        hub: Arc<Hub>,
+        cluster: Arc<Cluster>,
+        historian: Arc<Historian>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Router {
             node,
             hub,
             cluster,
+            historian,
             metrics,
         }
     }
-}
 
-impl Publish for Router {
-    fn publish(&self, group: &str, payload: Bytes) -> usize {
-        self.metrics.messages_published.inc();
+    /// Whether `group` keeps history.
+    pub fn keeps_history(&self, group: &str) -> bool {
+        self.historian.keeps(group)
+    }
+
+    /// What a client at `since` missed in a history group (asked of its owner); `None`:
+    /// only the group's current position.
+    pub async fn recover(
+        &self,
+        group: &str,
+        since: Option<Position>,
+    ) -> Result<Recovery, HistoryError> {
+        self.historian.recover(group, since).await
+    }
+
+    /// The historian (for `/metrics`).
+    pub fn historian(&self) -> &Arc<Historian> {
+        &self.historian
+    }
+
+    /// Local fan-out and forwarding to interested peers: groups without history.
+    fn publish_direct(&self, group: &str, payload: Bytes) -> usize {
         let message = Encoded::new(payload.clone());
         let local = self.hub.publish_local(group, &message);
         let remote = self.cluster.forward(group, &payload, message.is_text());
         local + remote
+    }
+}
+
+impl Publish for Router {
+    fn publish<'a>(
+        &'a self,
+        group: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Routed, HistoryError>> {
+        self.metrics.messages_published.inc();
+        if !self.historian.keeps(group) {
+            let routed = self.publish_direct(group, payload);
+            return Box::pin(std::future::ready(Ok(Routed {
+                routed,
+                position: None,
+            })));
+        }
+        Box::pin(async move {
+            let text = std::str::from_utf8(&payload).is_ok();
+            let published = self.historian.publish(group, payload, text).await?;
+            Ok(Routed {
+                routed: published.routed,
+                position: Some(published.position),
+            })
+        })
     }
 
     fn local_groups(&self) -> usize {

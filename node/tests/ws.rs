@@ -42,6 +42,7 @@ async fn wait_group(node: &TestNode, group: &str, n: u64) {
 async fn subscribe(conn: &mut Connection, group: &str) -> ServerReply {
     conn.request(ClientOp::Subscribe {
         group: group.into(),
+        since: None,
         id: None,
     })
     .await

@@ -16,9 +16,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ClientOp {
-    /// Join a group the token permits.
+    /// Join a group the token permits; with `since` (a position from a `message` frame),
+    /// first receive every message after it (recovery). Also for a group the connection
+    /// is already in.
     Subscribe {
         group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
@@ -63,6 +67,9 @@ impl ClientOp {
     }
 }
 
+/// A message's position in its group's history (`?positions=1` connections see it).
+pub use crate::peer::Position;
+
 /// One live connection of a user, as the presence registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceEntry {
@@ -78,10 +85,31 @@ pub struct PresenceEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerReply {
+    /// `recovered`, `epoch` and `offset` answer a subscribe with `since`: whether every
+    /// message after it follows (before any newer one), and the position after them.
     Subscribed {
         group: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+    },
+    /// A published message, on a `?positions=1` connection: `data` when the payload is
+    /// UTF-8, else `b64data`; `epoch` and `offset` when the group keeps history.
+    Message {
+        group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        b64data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     Unsubscribed {
         group: String,
@@ -160,6 +188,9 @@ pub enum CloseCode {
     Forbidden = 4003,
     /// The client did not read fast enough and its outbound queue overflowed.
     SlowConsumer = 4008,
+    /// Insufficient state: the node found a gap in a positioned subscription that it
+    /// cannot fill; reconnect and recover.
+    InsufficientState = 4009,
 }
 
 impl CloseCode {
@@ -181,6 +212,7 @@ impl CloseCode {
             4001 => CloseCode::Unauthorized,
             4003 => CloseCode::Forbidden,
             4008 => CloseCode::SlowConsumer,
+            4009 => CloseCode::InsufficientState,
             _ => return None,
         })
     }
@@ -198,12 +230,53 @@ mod tests {
             op,
             ClientOp::Subscribe {
                 group: "news".into(),
+                since: None,
                 id: Some(7)
             }
         );
         let op: ClientOp = serde_json::from_str(r#"{"op":"ping"}"#).expect("ping parses");
         assert_eq!(op, ClientOp::Ping { id: None });
         assert!(serde_json::from_str::<ClientOp>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn a_recovering_subscribe_and_its_answer_match_the_contract() {
+        let op: ClientOp = serde_json::from_str(
+            r#"{"op":"subscribe","group":"user_1","since":{"epoch":7,"offset":41}}"#,
+        )
+        .expect("parses");
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe {
+                since: Some(Position {
+                    epoch: 7,
+                    offset: 41
+                }),
+                ..
+            }
+        ));
+        let reply = ServerReply::Subscribed {
+            group: "user_1".into(),
+            recovered: Some(true),
+            epoch: Some(7),
+            offset: Some(50),
+            id: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).expect("serializes"),
+            r#"{"type":"subscribed","group":"user_1","recovered":true,"epoch":7,"offset":50}"#
+        );
+        let message = ServerReply::Message {
+            group: "user_1".into(),
+            data: Some("hi".into()),
+            b64data: None,
+            epoch: Some(7),
+            offset: Some(42),
+        };
+        assert_eq!(
+            serde_json::to_string(&message).expect("serializes"),
+            r#"{"type":"message","group":"user_1","data":"hi","epoch":7,"offset":42}"#
+        );
     }
 
     #[test]
@@ -232,6 +305,7 @@ mod tests {
             CloseCode::Unauthorized,
             CloseCode::Forbidden,
             CloseCode::SlowConsumer,
+            CloseCode::InsufficientState,
         ] {
             assert_eq!(CloseCode::from_code(code.code()), Some(code));
         }

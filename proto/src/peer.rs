@@ -18,7 +18,7 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// Version of the peer protocol; peers with another major version are refused.
 /// 2: Raft RPCs on streams of their own (`Raft { body }`).
 /// 3: `Auth` carries the node's incarnation (its data dir's identity), and the proof
-/// covers it.
+/// covers it; history (`History`, positions in `Forward`).
 pub const PEER_PROTOCOL_VERSION: u32 = 3;
 
 /// One live WebSocket connection, as registered in the presence registry.
@@ -51,6 +51,55 @@ pub enum PresenceOp {
     },
 }
 
+/// A message's position in its group's history: the epoch that assigned it (the Raft
+/// log index of its owner's assignment) and its offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// One message of a group's history, as kept by its owner and replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub position: Position,
+    pub payload: Bytes,
+    /// Whether it goes out as a text frame (the payload is UTF-8).
+    pub text: bool,
+    /// Unix milliseconds when the owner took it (for the TTL).
+    pub at_ms: u64,
+}
+
+/// A group's whole history as one node holds it: what an owner sends its replica to
+/// bring it up to date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub group: String,
+    /// The epoch new messages get, and the last offset assigned.
+    pub epoch: u64,
+    pub top: u64,
+    /// The epochs this history continues, oldest first, each with its last offset.
+    pub links: Vec<(u64, u64)>,
+    /// The messages still kept, in offset order (contiguous).
+    pub entries: Vec<HistoryEntry>,
+    /// A long history goes in parts, in order: part 0 replaces what the receiver held,
+    /// later parts add their entries to it.
+    pub part: u32,
+    /// More parts of this group's history follow.
+    pub more: bool,
+}
+
+/// The owner's answer to a recovery read: whether every message after the position asked
+/// about is kept, the group's current position, and (a page of) those messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPage {
+    pub recovered: bool,
+    pub top: Position,
+    pub entries: Vec<HistoryEntry>,
+    /// The page was full: read again after its last entry.
+    pub more: bool,
+}
+
 /// A message published to a group, forwarded by the node that received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
@@ -64,6 +113,8 @@ pub struct Forward {
     pub origin: NodeId,
     pub publisher: u64,
     pub seq: u64,
+    /// Its position, when the group keeps history (the owner forwards it).
+    pub position: Option<Position>,
 }
 
 /// The set of groups a node has subscribers for, or a change to it.
@@ -93,6 +144,9 @@ pub enum PeerMessage {
     Hello {
         node: NodeId,
         protocol: u32,
+        /// This process's boot id (when it started, Unix ms): a node that restarts has a
+        /// new one, and has lost what it held in memory (history).
+        boot: u64,
         /// The addresses others should use to reach this node.
         peer_addr: String,
         admin_addr: String,
@@ -130,6 +184,56 @@ pub enum PeerMessage {
     /// The members the sender knows (id, peer address), so that every node meshes with
     /// every other one after joining through a single seed.
     Peers(Vec<(NodeId, String)>),
+    /// History: between a group's owner, its replica, and the nodes publishing to it or
+    /// recovering from it (see the node's `historian`).
+    History(History),
+}
+
+/// The history protocol. Every request carries an id its answer repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum History {
+    /// To the group's owner: publish this.
+    Publish {
+        id: u64,
+        group: String,
+        payload: Bytes,
+        text: bool,
+    },
+    /// The owner's answer: where the message went, or why it could not be taken.
+    Published {
+        id: u64,
+        result: Result<(Position, u64), String>,
+    },
+    /// Owner to replica: store this message (the next of its group in this epoch).
+    Append { group: String, entry: HistoryEntry },
+    /// Replica to owner: stored (or not: then the owner resends the group's state).
+    Appended {
+        group: String,
+        position: Position,
+        stored: bool,
+    },
+    /// Owner to replica: hold these groups' histories as they are (a new replica, or a
+    /// replica that fell out of step); the replica answers each group's last part with
+    /// `Appended` at its top.
+    Sync {
+        bucket: u16,
+        epoch: u64,
+        groups: Vec<GroupState>,
+    },
+    /// To the group's owner: what comes after `since` (`None`: only the current position,
+    /// for a client subscribing afresh), and forward the group's messages to the sender
+    /// from now on (closing the gossip window while it recovers).
+    Read {
+        id: u64,
+        group: String,
+        since: Option<Position>,
+    },
+    /// The owner's answer to `Read`: `recovered`, the current epoch and top, the messages
+    /// after `since` (or why it could not read).
+    ReadReply {
+        id: u64,
+        result: Result<ReadPage, String>,
+    },
 }
 
 /// Why a peer message could not be encoded or decoded.
@@ -162,6 +266,7 @@ impl PeerMessage {
             PeerMessage::Raft { .. } => "Raft",
             PeerMessage::Auth { .. } => "Auth",
             PeerMessage::Peers(_) => "Peers",
+            PeerMessage::History(_) => "History",
         }
     }
 }
@@ -213,6 +318,7 @@ mod tests {
                 origin,
                 publisher,
                 seq,
+                position: None,
             })
     }
 

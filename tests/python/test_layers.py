@@ -33,7 +33,7 @@ def test_an_import_up_a_layer_fails(tmp_path):
     hub.write_text(hub.read_text() + "\nfn upward() { let _ = crate::router::Router::new; }\n")
     result = run(root)
     assert result.returncode == 1
-    assert "hub (layer 2) imports router (layer 6)" in result.stdout
+    assert "hub (layer 2) imports router (layer 7)" in result.stdout
 
 
 def test_a_grouped_import_within_a_layer_from_below_fails(tmp_path):

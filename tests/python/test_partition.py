@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import BIN, SECRET, mint, wait_until
+from positions import Follower
 from wsclient import connect
 
 CLUSTER = "partition-test-secret"
@@ -135,6 +136,99 @@ def test_a_partitioned_node_is_not_ready_and_converges_after_healing(hosts):
             await ws.close()
 
         asyncio.run(while_cut())
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def publish_inside(hosts, i, group, payload):
+    """redis-cli PUBLISH on node i, from inside its host: (ok, reply)."""
+    out = sh("ip", "netns", "exec", hosts.names[i - 1], "redis-cli", "-h", "127.0.0.1", "-p", "6379",
+             "PUBLISH", group, payload, check=False)
+    reply = out.stdout.strip()
+    return (reply.lstrip("-").isdigit() and not reply.startswith("-") and "ERR" not in reply), reply
+
+
+def start_hosts_cluster(hosts, *flags):
+    procs = []
+    for i in (1, 2, 3):
+        seeds = [] if i == 1 else ["--seeds", "10.77.0.1:7001"]
+        data = tempfile.mkdtemp(prefix=f"sb-part-{i}-")
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", hosts.names[i - 1], os.path.abspath(BIN), "serve",
+             "--node-id", str(i), "--jwt-secret", SECRET, "--cluster-secret", CLUSTER,
+             "--admin-token", ADMIN_TOKEN,
+             "--node-timeout-ms", "1500", "--data-dir", data,
+             "--ws-listen", "0.0.0.0:8001", "--resp-listen", "0.0.0.0:6379",
+             "--admin-listen", "0.0.0.0:8002", "--peer-listen", f"10.77.0.{i}:7001", *seeds, *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for i in (1, 2, 3):
+        wait_until(lambda i=i: readyz_inside(hosts, i) == "200", what=f"node {i} ready")
+        wait_until(lambda i=i: members_up(i) == [1, 2, 3], what=f"node {i} meshed")
+    return procs
+
+
+def test_a_cut_off_history_owner_refuses_publishes_and_positions_never_conflict(hosts):
+    procs = start_hosts_cluster(hosts, "--history", "user_*=1000")
+    try:
+        def settled():
+            return all((admin_inside(hosts, i, "/v1/status") or {}).get("history", {}).get("buckets_moving") == 0
+                       for i in (1, 2, 3))
+        wait_until(settled, timeout=20, what="history assignments settled")
+        # A user whose history node 3 owns.
+        user = next(u for u in range(1, 500)
+                    if admin_inside(hosts, 1, f"/v1/groups/user_{u}")["history"]["owner"] == 3)
+        group = f"user_{user}"
+
+        async def scenario():
+            watcher = Follower(user, name="on node 1")
+            await watcher.connect("ws://10.77.0.1:8001/ws/notifications/")
+            wait_until(lambda: admin_inside(hosts, 3, f"/v1/groups/{group}")["connections"] == 1,
+                       what="interest on the owner")
+            assert publish_inside(hosts, 1, group, "m0")[0]
+            await watcher.next()
+
+            hosts.cut(3)
+            # The cut-off owner refuses (once it knows it is cut off); never a success
+            # it could not replicate.
+            wait_until(lambda: "cut off" in publish_inside(hosts, 3, group, "lost")[1], timeout=15,
+                       what="the cut-off owner refusing")
+            # The majority moves the group to the replica and carries on.
+            wait_until(lambda: publish_inside(hosts, 1, group, "m1")[0], timeout=15, what="the majority taking publishes")
+            for k in range(2, 5):
+                assert publish_inside(hosts, 1, group, f"m{k}")[0]
+
+            hosts.heal(3)
+            for i in (1, 2, 3):
+                wait_until(lambda i=i: members_up(i) == [1, 2, 3], timeout=15, what=f"node {i} converged")
+            wait_until(settled, timeout=20, what="history assignments settled after healing")
+            for k in range(5, 8):
+                wait_until(lambda k=k: publish_inside(hosts, 1, group, f"m{k}")[0], timeout=10, what=f"m{k}")
+
+            # The watcher may have missed messages while the group moved (4009, or a
+            # gap only a recovery shows): it follows, recovering, until it has them all.
+            want = [f"m{k}" for k in range(8)]
+
+            def done(f):
+                return [d for d in f.datas() if d.startswith("m") and d[1:].isdigit()] == want
+
+            urls = ["ws://10.77.0.1:8001/ws/notifications/", "ws://10.77.0.2:8001/ws/notifications/"]
+            await watcher.catch_up(urls, done, timeout=30)
+            await watcher.close()
+            assert watcher.datas() == want, "the refused publish was never delivered"
+            # A client recovering on the healed node from the very start agrees on every position.
+            late = Follower(user, name="on node 3")
+            first = watcher.received[group][0]
+            late.positions[group] = {"epoch": first[0], "offset": first[1] - 1}
+            await late.connect("ws://10.77.0.3:8001/ws/notifications/")
+            await late.follow(["ws://10.77.0.3:8001/ws/notifications/"], done, timeout=30)
+            await late.close()
+            assert late.answers[-1]["recovered"] is True
+            assert late.received[group] == watcher.received[group], "the same positions on every node"
+
+        asyncio.run(scenario())
     finally:
         for p in procs:
             p.terminate()

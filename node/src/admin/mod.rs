@@ -304,7 +304,7 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
         Route::Metrics => reply(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics(view),
+            metrics(view).await,
         ),
         Route::Status => json_reply(200, &status(view)),
         Route::Members => json_reply(200, &json!({ "members": members(view) })),
@@ -326,7 +326,9 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
 }
 
 /// `/metrics`: every layer's rows.
-pub fn metrics(view: &NodeView) -> String {
+pub async fn metrics(view: &NodeView) -> String {
+    let historian = view.router.historian();
+    let held = historian.stats().await;
     let mut rows = view.metrics.rows();
     rows.extend(view.hub.rows());
     rows.push(crate::metrics::Row::gauge(
@@ -336,6 +338,7 @@ pub fn metrics(view: &NodeView) -> String {
     ));
     rows.extend(view.cluster.rows());
     rows.extend(view.consensus.rows());
+    rows.extend(historian.rows(held));
     let mut text = String::with_capacity(8192);
     crate::metrics::render(&mut text, &rows);
     text
@@ -375,6 +378,15 @@ pub fn status(view: &NodeView) -> serde_json::Value {
         },
         "tls": { "ws": config.tls.is_some(), "admin": config.admin_tls.is_some() },
         "admin_tokens": config.admin_tokens.is_some(),
+        "history": {
+            "rules": config.history.iter().map(|r| json!({
+                "pattern": r.pattern,
+                "size": r.size,
+                "ttl_secs": r.ttl.map(|t| t.as_secs()),
+            })).collect::<Vec<_>>(),
+            "max_bytes": config.history_max_bytes,
+            "buckets_moving": view.consensus.history_moving(),
+        },
     })
 }
 
@@ -470,7 +482,22 @@ pub fn group(view: &NodeView, group: &str) -> serde_json::Value {
         .into_iter()
         .map(|(node, n)| (node.to_string(), json!(n)))
         .collect();
-    json!({ "group": group, "connections": total, "nodes": nodes })
+    let mut value = json!({ "group": group, "connections": total, "nodes": nodes });
+    if view.router.keeps_history(group) {
+        let bucket = crate::history::bucket_of(group);
+        let assignment = view.replica.read().assignments.get(bucket).copied();
+        value["history"] = match assignment {
+            Some(a) => json!({
+                "bucket": bucket,
+                "owner": a.owner,
+                "replica": a.replica,
+                "epoch": a.epoch,
+                "continues": a.continues,
+            }),
+            None => json!({ "bucket": bucket, "owner": null }),
+        };
+    }
+    value
 }
 
 async fn remove(view: &NodeView, id: &str) -> Reply {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use switchboard_proto::peer::{
-    Forward, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
+    Forward, History, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage, Position,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,7 @@ pub struct ClusterMetrics {
     pub auth_failures: Counter,
     pub interest_full_syncs: Counter,
     pub rpc_streams_refused: Counter,
+    pub history_messages_dropped: Counter,
 }
 
 /// What the mesh needs from the layers below it.
@@ -100,7 +101,12 @@ pub struct MeshDeps {
     pub health: Arc<Health>,
     pub lifecycle: Arc<Lifecycle>,
     pub rpcs: RpcInbox,
+    /// Where `History` messages from peers go (the historian), in arrival order.
+    pub history: HistoryInbox,
 }
+
+/// History messages from peers, for the historian.
+pub type HistoryInbox = mpsc::Sender<(NodeId, History)>;
 
 /// See the module header.
 #[derive(Debug)]
@@ -125,7 +131,7 @@ impl Cluster {
     pub fn bind(
         config: &Config,
         admin: String,
-        incarnation: u64,
+        (incarnation, boot): (u64, u64),
         deps: MeshDeps,
     ) -> anyhow::Result<Arc<Cluster>> {
         let endpoint = tls::endpoint(
@@ -137,6 +143,7 @@ impl Cluster {
         let hello = PeerMessage::Hello {
             node: config.node_id,
             protocol: PEER_PROTOCOL_VERSION,
+            boot,
             peer_addr,
             admin_addr: admin,
             ws_addr: config.ws_listen.to_string(),
@@ -249,6 +256,7 @@ impl Cluster {
                 origin: self.node,
                 publisher: 0,
                 seq: 0,
+                position: None,
             }]);
             if link.send(message) {
                 routed += count as usize;
@@ -259,6 +267,69 @@ impl Cluster {
             }
         }
         routed
+    }
+
+    /// Sends `message` to `node` (queued on its session); false when it is not connected
+    /// or its queue is full.
+    pub fn send(&self, node: NodeId, message: PeerMessage) -> bool {
+        let sent = lock(&self.table)
+            .link(node)
+            .is_some_and(|link| link.send(message));
+        if !sent {
+            self.metrics.peer_queue_drops.inc();
+        }
+        sent
+    }
+
+    /// A positioned message of a history group, from its owner: once to every peer with
+    /// subscribers for the group and to each of `also` (nodes recovering it). Returns
+    /// the connections it was routed to on peers with subscribers.
+    pub fn forward_positioned(
+        &self,
+        group: &str,
+        payload: &Bytes,
+        text: bool,
+        position: Position,
+        also: &[NodeId],
+    ) -> usize {
+        let mut targets: Vec<(NodeId, u32)> = read(&self.remote)
+            .nodes_for(group)
+            .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
+            .unwrap_or_default();
+        for node in also {
+            if *node != self.node && !targets.iter().any(|(n, _)| n == node) {
+                targets.push((*node, 0));
+            }
+        }
+        let table = lock(&self.table);
+        let mut routed = 0usize;
+        for (node, count) in targets {
+            let Some(link) = table.link(node) else {
+                continue;
+            };
+            let message = PeerMessage::Forward(vec![Forward {
+                group: group.to_owned(),
+                payload: payload.clone(),
+                text,
+                origin: self.node,
+                publisher: 0,
+                seq: 0,
+                position: Some(position),
+            }]);
+            if link.send(message) {
+                routed += count as usize;
+                self.metrics.forwarded_messages.inc();
+                self.metrics.forwarded_bytes.add(payload.len() as u64);
+            } else {
+                self.metrics.peer_queue_drops.inc();
+            }
+        }
+        routed
+    }
+
+    /// Whether this node is in touch with a majority of the members it knows now.
+    pub fn in_majority(&self) -> bool {
+        lock(&self.table).in_majority()
     }
 
     /// Connections in `group` on each peer, as gossiped.
@@ -322,6 +393,11 @@ impl Cluster {
                 "interest_full_syncs_total",
                 "Full interest snapshots sent to peers.",
                 m.interest_full_syncs.get(),
+            ),
+            Row::counter(
+                "history_messages_dropped_total",
+                "History messages from peers dropped because the historian's inbox was full.",
+                m.history_messages_dropped.get(),
             ),
             Row::counter(
                 "peer_rpc_streams_refused_total",
@@ -491,7 +567,7 @@ impl Cluster {
         let verdict = lock(&self.table).on_session(
             Instant::now(),
             peer,
-            (std::mem::take(&mut hs.addrs), hs.incarnation),
+            (std::mem::take(&mut hs.addrs), hs.incarnation, hs.boot),
             dialer,
             link.clone(),
         );
@@ -547,9 +623,17 @@ impl Cluster {
                 PeerMessage::Forward(forwards) => {
                     for f in forwards {
                         self.metrics.received_forwards.inc();
-                        self.deps
-                            .hub
-                            .publish_local(&f.group, &Encoded::new(f.payload));
+                        let message = match f.position {
+                            Some(position) => Encoded::with_position(f.payload, position),
+                            None => Encoded::new(f.payload),
+                        };
+                        self.deps.hub.publish_local(&f.group, &message);
+                    }
+                }
+                PeerMessage::History(message) => {
+                    if self.deps.history.try_send((peer, message)).is_err() {
+                        // The requester's call times out (or the owner resends a state).
+                        self.metrics.history_messages_dropped.inc();
                     }
                 }
                 PeerMessage::Interest(update) => {

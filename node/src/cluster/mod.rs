@@ -24,6 +24,6 @@ pub mod rpc;
 pub mod session;
 pub mod tls;
 
-pub use mesh::{Cluster, ClusterMetrics, Link, MeshDeps};
+pub use mesh::{Cluster, ClusterMetrics, HistoryInbox, Link, MeshDeps};
 pub use peers::MemberView;
 pub use rpc::{RpcInbox, RpcOutbox, RpcStream};

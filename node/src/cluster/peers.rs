@@ -44,6 +44,8 @@ pub struct MemberView {
     pub id: NodeId,
     /// The incarnation (data dir id) its last session presented.
     pub incarnation: u64,
+    /// Its boot id (changes at every restart of the process).
+    pub boot: u64,
     pub up: bool,
     pub last_seen_ms: u64,
     pub rtt_micros: u64,
@@ -65,6 +67,7 @@ struct Session<S> {
 struct Peer<S> {
     addrs: PeerAddrs,
     incarnation: u64,
+    boot: u64,
     last_seen: Instant,
     rtt_micros: u64,
     session: Option<Session<S>>,
@@ -118,13 +121,14 @@ impl<S: Link> PeerTable<S> {
         &mut self,
         now: Instant,
         peer: NodeId,
-        (addrs, incarnation): (PeerAddrs, u64),
+        (addrs, incarnation, boot): (PeerAddrs, u64, u64),
         dialer: NodeId,
         link: S,
     ) -> Verdict<S> {
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             addrs: addrs.clone(),
             incarnation,
+            boot,
             last_seen: now,
             rtt_micros: 0,
             session: None,
@@ -139,6 +143,7 @@ impl<S: Link> PeerTable<S> {
         self.next_session += 1;
         entry.addrs = addrs;
         entry.incarnation = incarnation;
+        entry.boot = boot;
         entry.last_seen = now;
         let replaced = entry
             .session
@@ -262,6 +267,7 @@ impl<S: Link> PeerTable<S> {
             .map(|(id, p)| MemberView {
                 id: *id,
                 incarnation: p.incarnation,
+                boot: p.boot,
                 // Down is decided in one place, `tick`, which also has the driver drop
                 // the peer's interest: members, presence and routing never disagree.
                 up: p.session.is_some(),
@@ -401,10 +407,10 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
         // The session node 3 dialed arrives first and is accepted...
-        let first = table.on_session(t0, 3, (addrs(7003), 0), 3, link("dialed by 3"));
+        let first = table.on_session(t0, 3, (addrs(7003), 0, 0), 3, link("dialed by 3"));
         assert!(matches!(first, Verdict::Accept { replaced: None, .. }));
         // ...then the one node 2 dialed replaces it (2 < 3), and hands it back to close.
-        let second = table.on_session(t0, 3, (addrs(7003), 0), 2, link("dialed by 2"));
+        let second = table.on_session(t0, 3, (addrs(7003), 0, 0), 2, link("dialed by 2"));
         assert!(matches!(
             second,
             Verdict::Accept { replaced: Some(ref l), .. } if l.name == "dialed by 3"
@@ -412,7 +418,7 @@ mod tests {
         assert_eq!(table.link(3).map(|l| l.name), Some("dialed by 2"));
         // A late third session dialed by 3 loses to the kept one.
         assert_eq!(
-            table.on_session(t0, 3, (addrs(7003), 0), 3, link("late")),
+            table.on_session(t0, 3, (addrs(7003), 0, 0), 3, link("late")),
             Verdict::Duplicate
         );
         assert_eq!(table.link(3).map(|l| l.name), Some("dialed by 2"));
@@ -423,9 +429,9 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
         let dead = link("dead");
-        table.on_session(t0, 3, (addrs(7003), 0), 2, dead.clone());
+        table.on_session(t0, 3, (addrs(7003), 0, 0), 2, dead.clone());
         dead.open.set(false);
-        let verdict = table.on_session(t0, 3, (addrs(7003), 0), 3, link("fresh"));
+        let verdict = table.on_session(t0, 3, (addrs(7003), 0, 0), 3, link("fresh"));
         assert!(matches!(
             verdict,
             Verdict::Accept {
@@ -441,12 +447,12 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(1, TIMEOUT, false);
         let Verdict::Accept { session: old, .. } =
-            table.on_session(t0, 2, (addrs(7002), 0), 2, link("old"))
+            table.on_session(t0, 2, (addrs(7002), 0, 0), 2, link("old"))
         else {
             panic!("accepted");
         };
         let Verdict::Accept { session: new, .. } =
-            table.on_session(t0, 2, (addrs(7002), 0), 1, link("new"))
+            table.on_session(t0, 2, (addrs(7002), 0, 0), 1, link("new"))
         else {
             panic!("accepted");
         };
@@ -461,8 +467,8 @@ mod tests {
     fn a_silent_peer_expires_after_the_timeout_and_the_others_get_heartbeats() {
         let t0 = Instant::now();
         let mut table = PeerTable::new(1, TIMEOUT, false);
-        table.on_session(t0, 2, (addrs(7002), 0), 1, link("two"));
-        table.on_session(t0, 3, (addrs(7003), 0), 1, link("three"));
+        table.on_session(t0, 2, (addrs(7002), 0, 0), 1, link("two"));
+        table.on_session(t0, 3, (addrs(7003), 0, 0), 1, link("three"));
         let later = t0 + Duration::from_secs(3);
         table.heard_from(later, 3);
         let tick = table.tick(t0 + Duration::from_millis(4_999));
@@ -498,8 +504,8 @@ mod tests {
         assert!(!joining.in_majority(), "started with seeds, reached nobody");
 
         let mut table = PeerTable::new(1, TIMEOUT, true);
-        table.on_session(t0, 2, (addrs(7002), 0), 1, link("two"));
-        table.on_session(t0, 3, (addrs(7003), 0), 1, link("three"));
+        table.on_session(t0, 2, (addrs(7002), 0, 0), 1, link("two"));
+        table.on_session(t0, 3, (addrs(7003), 0, 0), 1, link("three"));
         assert!(table.in_majority(), "3 of 3");
         table.tick(t0 + TIMEOUT - Duration::from_millis(1));
         table.heard_from(t0 + TIMEOUT, 2);
@@ -516,7 +522,7 @@ mod tests {
         assert!(table.should_dial("127.0.0.1:7003"));
         assert!(table.should_dial_peer(3), "the lower id dials");
         assert!(!table.should_dial_peer(1), "the higher waits to be dialed");
-        table.on_session(t0, 3, (addrs(7003), 0), 2, link("three"));
+        table.on_session(t0, 3, (addrs(7003), 0, 0), 2, link("three"));
         assert!(!table.should_dial("127.0.0.1:7003"), "connected");
         assert!(!table.should_dial_peer(3), "connected");
         assert_eq!(table.known(), vec![(3, "127.0.0.1:7003".to_string())]);

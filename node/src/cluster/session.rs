@@ -126,6 +126,8 @@ pub struct Handshaken {
     pub peer: NodeId,
     /// The peer's incarnation (its data dir's id), covered by its proof.
     pub incarnation: u64,
+    /// The peer's boot id (changes at every restart).
+    pub boot: u64,
     pub addrs: PeerAddrs,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
@@ -203,6 +205,7 @@ async fn exchange(
         PeerMessage::Hello {
             node,
             protocol,
+            boot,
             peer_addr,
             admin_addr,
             ws_addr,
@@ -217,6 +220,7 @@ async fn exchange(
             Ok(Handshaken {
                 peer,
                 incarnation,
+                boot,
                 addrs: PeerAddrs {
                     peer: peer_addr,
                     ws: ws_addr,

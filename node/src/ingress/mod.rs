@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceQueue, SharedReplica};
+use crate::router::Router;
 use crate::secrets::Secrets;
 use crate::tls::ServerTls;
 
@@ -36,5 +37,7 @@ pub struct Ingress {
     pub hub: Arc<Hub>,
     pub presence: Arc<PresenceQueue>,
     pub replica: Arc<SharedReplica>,
+    /// History (recovery) goes through the router.
+    pub router: Arc<Router>,
     pub ids: ws::ConnIds,
 }

@@ -16,6 +16,7 @@ use switchboard_proto::client::PresenceEntry;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::Registry;
+use crate::history::{Assignments, assign::Change};
 use crate::sync::{read, write};
 
 /// One Raft log entry's worth of change.
@@ -29,6 +30,8 @@ pub enum Command {
     /// a node id stands (until the member is removed), so a process started with a live
     /// member's id and another data dir is refused by every node.
     Bind { node: NodeId, incarnation: u64 },
+    /// History buckets change owner or replica; the entry's log index is their new epoch.
+    Assign(Vec<Change>),
 }
 
 /// See the module header.
@@ -38,11 +41,14 @@ pub struct Replica {
     pub removed: BTreeSet<NodeId>,
     /// Each member's incarnation (the id of its data dir), as first bound.
     pub incarnations: BTreeMap<NodeId, u64>,
+    /// Who owns each history bucket, and in which epoch.
+    pub assignments: Assignments,
 }
 
 impl Replica {
-    /// Applies one command; returns the number of changes it carried.
-    pub fn apply(&mut self, command: Command) -> u64 {
+    /// Applies one command, committed at log index `index`; returns the number of changes
+    /// it carried.
+    pub fn apply(&mut self, command: Command, index: u64) -> u64 {
         match command {
             Command::Presence(ops) => {
                 let n = ops.len() as u64;
@@ -66,6 +72,10 @@ impl Replica {
                 }
                 u64::from(*self.incarnations.entry(node).or_insert(incarnation) == incarnation)
             }
+            Command::Assign(changes) => {
+                self.assignments.apply(&changes, index);
+                changes.len() as u64
+            }
         }
     }
 
@@ -74,10 +84,12 @@ impl Replica {
         connections: impl IntoIterator<Item = ConnectionRecord>,
         removed: impl IntoIterator<Item = NodeId>,
         incarnations: impl IntoIterator<Item = (NodeId, u64)>,
+        assignments: Assignments,
     ) -> Replica {
         let mut replica = Replica {
             removed: removed.into_iter().collect(),
             incarnations: incarnations.into_iter().collect(),
+            assignments,
             ..Replica::default()
         };
         for record in connections {
@@ -152,6 +164,14 @@ impl SharedReplica {
 }
 
 #[cfg(test)]
+impl Replica {
+    /// `apply` at a log index that does not matter to the test.
+    pub fn apply_test(&mut self, command: Command) -> u64 {
+        self.apply(command, 1)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::presence::tests::record;
@@ -159,14 +179,14 @@ mod tests {
     #[test]
     fn a_removed_node_is_purged_and_stays_out() {
         let mut r = Replica::default();
-        r.apply(Command::Presence(vec![
+        r.apply_test(Command::Presence(vec![
             PresenceOp::Connect(record(1, "1-a", "u")),
             PresenceOp::Connect(record(2, "2-a", "u")),
         ]));
-        r.apply(Command::Remove(2));
+        r.apply_test(Command::Remove(2));
         assert_eq!(r.presence.user("u"), vec![record(1, "1-a", "u")]);
         // A late batch from the removed node changes nothing.
-        r.apply(Command::Presence(vec![PresenceOp::Connect(record(
+        r.apply_test(Command::Presence(vec![PresenceOp::Connect(record(
             2, "2-b", "u",
         ))]));
         assert_eq!(r.presence.user("u").len(), 1);
@@ -176,13 +196,13 @@ mod tests {
     #[test]
     fn parts_rebuild_the_same_replica() {
         let mut r = Replica::default();
-        r.apply(Command::Presence(vec![
+        r.apply_test(Command::Presence(vec![
             PresenceOp::Connect(record(1, "1-a", "u")),
             PresenceOp::Connect(record(3, "3-a", "v")),
             PresenceOp::Connect(record(3, "3-b", "u")),
         ]));
-        r.apply(Command::Remove(9));
-        r.apply(Command::Bind {
+        r.apply_test(Command::Remove(9));
+        r.apply_test(Command::Bind {
             node: 3,
             incarnation: 33,
         });
@@ -190,6 +210,7 @@ mod tests {
             r.presence.records().cloned(),
             r.removed.clone(),
             r.incarnations.clone(),
+            r.assignments.clone(),
         );
         assert_eq!(rebuilt, r);
     }
@@ -198,14 +219,14 @@ mod tests {
     fn the_first_binding_of_a_node_id_stands_until_it_is_removed() {
         let mut r = Replica::default();
         assert_eq!(
-            r.apply(Command::Bind {
+            r.apply_test(Command::Bind {
                 node: 2,
                 incarnation: 7
             }),
             1
         );
         assert_eq!(
-            r.apply(Command::Bind {
+            r.apply_test(Command::Bind {
                 node: 2,
                 incarnation: 7
             }),
@@ -213,7 +234,7 @@ mod tests {
             "idempotent"
         );
         assert_eq!(
-            r.apply(Command::Bind {
+            r.apply_test(Command::Bind {
                 node: 2,
                 incarnation: 8
             }),
@@ -221,10 +242,10 @@ mod tests {
             "an impostor"
         );
         assert_eq!(r.incarnations.get(&2), Some(&7));
-        r.apply(Command::Remove(2));
+        r.apply_test(Command::Remove(2));
         assert_eq!(r.incarnations.get(&2), None);
         assert_eq!(
-            r.apply(Command::Bind {
+            r.apply_test(Command::Bind {
                 node: 2,
                 incarnation: 8
             }),
@@ -250,11 +271,11 @@ mod tests {
             }]),
         ];
         let (mut a, mut b) = (Replica::default(), Replica::default());
-        for c in log.clone() {
-            a.apply(c);
+        for (i, c) in log.clone().into_iter().enumerate() {
+            a.apply(c, i as u64);
         }
-        for c in log {
-            b.apply(c);
+        for (i, c) in log.into_iter().enumerate() {
+            b.apply(c, i as u64);
         }
         assert_eq!(a, b);
         assert_eq!(a.presence.user("w").len(), 1);

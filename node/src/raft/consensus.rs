@@ -119,6 +119,8 @@ pub struct RaftSettings {
     pub advertised: String,
     /// This node's incarnation (its data dir's id), bound in the replica by the leader.
     pub incarnation: u64,
+    /// This process's boot id.
+    pub boot: u64,
 }
 
 /// See the module header.
@@ -126,6 +128,7 @@ pub struct Consensus {
     pub raft: Raft<TypeConfig>,
     node: NodeId,
     incarnation: u64,
+    boot: u64,
     transport: Arc<dyn Transport>,
     node_timeout: Duration,
     max_voters: usize,
@@ -182,6 +185,7 @@ impl Consensus {
             raft,
             node: me,
             incarnation: settings.incarnation,
+            boot: settings.boot,
             transport,
             node_timeout: settings.node_timeout,
             max_voters: settings.max_voters,
@@ -229,6 +233,9 @@ impl Consensus {
                 warn!("this single-voter node did not become leader within {SINGLE_LEADER_WAIT:?}");
             }
             info!(elapsed = ?started.elapsed(), "leader of a single-voter cluster");
+            // History buckets are assigned before the node serves, so that the first
+            // publish to a history group finds an owner.
+            consensus.assign_history().await;
         }
         Ok((consensus, known))
     }
@@ -483,6 +490,17 @@ impl Consensus {
         health.set_leader(false);
     }
 
+    /// Commits the history assignments the steward would plan now (as leader).
+    async fn assign_history(&self) {
+        let view = self.view();
+        let mut steward = Steward::new(self.node_timeout, self.max_voters);
+        for action in steward.tick(Instant::now(), &view) {
+            if let Action::Assign(_) = action {
+                self.carry_out(action, &view).await;
+            }
+        }
+    }
+
     /// The steward's driver: every [`STEWARD_INTERVAL`], a view in, actions out.
     async fn steward(self: Arc<Self>) {
         let shutdown = self.lifecycle.shutdown_token().clone();
@@ -499,21 +517,29 @@ impl Consensus {
         }
     }
 
+    /// History buckets not yet with their desired owner and replica (0: settled).
+    pub fn history_moving(&self) -> usize {
+        crate::raft::steward::buckets_moving(&self.view())
+    }
+
     /// What the steward looks at, now.
     fn view(&self) -> View {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let (removed, presence_holders, bound) = {
+        let (removed, presence_holders, bound, assignments) = {
             let replica = self.replica.read();
             (
                 replica.removed.clone(),
                 replica.presence.nodes().collect(),
                 replica.incarnations.clone(),
+                replica.assignments.clone(),
             )
         };
         View {
             me: self.node,
             my_incarnation: self.incarnation,
+            my_boot: self.boot,
+            assignments,
             bound,
             leader: m.current_leader,
             has_leader: self.has_leader(),
@@ -586,6 +612,13 @@ impl Consensus {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => warn!(node = id, error = %e, "promotion failed"),
                     Err(_) => warn!(node = id, "promotion timed out"),
+                }
+            }
+            Action::Assign(changes) => {
+                let n = changes.len();
+                match self.write(Command::Assign(changes)).await {
+                    Ok(epoch) => info!(buckets = n, epoch, "history buckets reassigned"),
+                    Err(e) => warn!(error = %e, "history reassignment failed; retried next look"),
                 }
             }
             Action::Purge(node) => {

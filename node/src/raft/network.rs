@@ -167,6 +167,7 @@ impl Transport for Cluster {
                 up: m.up,
                 last_seen: Some(Duration::from_millis(m.last_seen_ms)),
                 incarnation: Some(m.incarnation),
+                boot: Some(m.boot),
             })
             .collect()
     }

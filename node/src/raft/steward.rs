@@ -23,6 +23,13 @@ use std::time::{Duration, Instant};
 
 use switchboard_proto::peer::NodeId;
 
+use crate::history::Assignments;
+use crate::history::assign::Change;
+
+/// How long a bucket's replica holds its role before it may take over as owner (time to
+/// receive the owner's ring).
+pub const HANDOVER_SETTLE: Duration = Duration::from_secs(2);
+
 /// How often the steward looks at the cluster.
 pub const STEWARD_INTERVAL: Duration = Duration::from_millis(250);
 /// A learner this close to the leader's last log index counts as caught up.
@@ -41,14 +48,19 @@ pub struct PeerState {
     pub last_seen: Option<Duration>,
     /// The incarnation its session presented.
     pub incarnation: Option<u64>,
+    /// Its boot id (changes at every restart).
+    pub boot: Option<u64>,
 }
 
 /// What the steward looks at.
 #[derive(Debug, Clone)]
 pub struct View {
     pub me: NodeId,
-    /// This node's incarnation.
+    /// This node's incarnation, and its boot id.
     pub my_incarnation: u64,
+    pub my_boot: u64,
+    /// History buckets' owners and replicas, from the replica.
+    pub assignments: Assignments,
     /// Incarnations bound in the replica.
     pub bound: BTreeMap<NodeId, u64>,
     /// The Raft leader this node knows, if any.
@@ -86,6 +98,8 @@ pub enum Action {
     Promote(NodeId),
     /// Purge the presence of the down node `id`.
     Purge(NodeId),
+    /// Commit these history bucket changes.
+    Assign(Vec<Change>),
 }
 
 /// See the module header.
@@ -97,6 +111,8 @@ pub struct Steward {
     down_since: HashMap<NodeId, Instant>,
     mismatches: u32,
     removed_noticed: bool,
+    /// Since when each bucket has been in its current epoch (leader only).
+    epoch_since: HashMap<u16, (u64, Instant)>,
 }
 
 impl Steward {
@@ -107,6 +123,7 @@ impl Steward {
             down_since: HashMap::new(),
             mismatches: 0,
             removed_noticed: false,
+            epoch_since: HashMap::new(),
         }
     }
 
@@ -138,6 +155,7 @@ impl Steward {
             self.lead(now, view, &mut actions);
         } else {
             self.down_since.clear();
+            self.epoch_since.clear();
         }
         actions
     }
@@ -199,7 +217,48 @@ impl Steward {
                 actions.push(Action::Purge(node));
             }
         }
+        self.plan_history(now, view, actions);
     }
+
+    /// History buckets follow the live members (voters and learners that are up).
+    fn plan_history(&mut self, now: Instant, view: &View, actions: &mut Vec<Action>) {
+        let live = live_members(view);
+        for (bucket, a) in view.assignments.iter() {
+            let entry = self.epoch_since.entry(bucket).or_insert((a.epoch, now));
+            if entry.0 != a.epoch {
+                *entry = (a.epoch, now);
+            }
+        }
+        let settled = |bucket: u16| {
+            self.epoch_since
+                .get(&bucket)
+                .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= HANDOVER_SETTLE)
+        };
+        let changes = view.assignments.plan(&live, settled);
+        if !changes.is_empty() {
+            actions.push(Action::Assign(changes));
+        }
+    }
+}
+
+/// The members history buckets may be assigned to, with their boot ids: voters and
+/// learners that are up (and this node).
+pub fn live_members(view: &View) -> BTreeMap<NodeId, u64> {
+    let members = |id: &NodeId| view.voters.contains(id) || view.learners.contains(id);
+    let mut live: BTreeMap<NodeId, u64> = view
+        .peers
+        .iter()
+        .filter(|p| p.up && members(&p.id) && !view.removed.contains(&p.id))
+        .filter_map(|p| p.boot.map(|b| (p.id, b)))
+        .collect();
+    live.insert(view.me, view.my_boot);
+    live
+}
+
+/// Buckets not yet with their desired owner and replica, as this node sees the members
+/// (0 once the assignments have settled).
+pub fn buckets_moving(view: &View) -> usize {
+    view.assignments.plan(&live_members(view), |_| true).len()
 }
 
 #[cfg(test)]
@@ -208,6 +267,15 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// The steward's actions but history reassignments (tested on their own).
+    fn chores(steward: &mut Steward, now: Instant, view: &View) -> Vec<Action> {
+        steward
+            .tick(now, view)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Assign(_)))
+            .collect()
+    }
+
     fn peer(id: NodeId, up: bool, last_seen_ms: u64) -> PeerState {
         PeerState {
             id,
@@ -215,7 +283,17 @@ mod tests {
             up,
             last_seen: Some(Duration::from_millis(last_seen_ms)),
             incarnation: Some(id * 100),
+            boot: Some(id),
         }
+    }
+
+    /// History assignments already following nodes 1..3 (so the tests of other chores
+    /// see no history change).
+    fn settled_assignments() -> Assignments {
+        let mut map = Assignments::default();
+        let live: BTreeMap<NodeId, u64> = [(1, 1)].into_iter().collect();
+        map.apply(&map.plan(&live, |_| true), 1);
+        map
     }
 
     /// Node 1, leader of voters {1}, with peers 2 and 3 up and unknown to Raft.
@@ -223,6 +301,8 @@ mod tests {
         View {
             me: 1,
             my_incarnation: 100,
+            my_boot: 1,
+            assignments: settled_assignments(),
             bound: BTreeMap::from([(1, 100), (2, 200), (3, 300)]),
             leader: Some(1),
             has_leader: true,
@@ -246,7 +326,7 @@ mod tests {
         view.bound = BTreeMap::from([(2, 200)]);
         view.peers[1].up = false;
         assert_eq!(
-            steward.tick(Instant::now(), &view),
+            chores(&mut steward, Instant::now(), &view),
             vec![Action::Bind {
                 node: 1,
                 incarnation: 100
@@ -254,11 +334,11 @@ mod tests {
             "itself, not the down node 3"
         );
         view.bound.insert(1, 100);
-        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
         view.leader = Some(2);
         view.bound.clear();
         assert!(
-            steward.tick(Instant::now(), &view).is_empty(),
+            chores(&mut steward, Instant::now(), &view).is_empty(),
             "a follower binds nothing"
         );
     }
@@ -268,7 +348,7 @@ mod tests {
         let mut steward = Steward::new(TIMEOUT, 5);
         let mut view = leader_view();
         view.removed.insert(3);
-        let actions = steward.tick(Instant::now(), &view);
+        let actions = chores(&mut steward, Instant::now(), &view);
         assert_eq!(
             actions,
             vec![Action::AddLearner {
@@ -285,18 +365,21 @@ mod tests {
         view.learners = BTreeSet::from([2, 3]);
         view.matched = BTreeMap::from([(2, 850), (3, 400)]);
         let now = Instant::now();
-        assert!(steward.tick(now, &view).is_empty(), "150 behind: not yet");
+        assert!(
+            chores(&mut steward, now, &view).is_empty(),
+            "150 behind: not yet"
+        );
         view.matched.insert(2, 900);
-        assert_eq!(steward.tick(now, &view), vec![Action::Promote(2)]);
+        assert_eq!(chores(&mut steward, now, &view), vec![Action::Promote(2)]);
         view.matched.insert(3, 1_000);
         assert_eq!(
-            steward.tick(now, &view),
+            chores(&mut steward, now, &view),
             vec![Action::Promote(2)],
             "one promotion per look, lowest id first"
         );
         view.changing = true;
         assert!(
-            steward.tick(now, &view).is_empty(),
+            chores(&mut steward, now, &view).is_empty(),
             "never during a membership change"
         );
     }
@@ -308,7 +391,7 @@ mod tests {
         view.voters = BTreeSet::from([1, 2]);
         view.learners = BTreeSet::from([3]);
         view.matched = BTreeMap::from([(2, 1_000), (3, 1_000)]);
-        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
     }
 
     #[test]
@@ -320,28 +403,26 @@ mod tests {
         // Node 3 went down, last heard from 2 s ago.
         view.peers = vec![peer(2, true, 0), peer(3, false, 2_000)];
         let t0 = Instant::now() + Duration::from_secs(10);
-        assert!(steward.tick(t0, &view).is_empty(), "down 2 s");
+        assert!(chores(&mut steward, t0, &view).is_empty(), "down 2 s");
         assert!(
-            steward
-                .tick(t0 + Duration::from_millis(2_999), &view)
-                .is_empty(),
+            chores(&mut steward, t0 + Duration::from_millis(2_999), &view).is_empty(),
             "down 4.999 s"
         );
         assert_eq!(
-            steward.tick(t0 + Duration::from_secs(3), &view),
+            chores(&mut steward, t0 + Duration::from_secs(3), &view),
             vec![Action::Purge(3)]
         );
         assert_eq!(
-            steward.tick(t0 + Duration::from_secs(4), &view),
+            chores(&mut steward, t0 + Duration::from_secs(4), &view),
             vec![Action::Purge(3)],
             "again while its presence is there"
         );
         // It comes back before the purge committed: the count starts over.
         view.peers[1].up = true;
-        assert!(steward.tick(t0 + Duration::from_secs(5), &view).is_empty());
+        assert!(chores(&mut steward, t0 + Duration::from_secs(5), &view).is_empty());
         view.peers[1].up = false;
         view.peers[1].last_seen = Some(Duration::ZERO);
-        assert!(steward.tick(t0 + Duration::from_secs(6), &view).is_empty());
+        assert!(chores(&mut steward, t0 + Duration::from_secs(6), &view).is_empty());
     }
 
     #[test]
@@ -351,8 +432,11 @@ mod tests {
         view.peers.clear();
         view.presence_holders = BTreeSet::from([9]);
         let t0 = Instant::now();
-        assert!(steward.tick(t0, &view).is_empty());
-        assert_eq!(steward.tick(t0 + TIMEOUT, &view), vec![Action::Purge(9)]);
+        assert!(chores(&mut steward, t0, &view).is_empty());
+        assert_eq!(
+            chores(&mut steward, t0 + TIMEOUT, &view),
+            vec![Action::Purge(9)]
+        );
     }
 
     #[test]
@@ -362,7 +446,7 @@ mod tests {
         view.leader = Some(2);
         view.presence_holders = BTreeSet::from([3]);
         view.peers = vec![peer(2, true, 0), peer(3, false, 60_000)];
-        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
     }
 
     #[test]
@@ -372,17 +456,23 @@ mod tests {
         view.leader = Some(2);
         let now = Instant::now();
         view.settled = Some((10, 7));
-        assert!(steward.tick(now, &view).is_empty(), "one look");
+        assert!(chores(&mut steward, now, &view).is_empty(), "one look");
         view.settled = None;
-        assert!(steward.tick(now, &view).is_empty(), "not settled: no look");
+        assert!(
+            chores(&mut steward, now, &view).is_empty(),
+            "not settled: no look"
+        );
         view.settled = Some((10, 7));
-        assert_eq!(steward.tick(now, &view), vec![Action::Resync]);
-        assert!(steward.tick(now, &view).is_empty(), "counting starts over");
+        assert_eq!(chores(&mut steward, now, &view), vec![Action::Resync]);
+        assert!(
+            chores(&mut steward, now, &view).is_empty(),
+            "counting starts over"
+        );
         view.settled = Some((10, 10));
-        assert!(steward.tick(now, &view).is_empty());
+        assert!(chores(&mut steward, now, &view).is_empty());
         view.settled = Some((10, 7));
         assert!(
-            steward.tick(now, &view).is_empty(),
+            chores(&mut steward, now, &view).is_empty(),
             "an agreeing look reset the count"
         );
     }
@@ -393,8 +483,27 @@ mod tests {
         let mut view = leader_view();
         view.has_leader = false;
         view.settled = Some((1, 0));
-        assert!(steward.tick(Instant::now(), &view).is_empty());
-        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
+    }
+
+    #[test]
+    fn history_buckets_follow_the_live_members() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.voters = BTreeSet::from([1, 2, 3]);
+        let now = Instant::now();
+        let actions = steward.tick(now, &view);
+        let Some(Action::Assign(changes)) = actions.last() else {
+            panic!("expected an assignment, got {actions:?}");
+        };
+        assert!(!changes.is_empty(), "nodes 2 and 3 joined: buckets move");
+        assert!(changes.iter().all(|c| c.replica.is_some()));
+        // A learner not yet in the membership, or a down peer, owns nothing.
+        view.voters = BTreeSet::from([1]);
+        view.peers[0].up = false;
+        let actions = steward.tick(now, &view);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Assign(_))));
     }
 
     #[test]
@@ -403,7 +512,10 @@ mod tests {
         let mut view = leader_view();
         view.removed.insert(1);
         view.settled = Some((1, 0));
-        assert_eq!(steward.tick(Instant::now(), &view), vec![Action::Drain]);
-        assert!(steward.tick(Instant::now(), &view).is_empty());
+        assert_eq!(
+            chores(&mut steward, Instant::now(), &view),
+            vec![Action::Drain]
+        );
+        assert!(chores(&mut steward, Instant::now(), &view).is_empty());
     }
 }

@@ -27,6 +27,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId};
 
 use super::codec::{decode_stored as decode, encode};
 use super::{Entry, TypeConfig};
+use crate::history::{Assignment, Assignments};
 use crate::presence::{Replica, SharedReplica};
 use crate::sync::lock;
 
@@ -48,9 +49,10 @@ struct SnapshotBody {
     connections: Vec<ConnectionRecord>,
     removed: Vec<NodeId>,
     incarnations: Vec<(NodeId, u64)>,
+    assignments: Vec<(u16, Assignment)>,
 }
 
-/// A snapshot written before incarnations were recorded (peer protocol 2).
+/// A snapshot written before incarnations and history (peer protocol 2).
 #[derive(Deserialize)]
 struct SnapshotBodyV1 {
     connections: Vec<ConnectionRecord>,
@@ -63,6 +65,7 @@ fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
         connections: replica.presence.records().cloned().collect(),
         removed: replica.removed.iter().copied().collect(),
         incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
+        assignments: replica.assignments.iter().map(|(b, a)| (b, *a)).collect(),
     })?)
 }
 
@@ -73,9 +76,15 @@ fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
             body.connections,
             body.removed,
             body.incarnations,
+            Assignments::from_entries(body.assignments),
         )),
         Err(e) => match decode::<SnapshotBodyV1>(bytes) {
-            Ok(old) => Ok(Replica::from_parts(old.connections, old.removed, [])),
+            Ok(old) => Ok(Replica::from_parts(
+                old.connections,
+                old.removed,
+                [],
+                Assignments::default(),
+            )),
             Err(_) => Err(e.into()),
         },
     }
@@ -401,7 +410,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.last = Some(entry.log_id);
             replies.push(match entry.payload {
                 EntryPayload::Blank => 0,
-                EntryPayload::Normal(command) => replica.apply(command),
+                EntryPayload::Normal(command) => replica.apply(command, entry.log_id.index),
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     0
@@ -502,13 +511,13 @@ mod tests {
     #[test]
     fn a_snapshot_restores_the_same_replica() {
         let mut r = Replica::default();
-        r.apply(Command::Presence(vec![
+        r.apply_test(Command::Presence(vec![
             PresenceOp::Connect(record(1, "1-a", "u")),
             PresenceOp::Connect(record(3, "3-a", "v")),
             PresenceOp::Connect(record(3, "3-b", "u")),
         ]));
-        r.apply(Command::Remove(9));
-        r.apply(Command::Bind {
+        r.apply_test(Command::Remove(9));
+        r.apply_test(Command::Bind {
             node: 1,
             incarnation: 11,
         });

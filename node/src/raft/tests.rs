@@ -77,6 +77,7 @@ impl Transport for Endpoint {
                 up: self.router.reachable(self.me, id).is_some(),
                 last_seen: Some(Duration::ZERO),
                 incarnation: Some(id * 1000),
+                boot: Some(id),
             })
             .collect()
     }
@@ -121,6 +122,7 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
             may_bootstrap: bootstrap,
             advertised: format!("mem:{id}"),
             incarnation: id * 1000,
+            boot: id,
         },
         transport,
         replica.clone(),

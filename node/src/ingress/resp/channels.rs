@@ -52,7 +52,7 @@ pub fn from_pubsub_layer<'a>(
 
 /// Answers the commands of `channels_redis.core.RedisChannelLayer` (every command of the
 /// table that is not the shim's own; arity already checked).
-pub fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
+pub async fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
     let args = &command.args;
     match command.name() {
         Name::Zrange => {
@@ -65,7 +65,7 @@ pub fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
                 _ => Frame::Array(vec![]),
             }
         }
-        Name::Eval => eval(config, args, publish),
+        Name::Eval => eval(config, args, publish).await,
         // No script is ever loaded here (SCRIPT LOAD is not supported): as Redis answers
         // for a script it does not have.
         Name::Evalsha => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
@@ -98,7 +98,7 @@ pub fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
 }
 
 /// `EVAL <group_send script> n keys... messages... capacities... now expiry`.
-fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
+async fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
     let Some(nkeys) = args
         .get(2)
         .and_then(|n| std::str::from_utf8(n).ok())
@@ -140,7 +140,11 @@ fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
             .iter()
             .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
         {
-            publish.publish(group, payload.clone());
+            if let Err(e) = publish.publish(group, payload.clone()).await {
+                // A history group whose owner could not take it: channels_redis raises,
+                // and the caller of group_send may retry.
+                return Frame::Error(format!("ERR history: {e}"));
+            }
         }
     }
     Frame::Integer(0)

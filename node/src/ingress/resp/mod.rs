@@ -257,9 +257,11 @@ async fn run(
             let (reply, next) = if slow && multi_threaded {
                 // Introspection whose cost grows with the groups: this worker hands its
                 // other tasks over while it runs.
-                tokio::task::block_in_place(|| session.handle(args, publish))
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(session.handle(args, publish))
+                })
             } else {
-                session.handle(args, publish)
+                session.handle(args, publish).await
             };
             if session.auth_failures() > failures_before {
                 let now = std::time::Instant::now();

@@ -118,8 +118,9 @@ impl Session {
         self.version
     }
 
-    /// Answers one command (its arguments, the name first; not empty).
-    pub fn handle(&mut self, args: Vec<Bytes>, publish: &dyn Publish) -> (Frame, Next) {
+    /// Answers one command (its arguments, the name first; not empty). It awaits only
+    /// for a publish to a history group (its owner's answer).
+    pub async fn handle(&mut self, args: Vec<Bytes>, publish: &dyn Publish) -> (Frame, Next) {
         let spec = args.first().and_then(|name| super::command::lookup(name));
         if !self.authenticated && !spec.is_some_and(|s| s.no_auth) {
             self.env.metrics.resp_auth_failures.inc();
@@ -130,16 +131,16 @@ impl Session {
         }
         let command = Command::from_args(args);
         if self.queued.is_some() {
-            return self.in_multi(command, publish);
+            return self.in_multi(command, publish).await;
         }
         match command {
-            Ok(command) => self.execute(command, publish),
+            Ok(command) => self.execute(command, publish).await,
             Err(e) => (e.into_frame(), Next::Continue),
         }
     }
 
     /// A command while MULTI is open: queue it, or run EXEC / DISCARD.
-    fn in_multi(
+    async fn in_multi(
         &mut self,
         command: Result<Command, ParseError>,
         publish: &dyn Publish,
@@ -162,7 +163,7 @@ impl Session {
                 let mut replies = Vec::with_capacity(queued.len());
                 let mut next = Next::Continue;
                 for command in queued {
-                    let (reply, after) = self.execute(command, publish);
+                    let (reply, after) = self.execute(command, publish).await;
                     replies.push(reply);
                     if after == Next::Close {
                         next = Next::Close;
@@ -175,7 +176,7 @@ impl Session {
                 Frame::ok()
             }
             Name::Watch | Name::Unwatch => Frame::ok(),
-            Name::Quit => return self.execute(command, publish),
+            Name::Quit => return self.execute(command, publish).await,
             _ => {
                 let size: usize = command.args.iter().map(|a| a.len()).sum();
                 match &mut self.queued {
@@ -202,7 +203,7 @@ impl Session {
     }
 
     /// Runs one command outside MULTI (or at EXEC).
-    fn execute(&mut self, command: Command, publish: &dyn Publish) -> (Frame, Next) {
+    async fn execute(&mut self, command: Command, publish: &dyn Publish) -> (Frame, Next) {
         let reply = match command.name() {
             Name::Quit => return (Frame::ok(), Next::Close),
             Name::Multi => {
@@ -227,9 +228,9 @@ impl Session {
             Name::Info => cmd::introspect::info(self, publish),
             Name::Command => cmd::introspect::command(command.rest()),
             Name::Publish | Name::Spublish | Name::Pubsub => {
-                cmd::pubsub::run(self, &command, publish)
+                cmd::pubsub::run(self, &command, publish).await
             }
-            _ => channels::run(&self.env.config, &command, publish),
+            _ => channels::run(&self.env.config, &command, publish).await,
         };
         (reply, Next::Continue)
     }

@@ -9,6 +9,7 @@
 
 pub mod caps;
 pub mod session;
+pub mod tracks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,10 +70,10 @@ pub struct ConnIds {
 }
 
 impl ConnIds {
-    pub fn new(node: NodeId) -> Self {
+    pub fn new(node: NodeId, boot: u64) -> Self {
         ConnIds {
             node,
-            boot: unix_millis(),
+            boot,
             next: AtomicU64::new(1),
         }
     }
@@ -279,6 +280,9 @@ async fn websocket<S: Stream>(
     let metrics = &ingress.metrics;
     let origin_ok = origin_allowed(&ingress, &req);
     let token = token_of(&req);
+    let positions = req
+        .query_param("positions")
+        .is_some_and(|v| v == "1" || v == "true");
     // The request head is not needed past this point; don't keep it for the connection's life.
     drop(req);
     if ingress.lifecycle.drain_token().is_cancelled() {
@@ -330,6 +334,7 @@ async fn websocket<S: Stream>(
         id,
         ingress.config.client_queue,
         ingress.config.client_queue_bytes,
+        positions,
     );
     let refused = ingress.hub.connect(
         &outlet,
@@ -351,14 +356,23 @@ async fn websocket<S: Stream>(
     metrics.connections_accepted.inc();
     debug!(%connection, user = %identity.user, "client connected");
 
-    let outcome = Session {
-        ws: &mut ws,
-        ingress: &ingress,
-        outlet: &outlet,
-        identity,
+    // A positioned connection's history groups joined at connect wait for the client's
+    // `subscribe` (to recover them first), at most `tracks::HOLD_GRACE`.
+    let mut tracks = tracks::Tracks::default();
+    if positions {
+        let until = tokio::time::Instant::now() + tracks::HOLD_GRACE;
+        let joined = std::iter::once(user_group.as_str())
+            .chain(identity.groups.iter().map(String::as_str))
+            .filter(|g| !g.ends_with('*'));
+        for group in joined {
+            if ingress.router.keeps_history(group) {
+                tracks.hold(group, until);
+            }
+        }
     }
-    .run(rx)
-    .await;
+    let outcome = Session::new(&mut ws, &ingress, &outlet, identity, tracks)
+        .run(rx)
+        .await;
 
     ingress.hub.disconnect(id);
     ingress.presence.push(PresenceOp::Disconnect {

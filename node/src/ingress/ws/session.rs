@@ -1,20 +1,33 @@
 //! One WebSocket connection's life after registration: one `select!` loop over the
 //! outbound queue (published messages, written in batches with one flush), frames from
-//! the client (JSON ops), a close request (slow consumer, drain), and one timer for token
-//! expiry and keepalive pings.
+//! the client (JSON ops), a close request (slow consumer, drain), the answer of a
+//! recovery in flight, and one timer for token expiry, keepalive pings and the release of
+//! held groups.
+//!
+//! A `?positions=1` connection gets every message as a JSON `message` frame; for history
+//! groups its [`Tracks`] hold, order and check positions (gaps close with 4009), and
+//! `subscribe` with `since` recovers through the group's owner: the `subscribed` answer,
+//! then the missed messages, then whatever arrived meanwhile, nothing twice.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use switchboard_proto::client::{ClientOp, CloseCode, ErrorCode, ServerReply};
+use switchboard_proto::peer::Position;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::tracks::{Gap, Route, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Permissions;
-use crate::hub::Outlet;
+use crate::historian::HistoryError;
+use crate::history::Recovery;
+use crate::hub::{Encoded, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
 
 /// How often an idle connection is pinged; one that has sent nothing for two intervals
@@ -41,16 +54,59 @@ pub enum End {
     Gone,
 }
 
+/// A recovery the client asked for.
 #[derive(Debug)]
+struct Asked {
+    group: String,
+    /// `None`: a fresh subscription, which only learns where the group stands.
+    since: Option<Position>,
+    id: Option<u64>,
+}
+
+type Answer = BoxFuture<'static, Result<Recovery, HistoryError>>;
+
 pub struct Session<'a, S: Stream> {
     pub ws: &'a mut Ws<S>,
     pub ingress: &'a Ingress,
     pub outlet: &'a Outlet,
     pub identity: Identity,
+    /// What this connection delivered of each history group (positioned connections).
+    pub tracks: Tracks,
+    /// Recoveries asked, oldest first; the first one's answer is `in_flight`.
+    asked: VecDeque<Asked>,
+    in_flight: Option<Answer>,
 }
 
-impl<S: Stream> Session<'_, S> {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> End {
+impl<S: Stream> std::fmt::Debug for Session<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.identity.user)
+            .field("tracks", &self.tracks)
+            .field("asked", &self.asked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, S: Stream> Session<'a, S> {
+    pub fn new(
+        ws: &'a mut Ws<S>,
+        ingress: &'a Ingress,
+        outlet: &'a Outlet,
+        identity: Identity,
+        tracks: Tracks,
+    ) -> Self {
+        Session {
+            ws,
+            ingress,
+            outlet,
+            identity,
+            tracks,
+            asked: VecDeque::new(),
+            in_flight: None,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
         // Grown on first use: an idle connection keeps no batch buffer.
         let mut batch = Vec::new();
         let mut last_heard = Instant::now();
@@ -58,14 +114,20 @@ impl<S: Stream> Session<'_, S> {
         loop {
             let expiry = expiry_instant(self.identity.exp);
             let keepalive = last_heard + if pinged { 2 * KEEPALIVE } else { KEEPALIVE };
-            let wake = expiry.min(keepalive);
+            let due = self.tracks.next_due();
+            let wake = due.map_or(expiry.min(keepalive), |d| d.min(expiry).min(keepalive));
             tokio::select! {
                 biased;
-                code = self.outlet.close_requested() => {
-                    return End::Close(code, "slow consumer: outbound queue overflowed".into());
-                }
+                code = self.outlet.close_requested() => return slow_consumer(code),
                 _ = self.ingress.lifecycle.drain_token().cancelled() => {
                     return End::Close(CloseCode::Restart, "node draining, reconnect elsewhere".into());
+                }
+                answer = async { self.in_flight.as_mut().expect("guarded").await }, if self.in_flight.is_some() => {
+                    self.in_flight = None;
+                    if let Err(end) = self.recovered(answer).await {
+                        return end;
+                    }
+                    self.start_recovery();
                 }
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
@@ -110,6 +172,13 @@ impl<S: Stream> Session<'_, S> {
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
+                    if due.is_some_and(|d| d <= now) {
+                        let released = self.tracks.release_due(now);
+                        if let Err(end) = self.write_positioned(released).await {
+                            return end;
+                        }
+                        continue;
+                    }
                     if now >= expiry {
                         self.ingress.metrics.token_expiry_closes.inc();
                         return End::Close(CloseCode::Unauthorized, AuthError::Expired.to_string());
@@ -126,25 +195,66 @@ impl<S: Stream> Session<'_, S> {
         }
     }
 
-    async fn write_batch(&mut self, batch: &mut Vec<Message>) -> Result<(), End> {
+    async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<(), End> {
         // The batch's bytes count against the queue's bound until they are written.
-        let bytes: usize = batch.iter().map(Message::len).sum();
+        let bytes: usize = batch.iter().map(Outbound::len).sum();
         let outlet = self.outlet;
         let _release = Release(move || outlet.written(bytes));
+        let mut frames = Vec::with_capacity(batch.len());
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Frame(message) => frames.push(message),
+                Outbound::Positioned(p) => match self.tracks.route(p.clone()) {
+                    Route::Write(p) => frames.push(p.frame.clone()),
+                    Route::Held | Route::Duplicate => {}
+                    Route::Gap => return Err(gap(&p.group)),
+                },
+            }
+        }
+        self.write_frames(frames).await
+    }
+
+    /// Writes positioned messages the tracks released (or the gap they found).
+    async fn write_positioned(
+        &mut self,
+        released: Result<Vec<Arc<Positioned>>, Gap>,
+    ) -> Result<(), End> {
+        match released {
+            Ok(messages) => {
+                let frames = messages.iter().map(|p| p.frame.clone()).collect();
+                self.write_frames(frames).await
+            }
+            Err(Gap) => Err(gap("a held group")),
+        }
+    }
+
+    /// Writes frames with one flush, within [`WRITE_TIMEOUT`]. A client that does not
+    /// read blocks the write; when its queue overflows meanwhile, the write is abandoned
+    /// and the connection closed with 4008 at once (the close frame goes out after what
+    /// the socket already holds).
+    async fn write_frames(&mut self, frames: Vec<Message>) -> Result<(), End> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let outlet = self.outlet;
         let ws = &mut *self.ws;
         let write = async {
-            for message in batch.drain(..) {
+            for message in frames {
                 ws.feed(message).await?;
             }
             ws.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => {
-                self.ingress.metrics.slow_consumer_closes.inc();
-                Err(End::Gone)
-            }
+        tokio::select! {
+            biased;
+            code = outlet.close_requested() => Err(slow_consumer(code)),
+            written = tokio::time::timeout(WRITE_TIMEOUT, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => {
+                    self.ingress.metrics.slow_consumer_closes.inc();
+                    Err(End::Gone)
+                }
+            },
         }
     }
 
@@ -172,23 +282,174 @@ impl<S: Stream> Session<'_, S> {
                 return self.reply(&reply).await;
             }
         };
+        if let ClientOp::Subscribe {
+            group,
+            since: Some(since),
+            id,
+        } = op
+        {
+            return self.subscribe_since(group, Some(since), id).await;
+        }
+        // A positioned connection subscribing to a history group learns where it stands.
+        if let ClientOp::Subscribe {
+            group,
+            since: None,
+            id,
+        } = &op
+            && self.outlet.positions
+            && self.ingress.router.keeps_history(group)
+        {
+            return self.subscribe_since(group.clone(), None, *id).await;
+        }
+        let released = match &op {
+            ClientOp::Subscribe { group, .. } => Some(group.clone()),
+            _ => None,
+        };
         let reply = self.answer(op).await;
-        self.reply(&reply).await
+        let ok = !matches!(reply, ServerReply::Error { .. });
+        self.reply(&reply).await?;
+        // A held group the client subscribed to: what waited goes out after the answer.
+        match released {
+            Some(group) if ok => {
+                let messages = self.tracks.release(&group);
+                self.write_positioned(messages).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `subscribe` with `since`: join, hold the group's messages, ask its owner for what
+    /// came after `since`; the answer (`subscribed`, then the messages) comes when the
+    /// owner's does (one recovery at a time, in the order asked).
+    async fn subscribe_since(
+        &mut self,
+        group: String,
+        since: Option<Position>,
+        id: Option<u64>,
+    ) -> Result<(), End> {
+        if !self.outlet.positions {
+            let reply = error(
+                ErrorCode::BadRequest,
+                "recovery needs positions: connect with ?positions=1",
+                id,
+            );
+            return self.reply(&reply).await;
+        }
+        let history = self.ingress.router.keeps_history(&group);
+        if history {
+            self.tracks.recovering(&group);
+        }
+        if let Err(reply) = self.join(&group, id) {
+            let released = self.tracks.release(&group);
+            self.reply(&reply).await?;
+            return self.write_positioned(released).await;
+        }
+        if !history {
+            // Nothing is kept for it: completeness cannot be proved.
+            let reply = ServerReply::Subscribed {
+                group,
+                recovered: Some(false),
+                epoch: None,
+                offset: None,
+                id,
+            };
+            return self.reply(&reply).await;
+        }
+        self.asked.push_back(Asked { group, since, id });
+        self.start_recovery();
+        Ok(())
+    }
+
+    /// Sends the oldest recovery asked to the owner, if none is in flight.
+    fn start_recovery(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(asked) = self.asked.front() else {
+            return;
+        };
+        let router = self.ingress.router.clone();
+        let (group, since) = (asked.group.clone(), asked.since);
+        self.in_flight = Some(Box::pin(async move { router.recover(&group, since).await }));
+    }
+
+    /// The owner answered the oldest recovery: `subscribed`, the missed messages, then
+    /// what arrived meanwhile.
+    async fn recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Result<(), End> {
+        let Some(asked) = self.asked.pop_front() else {
+            return Ok(());
+        };
+        let group = asked.group;
+        let fresh = asked.since.is_none();
+        let (recovered, entries, top) = match answer {
+            Ok(r) => (
+                r.recovered,
+                r.entries,
+                Some(Position {
+                    epoch: r.epoch,
+                    offset: r.top,
+                }),
+            ),
+            Err(e) => {
+                tracing::debug!(%group, error = %e, "recovery failed");
+                (false, Vec::new(), None)
+            }
+        };
+        // A gap after the recovered messages: they still go out (the client's position
+        // moves on), then the connection closes with 4009.
+        let (stands, after, gapped) = match self.tracks.recovered(&group, top, fresh) {
+            Ok((stands, after)) => (stands, after, false),
+            Err(Gap) => (top, Vec::new(), true),
+        };
+        let reply = ServerReply::Subscribed {
+            group: group.clone(),
+            recovered: (!fresh).then_some(recovered),
+            epoch: stands.map(|p| p.epoch),
+            offset: stands.map(|p| p.offset),
+            id: asked.id,
+        };
+        let mut frames = vec![Message::Text(
+            serde_json::to_string(&reply).unwrap_or_default().into(),
+        )];
+        for entry in entries {
+            let encoded = Encoded::with_position(entry.payload, entry.position);
+            frames.push(encoded.positioned_frame(&group).frame.clone());
+        }
+        frames.extend(after.iter().map(|p| p.frame.clone()));
+        self.write_frames(frames).await?;
+        if gapped {
+            return Err(gap(&group));
+        }
+        Ok(())
+    }
+
+    /// Joins `group`, or the error reply.
+    fn join(&self, group: &str, id: Option<u64>) -> Result<(), ServerReply> {
+        match self.ingress.hub.join(self.outlet, group) {
+            Ok(()) => Ok(()),
+            Err(e @ crate::broker::JoinError::TooManyGroups(_)) => {
+                Err(error(ErrorCode::TooManyGroups, &e.to_string(), id))
+            }
+            Err(e @ crate::broker::JoinError::InvalidName(_)) => {
+                Err(error(ErrorCode::BadRequest, &e.to_string(), id))
+            }
+            Err(e) => Err(error(ErrorCode::Forbidden, &e.to_string(), id)),
+        }
     }
 
     async fn answer(&mut self, op: ClientOp) -> ServerReply {
         let ingress = self.ingress;
         let id = op.id();
         match op {
-            ClientOp::Subscribe { group, .. } => match ingress.hub.join(self.outlet, &group) {
-                Ok(()) => ServerReply::Subscribed { group, id },
-                Err(e @ crate::broker::JoinError::TooManyGroups(_)) => {
-                    error(ErrorCode::TooManyGroups, &e.to_string(), id)
-                }
-                Err(e @ crate::broker::JoinError::InvalidName(_)) => {
-                    error(ErrorCode::BadRequest, &e.to_string(), id)
-                }
-                Err(e) => error(ErrorCode::Forbidden, &e.to_string(), id),
+            ClientOp::Subscribe { group, .. } => match self.join(&group, id) {
+                Ok(()) => ServerReply::Subscribed {
+                    group,
+                    recovered: None,
+                    epoch: None,
+                    offset: None,
+                    id,
+                },
+                Err(reply) => reply,
             },
             ClientOp::Unsubscribe { group, .. } => {
                 match ingress.hub.leave(self.outlet.id, &group) {
@@ -245,6 +506,14 @@ impl<S: Stream> Session<'_, S> {
     }
 }
 
+/// The close of a positioned connection that cannot be given a gap-free sequence.
+fn gap(group: &str) -> End {
+    End::Close(
+        CloseCode::InsufficientState,
+        format!("missed messages in {group}: reconnect and recover"),
+    )
+}
+
 fn error(code: ErrorCode, message: &str, id: Option<u64>) -> ServerReply {
     ServerReply::Error {
         code,
@@ -259,4 +528,9 @@ fn expiry_instant(exp: u64) -> Instant {
     // Far enough to never fire, without overflowing Instant arithmetic.
     let left = exp.saturating_sub(now).min(10 * 365 * 24 * 3600);
     Instant::now() + Duration::from_secs(left)
+}
+
+/// How a connection whose queue overflowed ends.
+fn slow_consumer(code: CloseCode) -> End {
+    End::Close(code, "slow consumer: outbound queue overflowed".into())
 }

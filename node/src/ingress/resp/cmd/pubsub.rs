@@ -9,15 +9,22 @@ use crate::ingress::resp::session::Session;
 use crate::router::Publish;
 
 /// Runs one pub/sub command.
-pub fn run(session: &Session, command: &Command, publish: &dyn Publish) -> Frame {
+pub async fn run(session: &Session, command: &Command, publish: &dyn Publish) -> Frame {
     let rest = command.rest();
     match command.name() {
-        Name::Publish | Name::Spublish => publish_one(session, &rest[0], rest[1].clone(), publish),
+        Name::Publish | Name::Spublish => {
+            publish_one(session, &rest[0], rest[1].clone(), publish).await
+        }
         _ => pubsub(rest, publish),
     }
 }
 
-fn publish_one(session: &Session, channel: &Bytes, payload: Bytes, publish: &dyn Publish) -> Frame {
+async fn publish_one(
+    session: &Session,
+    channel: &Bytes,
+    payload: Bytes,
+    publish: &dyn Publish,
+) -> Frame {
     let Ok(channel) = std::str::from_utf8(channel) else {
         return Frame::Error("ERR group names must be UTF-8".into());
     };
@@ -30,7 +37,11 @@ fn publish_one(session: &Session, channel: &Bytes, payload: Bytes, publish: &dyn
         ));
     }
     let (group, payload) = channels::from_pubsub_layer(config, channel, payload);
-    Frame::Integer(publish.publish(group, payload) as i64)
+    match publish.publish(group, payload).await {
+        Ok(routed) => Frame::Integer(routed.routed as i64),
+        // A history group whose owner could not take it: the publisher may retry.
+        Err(e) => Frame::Error(format!("ERR history: {e}")),
+    }
 }
 
 fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {

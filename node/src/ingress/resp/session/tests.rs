@@ -9,8 +9,9 @@ use switchboard_proto::resp::{Frame, Version};
 
 use super::{Env, Next, Session};
 use crate::config::Config;
+use crate::historian::HistoryError;
 use crate::metrics::Metrics;
-use crate::router::{PatternError, Publish};
+use crate::router::{PatternError, Publish, Routed};
 use crate::secrets::Secrets;
 
 /// Records what is published; groups have the subscriber counts the test sets.
@@ -34,12 +35,24 @@ impl FakePublisher {
 }
 
 impl Publish for FakePublisher {
-    fn publish(&self, group: &str, payload: Bytes) -> usize {
+    fn publish<'a>(
+        &'a self,
+        group: &'a str,
+        payload: Bytes,
+    ) -> futures_util::future::BoxFuture<'a, Result<Routed, HistoryError>> {
         self.published
             .lock()
             .expect("not poisoned")
             .push((group.to_owned(), payload));
-        self.subscribers.get(group).copied().unwrap_or(0)
+        let routed = self.subscribers.get(group).copied().unwrap_or(0);
+        Box::pin(std::future::ready(if group == "refused" {
+            Err(HistoryError::CutOff)
+        } else {
+            Ok(Routed {
+                routed,
+                position: None,
+            })
+        }))
     }
 
     fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
@@ -80,8 +93,8 @@ fn args(words: &[&[u8]]) -> Vec<Bytes> {
 }
 
 /// Runs one command and returns its reply (asserting the connection stays open).
-fn run(s: &mut Session, publisher: &FakePublisher, words: &[&[u8]]) -> Frame {
-    let (reply, next) = s.handle(args(words), publisher);
+async fn run(s: &mut Session, publisher: &FakePublisher, words: &[&[u8]]) -> Frame {
+    let (reply, next) = s.handle(args(words), publisher).await;
     assert_eq!(next, Next::Continue, "{words:?} closed the connection");
     reply
 }
@@ -90,16 +103,16 @@ fn error_starts(frame: &Frame, prefix: &str) -> bool {
     matches!(frame, Frame::Error(e) if e.starts_with(prefix))
 }
 
-#[test]
-fn publish_answers_the_routed_count() {
+#[tokio::test]
+async fn publish_answers_the_routed_count() {
     let p = FakePublisher::with(&[("user_1", 3)]);
     let mut s = session(|_| {});
     assert_eq!(
-        run(&mut s, &p, &[b"PUBLISH", b"user_1", b"hi"]),
+        run(&mut s, &p, &[b"PUBLISH", b"user_1", b"hi"]).await,
         Frame::Integer(3)
     );
     assert_eq!(
-        run(&mut s, &p, &[b"spublish", b"none", b"x"]),
+        run(&mut s, &p, &[b"spublish", b"none", b"x"]).await,
         Frame::Integer(0)
     );
     assert_eq!(
@@ -110,124 +123,133 @@ fn publish_answers_the_routed_count() {
         ]
     );
     assert!(error_starts(
-        &run(&mut s, &p, &[b"PUBLISH", b"user_1"]),
+        &run(&mut s, &p, &[b"PUBLISH", b"user_1"]).await,
         "ERR wrong number of arguments for 'publish'"
     ));
 }
 
-#[test]
-fn a_payload_over_the_limit_is_refused_and_not_published() {
+#[tokio::test]
+async fn a_payload_over_the_limit_is_refused_and_not_published() {
     let p = FakePublisher::default();
     let mut s = session(|c| c.max_payload = 4);
     assert!(error_starts(
-        &run(&mut s, &p, &[b"PUBLISH", b"g", b"12345"]),
+        &run(&mut s, &p, &[b"PUBLISH", b"g", b"12345"]).await,
         "ERR payload of 5 bytes exceeds --max-payload 4"
     ));
     assert!(p.published().is_empty());
 }
 
-#[test]
-fn multi_queues_and_exec_runs_in_order() {
+#[tokio::test]
+async fn multi_queues_and_exec_runs_in_order() {
     let p = FakePublisher::with(&[("a", 1), ("b", 2)]);
     let mut s = session(|_| {});
-    assert_eq!(run(&mut s, &p, &[b"MULTI"]), Frame::ok());
+    assert_eq!(run(&mut s, &p, &[b"MULTI"]).await, Frame::ok());
     assert_eq!(
-        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await,
         Frame::Simple("QUEUED".into())
     );
     assert_eq!(
-        run(&mut s, &p, &[b"PUBLISH", b"b", b"2"]),
+        run(&mut s, &p, &[b"PUBLISH", b"b", b"2"]).await,
         Frame::Simple("QUEUED".into())
     );
     assert!(p.published().is_empty(), "nothing runs before EXEC");
     assert_eq!(
-        run(&mut s, &p, &[b"EXEC"]),
+        run(&mut s, &p, &[b"EXEC"]).await,
         Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)])
     );
     assert_eq!(p.published().len(), 2);
     assert!(error_starts(
-        &run(&mut s, &p, &[b"EXEC"]),
+        &run(&mut s, &p, &[b"EXEC"]).await,
         "ERR EXEC without MULTI"
     ));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"DISCARD"]),
+        &run(&mut s, &p, &[b"DISCARD"]).await,
         "ERR DISCARD without MULTI"
     ));
 }
 
-#[test]
-fn a_refused_command_inside_multi_aborts_exec() {
+#[tokio::test]
+async fn a_refused_command_inside_multi_aborts_exec() {
     let p = FakePublisher::default();
     let mut s = session(|_| {});
-    run(&mut s, &p, &[b"MULTI"]);
-    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
+    run(&mut s, &p, &[b"MULTI"]).await;
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await;
     assert!(error_starts(
-        &run(&mut s, &p, &[b"NOPE"]),
+        &run(&mut s, &p, &[b"NOPE"]).await,
         "ERR unknown command 'NOPE'"
     ));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"PUBLISH", b"a"]),
+        &run(&mut s, &p, &[b"PUBLISH", b"a"]).await,
         "ERR wrong number of arguments"
     ));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"MULTI"]),
+        &run(&mut s, &p, &[b"MULTI"]).await,
         "ERR MULTI calls can not be nested"
     ));
-    assert!(error_starts(&run(&mut s, &p, &[b"EXEC"]), "EXECABORT"));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"EXEC"]).await,
+        "EXECABORT"
+    ));
     assert!(
         p.published().is_empty(),
         "the aborted transaction ran nothing"
     );
     // The next transaction starts clean.
-    run(&mut s, &p, &[b"MULTI"]);
-    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
+    run(&mut s, &p, &[b"MULTI"]).await;
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await;
     assert_eq!(
-        run(&mut s, &p, &[b"EXEC"]),
+        run(&mut s, &p, &[b"EXEC"]).await,
         Frame::Array(vec![Frame::Integer(0)])
     );
 }
 
-#[test]
-fn discard_drops_the_queue() {
+#[tokio::test]
+async fn discard_drops_the_queue() {
     let p = FakePublisher::default();
     let mut s = session(|_| {});
-    run(&mut s, &p, &[b"MULTI"]);
-    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]);
-    assert_eq!(run(&mut s, &p, &[b"DISCARD"]), Frame::ok());
+    run(&mut s, &p, &[b"MULTI"]).await;
+    run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await;
+    assert_eq!(run(&mut s, &p, &[b"DISCARD"]).await, Frame::ok());
     assert!(p.published().is_empty());
 }
 
-#[test]
-fn a_password_shim_answers_noauth_until_auth() {
+#[tokio::test]
+async fn a_password_shim_answers_noauth_until_auth() {
     let p = FakePublisher::default();
     let mut s = session(|c| c.resp_password = Some("pw".into()));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        &run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await,
         "NOAUTH"
     ));
     assert!(
-        error_starts(&run(&mut s, &p, &[b"NOPE"]), "NOAUTH"),
+        error_starts(&run(&mut s, &p, &[b"NOPE"]).await, "NOAUTH"),
         "before the unknown-command check"
     );
     assert!(error_starts(
-        &run(&mut s, &p, &[b"AUTH", b"wrong"]),
+        &run(&mut s, &p, &[b"AUTH", b"wrong"]).await,
         "WRONGPASS"
     ));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"HELLO", b"3"]),
+        &run(&mut s, &p, &[b"HELLO", b"3"]).await,
         "NOAUTH HELLO"
     ));
-    assert_eq!(run(&mut s, &p, &[b"AUTH", b"default", b"pw"]), Frame::ok());
     assert_eq!(
-        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]),
+        run(&mut s, &p, &[b"AUTH", b"default", b"pw"]).await,
+        Frame::ok()
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await,
         Frame::Integer(0)
     );
     assert_eq!(s.env.metrics.resp_auth_failures.get(), 4);
     assert_eq!(s.auth_failures(), 1, "one wrong password");
     // RESET forgets the authentication.
-    assert_eq!(run(&mut s, &p, &[b"RESET"]), Frame::Simple("RESET".into()));
-    assert!(error_starts(&run(&mut s, &p, &[b"PING"]), "NOAUTH"));
-    let (reply, next) = s.handle(args(&[b"QUIT"]), &p);
+    assert_eq!(
+        run(&mut s, &p, &[b"RESET"]).await,
+        Frame::Simple("RESET".into())
+    );
+    assert!(error_starts(&run(&mut s, &p, &[b"PING"]).await, "NOAUTH"));
+    let (reply, next) = s.handle(args(&[b"QUIT"]), &p).await;
     assert_eq!(
         (reply, next),
         (Frame::ok(), Next::Close),
@@ -235,8 +257,8 @@ fn a_password_shim_answers_noauth_until_auth() {
     );
 }
 
-#[test]
-fn hello_3_switches_to_resp3_and_can_authenticate() {
+#[tokio::test]
+async fn hello_3_switches_to_resp3_and_can_authenticate() {
     let p = FakePublisher::default();
     let mut s = session(|c| c.resp_password = Some("pw".into()));
     match run(
@@ -245,7 +267,9 @@ fn hello_3_switches_to_resp3_and_can_authenticate() {
         &[
             b"HELLO", b"3", b"AUTH", b"default", b"pw", b"SETNAME", b"me",
         ],
-    ) {
+    )
+    .await
+    {
         Frame::Map(pairs) => {
             assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("proto"), Frame::Integer(3))));
             assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("id"), Frame::Integer(7))));
@@ -254,12 +278,15 @@ fn hello_3_switches_to_resp3_and_can_authenticate() {
     }
     assert_eq!(s.version(), Version::Resp3);
     assert_eq!(
-        run(&mut s, &p, &[b"CLIENT", b"GETNAME"]),
+        run(&mut s, &p, &[b"CLIENT", b"GETNAME"]).await,
         Frame::Bulk(Bytes::from("me"))
     );
-    assert!(error_starts(&run(&mut s, &p, &[b"HELLO", b"4"]), "NOPROTO"));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"HELLO", b"x"]),
+        &run(&mut s, &p, &[b"HELLO", b"4"]).await,
+        "NOPROTO"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"HELLO", b"x"]).await,
         "ERR Protocol version"
     ));
     assert_eq!(
@@ -276,19 +303,19 @@ fn msgpack(pairs: Vec<(&str, rmpv::Value)>) -> Vec<u8> {
     out
 }
 
-#[test]
-fn channels_redis_core_group_send_maps_onto_a_publish() {
+#[tokio::test]
+async fn channels_redis_core_group_send_maps_onto_a_publish() {
     const SCRIPT: &[u8] =
         b"local over_capacity = 0 ... redis.call('ZADD', KEYS[i], t, ARGV[i]) ...";
     let p = FakePublisher::with(&[("user_42", 2)]);
     let mut s = session(|_| {});
     // ZRANGE of a group with subscribers names the synthetic channel; others are empty.
     assert_eq!(
-        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:user_42", b"0", b"-1"]),
+        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:user_42", b"0", b"-1"]).await,
         Frame::Array(vec![Frame::Bulk(Bytes::from("switchboard.group!user_42"))])
     );
     assert_eq!(
-        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:nobody", b"0", b"-1"]),
+        run(&mut s, &p, &[b"ZRANGE", b"asgi:group:nobody", b"0", b"-1"]).await,
         Frame::Array(vec![])
     );
     // The EVAL that follows: 12 random bytes + msgpack naming the synthetic channel.
@@ -314,7 +341,8 @@ fn channels_redis_core_group_send_maps_onto_a_publish() {
             b"1700000000",
             b"60",
         ],
-    );
+    )
+    .await;
     assert_eq!(reply, Frame::Integer(0));
     let published = p.published();
     assert_eq!(published.len(), 1);
@@ -326,8 +354,8 @@ fn channels_redis_core_group_send_maps_onto_a_publish() {
     );
 }
 
-#[test]
-fn an_absurd_numkeys_is_an_error_not_a_panic() {
+#[tokio::test]
+async fn an_absurd_numkeys_is_an_error_not_a_panic() {
     let p = FakePublisher::default();
     let mut s = session(|_| {});
     for numkeys in [&b"99999999999999999"[..], b"4", b"18446744073709551615"] {
@@ -335,37 +363,38 @@ fn an_absurd_numkeys_is_an_error_not_a_panic() {
             &mut s,
             &p,
             &[b"EVAL", b"over_capacity ZADD", numkeys, b"k", b"m"],
-        );
+        )
+        .await;
         assert!(
             error_starts(&reply, "ERR Number of keys") || error_starts(&reply, "ERR value is not"),
             "{reply:?}"
         );
     }
     assert!(error_starts(
-        &run(&mut s, &p, &[b"EVAL", b"return 1", b"0"]),
+        &run(&mut s, &p, &[b"EVAL", b"return 1", b"0"]).await,
         "ERR EVAL of this script is not supported"
     ));
     assert!(p.published().is_empty());
 }
 
-#[test]
-fn the_pubsub_layer_channel_maps_to_its_group_and_the_event_to_json() {
+#[tokio::test]
+async fn the_pubsub_layer_channel_maps_to_its_group_and_the_event_to_json() {
     let p = FakePublisher::with(&[("room", 1)]);
     let mut s = session(|c| c.channels_unwrap = Some("message".into()));
     let event = msgpack(vec![("type", "chat".into()), ("message", "hi".into())]);
     assert_eq!(
-        run(&mut s, &p, &[b"PUBLISH", b"asgi__group__room", &event]),
+        run(&mut s, &p, &[b"PUBLISH", b"asgi__group__room", &event]).await,
         Frame::Integer(1)
     );
     assert_eq!(p.published(), vec![("room".to_string(), Bytes::from("hi"))]);
 }
 
-#[test]
-fn pubsub_introspection_answers_from_the_publisher() {
+#[tokio::test]
+async fn pubsub_introspection_answers_from_the_publisher() {
     let p = FakePublisher::with(&[("a", 2), ("b", 1)]);
     let mut s = session(|_| {});
     assert_eq!(
-        run(&mut s, &p, &[b"PUBSUB", b"NUMSUB", b"a", b"zz"]),
+        run(&mut s, &p, &[b"PUBSUB", b"NUMSUB", b"a", b"zz"]).await,
         Frame::Array(vec![
             Frame::Bulk(Bytes::from("a")),
             Frame::Integer(2),
@@ -374,41 +403,44 @@ fn pubsub_introspection_answers_from_the_publisher() {
         ])
     );
     assert_eq!(
-        run(&mut s, &p, &[b"PUBSUB", b"CHANNELS"]),
+        run(&mut s, &p, &[b"PUBSUB", b"CHANNELS"]).await,
         Frame::Array(vec![
             Frame::Bulk(Bytes::from("a")),
             Frame::Bulk(Bytes::from("b"))
         ])
     );
-    assert_eq!(run(&mut s, &p, &[b"PUBSUB", b"NUMPAT"]), Frame::Integer(0));
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBSUB", b"NUMPAT"]).await,
+        Frame::Integer(0)
+    );
     let long = vec![b'*'; 600];
     assert!(error_starts(
-        &run(&mut s, &p, &[b"PUBSUB", b"CHANNELS", &long]),
+        &run(&mut s, &p, &[b"PUBSUB", b"CHANNELS", &long]).await,
         "ERR pattern longer than 512 bytes"
     ));
     assert!(matches!(
-        run(&mut s, &p, &[b"COMMAND", b"COUNT"]),
+        run(&mut s, &p, &[b"COMMAND", b"COUNT"]).await,
         Frame::Integer(n) if n as usize == crate::ingress::resp::command::TABLE.len()
     ));
     assert!(matches!(
-        run(&mut s, &p, &[b"INFO"]),
+        run(&mut s, &p, &[b"INFO"]).await,
         Frame::Verbatim { .. }
     ));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"SUBSCRIBE", b"a"]),
+        &run(&mut s, &p, &[b"SUBSCRIBE", b"a"]).await,
         "ERR SUBSCRIBE is not supported"
     ));
 }
 
-#[test]
-fn a_multi_queue_is_bounded_in_bytes() {
+#[tokio::test]
+async fn a_multi_queue_is_bounded_in_bytes() {
     let p = FakePublisher::default();
     let mut s = session(|_| {});
     let big = vec![b'x'; 1024 * 1024];
-    run(&mut s, &p, &[b"MULTI"]);
+    run(&mut s, &p, &[b"MULTI"]).await;
     let mut refused = None;
     for i in 0..40 {
-        let reply = run(&mut s, &p, &[b"PUBLISH", b"g", &big]);
+        let reply = run(&mut s, &p, &[b"PUBLISH", b"g", &big]).await;
         if reply != Frame::Simple("QUEUED".into()) {
             refused = Some((i, reply));
             break;
@@ -418,8 +450,18 @@ fn a_multi_queue_is_bounded_in_bytes() {
     assert_eq!(at, 15, "16 MiB hold 15 one-MiB publishes and their names");
     assert!(error_starts(&reply, "ERR more than"));
     assert!(error_starts(
-        &run(&mut s, &p, &[b"EXEC"]),
+        &run(&mut s, &p, &[b"EXEC"]).await,
         "ERR EXEC without MULTI"
     ));
     assert!(p.published().is_empty());
+}
+
+#[tokio::test]
+async fn a_history_publish_the_owner_could_not_take_is_an_error_to_retry() {
+    let p = FakePublisher::default();
+    let mut s = session(|_| {});
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"PUBLISH", b"refused", b"x"]).await,
+        "ERR history: the owner of this group's history is cut off"
+    ));
 }

@@ -1,0 +1,28 @@
+//! History: the last messages of the groups that keep them, with positions, so a client
+//! that reconnects to any node can recover what it missed. Pure: no IO, no clock (the
+//! driver, `cluster::historian`, passes the time).
+//!
+//! - [`rules`]: which groups keep history (`--history PATTERN=SIZE[,TTL]`).
+//! - [`assign`]: who owns each group: groups hash into [`BUCKETS`] buckets; each bucket
+//!   has an owner and a replica chosen by rendezvous hashing over the live members, and an
+//!   epoch. Assignments are committed through Raft (`presence::Command::Assign`), so every
+//!   node agrees on them and an epoch id (the Raft log index of its assignment) is minted
+//!   once, cluster-wide.
+//! - [`log`]: a group's ring of messages on its owner and replica: offsets, the chain of
+//!   epochs it continues, size/TTL/byte bounds, and the recovery decision.
+//!
+//! The guarantee, its limits and the design are in docs/cluster.md ("History").
+
+pub mod assign;
+pub mod log;
+pub mod rules;
+
+pub use switchboard_proto::peer::Position;
+
+pub use assign::{Assignment, Assignments, BUCKETS, bucket_of, rank};
+pub use log::{Entry, GroupLog, Recovery, Store};
+pub use rules::{Rule, Rules};
+
+/// An epoch: the Raft log index of the assignment that minted it. Only the owner named by
+/// that assignment assigns offsets in it, so `(epoch, offset)` names one message.
+pub type Epoch = u64;
