@@ -9,12 +9,17 @@
 //!   same token cannot help, so it reports [`Event::Refused`] and stops.
 //! - [`Event`]: what `recv` yields: messages, and every (re)connection, so a test can
 //!   see a failover happen.
+//! - Positions ([`ReconnectingClient::with_positions`]): the client connects with
+//!   `?positions=1`, keeps each history group's last position (from the `message` frames it
+//!   hands out), and on every reconnect subscribes with `since`, so that the node replays
+//!   what was missed; each answer is surfaced as [`Event::Recovered`] (`recovered: false`:
+//!   the application should refetch).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use switchboard_proto::client::{ClientOp, ServerReply};
+use switchboard_proto::client::{ClientOp, Position, ServerReply};
 
 use crate::{ConnectOptions, Connection, Error, Incoming};
 
@@ -70,6 +75,15 @@ pub enum Event {
         /// The server's reason.
         reason: String,
     },
+    /// A recovery was answered (positions on, after a reconnect): `recovered` says whether
+    /// every message missed in `group` follows (the `message` frames after this event);
+    /// when false, some are lost and the application should refetch its state.
+    Recovered {
+        /// The group.
+        group: String,
+        /// Whether the missed messages follow, all of them.
+        recovered: bool,
+    },
 }
 
 /// A connection that lasted at least this long resets the backoff; a shorter one (a node
@@ -108,6 +122,8 @@ pub struct ReconnectingClient {
     last_close: Option<(u16, String)>,
     connects: u64,
     rng: u64,
+    /// With positions on: each history group's last position delivered.
+    positions: Option<HashMap<String, Position>>,
 }
 
 impl ReconnectingClient {
@@ -130,7 +146,21 @@ impl ReconnectingClient {
             last_close: None,
             connects: 0,
             rng: seed(),
+            positions: None,
         }
+    }
+
+    /// Turns positions on (see the module header): connections carry `positions=1`, so
+    /// messages arrive as JSON `message` frames, and history groups are recovered after
+    /// every reconnect.
+    pub fn with_positions(mut self) -> Self {
+        self.positions = Some(HashMap::new());
+        self
+    }
+
+    /// The last position delivered in `group` (positions on, a history group).
+    pub fn position(&self, group: &str) -> Option<Position> {
+        self.positions.as_ref()?.get(group).copied()
     }
 
     /// Replaces the token used for the next connections (after a refresh made some other
@@ -174,6 +204,7 @@ impl ReconnectingClient {
             if let ServerReply::Error { message, .. } = reply {
                 return Err(Error::Refused(message));
             }
+            self.note(&reply);
         }
         self.remember(group);
         Ok(())
@@ -202,9 +233,11 @@ impl ReconnectingClient {
             if self.conn.is_some() {
                 break;
             }
+            // `Connected` goes before the `Recovered` events the connect queued.
+            let at = self.pending.len();
             if let Some(event) = self.connect().await {
                 let refused = matches!(event, Event::Refused { .. });
-                self.pending.push_back(event);
+                self.pending.insert(at, event);
                 if refused {
                     return Err(Error::Closed);
                 }
@@ -216,6 +249,7 @@ impl ReconnectingClient {
         let reply = conn.request(op.clone()).await?;
         if !matches!(reply, ServerReply::Error { .. }) {
             self.track(&op);
+            self.note(&reply);
         }
         Ok(reply)
     }
@@ -260,7 +294,12 @@ impl ReconnectingClient {
                         return Ok(event);
                     }
                 }
-                Ok(message) => return Ok(Event::Message(message)),
+                Ok(message) => {
+                    if let Incoming::Text(text) = &message {
+                        self.note_text(text);
+                    }
+                    return Ok(Event::Message(message));
+                }
                 Err(e) => {
                     if let Some(event) = self.dropped(1006, e.to_string()) {
                         return Ok(event);
@@ -276,6 +315,55 @@ impl ReconnectingClient {
         match self.conn.take() {
             Some(conn) => conn.close().await,
             None => Ok(()),
+        }
+    }
+
+    /// With positions on: what a frame handed to the application says of a position.
+    fn note_text(&mut self, text: &str) {
+        // Only JSON replies and positioned messages can matter; a raw payload is skipped
+        // without parsing it.
+        if self.positions.is_none() || !text.starts_with("{\"type\":") {
+            return;
+        }
+        if let Ok(reply) = serde_json::from_str::<ServerReply>(text) {
+            self.note(&reply);
+        }
+    }
+
+    /// With positions on: a `message` moves its group's position; a `subscribed` answer
+    /// sets it (a fresh subscription, or a recovery that failed: the client starts from
+    /// the top) or leaves it for the replayed messages to move.
+    fn note(&mut self, reply: &ServerReply) {
+        let Some(positions) = &mut self.positions else {
+            return;
+        };
+        match reply {
+            ServerReply::Message {
+                group,
+                epoch: Some(epoch),
+                offset: Some(offset),
+                ..
+            } => {
+                let at = Position {
+                    epoch: *epoch,
+                    offset: *offset,
+                };
+                positions.insert(group.clone(), at);
+            }
+            ServerReply::Subscribed {
+                group,
+                recovered,
+                epoch: Some(epoch),
+                offset: Some(offset),
+                ..
+            } if *recovered != Some(true) => {
+                let at = Position {
+                    epoch: *epoch,
+                    offset: *offset,
+                };
+                positions.insert(group.clone(), at);
+            }
+            _ => {}
         }
     }
 
@@ -332,7 +420,11 @@ impl ReconnectingClient {
         self.next_url = self.next_url.wrapping_add(1);
         self.delay_next = true;
         let mut options = self.options.clone();
-        options.url = url.clone();
+        options.url = if self.positions.is_some() {
+            with_query(&url, "positions=1")
+        } else {
+            url.clone()
+        };
         let mut conn = match Connection::connect(options).await {
             Ok(conn) => conn,
             Err(Error::Http { status, body }) if status == 401 || status == 403 => {
@@ -348,10 +440,29 @@ impl ReconnectingClient {
                 return None;
             }
         };
-        for group in &self.subscriptions {
-            match conn.subscribe(group).await {
+        let groups = self.subscriptions.clone();
+        for group in &groups {
+            let since = self.position(group);
+            let op = ClientOp::Subscribe {
+                group: group.clone(),
+                since,
+                id: None,
+            };
+            match conn.request(op).await {
                 // A refusal now (the new token lacks the group) leaves the rest standing.
-                Ok(_) => {}
+                Ok(reply) => {
+                    if let ServerReply::Subscribed {
+                        recovered: Some(recovered),
+                        ..
+                    } = &reply
+                    {
+                        self.pending.push_back(Event::Recovered {
+                            group: group.clone(),
+                            recovered: *recovered,
+                        });
+                    }
+                    self.note(&reply);
+                }
                 Err(_) => {
                     // The connection ended during the replay: its close (kept by
                     // `request`) says whether to stop or to try again.
@@ -380,6 +491,12 @@ impl ReconnectingClient {
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// `url` with `pair` added to its query string.
+fn with_query(url: &str, pair: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{pair}")
 }
 
 /// A seed that differs between clients of one process and between processes.

@@ -571,3 +571,113 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The reconnecting client's next event, within the deadline.
+async fn next(client: &mut switchboard_client::ReconnectingClient) -> switchboard_client::Event {
+    tokio::time::timeout(DEADLINE, client.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Whether every node has its history buckets where the members say they should be.
+async fn history_settled(nodes: &[&TestNode]) -> bool {
+    for n in nodes {
+        if status(n).await["history"]["buckets_moving"] != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_with_positions_recovers_what_it_missed_on_another_node() {
+    use switchboard_client::{Backoff, ConnectOptions, Event, ReconnectingClient};
+    let history = |c: &mut Config| {
+        c.history = switchboard_node::config::parse_history("user_*=100").unwrap();
+    };
+    let a = member(1, &[], CLUSTER_SECRET, history).await;
+    let b = member(2, &[&a], CLUSTER_SECRET, history).await;
+    let c = member(3, &[&a], CLUSTER_SECRET, history).await;
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
+    wait_for("history assignments settled", DEADLINE * 2, || async {
+        history_settled(&[&a, &b, &c]).await.then_some(())
+    })
+    .await;
+    // A user whose history node 2 neither owns nor replicates.
+    let mut user = 0;
+    for u in 1..200 {
+        let (_, body) = http_get(&a.admin_addr(), &format!("/v1/groups/user_{u}")).await;
+        let h: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["history"].clone();
+        if h["owner"] != 2 && h["replica"] != 2 {
+            user = u;
+            break;
+        }
+    }
+    assert!(user > 0);
+    let group = format!("user_{user}");
+    let opts = ConnectOptions {
+        token: Some(simplejwt_token(user)),
+        ..ConnectOptions::default()
+    };
+    let backoff = Backoff {
+        min: Duration::from_millis(10),
+        max: Duration::from_millis(200),
+    };
+    let mut client =
+        ReconnectingClient::new(vec![b.ws_url(), c.ws_url()], opts, backoff).with_positions();
+    assert_eq!(
+        next(&mut client).await,
+        Event::Connected { url: b.ws_url() }
+    );
+    client.subscribe(&group).await.unwrap();
+    let start = client
+        .position(&group)
+        .expect("a fresh subscription tells the position");
+    assert_eq!(start.offset, 0);
+    wait_group_total(&a, &group, 1).await;
+    assert_eq!(publish(&a, &group, b"before").await, 1);
+    let Event::Message(Incoming::Text(first)) = next(&mut client).await else {
+        panic!("a message")
+    };
+    assert!(
+        first.contains("\"data\":\"before\"") && first.contains("\"offset\":1"),
+        "{first}"
+    );
+    assert_eq!(client.position(&group).map(|p| p.offset), Some(1));
+
+    // Node 2 drains: the client is closed with 1012; 20 messages are published before it
+    // comes back, on node 3, where it recovers them, in order.
+    let (status, _) = http(&b.admin_addr(), "POST", "/v1/drain").await;
+    assert_eq!(status, 202);
+    wait_group_total(&a, &group, 0).await;
+    for i in 0..20 {
+        assert_eq!(
+            publish(&a, &group, format!("missed {i}").as_bytes()).await,
+            0
+        );
+    }
+    assert_eq!(
+        next(&mut client).await,
+        Event::Connected { url: c.ws_url() }
+    );
+    assert_eq!(
+        next(&mut client).await,
+        Event::Recovered {
+            group: group.clone(),
+            recovered: true
+        }
+    );
+    for i in 0..20 {
+        let Event::Message(Incoming::Text(text)) = next(&mut client).await else {
+            panic!("message {i}")
+        };
+        assert!(text.contains(&format!("\"data\":\"missed {i}\"")), "{text}");
+    }
+    assert_eq!(client.position(&group).map(|p| p.offset), Some(21));
+    client.close().await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
