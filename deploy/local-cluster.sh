@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 dir=${SWITCHBOARD_LOCAL_DIR:-./switchboard-local}
 secret=${SWITCHBOARD_JWT_SECRET:-local-cluster-dev-secret}
 cluster_secret=${SWITCHBOARD_CLUSTER_SECRET:-local-cluster-peer-secret}
+# User groups keep their last 100 messages for 10 minutes: a client that comes back
+# (?positions=1 and subscribe with since) gets what it missed, on any node.
+history=${SWITCHBOARD_HISTORY:-user_*=100,10m}
 
 bin=${SWITCHBOARD_BIN:-}
 if [[ -z $bin ]]; then
@@ -39,7 +42,7 @@ start() {
     [[ $n != 1 ]] && seeds=(--seeds "$(peer 1)")
     "$bin" serve --node-id "$n" --jwt-secret "$secret" --cluster-secret "$cluster_secret" \
       --ws-listen "$(ws $n)" --resp-listen "$(resp $n)" --admin-listen "$(admin $n)" \
-      --peer-listen "$(peer $n)" --data-dir "$dir/node-$n" "${seeds[@]}" \
+      --peer-listen "$(peer $n)" --data-dir "$dir/node-$n" --history "$history" "${seeds[@]}" \
       >"$dir/node-$n.log" 2>&1 &
     echo $! >"$dir/node-$n.pid"
   done
