@@ -210,6 +210,39 @@ impl ReconnectingClient {
         Ok(())
     }
 
+    /// Positions on: asks the live connection to recover every group from its position
+    /// now, as after a reconnect (the answers come as [`Event::Recovered`], the missed
+    /// messages after them). For when the application suspects it missed something and
+    /// no newer message showed the gap yet (a message that was the last of its group).
+    pub async fn recover(&mut self) -> Result<(), Error> {
+        let since: Vec<(String, Position)> = self
+            .subscriptions
+            .iter()
+            .filter_map(|g| Some((g.clone(), self.positions.as_ref()?.get(g).copied()?)))
+            .collect();
+        for (group, at) in since {
+            let op = ClientOp::Subscribe {
+                group: group.clone(),
+                since: Some(at),
+                id: None,
+            };
+            let conn = self.conn.as_mut().ok_or(Error::Closed)?;
+            let reply = conn.request(op).await?;
+            if let ServerReply::Subscribed {
+                recovered: Some(recovered),
+                ..
+            } = &reply
+            {
+                self.pending.push_back(Event::Recovered {
+                    group,
+                    recovered: *recovered,
+                });
+            }
+            self.note(&reply);
+        }
+        Ok(())
+    }
+
     /// Unsubscribes now (if connected) and forgets the group.
     pub async fn unsubscribe(&mut self, group: &str) -> Result<(), Error> {
         self.subscriptions.retain(|g| g != group);

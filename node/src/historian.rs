@@ -520,7 +520,16 @@ impl Core {
                     log.continue_as(a.epoch);
                 }
             }
-            _ => {
+            held => {
+                if let Some(held) = held {
+                    warn!(
+                        group,
+                        held,
+                        epoch = a.epoch,
+                        continues = ?a.continues,
+                        "history of a group starts over: the log held here is not of an epoch the assignment continues"
+                    );
+                }
                 self.store
                     .insert(group.to_owned(), GroupLog::new(a.epoch, size, ttl, now));
             }

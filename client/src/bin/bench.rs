@@ -12,6 +12,9 @@
 //!   the leader.
 //! - `publish` ([`publish`]): RESP `PUBLISH` throughput only; it speaks nothing but
 //!   standard RESP2, so it runs against redis-server too, for a side-by-side comparison.
+//! - `rolling` ([`rolling`]): positioned clients that reconnect and recover, a steady
+//!   publisher, while something restarts the nodes; reports acknowledged messages lost,
+//!   duplicated or out of order (all must be 0 in history groups).
 //!
 //! What they share is in [`common`] (flags, connecting, the admin endpoint, publishers'
 //! replies, the payload), and every one prints its results through [`report::print`]: a
@@ -33,6 +36,8 @@ mod idle;
 mod publish;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/rolling.rs"]
+mod rolling;
 
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ use clap::{Parser, Subcommand};
 use common::{Common, parse_duration};
 use fanout::FanoutPlan;
 use publish::PublishPlan;
+use rolling::RollingPlan;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,11 +76,14 @@ enum Command {
     Fanout {
         #[command(flatten)]
         common: Common,
-        /// Connections, each in group bench_<i % groups> (through its token).
+        /// Connections, each in group <prefix><i % groups> (through its token).
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
         #[arg(long, default_value_t = 1)]
         groups: usize,
+        /// The groups' name prefix (one a --history rule matches measures history groups).
+        #[arg(long, default_value = "bench_")]
+        group_prefix: String,
         /// Messages per second over all publishers; 0 = as fast as replies allow.
         #[arg(long, default_value_t = 0)]
         rate: u64,
@@ -128,6 +137,23 @@ enum Command {
         #[arg(long)]
         leader_pid: u32,
     },
+    /// Exactly-once delivery in history groups while the nodes restart (the restarts are
+    /// up to the caller: client/scripts/bench-history.sh).
+    Rolling {
+        #[command(flatten)]
+        common: Common,
+        /// Clients, user i following user_i, spread over the --ws URLs.
+        #[arg(long, default_value_t = 300)]
+        clients: usize,
+        /// Publishes per second (one publisher, to the clients' groups in turn).
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// After publishing, how long clients may take to receive what is due.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        drain: Duration,
+    },
     /// RESP PUBLISH throughput only (works against redis-server).
     Publish {
         #[command(flatten)]
@@ -163,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             connections,
             groups,
+            group_prefix,
             rate,
             duration,
             payload_size,
@@ -172,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             password,
         } => {
             let plan = FanoutPlan {
+                group_prefix,
                 connections,
                 groups: groups.max(1),
                 rate,
@@ -197,6 +225,21 @@ async fn main() -> anyhow::Result<()> {
             hold,
             leader_pid,
         } => failover::failover(&common, workers.max(1), hold, leader_pid).await,
+        Command::Rolling {
+            common,
+            clients,
+            rate,
+            duration,
+            drain,
+        } => {
+            let plan = RollingPlan {
+                clients,
+                rate,
+                duration,
+                drain,
+            };
+            rolling::rolling(&common, plan).await
+        }
         Command::Publish {
             common,
             clients,

@@ -29,6 +29,8 @@ use crate::report::{self, ms};
 /// What `fanout` does, from its flags (counts already at least 1).
 #[derive(Debug)]
 pub struct FanoutPlan {
+    /// Groups are named `<prefix><i>` (a prefix a `--history` rule matches: history groups).
+    pub group_prefix: String,
     pub connections: usize,
     pub groups: usize,
     pub rate: u64,
@@ -99,8 +101,11 @@ pub async fn fanout(common: &Common, plan: FanoutPlan) -> anyhow::Result<()> {
     if common.resp.is_empty() {
         bail!("--resp needs at least one address");
     }
-    let groups: Arc<Vec<String>> =
-        Arc::new((0..plan.groups).map(|g| format!("bench_{g}")).collect());
+    let groups: Arc<Vec<String>> = Arc::new(
+        (0..plan.groups)
+            .map(|g| format!("{}{g}", plan.group_prefix))
+            .collect(),
+    );
     let opened = open(common, plan.connections, |i| {
         vec![groups[i % groups.len()].clone()]
     })
