@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/benchmarks.md on one machine: a release node, the
 # switchboard-bench load generator, and redis-server (Debian) for the side-by-side.
-# Usage: client/scripts/bench.sh [idle|fanout|publish|all]
+# Usage: client/scripts/bench.sh [idle|fanout|publish|http|all]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -62,6 +62,26 @@ if [[ $what == publish || $what == all ]]; then
     done
   done
   kill "$redis"; wait "$redis" || true
+  stop_node
+fi
+if [[ $what == http || $what == all ]]; then
+  # HTTP publish (keep-alive, one request in flight per connection) beside RESP PUBLISH
+  # with one command in flight per connection, same node, same run; then keyed HTTP
+  # publishes (one Raft commit each).
+  start_node
+  for clients in 1 16; do
+    for kind in resp http http-keyed; do
+      case $kind in
+        resp) rate=$("$bin/switchboard-bench" publish --resp 127.0.0.1:6391 --clients "$clients" --pipeline 1 \
+                --duration 5 --payload-size 64 | awk '/PUBLISH ops\/s/ {print $3}') ;;
+        http) rate=$("$bin/switchboard-bench" http --clients "$clients" --duration 5 --payload-size 64 |
+                awk '/^publishes\/s/ {print $2}') ;;
+        http-keyed) rate=$("$bin/switchboard-bench" http --keyed --clients "$clients" --duration 5 --payload-size 64 |
+                awk '/^publishes\/s/ {print $2}') ;;
+      esac
+      echo "publish over $kind, $clients connection(s), one in flight each: $rate /s"
+    done
+  done
   stop_node
 fi
 rm -rf "$data"

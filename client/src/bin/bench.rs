@@ -12,6 +12,8 @@
 //!   the leader.
 //! - `publish` ([`publish`]): RESP `PUBLISH` throughput only; it speaks nothing but
 //!   standard RESP2, so it runs against redis-server too, for a side-by-side comparison.
+//! - `http` ([`http`]): `POST /v1/publish` throughput on the admin port, keep-alive,
+//!   one request at a time per connection (beside `publish --pipeline 1`).
 //! - `rolling` ([`rolling`]): positioned clients that reconnect and recover, a steady
 //!   publisher, while something restarts the nodes; reports acknowledged messages lost,
 //!   duplicated or out of order (all must be 0 in history groups).
@@ -30,6 +32,8 @@ mod common;
 mod failover;
 #[path = "bench/fanout.rs"]
 mod fanout;
+#[path = "bench/http.rs"]
+mod http;
 #[path = "bench/idle.rs"]
 mod idle;
 #[path = "bench/publish.rs"]
@@ -45,6 +49,7 @@ use clap::{Parser, Subcommand};
 
 use common::{Common, parse_duration};
 use fanout::FanoutPlan;
+use http::HttpPlan;
 use publish::PublishPlan;
 use rolling::RollingPlan;
 
@@ -175,6 +180,27 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// HTTP publish throughput (POST /v1/publish on --admin, keep-alive).
+    Http {
+        #[command(flatten)]
+        common: Common,
+        /// Keep-alive connections, one request in flight each.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        payload_size: usize,
+        /// The group to publish to.
+        #[arg(long, default_value = "bench_nobody")]
+        group: String,
+        /// Admin token with the publish scope.
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A fresh idempotency key on every request.
+        #[arg(long)]
+        keyed: bool,
+    },
 }
 
 #[tokio::main]
@@ -258,6 +284,25 @@ async fn main() -> anyhow::Result<()> {
                 password,
             };
             publish::publish(&common, plan).await
+        }
+        Command::Http {
+            common,
+            clients,
+            duration,
+            payload_size,
+            group,
+            token,
+            keyed,
+        } => {
+            let plan = HttpPlan {
+                clients: clients.max(1),
+                duration,
+                payload_size,
+                group,
+                token,
+                keyed,
+            };
+            http::http(&common, plan).await
         }
     }
 }

@@ -14,10 +14,13 @@
 //! | GET | /v1/members | read | every member |
 //! | GET | /v1/presence/{user} | read | the user's live connections, cluster-wide, from this node's replica (`?consistency=linearizable`: after a read index from the leader) |
 //! | GET | /v1/groups/{name} | read | connections in the group, per node |
+//! | POST | /v1/publish | publish | publish to one group (JSON body; `publish`) |
+//! | POST | /v1/broadcast | publish | publish one payload to many groups |
 //! | POST | /v1/drain | write | start draining this node |
 //! | POST | /v1/members/{id}/remove | write | remove a member for good |
 
 pub mod guard;
+pub mod publish;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -205,6 +208,8 @@ pub enum Route {
     Group(String),
     Drain,
     Remove(String),
+    Publish,
+    Broadcast,
 }
 
 impl Route {
@@ -227,9 +232,14 @@ impl Route {
             ["v1", "presence", user] if get => Route::Presence(user.to_string()),
             ["v1", "groups", name] if get => Route::Group(name.to_string()),
             ["v1", "drain"] if post => Route::Drain,
+            ["v1", "publish"] if post => Route::Publish,
+            ["v1", "broadcast"] if post => Route::Broadcast,
             ["v1", "members", id, "remove"] if post => Route::Remove(id.to_string()),
             ["healthz" | "readyz" | "metrics"]
-            | ["v1", "status" | "members" | "drain"]
+            | [
+                "v1",
+                "status" | "members" | "drain" | "publish" | "broadcast",
+            ]
             | ["v1", "presence" | "groups", _]
             | ["v1", "members", _, "remove"] => return Err(405),
             _ => return Err(404),
@@ -246,6 +256,7 @@ impl Route {
             | Route::Presence(_)
             | Route::Group(_) => Some(Scope::Read),
             Route::Drain | Route::Remove(_) => Some(Scope::Write),
+            Route::Publish | Route::Broadcast => Some(Scope::Publish),
         }
     }
 }
@@ -322,6 +333,8 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
             json_reply(202, &json!({ "id": view.node_id(), "draining": true }))
         }
         Route::Remove(id) => remove(view, &id).await,
+        Route::Publish => publish::serve(view, req.into_body(), false).await,
+        Route::Broadcast => publish::serve(view, req.into_body(), true).await,
     }
 }
 
@@ -560,6 +573,11 @@ mod tests {
             Ok(Some(Scope::Read))
         );
         assert_eq!(Route::of(&get, "/v1/drain"), Err(405));
+        assert_eq!(
+            Route::of(&post, "/v1/publish").map(|r| r.scope()),
+            Ok(Some(Scope::Publish))
+        );
+        assert_eq!(Route::of(&get, "/v1/broadcast"), Err(405));
         assert_eq!(Route::of(&post, "/v1/status"), Err(405));
         assert_eq!(Route::of(&get, "/nope"), Err(404));
     }

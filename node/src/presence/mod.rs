@@ -3,6 +3,7 @@
 //! - [`registry`]: the registry, a deterministic state machine over `PresenceOp`s.
 //! - [`batcher`]: ops waiting to be committed, and this node's live connections.
 //! - [`queue`]: the batcher behind its lock, with the bell that wakes the writer.
+//! - [`claims`]: idempotency keys of HTTP publishes, kept in the replica.
 //! - [`replica`]: what the cluster agreed on (registry + removed members), its Raft
 //!   commands, and the read side every other part uses.
 //!
@@ -10,6 +11,7 @@
 //! writer (`crate::raft`) commits them every [`FLUSH_INTERVAL`] through the leader.
 
 pub mod batcher;
+pub mod claims;
 pub mod queue;
 pub mod registry;
 pub mod replica;

@@ -16,6 +16,7 @@ use switchboard_proto::client::PresenceEntry;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::Registry;
+use super::claims::{Claimer, Claims};
 use crate::history::{Assignments, assign::Change};
 use crate::sync::{read, write};
 
@@ -32,6 +33,15 @@ pub enum Command {
     Bind { node: NodeId, incarnation: u64 },
     /// History buckets change owner or replica; the entry's log index is their new epoch.
     Assign(Vec<Change>),
+    /// An HTTP publish claims its idempotency keys (see [`Claims`]), stamped with the
+    /// claiming node's clock.
+    Claim {
+        keys: Vec<String>,
+        claimer: Claimer,
+        at_ms: u64,
+    },
+    /// A publish that failed gives its keys back, so that a retry can deliver.
+    Release { keys: Vec<String>, claimer: Claimer },
 }
 
 /// See the module header.
@@ -43,6 +53,8 @@ pub struct Replica {
     pub incarnations: BTreeMap<NodeId, u64>,
     /// Who owns each history bucket, and in which epoch.
     pub assignments: Assignments,
+    /// Idempotency keys of recent HTTP publishes.
+    pub claims: Claims,
 }
 
 impl Replica {
@@ -76,6 +88,12 @@ impl Replica {
                 self.assignments.apply(&changes, index);
                 changes.len() as u64
             }
+            Command::Claim {
+                keys,
+                claimer,
+                at_ms,
+            } => self.claims.claim(&keys, claimer, at_ms),
+            Command::Release { keys, claimer } => self.claims.release(&keys, claimer),
         }
     }
 
@@ -96,6 +114,12 @@ impl Replica {
             replica.presence.apply(PresenceOp::Connect(record));
         }
         replica
+    }
+
+    /// This replica with these idempotency claims (a snapshot).
+    pub fn with_claims(mut self, claims: Claims) -> Replica {
+        self.claims = claims;
+        self
     }
 }
 

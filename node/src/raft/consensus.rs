@@ -28,6 +28,7 @@ use crate::cluster::RpcOutbox;
 use crate::health::Health;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Row;
+use crate::presence::claims::Claimer;
 use crate::presence::{Command, PresenceQueue, SharedReplica};
 
 /// Raft heartbeat and election timeouts. A follower that has seen a committed leader
@@ -139,6 +140,8 @@ pub struct Consensus {
     pub(super) flushing: tokio::sync::Mutex<()>,
     /// Log index of this node's last committed presence write.
     pub(super) last_written: AtomicU64,
+    /// Idempotency claims asked by this process (with `boot`, the claimer's request id).
+    claims_issued: AtomicU64,
     pub counters: RaftCounters,
 }
 
@@ -194,6 +197,7 @@ impl Consensus {
             lifecycle,
             flushing: tokio::sync::Mutex::new(()),
             last_written: AtomicU64::new(0),
+            claims_issued: AtomicU64::new(0),
             counters: RaftCounters::default(),
         });
 
@@ -394,6 +398,50 @@ impl Consensus {
             .await
             .map(|_| ())
             .map_err(|e| WriteError::Raft(format!("replica did not catch up: {e}")))
+    }
+
+    /// Claims idempotency keys for a new request of this node (see
+    /// `crate::presence::claims`): committed through the leader, then read from this
+    /// node's replica once applied. For each key, whether this request holds it (false:
+    /// an earlier request does, within the window).
+    pub async fn claim(&self, keys: Vec<String>) -> Result<(Claimer, Vec<bool>), WriteError> {
+        let claimer = Claimer {
+            node: self.node,
+            request: self
+                .boot
+                .wrapping_add(self.claims_issued.fetch_add(1, Ordering::Relaxed)),
+        };
+        let command = Command::Claim {
+            keys: keys.clone(),
+            claimer,
+            at_ms: crate::clock::unix_millis(),
+        };
+        let index = match self.write(command).await {
+            Ok(index) => index,
+            Err(e) => {
+                // It may have committed all the same: give the keys back, best effort.
+                let _ = self.write(Command::Release { keys, claimer }).await;
+                return Err(e);
+            }
+        };
+        self.raft
+            .wait(Some(READ_INDEX_TIMEOUT))
+            .applied_index_at_least(Some(index), "idempotency claim")
+            .await
+            .map_err(|e| WriteError::Raft(format!("replica did not catch up: {e}")))?;
+        let replica = self.replica.read();
+        let held = keys
+            .iter()
+            .map(|k| replica.claims.holder(k) == Some(claimer))
+            .collect();
+        Ok((claimer, held))
+    }
+
+    /// Gives back keys claimed by `claimer` (its publish failed).
+    pub async fn release(&self, keys: Vec<String>, claimer: Claimer) -> Result<(), WriteError> {
+        self.write(Command::Release { keys, claimer })
+            .await
+            .map(|_| ())
     }
 
     /// `switchboard remove ID`: purges the node's presence, bars it from rejoining, and

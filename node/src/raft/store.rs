@@ -28,6 +28,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId};
 use super::codec::{decode_stored as decode, encode};
 use super::{Entry, TypeConfig};
 use crate::history::{Assignment, Assignments};
+use crate::presence::claims::{Claimer, Claims};
 use crate::presence::{Replica, SharedReplica};
 use crate::sync::lock;
 
@@ -50,6 +51,16 @@ struct SnapshotBody {
     removed: Vec<NodeId>,
     incarnations: Vec<(NodeId, u64)>,
     assignments: Vec<(u16, Assignment)>,
+    claims: Vec<(String, u64, Claimer)>,
+}
+
+/// A snapshot written before idempotency claims.
+#[derive(Deserialize)]
+struct SnapshotBodyV2 {
+    connections: Vec<ConnectionRecord>,
+    removed: Vec<NodeId>,
+    incarnations: Vec<(NodeId, u64)>,
+    assignments: Vec<(u16, Assignment)>,
 }
 
 /// A snapshot written before incarnations and history (peer protocol 2).
@@ -66,27 +77,37 @@ fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
         removed: replica.removed.iter().copied().collect(),
         incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
         assignments: replica.assignments.iter().map(|(b, a)| (b, *a)).collect(),
+        claims: replica.claims.entries(),
     })?)
 }
 
 /// A replica from snapshot bytes (either format).
 fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
-    match decode::<SnapshotBody>(bytes) {
-        Ok(body) => Ok(Replica::from_parts(
+    if let Ok(body) = decode::<SnapshotBody>(bytes) {
+        return Ok(Replica::from_parts(
             body.connections,
             body.removed,
             body.incarnations,
             Assignments::from_entries(body.assignments),
+        )
+        .with_claims(Claims::from_entries(body.claims)));
+    }
+    if let Ok(v2) = decode::<SnapshotBodyV2>(bytes) {
+        return Ok(Replica::from_parts(
+            v2.connections,
+            v2.removed,
+            v2.incarnations,
+            Assignments::from_entries(v2.assignments),
+        ));
+    }
+    match decode::<SnapshotBodyV1>(bytes) {
+        Ok(old) => Ok(Replica::from_parts(
+            old.connections,
+            old.removed,
+            [],
+            Assignments::default(),
         )),
-        Err(e) => match decode::<SnapshotBodyV1>(bytes) {
-            Ok(old) => Ok(Replica::from_parts(
-                old.connections,
-                old.removed,
-                [],
-                Assignments::default(),
-            )),
-            Err(_) => Err(e.into()),
-        },
+        Err(e) => Err(e.into()),
     }
 }
 
