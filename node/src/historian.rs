@@ -212,18 +212,14 @@ impl Historian {
             self.metrics.publish_failures.inc();
             return Err(HistoryError::TooLarge(payload.len()));
         }
-        let (reply, answer) = oneshot::channel();
-        let event = Event::Publish {
-            group: group.to_owned(),
-            payload,
-            text,
-            reply,
-        };
-        self.events
-            .send(event)
-            .await
-            .map_err(|_| HistoryError::Stopped)?;
-        let result = answer.await.map_err(|_| HistoryError::Stopped)?;
+        let result = self
+            .ask(|reply| Event::Publish {
+                group: group.to_owned(),
+                payload,
+                text,
+                reply,
+            })
+            .await;
         match &result {
             Ok(_) => self.metrics.publishes.inc(),
             Err(_) => self.metrics.publish_failures.inc(),
@@ -238,17 +234,13 @@ impl Historian {
         group: &str,
         since: Option<Position>,
     ) -> Result<Recovery, HistoryError> {
-        let (reply, answer) = oneshot::channel();
-        let event = Event::Recover {
-            group: group.to_owned(),
-            since,
-            reply,
-        };
-        self.events
-            .send(event)
-            .await
-            .map_err(|_| HistoryError::Stopped)?;
-        let result = answer.await.map_err(|_| HistoryError::Stopped)?;
+        let result = self
+            .ask(|reply| Event::Recover {
+                group: group.to_owned(),
+                since,
+                reply,
+            })
+            .await;
         if since.is_some() {
             self.metrics.recoveries.inc();
             if !result.as_ref().is_ok_and(|r| r.recovered) {
@@ -256,6 +248,20 @@ impl Historian {
             }
         }
         result
+    }
+
+    /// Sends the historian task the event `make` builds around a reply channel, and
+    /// waits for its answer (`Stopped` when the task is gone).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, HistoryError>>) -> Event,
+    ) -> Result<T, HistoryError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(make(reply))
+            .await
+            .map_err(|_| HistoryError::Stopped)?;
+        answer.await.map_err(|_| HistoryError::Stopped)?
     }
 
     /// (groups, messages, bytes) held here, for `/metrics`.

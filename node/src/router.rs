@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -20,6 +21,12 @@ use crate::historian::{Historian, HistoryError};
 use crate::history::Recovery;
 use crate::hub::{Encoded, Hub};
 use crate::metrics::Metrics;
+
+/// A recovery the group's owner could not answer is asked again after this long...
+pub const RECOVERY_RETRY: Duration = Duration::from_millis(250);
+/// ...for at most this long: a dead owner is replaced within the node timeout (5 s by
+/// default) plus a commit.
+pub const RECOVERY_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Where a publish went: connections routed to, and the position in a history group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +109,27 @@ impl Router {
     }
 
     /// What a client at `since` missed in a history group (asked of its owner); `None`:
-    /// only the group's current position.
+    /// only the group's current position. An owner that cannot answer now (it died or
+    /// drained and the takeover is not committed yet, a handover is under way) is asked
+    /// again every [`RECOVERY_RETRY`] for up to [`RECOVERY_PATIENCE`]; then its error.
     pub async fn recover(
         &self,
         group: &str,
         since: Option<Position>,
     ) -> Result<Recovery, HistoryError> {
-        self.historian.recover(group, since).await
+        let deadline = tokio::time::Instant::now() + RECOVERY_PATIENCE;
+        loop {
+            match self.historian.recover(group, since).await {
+                Err(e)
+                    if !matches!(e, HistoryError::Stopped)
+                        && tokio::time::Instant::now() + RECOVERY_RETRY < deadline =>
+                {
+                    tracing::debug!(%group, error = %e, "recovery failed; asking again");
+                    tokio::time::sleep(RECOVERY_RETRY).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The historian (for `/metrics`).

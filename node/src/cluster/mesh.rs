@@ -239,34 +239,7 @@ impl Cluster {
     /// Sends a message published here to every peer with subscribers for its group.
     /// Returns the number of connections it was routed to on those peers.
     pub fn forward(&self, group: &str, payload: &Bytes, text: bool) -> usize {
-        let targets: Vec<(NodeId, u32)> = match read(&self.remote).nodes_for(group) {
-            Some(nodes) => nodes.iter().map(|(n, c)| (*n, *c)).collect(),
-            None => return 0,
-        };
-        let table = lock(&self.table);
-        let mut routed = 0usize;
-        for (node, count) in targets {
-            let Some(link) = table.link(node) else {
-                continue;
-            };
-            let message = PeerMessage::Forward(vec![Forward {
-                group: group.to_owned(),
-                payload: payload.clone(),
-                text,
-                origin: self.node,
-                publisher: 0,
-                seq: 0,
-                position: None,
-            }]);
-            if link.send(message) {
-                routed += count as usize;
-                self.metrics.forwarded_messages.inc();
-                self.metrics.forwarded_bytes.add(payload.len() as u64);
-            } else {
-                self.metrics.peer_queue_drops.inc();
-            }
-        }
-        routed
+        self.forward_to(group, payload, text, None, &[])
     }
 
     /// Sends `message` to `node` (queued on its session); false when it is not connected
@@ -292,6 +265,19 @@ impl Cluster {
         position: Position,
         also: &[NodeId],
     ) -> usize {
+        self.forward_to(group, payload, text, Some(position), also)
+    }
+
+    /// Sends one `Forward` to every peer with subscribers for `group` and to each of
+    /// `also`; returns the connections it was routed to on peers with subscribers.
+    fn forward_to(
+        &self,
+        group: &str,
+        payload: &Bytes,
+        text: bool,
+        position: Option<Position>,
+        also: &[NodeId],
+    ) -> usize {
         let mut targets: Vec<(NodeId, u32)> = read(&self.remote)
             .nodes_for(group)
             .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
@@ -300,6 +286,9 @@ impl Cluster {
             if *node != self.node && !targets.iter().any(|(n, _)| n == node) {
                 targets.push((*node, 0));
             }
+        }
+        if targets.is_empty() {
+            return 0;
         }
         let table = lock(&self.table);
         let mut routed = 0usize;
@@ -314,7 +303,7 @@ impl Cluster {
                 origin: self.node,
                 publisher: 0,
                 seq: 0,
-                position: Some(position),
+                position,
             }]);
             if link.send(message) {
                 routed += count as usize;

@@ -392,9 +392,14 @@ impl Consensus {
     /// follows is linearizable.
     pub async fn linearizable(&self) -> Result<(), WriteError> {
         let index = self.read_index().await?;
+        self.applied(index, "read index").await
+    }
+
+    /// Waits (at most [`READ_INDEX_TIMEOUT`]) until this node applied log index `index`.
+    async fn applied(&self, index: u64, why: &str) -> Result<(), WriteError> {
         self.raft
             .wait(Some(READ_INDEX_TIMEOUT))
-            .applied_index_at_least(Some(index), "read index")
+            .applied_index_at_least(Some(index), why)
             .await
             .map(|_| ())
             .map_err(|e| WriteError::Raft(format!("replica did not catch up: {e}")))
@@ -424,11 +429,7 @@ impl Consensus {
                 return Err(e);
             }
         };
-        self.raft
-            .wait(Some(READ_INDEX_TIMEOUT))
-            .applied_index_at_least(Some(index), "idempotency claim")
-            .await
-            .map_err(|e| WriteError::Raft(format!("replica did not catch up: {e}")))?;
+        self.applied(index, "idempotency claim").await?;
         let replica = self.replica.read();
         let held = keys
             .iter()

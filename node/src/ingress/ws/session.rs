@@ -35,14 +35,6 @@ use crate::ingress::Ingress;
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Most queued messages written per flush.
 const WRITE_BATCH: usize = 64;
-/// A recovery the group's owner could not answer (it died, or is handing the group
-/// over, and the takeover is not committed yet) is asked again after this long...
-const RECOVERY_RETRY: Duration = Duration::from_millis(250);
-/// ...for at most this long (a dead owner is replaced within the node timeout, 5 s by
-/// default, plus a commit); then the connection closes with 1013, so that the client
-/// recovers later or elsewhere instead of being told `recovered: false` about messages
-/// that are still held.
-const RECOVERY_PATIENCE: Duration = Duration::from_secs(15);
 
 /// How a session ended.
 /// Runs its closure when dropped, however the scope ends.
@@ -69,8 +61,6 @@ struct Asked {
     /// `None`: a fresh subscription, which only learns where the group stands.
     since: Option<Position>,
     id: Option<u64>,
-    /// When the owner first failed to answer, and when to ask again.
-    failing: Option<(Instant, Instant)>,
 }
 
 type Answer = BoxFuture<'static, Result<Recovery, HistoryError>>;
@@ -365,12 +355,7 @@ impl<'a, S: Stream> Session<'a, S> {
             };
             return self.reply(&reply).await;
         }
-        self.asked.push_back(Asked {
-            group,
-            since,
-            id,
-            failing: None,
-        });
+        self.asked.push_back(Asked { group, since, id });
         self.start_recovery();
         Ok(())
     }
@@ -385,32 +370,21 @@ impl<'a, S: Stream> Session<'a, S> {
         };
         let router = self.ingress.router.clone();
         let (group, since) = (asked.group.clone(), asked.since);
-        let retry_at = asked.failing.map(|(_, at)| at);
-        self.in_flight = Some(Box::pin(async move {
-            if let Some(at) = retry_at {
-                tokio::time::sleep_until(at).await;
-            }
-            router.recover(&group, since).await
-        }));
+        self.in_flight = Some(Box::pin(async move { router.recover(&group, since).await }));
     }
 
     /// The owner answered the oldest recovery: `subscribed`, the missed messages, then
     /// what arrived meanwhile.
     async fn recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Result<(), End> {
-        let Some(mut asked) = self.asked.pop_front() else {
+        let Some(asked) = self.asked.pop_front() else {
             return Ok(());
         };
+        // The router asked the owner again for as long as a takeover takes: the client
+        // recovers later or elsewhere rather than being told `recovered: false` about
+        // messages that are still held.
         if let Err(e) = &answer
             && !matches!(e, HistoryError::Stopped)
         {
-            let now = Instant::now();
-            let (first, _) = *asked.failing.get_or_insert((now, now));
-            if now.duration_since(first) < RECOVERY_PATIENCE {
-                tracing::debug!(group = %asked.group, error = %e, "recovery failed; asking again");
-                asked.failing = Some((first, now + RECOVERY_RETRY));
-                self.asked.push_front(asked);
-                return Ok(());
-            }
             return Err(End::Close(
                 CloseCode::TryAgainLater,
                 format!(
