@@ -184,7 +184,9 @@ def test_a_client_recovers_on_another_node_after_its_node_died_drained_or_droppe
     async def positioned_on(node, user, rcvbuf=None):
         f = Follower(user)
         await f.connect(node.ws_url, rcvbuf=rcvbuf)
-        a.wait_group(f.groups[0], 1)
+        # The group's owner, wherever it is, must know the interest: every live node.
+        for n in [a, c, node] + ([b] if b.proc.poll() is None else []):
+            n.wait_group(f.groups[0], 1)
         with client(a) as r:
             assert r.publish(f.groups[0], "before") == 1
         assert (await f.next())["data"] == "before"
@@ -251,6 +253,39 @@ def test_a_client_recovers_on_another_node_after_its_node_died_drained_or_droppe
         await moves(f, c, 50, "drained")
 
     asyncio.run(drained())
+
+
+def test_a_recovery_asked_while_the_owner_is_dead_waits_for_the_takeover(start_cluster):
+    """The owner dies and the client recovers at once, before the takeover commits (the
+    node timeout is 2 s): the node asks again until the replica has taken over, and the
+    client gets everything it missed, `recovered: true`, not a premature `false`."""
+    a, b, c = start_cluster(3, *HISTORY)
+    wait_until(lambda: settled([a, b, c]), timeout=20, what="history assignments settled")
+    user = placed(a, lambda o, r: o == 3 and r in (1, 2))
+
+    async def scenario():
+        f = Follower(user)
+        await f.connect(a.ws_url)
+        for n in (a, b, c):  # the owner (node 3) must know node 1's interest
+            n.wait_group(f.groups[0], 1)
+        with client(a) as r:
+            assert r.publish(f.groups[0], "before") == 1
+        assert (await f.next())["data"] == "before"
+        await f.close()
+        with client(a) as r:
+            for i in range(20):
+                r.publish(f.groups[0], f"missed {i}")
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(timeout=10)
+        assert history_of(a, f.groups[0])["owner"] == 3, "asked before the takeover"
+        await f.connect(b.ws_url, timeout=20)
+        assert f.answers[-1]["recovered"] is True, f.answers[-1]
+        while len(f.datas()) < 21:
+            await f.next()
+        assert f.datas() == ["before"] + [f"missed {i}" for i in range(20)]
+        await f.close()
+
+    asyncio.run(scenario())
 
 
 def test_the_owner_killed_under_load_loses_no_acknowledged_message(start_cluster):
