@@ -585,6 +585,8 @@ fn id_slot(op: &mut ClientOp) -> &mut Option<u64> {
         ClientOp::Subscribe { id, .. }
         | ClientOp::Unsubscribe { id, .. }
         | ClientOp::Presence { id, .. }
+        | ClientOp::PresenceSubscribe { id, .. }
+        | ClientOp::PresenceUnsubscribe { id, .. }
         | ClientOp::Ping { id }
         | ClientOp::Refresh { id, .. } => id,
     }
@@ -596,10 +598,12 @@ pub fn reply_id(reply: &ServerReply) -> Option<u64> {
         ServerReply::Subscribed { id, .. }
         | ServerReply::Unsubscribed { id, .. }
         | ServerReply::Presence { id, .. }
+        | ServerReply::PresenceSubscribed { id, .. }
+        | ServerReply::PresenceUnsubscribed { id, .. }
         | ServerReply::Pong { id }
         | ServerReply::Refreshed { id, .. }
         | ServerReply::Error { id, .. } => *id,
-        ServerReply::Message { .. } => None,
+        ServerReply::Message { .. } | ServerReply::PresenceEvent { .. } => None,
     }
 }
 

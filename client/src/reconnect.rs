@@ -411,7 +411,10 @@ impl ReconnectingClient {
             ClientOp::Subscribe { group, .. } => self.remember(group),
             ClientOp::Unsubscribe { group, .. } => self.subscriptions.retain(|g| g != group),
             ClientOp::Refresh { token, .. } => self.options.token = Some(token.clone()),
-            ClientOp::Presence { .. } | ClientOp::Ping { .. } => {}
+            ClientOp::Presence { .. }
+            | ClientOp::PresenceSubscribe { .. }
+            | ClientOp::PresenceUnsubscribe { .. }
+            | ClientOp::Ping { .. } => {}
         }
     }
 

@@ -4,7 +4,7 @@
 //! The token comes from `SWITCHBOARD_ADMIN_TOKEN` or `--admin-token-file` (its first
 //! token); an `https://` admin address speaks TLS, trusting `--admin-ca`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a node sends a heartbeat on an event stream (`crate::admin::events`).
+const HEARTBEAT: Duration = Duration::from_secs(15);
 /// The most of an answer read.
 const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 
@@ -88,8 +90,15 @@ fn tls_stream(
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
-/// Sends one request to the admin API; returns the status and the parsed JSON body.
-pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+/// Connects to the admin API and sends a request head with no body; returns the stream
+/// to read the answer from, and whether it is TLS.
+fn send_head(
+    target: &Target,
+    method: &str,
+    path: &str,
+    version: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Box<dyn Read>, bool)> {
     let (tls, admin) = match target.admin.strip_prefix("https://") {
         Some(rest) => (true, rest),
         None => (
@@ -109,7 +118,7 @@ pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16
     let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| {
         format!("cannot reach the admin API at {addr}: is the node running (see --admin)?")
     })?;
-    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(TIMEOUT))?;
     let host = admin.rsplit_once(':').map_or(admin, |(h, _)| h);
     let auth = target
@@ -118,22 +127,28 @@ pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+        "{method} {path} {version}\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
     );
-    let mut raw = Vec::new();
     if tls {
         let mut stream = tls_stream(tcp, host.trim_matches(['[', ']']), target.ca.as_ref())?;
         stream.write_all(head.as_bytes())?;
-        // A peer that closes without close_notify ends the read with an error after
-        // the whole answer; what was read is kept.
-        let _ = (&mut stream).take(MAX_ANSWER).read_to_end(&mut raw);
+        Ok((Box::new(stream), true))
     } else {
         let mut stream = tcp;
         stream.write_all(head.as_bytes())?;
-        stream
-            .take(MAX_ANSWER)
-            .read_to_end(&mut raw)
-            .context("reading the admin API's answer")?;
+        Ok((Box::new(stream), false))
+    }
+}
+
+/// Sends one request to the admin API; returns the status and the parsed JSON body.
+pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+    let (stream, tls) = send_head(target, method, path, "HTTP/1.1", TIMEOUT)?;
+    let mut raw = Vec::new();
+    let read = stream.take(MAX_ANSWER).read_to_end(&mut raw);
+    // A TLS peer that closes without close_notify ends the read with an error after the
+    // whole answer; what was read is kept.
+    if !tls {
+        read.context("reading the admin API's answer")?;
     }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
@@ -355,6 +370,115 @@ pub fn remove(admin: &Target, id: u64, json: bool) -> anyhow::Result<()> {
 }
 
 /// Parses a duration such as `3600`, `90s`, `30m`, `1h` or `7d` into seconds.
+/// `switchboard presence-events`: the presence events the node keeps after `since` (or
+/// all it keeps), then, with `follow`, every new one as it is committed. Asked over
+/// HTTP/1.0 so that the stream needs no de-chunking: it ends when the connection does.
+pub fn presence_events(
+    admin: &Target,
+    since: Option<&str>,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/v1/presence/events?follow={}", u8::from(follow));
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", segment(since)));
+    }
+    // Heartbeats come every 15 s: three missed mean the node is gone.
+    let timeout = if follow { 3 * HEARTBEAT } else { TIMEOUT };
+    let (stream, _) = send_head(admin, "GET", &path, "HTTP/1.0", timeout)?;
+    let mut reader = std::io::BufReader::new(stream.take(u64::MAX));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("the admin API sent no status")?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<u64>().ok();
+        }
+    }
+    if status != 200 {
+        let mut body = String::new();
+        let _ = reader
+            .take(length.unwrap_or(MAX_ANSWER).min(MAX_ANSWER))
+            .read_to_string(&mut body);
+        let reason = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or(body);
+        bail!("{} (HTTP {status})", reason.trim());
+    }
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                bail!(
+                    "the node sent nothing for {} s, not even a heartbeat",
+                    timeout.as_secs()
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(data) = line.trim_end().strip_prefix("data: ") else {
+            continue; // id:, retry:, comments and blank lines
+        };
+        if json {
+            out(&format!("{data}\n"));
+        } else if let Ok(event) = serde_json::from_str::<Value>(data) {
+            out(&event_line(&event));
+        }
+    }
+}
+
+/// One event for people.
+fn event_line(e: &Value) -> String {
+    let kind = field(e, "type");
+    if kind == "reset" {
+        let connections = e["connections"].as_array().cloned().unwrap_or_default();
+        let mut text = format!(
+            "{:<12} reset    {} connections\n",
+            field(e, "id"),
+            connections.len()
+        );
+        for c in &connections {
+            text.push_str(&format!(
+                "{:<12}          user={} node={} connection={}\n",
+                "",
+                field(c, "user"),
+                field(c, "node"),
+                field(c, "connection")
+            ));
+        }
+        return text;
+    }
+    let reason = match e.get("reason") {
+        Some(Value::String(r)) => format!(" reason={r}"),
+        _ => String::new(),
+    };
+    format!(
+        "{:<12} {:<8} user={} node={} connection={}{reason}\n",
+        field(e, "id"),
+        kind,
+        field(e, "user"),
+        field(e, "node"),
+        field(e, "connection"),
+    )
+}
+
 pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

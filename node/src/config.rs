@@ -12,6 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Log output format.
+/// Presence events a node keeps by default (`--presence-events`).
+pub const DEFAULT_PRESENCE_EVENTS: usize = 65_536;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -189,6 +192,11 @@ pub struct ServeArgs {
     /// the least recently used groups lose their messages [default: 268435456].
     #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// Presence events this node keeps for readers that resume (`Last-Event-ID`,
+    /// `since`); one resuming from further back gets a `reset` with the current state.
+    /// 0 keeps none [default: 65536; at most 64 MiB of events whatever the count].
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_EVENTS")]
+    pub presence_events: Option<usize>,
 }
 
 /// The resolved configuration of a node.
@@ -247,6 +255,8 @@ pub struct Config {
     /// `--history` rules, in order.
     pub history: Vec<HistoryRule>,
     pub history_max_bytes: usize,
+    /// `--presence-events`: events kept in the ring.
+    pub presence_events: usize,
 }
 
 /// One `--history` rule: groups matching the glob `pattern` keep their last `size`
@@ -528,7 +538,8 @@ impl ServeArgs {
             node_timeout_ms,
             max_voters,
             history,
-            history_max_bytes
+            history_max_bytes,
+            presence_events
         )
     }
 
@@ -680,6 +691,7 @@ impl ServeArgs {
                 "--history-max-bytes",
                 self.history_max_bytes.unwrap_or(256 * 1024 * 1024),
             )?,
+            presence_events: self.presence_events.unwrap_or(DEFAULT_PRESENCE_EVENTS),
         })
     }
 }

@@ -164,7 +164,7 @@ impl Node {
         let hub = Arc::new(Hub::new(limits, metrics.clone()));
         // 3: presence.
         let queue = Arc::new(PresenceQueue::new(config.node_id));
-        let replica = Arc::new(SharedReplica::default());
+        let replica = Arc::new(SharedReplica::new(config.presence_events));
         // 4: the mesh, which hands Raft's streams to an inbox.
         let (rpc_inbox, rpc_outbox) = cluster::rpc::inbox();
         let (history_inbox, history_outbox) = tokio::sync::mpsc::channel(historian::INBOX);

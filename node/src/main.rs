@@ -62,6 +62,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Presence events (join, leave, online, offline) as the cluster committed them: what
+    /// the node keeps after --since (or all it keeps), then, with --follow, every new one.
+    PresenceEvents {
+        /// Resume after this event id (`<log index>-<n>`, as printed).
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing events as they are committed.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Number of connections in a group, cluster-wide, per node.
     Group {
         name: String,
@@ -109,6 +121,13 @@ fn main() -> ExitCode {
         } => admin
             .target()
             .and_then(|t| cli::presence(&t, &user_id, linearizable, admin.json)),
+        Command::PresenceEvents {
+            since,
+            follow,
+            admin,
+        } => admin
+            .target()
+            .and_then(|t| cli::presence_events(&t, since.as_deref(), follow, admin.json)),
         Command::Group { name, admin } => admin
             .target()
             .and_then(|t| cli::group(&t, &name, admin.json)),

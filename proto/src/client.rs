@@ -40,6 +40,25 @@ pub enum ClientOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Follow a user's presence events (default: the caller; any other user needs the
+    /// `presence` permission): `presence_subscribed`, then a `presence_event` frame
+    /// carrying a `reset` (the user's connections now) or, with `since` (an event id),
+    /// every event after it, then each new event as the cluster commits it.
+    PresenceSubscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Stop following a user's presence events.
+    PresenceUnsubscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
     /// Liveness check at the application level; answered with `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +80,8 @@ impl ClientOp {
             ClientOp::Subscribe { id, .. }
             | ClientOp::Unsubscribe { id, .. }
             | ClientOp::Presence { id, .. }
+            | ClientOp::PresenceSubscribe { id, .. }
+            | ClientOp::PresenceUnsubscribe { id, .. }
             | ClientOp::Ping { id }
             | ClientOp::Refresh { id, .. } => *id,
         }
@@ -122,6 +143,19 @@ pub enum ServerReply {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    PresenceSubscribed {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    PresenceUnsubscribed {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A presence event of a followed user: `event` is the event as the admin API's
+    /// stream shows it (`id`, `type`: join/leave/online/offline/reset, ...).
+    PresenceEvent { event: serde_json::Value },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,

@@ -19,7 +19,9 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// 2: Raft RPCs on streams of their own (`Raft { body }`).
 /// 3: `Auth` carries the node's incarnation (its data dir's identity), and the proof
 /// covers it; history (`History`, positions in `Forward`).
-pub const PEER_PROTOCOL_VERSION: u32 = 3;
+/// 4: presence batches carry the writer's clock (`Command::PresenceAt`, for presence
+/// events), which a node of protocol 3 cannot decode.
+pub const PEER_PROTOCOL_VERSION: u32 = 4;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

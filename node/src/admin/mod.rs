@@ -13,12 +13,14 @@
 //! | GET | /v1/status | read | this node |
 //! | GET | /v1/members | read | every member |
 //! | GET | /v1/presence/{user} | read | the user's live connections, cluster-wide, from this node's replica (`?consistency=linearizable`: after a read index from the leader) |
+//! | GET | /v1/presence/events | read | presence events as Server-Sent Events (`Last-Event-ID` or `?since=ID` resumes, `?follow=0` ends after what is kept) |
 //! | GET | /v1/groups/{name} | read | connections in the group, per node |
 //! | POST | /v1/publish | publish | publish to one group (JSON body; `publish`) |
 //! | POST | /v1/broadcast | publish | publish one payload to many groups |
 //! | POST | /v1/drain | write | start draining this node |
 //! | POST | /v1/members/{id}/remove | write | remove a member for good |
 
+pub mod events;
 pub mod guard;
 pub mod publish;
 
@@ -205,6 +207,7 @@ pub enum Route {
     Status,
     Members,
     Presence(String),
+    PresenceEvents,
     Group(String),
     Drain,
     Remove(String),
@@ -229,6 +232,7 @@ impl Route {
             ["metrics"] if get => Route::Metrics,
             ["v1", "status"] if get => Route::Status,
             ["v1", "members"] if get => Route::Members,
+            ["v1", "presence", "events"] if get => Route::PresenceEvents,
             ["v1", "presence", user] if get => Route::Presence(user.to_string()),
             ["v1", "groups", name] if get => Route::Group(name.to_string()),
             ["v1", "drain"] if post => Route::Drain,
@@ -254,6 +258,7 @@ impl Route {
             | Route::Status
             | Route::Members
             | Route::Presence(_)
+            | Route::PresenceEvents
             | Route::Group(_) => Some(Scope::Read),
             Route::Drain | Route::Remove(_) => Some(Scope::Write),
             Route::Publish | Route::Broadcast => Some(Scope::Publish),
@@ -327,6 +332,16 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
             ),
         },
         Route::Presence(user) => json_reply(200, &presence(view, &user)),
+        Route::PresenceEvents => {
+            let last_event_id = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok());
+            match events::Start::parse(query, last_event_id) {
+                Ok(start) => events::serve(view, start).await,
+                Err(reason) => json_reply(400, &json!({ "error": reason })),
+            }
+        }
         Route::Group(name) => json_reply(200, &group(view, &name)),
         Route::Drain => {
             view.consensus.drain();
@@ -348,6 +363,27 @@ pub async fn metrics(view: &NodeView) -> String {
         "ready",
         "1 when /readyz answers 200.",
         u64::from(view.health.ready()),
+    ));
+    let (kept, bytes, _) = view.replica.ring_stats();
+    rows.push(crate::metrics::Row::counter(
+        "presence_events_total",
+        "Presence events derived from committed entries (the same on every node).",
+        view.replica.events_derived(),
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "presence_events_kept",
+        "Presence events kept for readers that resume (--presence-events).",
+        kept as u64,
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "presence_events_kept_bytes",
+        "Bytes of the presence events kept.",
+        bytes as u64,
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "presence_event_streams",
+        "Presence event streams (GET /v1/presence/events) open.",
+        events::open_streams() as u64,
     ));
     rows.extend(view.cluster.rows());
     rows.extend(view.consensus.rows());
@@ -379,6 +415,7 @@ pub fn status(view: &NodeView) -> serde_json::Value {
         "connections": view.hub.connection_count(),
         "groups": view.hub.group_count(),
         "presence_entries": view.replica.len(),
+        "presence_events": presence_events(view),
         "raft": raft,
         "uptime_secs": view.lifecycle.started().elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -400,6 +437,19 @@ pub fn status(view: &NodeView) -> serde_json::Value {
             "max_bytes": config.history_max_bytes,
             "buckets_moving": view.consensus.history_moving(),
         },
+    })
+}
+
+/// What this node keeps of the presence events.
+fn presence_events(view: &NodeView) -> serde_json::Value {
+    let (kept, bytes, after) = view.replica.ring_stats();
+    json!({
+        "kept": kept,
+        "bytes": bytes,
+        "after": after.to_string(),
+        "newest": view.replica.newest_event().to_string(),
+        "capacity": view.config.presence_events,
+        "streams": events::open_streams(),
     })
 }
 

@@ -4,6 +4,8 @@
 //! - [`batcher`]: ops waiting to be committed, and this node's live connections.
 //! - [`queue`]: the batcher behind its lock, with the bell that wakes the writer.
 //! - [`claims`]: idempotency keys of HTTP publishes, kept in the replica.
+//! - [`events`]: presence events derived from what each committed entry changed, and the
+//!   bounded ring that keeps the newest.
 //! - [`replica`]: what the cluster agreed on (registry + removed members), its Raft
 //!   commands, and the read side every other part uses.
 //!
@@ -12,6 +14,7 @@
 
 pub mod batcher;
 pub mod claims;
+pub mod events;
 pub mod queue;
 pub mod registry;
 pub mod replica;
@@ -36,3 +39,8 @@ pub const RESYNC_CHUNK: usize = 1024;
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub use crate::config::DEFAULT_PRESENCE_EVENTS;
+
+/// The most bytes the presence events ring holds, whatever `--presence-events` says.
+pub const MAX_EVENT_RING_BYTES: usize = 64 * 1024 * 1024;

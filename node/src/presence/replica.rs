@@ -9,7 +9,8 @@
 //!   `presence` op and the metrics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use switchboard_proto::client::PresenceEntry;
@@ -17,8 +18,11 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::Registry;
 use super::claims::{Claimer, Claims};
+use super::events::{Change as Noted, Event, EventId, Read, Reason, Ring, derive};
+use super::{DEFAULT_PRESENCE_EVENTS, MAX_EVENT_RING_BYTES};
 use crate::history::{Assignments, assign::Change};
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
+use tokio::sync::watch;
 
 /// One Raft log entry's worth of change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub enum Command {
     },
     /// A publish that failed gives its keys back, so that a retry can deliver.
     Release { keys: Vec<String>, claimer: Claimer },
+    /// A batch of presence changes, stamped with the writing node's clock (the `at` of
+    /// the presence events it produces). Replaces `Presence` since peer protocol 4.
+    PresenceAt { ops: Vec<PresenceOp>, at_ms: u64 },
 }
 
 /// See the module header.
@@ -55,25 +62,31 @@ pub struct Replica {
     pub assignments: Assignments,
     /// Idempotency keys of recent HTTP publishes.
     pub claims: Claims,
+    /// The latest clock stamp committed (Unix ms): the `at` of events from entries that
+    /// carry no stamp of their own.
+    pub clock_ms: u64,
 }
 
 impl Replica {
     /// Applies one command, committed at log index `index`; returns the number of changes
     /// it carried.
     pub fn apply(&mut self, command: Command, index: u64) -> u64 {
-        match command {
-            Command::Presence(ops) => {
-                let n = ops.len() as u64;
-                for op in ops {
-                    // A removed node's late changes are ignored: it is gone for good.
-                    if !self.removed.contains(&op_node(&op)) {
-                        self.presence.apply(op);
-                    }
-                }
-                n
+        self.apply_noting(command, index, &mut Vec::new())
+    }
+
+    /// Applies one command, committed at log index `index`, and appends the presence
+    /// events it produced to `events`; returns the number of changes it carried.
+    pub fn apply_noting(&mut self, command: Command, index: u64, events: &mut Vec<Event>) -> u64 {
+        let mut changes = Vec::new();
+        let n = match command {
+            Command::Presence(ops) => self.apply_ops(ops, &mut changes),
+            Command::PresenceAt { ops, at_ms } => {
+                self.clock_ms = self.clock_ms.max(at_ms);
+                self.apply_ops(ops, &mut changes)
             }
             Command::Remove(node) => {
-                self.presence.apply(PresenceOp::PurgeNode { node });
+                self.presence
+                    .purge_noting(node, Reason::Removed, &mut Some(&mut changes));
                 self.removed.insert(node);
                 self.incarnations.remove(&node);
                 1
@@ -94,7 +107,20 @@ impl Replica {
                 at_ms,
             } => self.claims.claim(&keys, claimer, at_ms),
             Command::Release { keys, claimer } => self.claims.release(&keys, claimer),
+        };
+        events.extend(derive(index, self.clock_ms, changes, &self.presence));
+        n
+    }
+
+    fn apply_ops(&mut self, ops: Vec<PresenceOp>, changes: &mut Vec<Noted>) -> u64 {
+        let n = ops.len() as u64;
+        for op in ops {
+            // A removed node's late changes are ignored: it is gone for good.
+            if !self.removed.contains(&op_node(&op)) {
+                self.presence.apply_noting(op, &mut Some(changes));
+            }
         }
+        n
     }
 
     /// A replica holding exactly these connections and removed members (a snapshot).
@@ -116,9 +142,10 @@ impl Replica {
         replica
     }
 
-    /// This replica with these idempotency claims (a snapshot).
-    pub fn with_claims(mut self, claims: Claims) -> Replica {
+    /// This replica with these idempotency claims and clock (a snapshot).
+    pub fn with_claims(mut self, claims: Claims, clock_ms: u64) -> Replica {
         self.claims = claims;
+        self.clock_ms = clock_ms;
         self
     }
 }
@@ -132,19 +159,112 @@ fn op_node(op: &PresenceOp) -> NodeId {
     }
 }
 
-/// See the module header.
-#[derive(Debug, Default)]
-pub struct SharedReplica(RwLock<Replica>);
+/// See the module header. The presence events ring sits beside the replica: the Raft
+/// state machine records an entry's events while it still holds the replica's write lock,
+/// so a reader that holds the read lock sees the ring and the registry at the same point.
+/// Lock order: the replica, then the ring.
+#[derive(Debug)]
+pub struct SharedReplica {
+    state: RwLock<Replica>,
+    events: Mutex<Ring>,
+    newest: watch::Sender<EventId>,
+    /// Events derived since the process started.
+    derived: AtomicU64,
+}
+
+impl Default for SharedReplica {
+    fn default() -> Self {
+        SharedReplica::new(DEFAULT_PRESENCE_EVENTS)
+    }
+}
 
 impl SharedReplica {
+    /// An empty replica whose ring keeps the newest `events` presence events (and at most
+    /// [`MAX_EVENT_RING_BYTES`]).
+    pub fn new(events: usize) -> SharedReplica {
+        SharedReplica {
+            state: RwLock::default(),
+            events: Mutex::new(Ring::new(events, MAX_EVENT_RING_BYTES, EventId::default())),
+            newest: watch::Sender::new(EventId::default()),
+            derived: AtomicU64::new(0),
+        }
+    }
+
     /// Read access, for a bounded look.
     pub fn read(&self) -> RwLockReadGuard<'_, Replica> {
-        read(&self.0)
+        read(&self.state)
     }
 
     /// Write access: the Raft state machine only.
     pub fn write(&self) -> RwLockWriteGuard<'_, Replica> {
-        write(&self.0)
+        write(&self.state)
+    }
+
+    /// Keeps the events of entries just applied and wakes their readers. The Raft state
+    /// machine calls it while it holds [`Self::write`].
+    pub fn record(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        self.derived
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let newest = {
+            let mut ring = lock(&self.events);
+            ring.push(events);
+            ring.newest()
+        };
+        self.newest.send_replace(newest);
+    }
+
+    /// The replica jumped to the state after log entry `index` (a snapshot restored or
+    /// installed): the events before it are unknown here, and readers behind start over.
+    /// Called while holding [`Self::write`].
+    pub fn restart_events_at(&self, index: u64) {
+        let floor = EventId::after_entry(index);
+        lock(&self.events).restart_at(floor);
+        self.newest.send_replace(floor);
+    }
+
+    /// Up to `max` events after `cursor` that pass `keep`, or [`Read::Behind`].
+    pub fn events_after(&self, cursor: EventId, max: usize, keep: impl Fn(&Event) -> bool) -> Read {
+        lock(&self.events).after(cursor, max, keep)
+    }
+
+    /// The current state and the position it stands at: every connection, or `user`'s,
+    /// sorted by user, node and connection. Readers continue after the position.
+    pub fn reset(&self, user: Option<&str>) -> (EventId, Vec<ConnectionRecord>) {
+        let state = self.read();
+        let at = lock(&self.events).newest();
+        let mut records: Vec<ConnectionRecord> = match user {
+            Some(user) => state.presence.user(user),
+            None => state.presence.records().cloned().collect(),
+        };
+        drop(state);
+        records.sort_unstable_by(|a, b| {
+            (&a.user, a.node, &a.connection).cmp(&(&b.user, b.node, &b.connection))
+        });
+        (at, records)
+    }
+
+    /// The position of the newest event, changing whenever events are recorded.
+    pub fn subscribe(&self) -> watch::Receiver<EventId> {
+        self.newest.subscribe()
+    }
+
+    /// The position of the newest event.
+    pub fn newest_event(&self) -> EventId {
+        *self.newest.borrow()
+    }
+
+    /// Presence events derived since the process started.
+    pub fn events_derived(&self) -> u64 {
+        self.derived.load(Ordering::Relaxed)
+    }
+
+    /// (events, bytes) the ring holds, and the position it keeps events after.
+    pub fn ring_stats(&self) -> (usize, usize, EventId) {
+        let ring = lock(&self.events);
+        (ring.len(), ring.bytes(), ring.floor())
     }
 
     /// Every live connection of `user`, cluster-wide, ordered by node then connection.

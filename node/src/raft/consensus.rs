@@ -395,6 +395,12 @@ impl Consensus {
         self.applied(index, "read index").await
     }
 
+    /// Waits (at most [`READ_INDEX_TIMEOUT`]) until this node applied log index `index`:
+    /// a reader resuming from a position another node gave it.
+    pub async fn caught_up(&self, index: u64) -> Result<(), WriteError> {
+        self.applied(index, "a resume position").await
+    }
+
     /// Waits (at most [`READ_INDEX_TIMEOUT`]) until this node applied log index `index`.
     async fn applied(&self, index: u64, why: &str) -> Result<(), WriteError> {
         self.raft
@@ -675,7 +681,10 @@ impl Consensus {
                     node,
                     "purging the presence of a node down for --node-timeout-ms"
                 );
-                let purge = Command::Presence(vec![PresenceOp::PurgeNode { node }]);
+                let purge = Command::PresenceAt {
+                    ops: vec![PresenceOp::PurgeNode { node }],
+                    at_ms: crate::clock::unix_millis(),
+                };
                 if self.write(purge).await.is_ok() {
                     self.counters.purges.inc();
                 }

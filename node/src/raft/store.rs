@@ -52,6 +52,17 @@ struct SnapshotBody {
     incarnations: Vec<(NodeId, u64)>,
     assignments: Vec<(u16, Assignment)>,
     claims: Vec<(String, u64, Claimer)>,
+    clock_ms: u64,
+}
+
+/// A snapshot written before presence events (no clock).
+#[derive(Deserialize)]
+struct SnapshotBodyV3 {
+    connections: Vec<ConnectionRecord>,
+    removed: Vec<NodeId>,
+    incarnations: Vec<(NodeId, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+    claims: Vec<(String, u64, Claimer)>,
 }
 
 /// A snapshot written before idempotency claims.
@@ -78,6 +89,7 @@ fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
         incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
         assignments: replica.assignments.iter().map(|(b, a)| (b, *a)).collect(),
         claims: replica.claims.entries(),
+        clock_ms: replica.clock_ms,
     })?)
 }
 
@@ -90,7 +102,16 @@ fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
             body.incarnations,
             Assignments::from_entries(body.assignments),
         )
-        .with_claims(Claims::from_entries(body.claims)));
+        .with_claims(Claims::from_entries(body.claims), body.clock_ms));
+    }
+    if let Ok(v3) = decode::<SnapshotBodyV3>(bytes) {
+        return Ok(Replica::from_parts(
+            v3.connections,
+            v3.removed,
+            v3.incarnations,
+            Assignments::from_entries(v3.assignments),
+        )
+        .with_claims(Claims::from_entries(v3.claims), 0));
     }
     if let Ok(v2) = decode::<SnapshotBodyV2>(bytes) {
         return Ok(Replica::from_parts(
@@ -341,7 +362,10 @@ impl StateMachine {
                 let stored: StoredSnapshot = decode(&bytes).map_err(|e| {
                     anyhow::anyhow!("the Raft snapshot {} is unreadable: {e:#}", path.display())
                 })?;
-                *replica.write() = restore(&stored.data)?;
+                let mut state = replica.write();
+                *state = restore(&stored.data)?;
+                replica.restart_events_at(stored.meta.last_log_id.map_or(0, |l| l.index));
+                drop(state);
                 applied.last = stored.meta.last_log_id;
                 applied.membership = stored.meta.last_membership.clone();
                 applied.snapshot = Some(stored);
@@ -425,19 +449,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
+        let mut events = Vec::new();
         let mut replica = self.replica.write();
         let mut applied = lock(&self.applied);
         for entry in entries {
             applied.last = Some(entry.log_id);
             replies.push(match entry.payload {
                 EntryPayload::Blank => 0,
-                EntryPayload::Normal(command) => replica.apply(command, entry.log_id.index),
+                EntryPayload::Normal(command) => {
+                    replica.apply_noting(command, entry.log_id.index, &mut events)
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     0
                 }
             });
         }
+        // Recorded while the replica is still locked: readers see both at one point.
+        self.replica.record(events);
+        drop(replica);
         Ok(replies)
     }
 
@@ -466,7 +496,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking(move || this.persist(&kept))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        *self.replica.write() = restored;
+        let mut state = self.replica.write();
+        *state = restored;
+        self.replica
+            .restart_events_at(meta.last_log_id.map_or(0, |l| l.index));
+        drop(state);
         let mut applied = lock(&self.applied);
         applied.last = meta.last_log_id;
         applied.membership = meta.last_membership.clone();

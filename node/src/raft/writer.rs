@@ -32,7 +32,11 @@ impl Consensus {
             return Ok(0);
         }
         let n = ops.len();
-        match self.write(Command::Presence(ops.clone())).await {
+        let stamped = Command::PresenceAt {
+            ops: ops.clone(),
+            at_ms: crate::clock::unix_millis(),
+        };
+        match self.write(stamped).await {
             Ok(index) => {
                 self.last_written.fetch_max(index, Ordering::AcqRel);
                 self.counters.writes.inc();

@@ -6,12 +6,20 @@
 //! 20 ms batch does not cancel out). Reports the client-side connect rate and, from every
 //! node's `/metrics`, the presence changes committed per second cluster-wide.
 //!
+//! Meanwhile one reader follows the first admin address's presence events
+//! (`GET /v1/presence/events`, Server-Sent Events) and counts what it receives: the rate
+//! a backend tailing "who came online" sees during the churn.
+//!
 //! The workers ([`spawn_workers`], [`join`]) also drive `failover`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use switchboard_client::{ConnectOptions, Connection};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::common::{Common, Minter, http_get, metric};
@@ -83,6 +91,31 @@ pub async fn join(handles: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u6
     total
 }
 
+/// Events and resets one Server-Sent Events reader received.
+#[derive(Debug, Default)]
+struct Received {
+    events: AtomicU64,
+    resets: AtomicU64,
+}
+
+/// Follows `admin`'s presence events until the stream ends, counting them. HTTP/1.0, so
+/// that the body is the bare stream.
+async fn follow_events(admin: String, received: Arc<Received>) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(&admin).await?;
+    let head = format!("GET /v1/presence/events HTTP/1.0\r\nhost: {admin}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let mut lines = BufReader::new(stream).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(data) = line.strip_prefix("data: ") {
+            received.events.fetch_add(1, Ordering::Relaxed);
+            if data.contains(r#""type":"reset""#) {
+                received.resets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn churn(
     common: &Common,
     workers: usize,
@@ -97,6 +130,8 @@ pub async fn churn(
     };
     const OPS: &str = "switchboard_presence_ops_applied_total";
     const BATCHES: &str = "switchboard_presence_writes_total";
+    let received = Arc::new(Received::default());
+    let reader = tokio::spawn(follow_events(admins[0].clone(), received.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let handles = spawn_workers(common, workers, hold, 1_000_000, stop_rx)?;
     // Let the workers reach their steady state before measuring.
@@ -105,6 +140,7 @@ pub async fn churn(
         sum_metric(&admins, OPS).await?,
         sum_metric(&admins, BATCHES).await?,
     );
+    let events0 = received.events.load(Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     let (ops1, batches1) = (
@@ -112,6 +148,9 @@ pub async fn churn(
         sum_metric(&admins, BATCHES).await?,
     );
     let elapsed = started.elapsed().as_secs_f64();
+    let events = (received.events.load(Ordering::Relaxed) - events0) as f64 / elapsed;
+    let resets = received.resets.load(Ordering::Relaxed);
+    reader.abort();
     let _ = stop_tx.send(true);
     let (connects, failures) = join(handles).await;
     let committed = (ops1 - ops0) / elapsed;
@@ -130,6 +169,11 @@ pub async fn churn(
                 "changes per batch",
                 format!("{:.1}", committed / batches.max(1.0)),
             ),
+            (
+                "presence events/s to one SSE reader",
+                format!("{events:.0}"),
+            ),
+            ("SSE resets (reader fell behind)", resets.to_string()),
         ],
         serde_json::json!({
             "workers": workers,
@@ -138,6 +182,8 @@ pub async fn churn(
             "failures": failures,
             "committed_per_sec": committed,
             "batches_per_sec": batches,
+            "sse_events_per_sec": events,
+            "sse_resets": resets,
         }),
     );
     Ok(())

@@ -8,6 +8,7 @@
 //! with the hub and the presence queue -> serve -> unregister.
 
 pub mod caps;
+pub mod follow;
 pub mod session;
 pub mod tracks;
 

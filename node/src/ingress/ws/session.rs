@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::follow::Follow;
 use super::tracks::{Gap, Route, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws};
 use crate::auth::{AuthError, Identity};
@@ -29,6 +30,7 @@ use crate::historian::HistoryError;
 use crate::history::Recovery;
 use crate::hub::{Encoded, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
+use crate::presence::events::EventId;
 
 /// How often an idle connection is pinged; one that has sent nothing for two intervals
 /// is dropped as dead.
@@ -75,6 +77,8 @@ pub struct Session<'a, S: Stream> {
     /// Recoveries asked, oldest first; the first one's answer is `in_flight`.
     asked: VecDeque<Asked>,
     in_flight: Option<Answer>,
+    /// The users whose presence events this connection follows, if any.
+    follow: Option<Box<Follow>>,
 }
 
 impl<S: Stream> std::fmt::Debug for Session<'_, S> {
@@ -103,6 +107,7 @@ impl<'a, S: Stream> Session<'a, S> {
             tracks,
             asked: VecDeque::new(),
             in_flight: None,
+            follow: None,
         }
     }
 
@@ -128,6 +133,15 @@ impl<'a, S: Stream> Session<'a, S> {
                         return end;
                     }
                     self.start_recovery();
+                }
+                alive = async { self.follow.as_mut().expect("guarded").changed().await }, if self.follow.is_some() => {
+                    if !alive {
+                        self.follow = None;
+                        continue;
+                    }
+                    if let Err(end) = self.write_presence().await {
+                        return end;
+                    }
                 }
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
@@ -301,6 +315,9 @@ impl<'a, S: Stream> Session<'a, S> {
         {
             return self.subscribe_since(group.clone(), None, *id).await;
         }
+        if let ClientOp::PresenceSubscribe { user, since, id } = op {
+            return self.presence_subscribe(user, since, id).await;
+        }
         let released = match &op {
             ClientOp::Subscribe { group, .. } => Some(group.clone()),
             _ => None,
@@ -316,6 +333,67 @@ impl<'a, S: Stream> Session<'a, S> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// `presence_subscribe`: `presence_subscribed`, then the user's reset (or what came
+    /// after `since`), then its events as they are committed.
+    async fn presence_subscribe(
+        &mut self,
+        user: Option<String>,
+        since: Option<String>,
+        id: Option<u64>,
+    ) -> Result<(), End> {
+        let user = user.unwrap_or_else(|| self.identity.user.clone());
+        if !self.ingress.hub.may_query_presence(self.outlet.id, &user) {
+            let reply = error(
+                ErrorCode::Forbidden,
+                "this token may only follow its own presence",
+                id,
+            );
+            return self.reply(&reply).await;
+        }
+        let since = match since.map(|s| s.parse::<EventId>()).transpose() {
+            Ok(since) => since,
+            Err(e) => return self.reply(&error(ErrorCode::BadRequest, &e, id)).await,
+        };
+        let replica = &self.ingress.replica;
+        let follow = self
+            .follow
+            .get_or_insert_with(|| Box::new(Follow::new(replica)));
+        // What the users followed already are owed goes out before the new one's reset.
+        let mut frames = follow.pending(replica);
+        match follow.add(replica, user.clone(), since) {
+            Ok(reset) => frames.extend(reset),
+            Err(e) => {
+                let frames = frames
+                    .into_iter()
+                    .map(|f| Message::Text(f.into()))
+                    .collect();
+                self.write_frames(frames).await?;
+                return self.reply(&error(ErrorCode::TooManyGroups, &e, id)).await;
+            }
+        }
+        frames.extend(follow.pending(replica));
+        let reply = ServerReply::PresenceSubscribed { user, id };
+        self.reply(&reply).await?;
+        let frames = frames
+            .into_iter()
+            .map(|f| Message::Text(f.into()))
+            .collect();
+        self.write_frames(frames).await
+    }
+
+    /// Writes the presence events owed to the users this connection follows.
+    async fn write_presence(&mut self) -> Result<(), End> {
+        let Some(follow) = self.follow.as_mut() else {
+            return Ok(());
+        };
+        let frames = follow.pending(&self.ingress.replica);
+        let frames = frames
+            .into_iter()
+            .map(|f| Message::Text(f.into()))
+            .collect();
+        self.write_frames(frames).await
     }
 
     /// `subscribe` with `since`: join, hold the group's messages, ask its owner for what
@@ -488,6 +566,21 @@ impl<'a, S: Stream> Session<'a, S> {
                     id,
                 }
             }
+            ClientOp::PresenceUnsubscribe { user, .. } => {
+                let user = user.unwrap_or_else(|| self.identity.user.clone());
+                if let Some(follow) = &mut self.follow {
+                    follow.remove(&user);
+                    if follow.is_empty() {
+                        self.follow = None;
+                    }
+                }
+                ServerReply::PresenceUnsubscribed { user, id }
+            }
+            ClientOp::PresenceSubscribe { id, .. } => error(
+                ErrorCode::BadRequest,
+                "presence_subscribe is answered above",
+                id,
+            ),
             ClientOp::Ping { .. } => ServerReply::Pong { id },
             ClientOp::Refresh { token, .. } => {
                 match ingress.secrets.verifier.get().verify(&token) {
