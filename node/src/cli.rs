@@ -369,7 +369,6 @@ pub fn remove(admin: &Target, id: u64, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses a duration such as `3600`, `90s`, `30m`, `1h` or `7d` into seconds.
 /// `switchboard presence-events`: the presence events the node keeps after `since` (or
 /// all it keeps), then, with `follow`, every new one as it is committed. Asked over
 /// HTTP/1.0 so that the stream needs no de-chunking: it ends when the connection does.
@@ -385,7 +384,7 @@ pub fn presence_events(
     }
     // Heartbeats come every 15 s: three missed mean the node is gone.
     let timeout = if follow { 3 * HEARTBEAT } else { TIMEOUT };
-    let (stream, _) = send_head(admin, "GET", &path, "HTTP/1.0", timeout)?;
+    let (stream, tls) = send_head(admin, "GET", &path, "HTTP/1.0", timeout)?;
     let mut reader = std::io::BufReader::new(stream.take(u64::MAX));
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -422,6 +421,8 @@ pub fn presence_events(
         match reader.read_line(&mut line) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
+            // A TLS peer may close without close_notify at the end of the stream.
+            Err(e) if tls && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
@@ -479,6 +480,7 @@ fn event_line(e: &Value) -> String {
     )
 }
 
+/// Parses a duration such as `3600`, `90s`, `30m`, `1h` or `7d` into seconds.
 pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

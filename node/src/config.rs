@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Log output format.
 /// Presence events a node keeps by default (`--presence-events`).
 pub const DEFAULT_PRESENCE_EVENTS: usize = 65_536;
 
+/// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

@@ -18,7 +18,7 @@ from conftest import BIN, DEADLINE, mint, wait_until
 from wsclient import connect, recv
 
 # A purge waits for --node-timeout-ms (2 s in these clusters), and a leader change first.
-PURGE_DEADLINE = 15.0
+PURGE_DEADLINE = 30.0
 
 
 class Sse:
@@ -175,7 +175,8 @@ def test_a_resume_from_further_back_than_the_ring_gets_a_reset_then_the_rest(sta
         wait_until(lambda: len(node.cli("presence", "3")["connections"]) == 1, what="user 3 registered")
         for ws in clients[:2]:
             await ws.close()
-        wait_until(lambda: node.cli("presence", "2")["connections"] == [], what="user 2 gone")
+        wait_until(lambda: all(node.cli("presence", u)["connections"] == [] for u in ("1", "2")),
+                   what="users 1 and 2 gone")
         events = Sse(node, "?since=0-0&follow=0").rest()
         # 6 events for three users, 4 for two leaving: 10 made, 4 kept.
         reset, *rest = events
@@ -259,6 +260,7 @@ def test_a_client_follows_a_users_presence_over_the_websocket(start_cluster):
 
         # Only one's own presence without the claim; bad ids are refused; the connection stays.
         plain = await connect(b.ws_url, mint(5))
+        wait_until(lambda: len(b.cli("presence", "5")["connections"]) == 1, what="user 5 registered")
         await plain.send(json.dumps({"op": "presence_subscribe", "user": "42", "id": 2}))
         assert (await frames(plain, 1))[0]["code"] == "forbidden"
         await plain.send(json.dumps({"op": "presence_subscribe", "since": "soon", "id": 3}))
@@ -266,10 +268,17 @@ def test_a_client_follows_a_users_presence_over_the_websocket(start_cluster):
         await plain.send(json.dumps({"op": "presence_subscribe", "id": 4}))
         own = await frames(plain, 2)
         assert own[0] == {"type": "presence_subscribed", "user": "5", "id": 4}
-        assert own[1]["event"]["type"] == "reset"
+        assert own[1]["event"]["type"] == "reset" and len(own[1]["event"]["connections"]) == 1
         await plain.send(json.dumps({"op": "presence_unsubscribe", "id": 5}))
         assert (await frames(plain, 1))[0] == {"type": "presence_unsubscribed", "user": "5", "id": 5}
-        for ws in (watcher, other, late, plain):
+        # A refreshed token without the claim stops the following of others.
+        await watcher.send(json.dumps({"op": "refresh", "token": mint(1), "id": 9}))
+        assert (await frames(watcher, 1))[0]["type"] == "refreshed"
+        again = await connect(c.ws_url, mint(42))
+        wait_until(lambda: len(a.cli("presence", "42")["connections"]) == 1, what="42 seen on node 1")
+        await watcher.send(json.dumps({"op": "ping", "id": 10}))
+        assert (await frames(watcher, 1))[0] == {"type": "pong", "id": 10}, "still following 42"
+        for ws in (watcher, other, late, plain, again):
             await ws.close()
 
     asyncio.run(scenario())

@@ -128,6 +128,9 @@ enum Command {
         /// Admin addresses of every node, to sum their committed presence changes.
         #[arg(long, value_delimiter = ',')]
         admins: Vec<String>,
+        /// Follow the first admin address's presence events (SSE) during the run.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        events_reader: bool,
     },
     /// Leader fail-over: churn against a surviving node (--ws, --admin), kill -9 the
     /// leader's process, report when the survivor's presence writes resume.
@@ -244,7 +247,18 @@ async fn main() -> anyhow::Result<()> {
             hold,
             duration,
             admins,
-        } => churn::churn(&common, workers.max(1), hold, duration, &admins).await,
+            events_reader,
+        } => {
+            churn::churn(
+                &common,
+                workers.max(1),
+                hold,
+                duration,
+                &admins,
+                events_reader,
+            )
+            .await
+        }
         Command::Failover {
             common,
             workers,

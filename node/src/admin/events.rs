@@ -8,8 +8,10 @@
 //! A comment line every [`HEARTBEAT`] keeps proxies from closing an idle stream.
 //!
 //! Each stream is one task on the admin runtime writing into a bounded channel: a reader
-//! that does not keep up stops the task (hyper stops polling the body), and once the ring
-//! has moved past it, it gets a reset rather than unbounded buffering here.
+//! that does not keep up holds the task back (hyper stops polling the body), and once the
+//! ring has moved past it, it gets a reset rather than unbounded buffering here; one that
+//! takes nothing for [`STALL_TIMEOUT`] is dropped. A reset (the whole registry) is built
+//! on a blocking thread, not on the admin runtime.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -22,6 +24,7 @@ use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::{NodeView, Reply, json_reply};
 use crate::presence::events::{EventId, Read, reset_json};
@@ -30,6 +33,8 @@ use crate::presence::events::{EventId, Read, reset_json};
 pub const MAX_EVENT_STREAMS: usize = 64;
 /// A comment line this often keeps an idle stream open through proxies.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// A reader that takes nothing for this long is dropped (its slot is given back).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Events read from the ring per look.
 const READ_BATCH: usize = 512;
 /// Chunks buffered between the stream task and the socket.
@@ -110,6 +115,13 @@ pub async fn serve(view: &NodeView, start: Start) -> Reply {
     {
         let _ = view.consensus.caught_up(since.index).await;
     }
+    // From the present means from now, not from whenever the task first runs.
+    let start = Start {
+        since: start
+            .since
+            .or(start.follow.then(|| view.replica.newest_event())),
+        ..start
+    };
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(stream(view.clone(), start, tx, permit));
     let mut response = hyper::Response::new(Chunks(rx).boxed());
@@ -133,19 +145,23 @@ async fn stream(
 ) {
     let shutdown = view.lifecycle.shutdown_token().clone();
     let mut newest = view.replica.subscribe();
-    let mut cursor = match start.since {
-        Some(since) => since,
-        None if start.follow => view.replica.newest_event(),
-        None => EventId::default(),
-    };
+    let mut cursor = start.since.unwrap_or_default();
     let mut out = String::from(": switchboard presence events\nretry: 1000\n\n");
     loop {
         newest.borrow_and_update();
         loop {
             match view.replica.events_after(cursor, READ_BATCH, |_| true) {
                 Read::Behind => {
-                    let (at, records) = view.replica.reset(None);
-                    push_event(&mut out, at, &reset_json(at, None, &records));
+                    // The whole registry: copied and encoded off the admin runtime.
+                    let replica = view.replica.clone();
+                    let reset = tokio::task::spawn_blocking(move || {
+                        let (at, records) = replica.reset(None);
+                        (at, reset_json(at, None, &records))
+                    });
+                    let Ok((at, json)) = reset.await else {
+                        return;
+                    };
+                    push_event(&mut out, at, &json);
                     cursor = at;
                 }
                 Read::Events(events, seen) => {
@@ -159,11 +175,11 @@ async fn stream(
                     }
                 }
             }
-            if out.len() >= CHUNK_BYTES && !send(&tx, &mut out).await {
+            if out.len() >= CHUNK_BYTES && !send(&tx, &mut out, &shutdown).await {
                 return;
             }
         }
-        if !out.is_empty() && !send(&tx, &mut out).await {
+        if !out.is_empty() && !send(&tx, &mut out, &shutdown).await {
             return;
         }
         if !start.follow {
@@ -183,10 +199,14 @@ fn push_event(out: &mut String, id: EventId, data: &str) {
     let _ = write!(out, "id: {id}\ndata: {data}\n\n");
 }
 
-/// Sends what `out` holds; false once the reader is gone.
-async fn send(tx: &mpsc::Sender<Bytes>, out: &mut String) -> bool {
+/// Sends what `out` holds; false once the reader is gone, has read nothing for
+/// [`STALL_TIMEOUT`], or the node shuts down.
+async fn send(tx: &mpsc::Sender<Bytes>, out: &mut String, shutdown: &CancellationToken) -> bool {
     let chunk = Bytes::from(std::mem::take(out));
-    tx.send(chunk).await.is_ok()
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        sent = tokio::time::timeout(STALL_TIMEOUT, tx.send(chunk)) => matches!(sent, Ok(Ok(()))),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use switchboard_proto::client::PresenceEntry;
@@ -21,7 +21,7 @@ use super::claims::{Claimer, Claims};
 use super::events::{Change as Noted, Event, EventId, Read, Reason, Ring, derive};
 use super::{DEFAULT_PRESENCE_EVENTS, MAX_EVENT_RING_BYTES};
 use crate::history::{Assignments, assign::Change};
-use crate::sync::{lock, read, write};
+use crate::sync::{read, write};
 use tokio::sync::watch;
 
 /// One Raft log entry's worth of change.
@@ -78,10 +78,13 @@ impl Replica {
     /// events it produced to `events`; returns the number of changes it carried.
     pub fn apply_noting(&mut self, command: Command, index: u64, events: &mut Vec<Event>) -> u64 {
         let mut changes = Vec::new();
+        // A stamped entry's events carry its own stamp; others the latest stamp seen.
+        let mut at = self.clock_ms;
         let n = match command {
             Command::Presence(ops) => self.apply_ops(ops, &mut changes),
             Command::PresenceAt { ops, at_ms } => {
                 self.clock_ms = self.clock_ms.max(at_ms);
+                at = at_ms;
                 self.apply_ops(ops, &mut changes)
             }
             Command::Remove(node) => {
@@ -108,7 +111,7 @@ impl Replica {
             } => self.claims.claim(&keys, claimer, at_ms),
             Command::Release { keys, claimer } => self.claims.release(&keys, claimer),
         };
-        events.extend(derive(index, self.clock_ms, changes, &self.presence));
+        events.extend(derive(index, at, changes, &self.presence));
         n
     }
 
@@ -166,7 +169,7 @@ fn op_node(op: &PresenceOp) -> NodeId {
 #[derive(Debug)]
 pub struct SharedReplica {
     state: RwLock<Replica>,
-    events: Mutex<Ring>,
+    events: RwLock<Ring>,
     newest: watch::Sender<EventId>,
     /// Events derived since the process started.
     derived: AtomicU64,
@@ -184,7 +187,7 @@ impl SharedReplica {
     pub fn new(events: usize) -> SharedReplica {
         SharedReplica {
             state: RwLock::default(),
-            events: Mutex::new(Ring::new(events, MAX_EVENT_RING_BYTES, EventId::default())),
+            events: RwLock::new(Ring::new(events, MAX_EVENT_RING_BYTES, EventId::default())),
             newest: watch::Sender::new(EventId::default()),
             derived: AtomicU64::new(0),
         }
@@ -209,7 +212,7 @@ impl SharedReplica {
         self.derived
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let newest = {
-            let mut ring = lock(&self.events);
+            let mut ring = write(&self.events);
             ring.push(events);
             ring.newest()
         };
@@ -221,20 +224,20 @@ impl SharedReplica {
     /// Called while holding [`Self::write`].
     pub fn restart_events_at(&self, index: u64) {
         let floor = EventId::after_entry(index);
-        lock(&self.events).restart_at(floor);
+        write(&self.events).restart_at(floor);
         self.newest.send_replace(floor);
     }
 
     /// Up to `max` events after `cursor` that pass `keep`, or [`Read::Behind`].
     pub fn events_after(&self, cursor: EventId, max: usize, keep: impl Fn(&Event) -> bool) -> Read {
-        lock(&self.events).after(cursor, max, keep)
+        read(&self.events).after(cursor, max, keep)
     }
 
     /// The current state and the position it stands at: every connection, or `user`'s,
     /// sorted by user, node and connection. Readers continue after the position.
     pub fn reset(&self, user: Option<&str>) -> (EventId, Vec<ConnectionRecord>) {
         let state = self.read();
-        let at = lock(&self.events).newest();
+        let at = read(&self.events).newest();
         let mut records: Vec<ConnectionRecord> = match user {
             Some(user) => state.presence.user(user),
             None => state.presence.records().cloned().collect(),
@@ -263,7 +266,7 @@ impl SharedReplica {
 
     /// (events, bytes) the ring holds, and the position it keeps events after.
     pub fn ring_stats(&self) -> (usize, usize, EventId) {
-        let ring = lock(&self.events);
+        let ring = read(&self.events);
         (ring.len(), ring.bytes(), ring.floor())
     }
 

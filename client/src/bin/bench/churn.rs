@@ -122,6 +122,7 @@ pub async fn churn(
     hold: Duration,
     duration: Duration,
     admins: &[String],
+    events_reader: bool,
 ) -> anyhow::Result<()> {
     let admins: Vec<String> = if admins.is_empty() {
         vec![common.admin.clone()]
@@ -131,7 +132,8 @@ pub async fn churn(
     const OPS: &str = "switchboard_presence_ops_applied_total";
     const BATCHES: &str = "switchboard_presence_writes_total";
     let received = Arc::new(Received::default());
-    let reader = tokio::spawn(follow_events(admins[0].clone(), received.clone()));
+    let reader =
+        events_reader.then(|| tokio::spawn(follow_events(admins[0].clone(), received.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let handles = spawn_workers(common, workers, hold, 1_000_000, stop_rx)?;
     // Let the workers reach their steady state before measuring.
@@ -150,7 +152,9 @@ pub async fn churn(
     let elapsed = started.elapsed().as_secs_f64();
     let events = (received.events.load(Ordering::Relaxed) - events0) as f64 / elapsed;
     let resets = received.resets.load(Ordering::Relaxed);
-    reader.abort();
+    if let Some(reader) = reader {
+        reader.abort();
+    }
     let _ = stop_tx.send(true);
     let (connects, failures) = join(handles).await;
     let committed = (ops1 - ops0) / elapsed;

@@ -63,6 +63,11 @@ impl Follow {
         self.users.remove(user).is_some()
     }
 
+    /// Stops following anyone but `user` (a refreshed token lost the `presence` claim).
+    pub fn retain_only(&mut self, user: &str) {
+        self.users.retain(|u, _| u == user);
+    }
+
     /// Whether nobody is followed.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()

@@ -593,6 +593,15 @@ impl<'a, S: Stream> Session<'a, S> {
                             ),
                         );
                         let exp = identity.exp;
+                        // Without the `presence` claim now, only the own user is followed.
+                        if !identity.presence_any
+                            && let Some(follow) = &mut self.follow
+                        {
+                            follow.retain_only(&identity.user);
+                            if follow.is_empty() {
+                                self.follow = None;
+                            }
+                        }
                         self.identity = identity;
                         ServerReply::Refreshed {
                             exp: Some(exp),
