@@ -19,14 +19,68 @@ pub const GOSSIP: Duration = Duration::from_millis(10);
 /// How often the full interest is re-sent to repair anything lost.
 pub const FULL_SYNC: Duration = Duration::from_secs(10);
 
+/// The most bytes of group entries (name plus [`ENTRY_OVERHEAD`]) in one interest
+/// message: a node with millions of groups still sends messages far below the 16 MiB
+/// peer message limit (one message of all of them would be refused past about a million).
+pub const INTEREST_CHUNK_BYTES: usize = 1024 * 1024;
+/// What one `(group, count)` entry costs in a message beyond the name, at most.
+const ENTRY_OVERHEAD: usize = 16;
+
+/// The messages that carry `groups` at `version`, each at most `max_bytes` of entries:
+/// the first a `Full` (with `full`) or a `Delta` from `version - 1`, the rest `Delta`s
+/// from `version` to `version`, which a receiver holding `version` applies in order. A
+/// lost middle part is repaired by the next full sync ([`FULL_SYNC`]).
+pub fn chunked(
+    version: u64,
+    groups: Vec<(String, u32)>,
+    full: bool,
+    max_bytes: usize,
+) -> Vec<PeerMessage> {
+    let mut parts: Vec<Vec<(String, u32)>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in groups {
+        let size = entry.0.len() + ENTRY_OVERHEAD;
+        if bytes + size > max_bytes && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(part) = parts.last_mut() {
+            part.push(entry);
+        }
+    }
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            PeerMessage::Interest(match (i, full) {
+                (0, true) => Interest::Full {
+                    version,
+                    groups: part,
+                },
+                (0, false) => Interest::Delta {
+                    base_version: version - 1,
+                    version,
+                    changes: part,
+                },
+                _ => Interest::Delta {
+                    base_version: version,
+                    version,
+                    changes: part,
+                },
+            })
+        })
+        .collect()
+}
+
 /// Queues this node's whole interest for one peer (a new session, or its request);
 /// counted in `interest_full_syncs_total`.
 pub fn send_full(cluster: &Cluster, hub: &Hub, link: &Link) {
     hub.with_interest(|(version, groups)| {
-        link.send(PeerMessage::Interest(Interest::Full {
-            version,
-            groups: groups.into_iter().collect(),
-        }));
+        let groups = groups.into_iter().collect();
+        for message in chunked(version, groups, true, INTEREST_CHUNK_BYTES) {
+            link.send(message);
+        }
     });
     cluster.metrics.interest_full_syncs.inc();
 }
@@ -43,24 +97,84 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
         let full = last_full.elapsed() >= FULL_SYNC;
         let links = cluster.links();
         hub.gossip_round(full, |changes, snapshot| {
+            let mut messages = Vec::new();
+            if let Some((version, changes)) = changes {
+                messages.extend(chunked(version, changes, false, INTEREST_CHUNK_BYTES));
+            }
+            if let Some((version, groups)) = snapshot {
+                let groups = groups.into_iter().collect();
+                messages.extend(chunked(version, groups, true, INTEREST_CHUNK_BYTES));
+            }
             for link in &links {
-                if let Some((version, changes)) = &changes {
-                    link.send(PeerMessage::Interest(Interest::Delta {
-                        base_version: version - 1,
-                        version: *version,
-                        changes: changes.clone(),
-                    }));
-                }
-                if let Some((version, groups)) = &snapshot {
-                    link.send(PeerMessage::Interest(Interest::Full {
-                        version: *version,
-                        groups: groups.iter().map(|(g, c)| (g.clone(), *c)).collect(),
-                    }));
+                for message in &messages {
+                    link.send(message.clone());
                 }
             }
         });
         if full {
             last_full = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::broker::RemoteInterest;
+
+    fn groups(n: usize) -> Vec<(String, u32)> {
+        (0..n)
+            .map(|i| (format!("user_{i}"), 1 + i as u32 % 3))
+            .collect()
+    }
+
+    fn table(interest: &RemoteInterest) -> BTreeMap<String, u32> {
+        interest
+            .groups()
+            .map(|g| (g.to_owned(), interest.count(g) as u32))
+            .collect()
+    }
+
+    #[test]
+    fn a_large_interest_goes_in_bounded_parts_that_add_up_to_the_whole() {
+        let all = groups(5000);
+        let messages = chunked(7, all.clone(), true, 1000);
+        assert!(messages.len() > 50, "{} parts", messages.len());
+        for m in &messages {
+            let bytes = m.encode().expect("encodes").len();
+            assert!(bytes < 1000 + 64, "a part of {bytes} bytes");
+        }
+        let mut parts = RemoteInterest::default();
+        for m in messages {
+            let PeerMessage::Interest(update) = m else {
+                panic!("not interest");
+            };
+            parts.apply(2, update).expect("applies in order");
+        }
+        let mut whole = RemoteInterest::default();
+        whole
+            .apply(
+                2,
+                Interest::Full {
+                    version: 7,
+                    groups: all,
+                },
+            )
+            .expect("applies");
+        assert_eq!(table(&parts), table(&whole));
+        assert_eq!(parts.version_of(2), 7);
+        // The next delta follows the parts as it follows a whole full sync.
+        let next = chunked(8, vec![("user_0".into(), 0)], false, 1000);
+        for m in next {
+            let PeerMessage::Interest(update) = m else {
+                panic!("not interest");
+            };
+            parts.apply(2, update).expect("follows");
+        }
+        assert_eq!(parts.count("user_0"), 0);
+        // Nothing at all is still one (empty) full sync.
+        assert_eq!(chunked(3, Vec::new(), true, 1000).len(), 1);
     }
 }
