@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/benchmarks.md on one machine: a release node, the
 # switchboard-bench load generator, and redis-server (Debian) for the side-by-side.
-# Usage: client/scripts/bench.sh [idle|fanout|publish|http|all]
+# Usage: client/scripts/bench.sh [idle|fanout|raw|publish|http|all]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -41,6 +41,30 @@ if [[ $what == fanout || $what == all ]]; then
   echo "== fanout: 10k clients, 60 msg/s (600k deliveries/s, about half the maximum)"
   "$bin/switchboard-bench" fanout --jwt-secret "$secret" --resp 127.0.0.1:6391 --connections 10000 \
     --groups 1 --rate 60 --duration 10 --pipeline 1 --payload-size 64
+  stop_node
+fi
+
+if [[ $what == raw || $what == all ]]; then
+  # Fan-out as a ratio of the machine's limit: the same clients and readers, served by a
+  # bare writer (no broker, no queues) and then by a node, in one run. 9 000, not 10 000:
+  # the bare server lives in the bench process, which then needs two descriptors per
+  # connection (`ulimit -Hn` is 20 000 here).
+  echo "== raw: a bare server writes one frame to 9k connections in turn, as fast as it can"
+  for batch in 1 16; do
+    echo "-- $batch frame(s) per write"
+    "$bin/switchboard-bench" raw --jwt-secret "$secret" --connections 9000 --batch $batch --duration 10 --payload-size 64
+  done
+  start_node
+  echo "== fanout (the node): 9k clients in one group, 16 publishes in flight"
+  "$bin/switchboard-bench" fanout --jwt-secret "$secret" --resp 127.0.0.1:6391 --connections 9000 \
+    --groups 1 --rate 0 --duration 10 --pipeline 16 --payload-size 64
+  stop_node
+  echo "== raw latency floor: one frame to one connection, 1000 a second"
+  "$bin/switchboard-bench" raw --jwt-secret "$secret" --connections 1 --rate 1000 --duration 5 --payload-size 64
+  start_node
+  echo "== the node: one client, 1000 publishes a second"
+  "$bin/switchboard-bench" fanout --jwt-secret "$secret" --resp 127.0.0.1:6391 --connections 1 \
+    --groups 1 --rate 1000 --duration 5 --pipeline 1 --payload-size 64
   stop_node
 fi
 

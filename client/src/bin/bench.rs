@@ -38,6 +38,8 @@ mod http;
 mod idle;
 #[path = "bench/publish.rs"]
 mod publish;
+#[path = "bench/raw.rs"]
+mod raw;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/rolling.rs"]
@@ -76,6 +78,24 @@ enum Command {
         /// number is seconds).
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         hold: Duration,
+    },
+    /// The limit fan-out is measured against: a bare server in this process writes one
+    /// pre-encoded frame to every connection in turn (no broker, no queues).
+    Raw {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Rounds per second (0: as fast as the writes go).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Frames per write (per connection per round).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        payload_size: usize,
     },
     /// Fan-out: N connections over G groups, P publishers at a total rate R.
     Fanout {
@@ -214,6 +234,24 @@ async fn main() -> anyhow::Result<()> {
             connections,
             hold,
         } => idle::idle(&common, connections, hold).await,
+        Command::Raw {
+            common,
+            connections,
+            rate,
+            batch,
+            duration,
+            payload_size,
+        } => {
+            raw::raw(
+                &common,
+                connections.max(1),
+                rate,
+                batch.max(1),
+                duration,
+                payload_size,
+            )
+            .await
+        }
         Command::Fanout {
             common,
             connections,

@@ -317,6 +317,16 @@ impl ReaderStats {
         self.last_receipt = self.last_receipt.max(other.last_receipt);
     }
 
+    /// Bench payloads received.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Publish-to-receipt latency, in microseconds.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency_us
+    }
+
     pub fn closes_text(&self) -> String {
         if self.closes.is_empty() {
             return "0".into();
@@ -363,7 +373,7 @@ impl Readers {
     }
 
     /// Bench payloads received so far, over all tasks.
-    fn received(&self) -> u64 {
+    pub fn received(&self) -> u64 {
         self.progress
             .iter()
             .map(|p| p.load(Ordering::Relaxed))
