@@ -12,20 +12,21 @@
 //! The cluster-wide publish (local fan-out plus forwarding to peers) is `crate::router`'s;
 //! the hub knows nothing of peers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
 use base64::Engine;
 use bytes::Bytes;
 use switchboard_proto::client::{CloseCode, ServerReply};
 use switchboard_proto::peer::Position;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permissions};
 use crate::metrics::{Metrics, Row};
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
@@ -63,18 +64,42 @@ pub struct Positioned {
 /// The hub's handle on one WebSocket connection: its outbound queue, bounded in messages
 /// and in payload bytes, and a way for whoever finds the queue full to have the
 /// connection closed.
+///
+/// The queue is a `VecDeque` behind a mutex held for a push or a drain, not a tokio
+/// channel: an idle connection's queue holds no allocation at all (a bounded `mpsc`
+/// channel allocates its first 32-slot block and its padded shared state up front,
+/// about 2.2 KiB per connection), and a queue that grew under a burst is given back
+/// once drained. Producers (the publish path, any thread) push; the connection's task
+/// drains through its [`Inbox`].
 #[derive(Debug)]
 pub struct OutletInner {
     pub id: ConnId,
     /// The connection asked for `?positions=1`: messages come as JSON `message` frames.
     pub positions: bool,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    /// Wakes the connection's task when the queue goes from empty to not empty.
+    ready: Notify,
+    /// Most messages queued.
+    capacity: usize,
     /// Payload bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     close: Notify,
     close_code: AtomicU16,
 }
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// When the oldest item not yet taken was queued into an empty queue.
+    since: Option<Instant>,
+    /// The connection's task is gone: nothing more is taken.
+    closed: bool,
+}
+
+/// A drained queue keeps at most this many slots; a larger one (grown by a burst) is
+/// freed, so that an idle connection does not keep its busiest moment's memory.
+const QUEUE_SLOTS_KEPT: usize = 8;
 
 /// What became of a message offered to an outlet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,24 +117,24 @@ pub type Outlet = Arc<OutletInner>;
 impl OutletInner {
     /// A new outlet and the receiving end of its queue: at most `capacity` messages and
     /// `max_bytes` payload bytes (one message is always taken into an empty queue).
-    pub fn new(
-        id: ConnId,
-        capacity: usize,
-        max_bytes: usize,
-        positions: bool,
-    ) -> (Outlet, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn new(id: ConnId, capacity: usize, max_bytes: usize, positions: bool) -> (Outlet, Inbox) {
+        let outlet = Arc::new(OutletInner {
+            id,
+            positions,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            close: Notify::new(),
+            close_code: AtomicU16::new(0),
+        });
         (
-            Arc::new(OutletInner {
-                id,
-                positions,
-                tx,
-                queued_bytes: AtomicUsize::new(0),
-                max_bytes,
-                close: Notify::new(),
-                close_code: AtomicU16::new(0),
-            }),
-            rx,
+            outlet.clone(),
+            Inbox {
+                outlet,
+                since: None,
+            },
         )
     }
 
@@ -131,16 +156,31 @@ impl OutletInner {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Offer::Full;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(e) => {
+        let was_empty = {
+            let mut queue = lock(&self.queue);
+            let refused = if queue.closed {
+                Some(Offer::Closed)
+            } else if queue.items.len() >= self.capacity {
+                Some(Offer::Full)
+            } else {
+                None
+            };
+            if let Some(refused) = refused {
+                drop(queue);
                 self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Offer::Full,
-                    mpsc::error::TrySendError::Closed(_) => Offer::Closed,
-                }
+                return refused;
             }
+            queue.items.push_back(item);
+            if queue.items.len() == 1 {
+                queue.since = Some(Instant::now());
+            }
+            queue.items.len() == 1
+        };
+        // The task drains everything it finds, so only the first item needs a wake.
+        if was_empty {
+            self.ready.notify_one();
         }
+        Offer::Queued
     }
 
     /// The connection wrote `len` payload bytes taken from the queue.
@@ -174,6 +214,77 @@ impl OutletInner {
             }
             self.close.notified().await;
         }
+    }
+}
+
+/// The receiving end of an outlet's queue, owned by the connection's task. Dropping it
+/// closes the queue: later offers are refused as [`Offer::Closed`] and what was queued is
+/// dropped (its bytes given back).
+#[derive(Debug)]
+pub struct Inbox {
+    outlet: Outlet,
+    /// When the batch taken last started waiting (see [`Inbox::waited_since`]).
+    since: Option<Instant>,
+}
+
+impl Inbox {
+    /// Waits for at least one queued item, then moves up to `limit` into `batch` and
+    /// returns how many. Cancel-safe: items leave the queue only in the synchronous step
+    /// that returns them.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> usize {
+        loop {
+            if let Some(n) = self.try_recv_many(batch, limit) {
+                return n;
+            }
+            self.outlet.ready.notified().await;
+        }
+    }
+
+    /// Takes the oldest queued item, if any.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let mut batch = Vec::with_capacity(1);
+        self.try_recv_many(&mut batch, 1)?;
+        batch.pop()
+    }
+
+    /// Moves up to `limit` queued items into `batch`, or `None` if there are none.
+    pub fn try_recv_many(&mut self, batch: &mut Vec<Outbound>, limit: usize) -> Option<usize> {
+        let mut queue = lock(&self.outlet.queue);
+        if queue.items.is_empty() {
+            return None;
+        }
+        let n = queue.items.len().min(limit.max(1));
+        batch.extend(queue.items.drain(..n));
+        // What stays behind starts waiting now, for the next batch.
+        self.since = queue.since.take();
+        if !queue.items.is_empty() {
+            queue.since = Some(Instant::now());
+        }
+        if queue.items.is_empty() && queue.items.capacity() > QUEUE_SLOTS_KEPT {
+            queue.items = VecDeque::new();
+        }
+        Some(n)
+    }
+}
+
+impl Inbox {
+    /// When the batch taken last started waiting for this connection's task: its first
+    /// item's arrival into an empty queue (or the previous batch's taking, for items left
+    /// behind by it).
+    pub fn waited_since(&self) -> Option<Instant> {
+        self.since
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut queue = lock(&self.outlet.queue);
+            queue.closed = true;
+            std::mem::take(&mut queue.items)
+        };
+        let bytes: usize = dropped.iter().map(Outbound::len).sum();
+        self.outlet.written(bytes);
     }
 }
 
@@ -325,6 +436,7 @@ impl Hub {
         let Some(recipients) = read(&self.broker).fanout(group) else {
             return 0;
         };
+        let started = Instant::now();
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         for outlet in recipients.iter() {
@@ -342,6 +454,7 @@ impl Hub {
                 Offer::Closed => {}
             }
         }
+        self.metrics.fanout_seconds.observe(started.elapsed());
         self.metrics.messages_delivered.add(delivered);
         self.metrics
             .bytes_delivered
@@ -413,8 +526,9 @@ mod tests {
         assert_eq!(outlet.offer("g", &six), Offer::Queued);
         assert_eq!(outlet.offer("g", &six), Offer::Full, "12 bytes > 10");
         assert_eq!(outlet.queued_bytes(), 6);
-        let taken = rx.try_recv().expect("queued");
-        outlet.written(taken.len());
+        let mut taken = Vec::new();
+        assert_eq!(rx.try_recv_many(&mut taken, 8), Some(1));
+        outlet.written(taken[0].len());
         assert_eq!(outlet.queued_bytes(), 0);
         let big = Encoded::new(Bytes::from(vec![b'x'; 50]));
         assert_eq!(
@@ -424,10 +538,65 @@ mod tests {
         );
         drop(rx);
         assert_eq!(
-            outlet.offer("g", &six),
-            Offer::Full,
-            "still over the byte bound"
+            outlet.queued_bytes(),
+            0,
+            "a closed queue gives its bytes back"
         );
+        assert_eq!(outlet.offer("g", &six), Offer::Closed);
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_messages_and_holds_no_memory_once_drained() {
+        let (outlet, mut rx) = OutletInner::new(1, 100, 1 << 20, false);
+        let m = Encoded::new(Bytes::from_static(b"x"));
+        for _ in 0..100 {
+            assert_eq!(outlet.offer("g", &m), Offer::Queued);
+        }
+        assert_eq!(outlet.offer("g", &m), Offer::Full, "101 > 100 messages");
+        let mut batch = Vec::new();
+        assert_eq!(
+            rx.try_recv_many(&mut batch, 64),
+            Some(64),
+            "at most the limit"
+        );
+        assert_eq!(rx.try_recv_many(&mut batch, 64), Some(36));
+        assert_eq!(rx.try_recv_many(&mut batch, 64), None);
+        assert_eq!(
+            lock(&outlet.queue).items.capacity(),
+            0,
+            "the burst's slots are freed"
+        );
+        assert_eq!(outlet.offer("g", &m), Offer::Queued);
+        assert_eq!(rx.try_recv_many(&mut batch, 64), Some(1));
+        assert!(
+            lock(&outlet.queue).items.capacity() <= QUEUE_SLOTS_KEPT,
+            "a small queue keeps its few slots"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_is_woken_by_the_first_message_and_takes_all_of_them() {
+        let (outlet, mut rx) = OutletInner::new(1, 100, 1 << 20, false);
+        let m = Encoded::new(Bytes::from_static(b"x"));
+        let pusher = outlet.clone();
+        let push = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            for _ in 0..3 {
+                assert_eq!(pusher.offer("g", &m), Offer::Queued);
+            }
+        });
+        let mut batch = Vec::new();
+        let mut taken = 0;
+        for _ in 0..3 {
+            taken += rx.recv_many(&mut batch, 64).await;
+            if taken == 3 {
+                break;
+            }
+        }
+        push.await.expect("pushed");
+        assert_eq!(taken, 3);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(rx.try_recv_many(&mut batch, 64), None);
     }
 
     #[test]
@@ -463,11 +632,11 @@ mod tests {
         };
         let m = Encoded::with_position(Bytes::from_static(b"hi"), at);
         assert_eq!(hub.publish_local("news", &m), 2);
-        let Some(Outbound::Frame(Message::Text(raw))) = plain_rx.try_recv().ok() else {
+        let Some(Outbound::Frame(Message::Text(raw))) = plain_rx.try_recv() else {
             panic!("a plain frame");
         };
         assert_eq!(raw.as_str(), "hi");
-        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv().ok() else {
+        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv() else {
             panic!("a positioned frame");
         };
         assert_eq!(p.position, Some(at));
@@ -478,7 +647,7 @@ mod tests {
         let binary = Encoded::new(Bytes::from_static(b"\xff"));
         hub.publish_local("news", &binary);
         plain_rx.try_recv().expect("plain");
-        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv().ok() else {
+        let Some(Outbound::Positioned(p)) = positioned_rx.try_recv() else {
             panic!("a positioned frame");
         };
         assert_eq!(

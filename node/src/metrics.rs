@@ -5,6 +5,8 @@
 //!   in these types.
 //! - [`Row`]: one metric as rendered; each layer lists its rows (`rows()`), the admin API
 //!   concatenates them and [`render`] writes them out.
+//! - [`Histogram`]: durations in fixed buckets (atomics too), for the stages of the
+//!   publish path.
 //! - [`Metrics`]: the node-wide counters of the client-facing paths (WebSocket, RESP,
 //!   HTTP, the publish path).
 
@@ -24,6 +26,44 @@ impl Counter {
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of [`Histogram`]'s buckets, in microseconds (a last, unbounded bucket
+/// follows): from 10 µs, a fan-out round's own scale, to a second.
+pub const HISTOGRAM_BOUNDS_MICROS: [u64; 14] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A distribution of durations: one relaxed add on the bucket, the sum and the count per
+/// observation, read by `/metrics` without a lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = HISTOGRAM_BOUNDS_MICROS
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(HISTOGRAM_BOUNDS_MICROS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Observations per bucket (not cumulative), the last one unbounded.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros.load(Ordering::Relaxed)
     }
 }
 
@@ -51,6 +91,9 @@ impl Gauge {
 pub enum Kind {
     Counter,
     Gauge,
+    /// Values are per-bucket counts (not cumulative), in [`HISTOGRAM_BOUNDS_MICROS`]
+    /// order with the unbounded bucket last; `sum_micros` is on the row.
+    Histogram,
 }
 
 impl Kind {
@@ -58,6 +101,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -72,6 +116,8 @@ pub struct Row {
     /// The label's name, when the row has one value per label value.
     pub label: Option<&'static str>,
     pub values: Vec<(String, u64)>,
+    /// A histogram's sum of observations, in microseconds.
+    pub sum_micros: u64,
 }
 
 impl Row {
@@ -98,6 +144,19 @@ impl Row {
             help,
             label: Some(label),
             values,
+            sum_micros: 0,
+        }
+    }
+
+    /// A histogram of durations, exported in seconds.
+    pub fn histogram(name: &'static str, help: &'static str, h: &Histogram) -> Row {
+        Row {
+            name,
+            kind: Kind::Histogram,
+            help,
+            label: None,
+            values: h.counts().into_iter().map(|c| (String::new(), c)).collect(),
+            sum_micros: h.sum_micros(),
         }
     }
 
@@ -108,6 +167,7 @@ impl Row {
             help,
             label: None,
             values: vec![(String::new(), value)],
+            sum_micros: 0,
         }
     }
 }
@@ -123,6 +183,24 @@ pub fn render(out: &mut String, rows: &[Row]) {
         };
         let _ = writeln!(out, "# HELP {name} {}", row.help);
         let _ = writeln!(out, "# TYPE {name} {}", row.kind.as_str());
+        if row.kind == Kind::Histogram {
+            let mut cumulative = 0;
+            for (i, (_, count)) in row.values.iter().enumerate() {
+                cumulative += count;
+                match HISTOGRAM_BOUNDS_MICROS.get(i) {
+                    Some(&micros) => {
+                        let le = micros as f64 / 1e6;
+                        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                    }
+                }
+            }
+            let _ = writeln!(out, "{name}_sum {}", row.sum_micros as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count {cumulative}");
+            continue;
+        }
         for (label, value) in &row.values {
             match row.label {
                 Some(key) => {
@@ -164,6 +242,13 @@ pub struct Metrics {
     pub resp_auth_failures: Counter,
     pub http_requests: Counter,
     pub admin_refusals: Counter,
+    /// One local publish's offers to every recipient's queue.
+    pub fanout_seconds: Histogram,
+    /// A connection's queue waiting for its task: from the first message into an empty
+    /// queue to the task taking the batch (hand-off, wake-up, scheduling).
+    pub delivery_wait_seconds: Histogram,
+    /// A connection's task writing a batch: from taking it to the flush returning.
+    pub delivery_write_seconds: Histogram,
 }
 
 impl Metrics {
@@ -290,6 +375,21 @@ impl Metrics {
                 "Admin API requests refused: 401 (no valid token) or 403 (scope, Host or Origin).",
                 self.admin_refusals.get(),
             ),
+            Row::histogram(
+                "fanout_seconds",
+                "One local publish offered to every recipient's queue.",
+                &self.fanout_seconds,
+            ),
+            Row::histogram(
+                "delivery_wait_seconds",
+                "A connection's first queued message waiting for its task to take the batch.",
+                &self.delivery_wait_seconds,
+            ),
+            Row::histogram(
+                "delivery_write_seconds",
+                "A connection's task writing one batch, up to the flush.",
+                &self.delivery_write_seconds,
+            ),
             Row::gauge(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
@@ -327,5 +427,27 @@ mod tests {
              # HELP switchboard_rtt Per peer.\n# TYPE switchboard_rtt gauge\nswitchboard_rtt{peer=\"2\"} 7\n\
              # HELP process_resident_memory_bytes RSS.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 9\n"
         );
+    }
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_in_seconds() {
+        let h = Histogram::default();
+        h.observe(std::time::Duration::from_micros(7));
+        h.observe(std::time::Duration::from_micros(10));
+        h.observe(std::time::Duration::from_micros(30));
+        h.observe(std::time::Duration::from_secs(5));
+        let mut out = String::new();
+        render(&mut out, &[Row::histogram("t_seconds", "A t.", &h)]);
+        assert!(out.contains("# TYPE switchboard_t_seconds histogram\n"));
+        assert!(
+            out.contains("switchboard_t_seconds_bucket{le=\"0.00001\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("switchboard_t_seconds_bucket{le=\"0.000025\"} 2\n"));
+        assert!(out.contains("switchboard_t_seconds_bucket{le=\"0.00005\"} 3\n"));
+        assert!(out.contains("switchboard_t_seconds_bucket{le=\"1\"} 3\n"));
+        assert!(out.contains("switchboard_t_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(out.contains("switchboard_t_seconds_sum 5.000047\n"));
+        assert!(out.contains("switchboard_t_seconds_count 4\n"));
     }
 }

@@ -364,6 +364,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_histogram_quantile_is_read_from_the_buckets_observed_between_two_readings() {
+        let body = |a: u64, b: u64, inf: u64| {
+            format!(
+                "x_bucket{{le=\"0.001\"}} {a}\nx_bucket{{le=\"0.002\"}} {b}\nx_bucket{{le=\"+Inf\"}} {inf}\nx_sum 1\n"
+            )
+        };
+        let before = common::histogram(&body(10, 10, 10), "x");
+        assert_eq!(before, vec![(0.001, 10), (0.002, 10), (f64::INFINITY, 10)]);
+        // Since then: 10 more at or under 1 ms, 10 in (1 ms, 2 ms].
+        let after = common::histogram(&body(20, 30, 30), "x");
+        let p50 = common::histogram_quantile(&before, &after, 0.5).expect("observed");
+        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
+        let p75 = common::histogram_quantile(&before, &after, 0.75).expect("observed");
+        assert!((p75 - 0.0015).abs() < 1e-9, "{p75}");
+        assert_eq!(common::histogram_quantile(&before, &before, 0.5), None);
+        // Past the last bound: its lower bound.
+        let slow = common::histogram(&body(10, 10, 20), "x");
+        assert_eq!(
+            common::histogram_quantile(&before, &slow, 0.99),
+            Some(0.002)
+        );
+    }
+
+    #[test]
     fn the_cli_parses_each_subcommand() {
         let cli = Cli::try_parse_from([
             "switchboard-bench",

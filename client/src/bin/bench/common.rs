@@ -298,6 +298,53 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// A node histogram from `/metrics`: its cumulative buckets as (upper bound in seconds,
+/// count), the last one unbounded.
+pub fn histogram(body: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    body.lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `q` quantile (0..1), in seconds, of what a cumulative histogram observed between
+/// two readings, interpolated inside its bucket (the lower bound for the unbounded one);
+/// `None` when nothing was observed.
+pub fn histogram_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, count)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+            (le, count.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for &(le, count) in &delta {
+        if count as f64 >= rank && count > below {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = (rank - below as f64) / (count - below) as f64;
+            return Some(lower + within.clamp(0.0, 1.0) * (le - lower));
+        }
+        (lower, below) = (le, count);
+    }
+    None
+}
+
 pub async fn server_rss(common: &Common) -> anyhow::Result<u64> {
     if let Some(pid) = common.server_pid {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

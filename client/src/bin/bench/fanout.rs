@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::common::{
-    Common, PublishTotals, Replies, close, open, parse_payload, resp_client, unix_nanos,
-    wait_routable, write_payload,
+    Common, PublishTotals, Replies, close, histogram, histogram_quantile, http_get, open,
+    parse_payload, resp_client, unix_nanos, wait_routable, write_payload,
 };
 use crate::report::{self, ms};
 
@@ -126,6 +126,8 @@ pub async fn fanout(common: &Common, plan: FanoutPlan) -> anyhow::Result<()> {
         plan.pipeline
     );
 
+    // The node's own stages of the publish path, read before and after (its histograms).
+    let stages_before = http_get(&common.admin, "/metrics").await.ok();
     let start_nanos = unix_nanos();
     let start = Instant::now();
     let end = start + plan.duration;
@@ -165,6 +167,15 @@ pub async fn fanout(common: &Common, plan: FanoutPlan) -> anyhow::Result<()> {
         }
     }
     let (stats, open_conns) = readers.stop(plan.publishers).await;
+    let stages_after = http_get(&common.admin, "/metrics").await.ok();
+    let stage = |name: &str, q: f64| -> Option<f64> {
+        let (before, after) = (stages_before.as_deref()?, stages_after.as_deref()?);
+        histogram_quantile(&histogram(before, name), &histogram(after, name), q)
+    };
+    let stage_ms = |name: &str| {
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.3}", s * 1e3));
+        format!("{} / {}", show(stage(name, 0.5)), show(stage(name, 0.99)))
+    };
 
     let got = stats.received;
     let receive_secs = if stats.last_receipt > start_nanos {
@@ -199,6 +210,18 @@ pub async fn fanout(common: &Common, plan: FanoutPlan) -> anyhow::Result<()> {
             ("latency p99 (ms)", ms(h.percentile(99.0))),
             ("latency p99.9 (ms)", ms(h.percentile(99.9))),
             ("latency max (ms)", ms(h.max())),
+            (
+                "node fan-out round p50/p99 (ms)",
+                stage_ms("switchboard_fanout_seconds"),
+            ),
+            (
+                "node queue wait p50/p99 (ms)",
+                stage_ms("switchboard_delivery_wait_seconds"),
+            ),
+            (
+                "node batch write p50/p99 (ms)",
+                stage_ms("switchboard_delivery_write_seconds"),
+            ),
             ("order violations", stats.order_violations.to_string()),
             ("duplicates", stats.duplicates.to_string()),
             ("closed by server", stats.closes_text()),
@@ -227,6 +250,12 @@ pub async fn fanout(common: &Common, plan: FanoutPlan) -> anyhow::Result<()> {
             "p999_us": h.percentile(99.9),
             "max_us": h.max(),
             "mean_us": h.mean(),
+            "node_fanout_p50_s": stage("switchboard_fanout_seconds", 0.5),
+            "node_fanout_p99_s": stage("switchboard_fanout_seconds", 0.99),
+            "node_wait_p50_s": stage("switchboard_delivery_wait_seconds", 0.5),
+            "node_wait_p99_s": stage("switchboard_delivery_wait_seconds", 0.99),
+            "node_write_p50_s": stage("switchboard_delivery_write_seconds", 0.5),
+            "node_write_p99_s": stage("switchboard_delivery_write_seconds", 0.99),
             "order_violations": stats.order_violations,
             "duplicates": stats.duplicates,
             "foreign_frames": stats.foreign,

@@ -21,7 +21,7 @@ use switchboard_proto::client::CloseCode;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -37,7 +37,7 @@ use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
 use crate::hub::OutletInner;
 use crate::sync::lock;
-use session::{End, Session};
+use session::Session;
 
 /// Sockets handled at once beyond `--max-connections`, for health checks and for
 /// answering 1013 to connections over the limit.
@@ -50,8 +50,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (EMFILE and friends), instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// tungstenite's buffers, sized for 100k connections per node (see [`ws_config`]).
-const READ_BUFFER: usize = 1024;
+/// tungstenite's buffers, sized for 100k connections per node (see [`ws_config`]). The
+/// read buffer is allocated, and zero-filled, for every connection's whole life: 256
+/// bytes hold a typical client op in one read (a `refresh` with its token takes two or
+/// three); a larger frame grows it to the frame's length.
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 8 * 1024;
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -86,7 +89,7 @@ impl ConnIds {
     }
 }
 
-/// WebSocket settings sized for 100k connections per node: a 1 KiB read buffer (clients
+/// WebSocket settings sized for 100k connections per node: a 256-byte read buffer (clients
 /// send small ops), and frames gathered into up to 8 KiB before a write, with an explicit
 /// flush after each batch, so a burst costs one syscall per 8 KiB rather than per message.
 /// An idle connection allocates no write buffer at all.
@@ -130,17 +133,19 @@ pub async fn serve(
             },
         };
         let ingress = ingress.clone();
+        let connections = tracker.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let result = match &ingress.tls {
-                None => handle(stream, peer, ingress.clone()).await,
+                None => accept(stream, peer, &ingress, permit, &connections).await,
                 Some(tls) => {
                     // The TLS handshake counts against the head's time limit.
                     match tokio::time::timeout(http::HEAD_TIMEOUT, tls.acceptor().accept(stream))
                         .await
                     {
-                        Ok(Ok(stream)) => handle(stream, peer, ingress.clone()).await,
+                        Ok(Ok(stream)) => {
+                            accept(stream, peer, &ingress, permit, &connections).await
+                        }
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
                     }
@@ -153,11 +158,31 @@ pub async fn serve(
     }
 }
 
+/// The accepting task's part: the HTTP head, the handshake and the admission checks. A
+/// client that registers gets a task of its own for its session, so what a connection
+/// keeps for its whole life is the session's state alone: the head, the handshake's
+/// futures and this task are freed here. (Awaiting the session in this task would keep
+/// every earlier await point's state in one future several times the session's size.)
+async fn accept<S: Stream>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    ingress: &Arc<Ingress>,
+    permit: OwnedSemaphorePermit,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    if let Some(session) = handle(stream, peer, ingress.clone()).await? {
+        tracker.spawn(session.serve(permit));
+    }
+    Ok(())
+}
+
+/// Serves a plain HTTP request (health, readiness, errors) and returns `None`, or
+/// completes a WebSocket handshake and returns the registered client's session.
 async fn handle<S: Stream>(
     mut stream: S,
     peer: std::net::SocketAddr,
     ingress: Arc<Ingress>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Session<S>>> {
     let req = match http::read_head(&mut stream).await {
         Ok(req) => req,
         Err(e) => {
@@ -166,7 +191,7 @@ async fn handle<S: Stream>(
                     .write(&mut stream)
                     .await;
             }
-            return Ok(());
+            return Ok(None);
         }
     };
     ingress.metrics.http_requests.inc();
@@ -181,31 +206,31 @@ async fn handle<S: Stream>(
                     .with_header("allow", "GET")
                     .write(&mut stream)
                     .await?;
-                return Ok(());
+                return Ok(None);
             }
             if req.version < 1 {
                 Response::text(400, "the WebSocket handshake needs HTTP/1.1\n")
                     .write(&mut stream)
                     .await?;
-                return Ok(());
+                return Ok(None);
             }
             if !req.header_has_token("upgrade", "websocket") {
                 Response::text(426, "this endpoint speaks WebSocket only\n")
                     .write(&mut stream)
                     .await?;
-                return Ok(());
+                return Ok(None);
             }
             let Some(key) = req.header("sec-websocket-key") else {
                 Response::text(400, "missing Sec-WebSocket-Key\n")
                     .write(&mut stream)
                     .await?;
-                return Ok(());
+                return Ok(None);
             };
             if req.header("sec-websocket-version") != Some("13") {
                 Response::text(426, "unsupported WebSocket version; use 13\n")
                     .write(&mut stream)
                     .await?;
-                return Ok(());
+                return Ok(None);
             }
             let accept = derive_accept_key(key.as_bytes());
             let head = format!(
@@ -221,7 +246,7 @@ async fn handle<S: Stream>(
                 Some(ws_config(ingress.config.max_frame_size)),
             )
             .await;
-            websocket(ws, req, peer, ingress).await;
+            return Ok(websocket(ws, req, peer, ingress).await);
         }
         _ => {
             Response::text(404, "not found\n")
@@ -229,7 +254,7 @@ async fn handle<S: Stream>(
                 .await?
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Sends a close frame and waits (briefly) for the client's.
@@ -272,12 +297,14 @@ fn token_of(req: &Request) -> Option<String> {
         })
 }
 
+/// Admits a client (or closes with the code that says why not) and registers it with
+/// the hub and the presence queue.
 async fn websocket<S: Stream>(
-    mut ws: Ws<S>,
+    ws: Ws<S>,
     req: Request,
     peer: std::net::SocketAddr,
     ingress: Arc<Ingress>,
-) {
+) -> Option<Session<S>> {
     let metrics = &ingress.metrics;
     let origin_ok = origin_allowed(&ingress, &req);
     let token = token_of(&req);
@@ -288,15 +315,15 @@ async fn websocket<S: Stream>(
     drop(req);
     if ingress.lifecycle.drain_token().is_cancelled() {
         metrics.connections_rejected_not_ready.inc();
-        return close(&mut ws, CloseCode::Restart, "node draining").await;
+        return refuse(ws, CloseCode::Restart, "node draining").await;
     }
     if !ingress.health.ready() {
         metrics.connections_rejected_not_ready.inc();
-        return close(&mut ws, CloseCode::TryAgainLater, "node not ready").await;
+        return refuse(ws, CloseCode::TryAgainLater, "node not ready").await;
     }
     if !origin_ok {
         metrics.origin_rejections.inc();
-        return close(&mut ws, CloseCode::Forbidden, "origin not allowed").await;
+        return refuse(ws, CloseCode::Forbidden, "origin not allowed").await;
     }
     let identity = match token
         .ok_or(AuthError::Missing)
@@ -305,15 +332,15 @@ async fn websocket<S: Stream>(
         Ok(identity) => identity,
         Err(e) => {
             metrics.auth_failures.inc();
-            return close(&mut ws, CloseCode::Unauthorized, &e.to_string()).await;
+            return refuse(ws, CloseCode::Unauthorized, &e.to_string()).await;
         }
     };
     // Every connection is in its user group, so the user id must make a valid group name.
     let user_group = ingress.config.user_group_of(&identity.user);
     if user_group.len() > MAX_GROUP_NAME {
         metrics.auth_failures.inc();
-        return close(
-            &mut ws,
+        return refuse(
+            ws,
             CloseCode::Unauthorized,
             "user id too long: its user group would exceed 256 bytes",
         )
@@ -321,17 +348,15 @@ async fn websocket<S: Stream>(
     }
     if metrics.connections.get() as usize >= ingress.config.max_connections {
         metrics.connections_rejected_full.inc();
-        return close(&mut ws, CloseCode::TryAgainLater, "node full").await;
+        return refuse(ws, CloseCode::TryAgainLater, "node full").await;
     }
     let admitted = lock(&ingress.caps).admit(peer.ip(), &identity.user);
     if let Err(over) = admitted {
         metrics.connections_rejected_caps.inc();
-        return close(&mut ws, CloseCode::TryAgainLater, over.reason()).await;
+        return refuse(ws, CloseCode::TryAgainLater, over.reason()).await;
     }
-    let user = identity.user.clone();
-
     let (id, connection) = ingress.ids.next();
-    let (outlet, rx) = OutletInner::new(
+    let (outlet, inbox) = OutletInner::new(
         id,
         ingress.config.client_queue,
         ingress.config.client_queue_bytes,
@@ -371,22 +396,22 @@ async fn websocket<S: Stream>(
             }
         }
     }
-    let outcome = Session::new(&mut ws, &ingress, &outlet, identity, tracks)
-        .run(rx)
-        .await;
+    Some(Session::new(
+        ws,
+        ingress,
+        outlet,
+        inbox,
+        identity,
+        tracks,
+        connection,
+        peer.ip(),
+    ))
+}
 
-    ingress.hub.disconnect(id);
-    ingress.presence.push(PresenceOp::Disconnect {
-        node,
-        connection: connection.clone(),
-    });
-    lock(&ingress.caps).release(peer.ip(), &user);
-    metrics.connections.dec();
-    match outcome {
-        End::Close(code, reason) => close(&mut ws, code, &reason).await,
-        End::Gone => {}
-    }
-    debug!(%connection, "client disconnected");
+/// Closes a connection that was not admitted.
+async fn refuse<S: Stream>(mut ws: Ws<S>, code: CloseCode, reason: &str) -> Option<Session<S>> {
+    close(&mut ws, code, reason).await;
+    None
 }
 
 /// Logs the bound address; used by the node at start.

@@ -10,27 +10,30 @@
 //! then the missed messages, then whatever arrived meanwhile, nothing twice.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use switchboard_proto::client::{ClientOp, CloseCode, ErrorCode, ServerReply};
-use switchboard_proto::peer::Position;
-use tokio::sync::mpsc;
+use switchboard_proto::peer::{Position, PresenceOp};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::debug;
 
 use super::follow::Follow;
 use super::tracks::{Gap, Route, Tracks};
-use super::{Stream, WRITE_TIMEOUT, Ws};
+use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Permissions;
 use crate::historian::HistoryError;
 use crate::history::Recovery;
-use crate::hub::{Encoded, Outbound, Outlet, Positioned};
+use crate::hub::{Encoded, Inbox, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
 use crate::presence::events::EventId;
+use crate::sync::lock;
 
 /// How often an idle connection is pinged; one that has sent nothing for two intervals
 /// is dropped as dead.
@@ -67,13 +70,18 @@ struct Asked {
 
 type Answer = BoxFuture<'static, Result<Recovery, HistoryError>>;
 
-pub struct Session<'a, S: Stream> {
-    pub ws: &'a mut Ws<S>,
-    pub ingress: &'a Ingress,
-    pub outlet: &'a Outlet,
-    pub identity: Identity,
+/// One registered connection: everything its task keeps for the connection's life.
+pub struct Session<S: Stream> {
+    ws: Ws<S>,
+    ingress: Arc<Ingress>,
+    outlet: Outlet,
+    inbox: Inbox,
+    identity: Identity,
+    /// Its cluster-wide id, as the presence registry knows it.
+    connection: String,
+    peer_ip: IpAddr,
     /// What this connection delivered of each history group (positioned connections).
-    pub tracks: Tracks,
+    tracks: Tracks,
     /// Recoveries asked, oldest first; the first one's answer is `in_flight`.
     asked: VecDeque<Asked>,
     in_flight: Option<Answer>,
@@ -81,9 +89,10 @@ pub struct Session<'a, S: Stream> {
     follow: Option<Box<Follow>>,
 }
 
-impl<S: Stream> std::fmt::Debug for Session<'_, S> {
+impl<S: Stream> std::fmt::Debug for Session<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
+            .field("connection", &self.connection)
             .field("user", &self.identity.user)
             .field("tracks", &self.tracks)
             .field("asked", &self.asked)
@@ -91,19 +100,26 @@ impl<S: Stream> std::fmt::Debug for Session<'_, S> {
     }
 }
 
-impl<'a, S: Stream> Session<'a, S> {
+impl<S: Stream> Session<S> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        ws: &'a mut Ws<S>,
-        ingress: &'a Ingress,
-        outlet: &'a Outlet,
+        ws: Ws<S>,
+        ingress: Arc<Ingress>,
+        outlet: Outlet,
+        inbox: Inbox,
         identity: Identity,
         tracks: Tracks,
+        connection: String,
+        peer_ip: IpAddr,
     ) -> Self {
         Session {
             ws,
             ingress,
             outlet,
+            inbox,
             identity,
+            connection,
+            peer_ip,
             tracks,
             asked: VecDeque::new(),
             in_flight: None,
@@ -111,25 +127,76 @@ impl<'a, S: Stream> Session<'a, S> {
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) -> End {
+    /// The connection's task: serves it until it ends, unregisters it, then closes with
+    /// the code that says why (if it is ours to say). `permit` is the connection's slot
+    /// under `--max-connections`, given back when the task ends.
+    ///
+    /// Not an `async fn`: one would keep its `self` argument twice in its state (the
+    /// argument and its binding), 552 bytes more for every connection; an async block
+    /// uses what it captures in place.
+    pub fn serve(self, permit: OwnedSemaphorePermit) -> impl Future<Output = ()> + Send {
+        let mut session = self;
+        async move {
+            let _permit = permit;
+            let outcome = session.run().await;
+            let ingress = session.ingress.clone();
+            ingress.hub.disconnect(session.outlet.id);
+            ingress.presence.push(PresenceOp::Disconnect {
+                node: ingress.config.node_id,
+                connection: session.connection.clone(),
+            });
+            lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
+            ingress.metrics.connections.dec();
+            if let End::Close(code, reason) = outcome {
+                // Boxed, as every cold path below: the task's future is as large as its
+                // largest await point, and this one is awaited once per connection.
+                Box::pin(close(&mut session.ws, code, &reason)).await;
+            }
+            debug!(connection = %session.connection, "client disconnected");
+        }
+    }
+
+    /// The select loop. Hot paths (the queue, frames from the client, the timer) run in
+    /// place; the cold ones (ops, recoveries, presence, pings, held messages) are boxed
+    /// so that every idle connection does not carry their state.
+    async fn run(&mut self) -> End {
         // Grown on first use: an idle connection keeps no batch buffer.
         let mut batch = Vec::new();
         let mut last_heard = Instant::now();
         let mut pinged = false;
+        // The futures that wait the connection's whole life are made once, not on every
+        // turn of the loop: re-arming them for every batch (registering in the shared
+        // drain token's waiter list, in the timer wheel) is what a fan-out round paid
+        // per connection besides the write itself.
+        let outlet = self.outlet.clone();
+        let close = outlet.close_requested();
+        tokio::pin!(close);
+        let drained = self
+            .ingress
+            .lifecycle
+            .drain_token()
+            .clone()
+            .cancelled_owned();
+        tokio::pin!(drained);
+        let timer = tokio::time::sleep_until(last_heard + KEEPALIVE);
+        tokio::pin!(timer);
         loop {
             let expiry = expiry_instant(self.identity.exp);
             let keepalive = last_heard + if pinged { 2 * KEEPALIVE } else { KEEPALIVE };
             let due = self.tracks.next_due();
             let wake = due.map_or(expiry.min(keepalive), |d| d.min(expiry).min(keepalive));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
-                code = self.outlet.close_requested() => return slow_consumer(code),
-                _ = self.ingress.lifecycle.drain_token().cancelled() => {
+                code = &mut close => return slow_consumer(code),
+                _ = &mut drained => {
                     return End::Close(CloseCode::Restart, "node draining, reconnect elsewhere".into());
                 }
                 answer = async { self.in_flight.as_mut().expect("guarded").await }, if self.in_flight.is_some() => {
                     self.in_flight = None;
-                    if let Err(end) = self.recovered(answer).await {
+                    if let Err(end) = Box::pin(self.recovered(answer)).await {
                         return end;
                     }
                     self.start_recovery();
@@ -139,11 +206,11 @@ impl<'a, S: Stream> Session<'a, S> {
                         self.follow = None;
                         continue;
                     }
-                    if let Err(end) = self.write_presence().await {
+                    if let Err(end) = Box::pin(self.write_presence()).await {
                         return end;
                     }
                 }
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                n = self.inbox.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
                         return End::Gone;
                     }
@@ -157,13 +224,13 @@ impl<'a, S: Stream> Session<'a, S> {
                     match frame {
                         None => return End::Gone,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.on_op(text.as_str()).await {
+                            if let Err(end) = Box::pin(self.on_op(text.as_str())).await {
                                 return end;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let reply = error(ErrorCode::BadRequest, "binary frames carry no ops; send JSON text", None);
-                            if let Err(end) = self.reply(&reply).await {
+                            if let Err(end) = Box::pin(self.reply(&reply)).await {
                                 return end;
                             }
                         }
@@ -184,11 +251,11 @@ impl<'a, S: Stream> Session<'a, S> {
                         Some(Err(_)) => return End::Gone,
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut timer => {
                     let now = Instant::now();
                     if due.is_some_and(|d| d <= now) {
                         let released = self.tracks.release_due(now);
-                        if let Err(end) = self.write_positioned(released).await {
+                        if let Err(end) = Box::pin(self.write_positioned(released)).await {
                             return end;
                         }
                         continue;
@@ -201,7 +268,7 @@ impl<'a, S: Stream> Session<'a, S> {
                         return End::Gone; // nothing heard for two keepalive intervals
                     }
                     pinged = true;
-                    if self.send(Message::Ping(Default::default())).await.is_err() {
+                    if Box::pin(self.send(Message::Ping(Default::default()))).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -210,9 +277,16 @@ impl<'a, S: Stream> Session<'a, S> {
     }
 
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<(), End> {
+        let taken = std::time::Instant::now();
+        let metrics = &self.ingress.metrics;
+        if let Some(since) = self.inbox.waited_since() {
+            metrics
+                .delivery_wait_seconds
+                .observe(taken.saturating_duration_since(since));
+        }
         // The batch's bytes count against the queue's bound until they are written.
         let bytes: usize = batch.iter().map(Outbound::len).sum();
-        let outlet = self.outlet;
+        let outlet = self.outlet.clone();
         let _release = Release(move || outlet.written(bytes));
         let mut frames = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
@@ -225,7 +299,12 @@ impl<'a, S: Stream> Session<'a, S> {
                 },
             }
         }
-        self.write_frames(frames).await
+        self.write_frames(frames).await?;
+        self.ingress
+            .metrics
+            .delivery_write_seconds
+            .observe(taken.elapsed());
+        Ok(())
     }
 
     /// Writes positioned messages the tracks released (or the gap they found).
@@ -250,8 +329,8 @@ impl<'a, S: Stream> Session<'a, S> {
         if frames.is_empty() {
             return Ok(());
         }
-        let outlet = self.outlet;
-        let ws = &mut *self.ws;
+        let outlet = &self.outlet;
+        let ws = &mut self.ws;
         let write = async {
             for message in frames {
                 ws.feed(message).await?;
@@ -517,7 +596,7 @@ impl<'a, S: Stream> Session<'a, S> {
 
     /// Joins `group`, or the error reply.
     fn join(&self, group: &str, id: Option<u64>) -> Result<(), ServerReply> {
-        match self.ingress.hub.join(self.outlet, group) {
+        match self.ingress.hub.join(&self.outlet, group) {
             Ok(()) => Ok(()),
             Err(e @ crate::broker::JoinError::TooManyGroups(_)) => {
                 Err(error(ErrorCode::TooManyGroups, &e.to_string(), id))
@@ -530,7 +609,7 @@ impl<'a, S: Stream> Session<'a, S> {
     }
 
     async fn answer(&mut self, op: ClientOp) -> ServerReply {
-        let ingress = self.ingress;
+        let ingress = self.ingress.clone();
         let id = op.id();
         match op {
             ClientOp::Subscribe { group, .. } => match self.join(&group, id) {
@@ -586,7 +665,7 @@ impl<'a, S: Stream> Session<'a, S> {
                 match ingress.secrets.verifier.get().verify(&token) {
                     Ok(identity) if identity.user == self.identity.user => {
                         let (left, joined) = ingress.hub.refresh(
-                            self.outlet,
+                            &self.outlet,
                             Permissions::new(
                                 identity.groups.iter().cloned(),
                                 identity.presence_any,
