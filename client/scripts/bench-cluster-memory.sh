@@ -16,15 +16,8 @@ dir=$(mktemp -d)
 export SWITCHBOARD_LOCAL_DIR=$dir SWITCHBOARD_BIN=$S SWITCHBOARD_JWT_SECRET=benchsecret
 trap 'deploy/local-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 deploy/local-cluster.sh start >/dev/null
-for _ in $(seq 200); do
-  ok=0
-  for a in 8002 8012 8022; do
-    st=$($S status --admin 127.0.0.1:$a --json 2>/dev/null || true)
-    grep -q '"ready":true' <<<"$st" && grep -q '"voters":\[1,2,3\]' <<<"$st" && ok=$((ok + 1))
-  done
-  [[ $ok == 3 ]] && break
-  sleep 0.1
-done
+. client/scripts/lib.sh
+formed
 rss() { awk '/VmRSS/{print $2 * 1024}' "/proc/$(cat "$dir/node-$1.pid")/status"; }
 presence() { $S status --admin "127.0.0.1:$1" --json | sed -n 's/.*"presence_entries":\([0-9]*\).*/\1/p'; }
 r1=$(rss 1) r2=$(rss 2) r3=$(rss 3)

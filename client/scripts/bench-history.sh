@@ -31,21 +31,8 @@ resp() { echo "127.0.0.1:638$(( $1 - 1 ))"; }
 admin() { echo "127.0.0.1:80$(( $1 - 1 ))2"; }
 
 # Every node ready, three voters, no history bucket moving.
-settled() {
-  local n st ok
-  for _ in $(seq 300); do
-    ok=0
-    for n in 1 2 3; do
-      st=$($S status --admin "$(admin $n)" --json 2>/dev/null || true)
-      grep -q '"ready":true' <<<"$st" && grep -q '"voters":\[1,2,3\]' <<<"$st" &&
-        grep -q '"buckets_moving":0' <<<"$st" && ok=$((ok + 1))
-    done
-    [[ $ok == 3 ]] && return 0
-    sleep 0.1
-  done
-  echo "the cluster did not settle" >&2
-  return 1
-}
+. client/scripts/lib.sh
+settled() { formed '"buckets_moving":0'; }
 
 # A group name with prefix hN_ whose history owner is node $1 (group 0 of fanout).
 prefix_owned_by() {

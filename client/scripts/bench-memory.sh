@@ -49,7 +49,7 @@ wait "$profiler" || true
 kill "$bench" 2>/dev/null || true
 wait "$bench" 2>/dev/null || true
 heaptrack_print -f "$dir"/heap.*zst --print-leaks 1 --print-peaks 0 --print-allocators 0 \
-  --print-temporary 0 --print-histogram 0 -n 1000 -m 0 >"$dir/leaks.txt" 2>/dev/null
+  --print-temporary 0 -n 1000 -m 0 >"$dir/leaks.txt" 2>/dev/null
 # Divide by the connections heaptrack saw: one session task each.
 seen=$(python3 client/scripts/heap-account.py "$dir/leaks.txt" 1 | awk -F'  +' '/^connection task/{print int($3 + 0.5)}')
 echo "(heaptrack recorded $seen of the $N connections before the kill)"

@@ -25,19 +25,7 @@ done
 
 export SWITCHBOARD_LOCAL_DIR=$(mktemp -d) SWITCHBOARD_BIN=$S SWITCHBOARD_JWT_SECRET=benchsecret
 trap 'deploy/local-cluster.sh stop >/dev/null 2>&1 || true' EXIT
-formed() {
-  for _ in $(seq 200); do
-    ok=0
-    for a in 8002 8012 8022; do
-      st=$($S status --admin 127.0.0.1:$a --json 2>/dev/null || true)
-      grep -q '"ready":true' <<<"$st" && grep -q '"voters":\[1,2,3\]' <<<"$st" && ok=$((ok + 1))
-    done
-    [[ $ok == 3 ]] && return 0
-    sleep 0.1
-  done
-  echo "the cluster did not form" >&2
-  return 1
-}
+. client/scripts/lib.sh
 deploy/local-cluster.sh start >/dev/null
 formed
 

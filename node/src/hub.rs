@@ -201,18 +201,24 @@ impl OutletInner {
             .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.close.notify_one();
+            // Every waiter: the task's loop and a write in progress both wait for this.
+            self.close.notify_waiters();
         }
         first
     }
 
-    /// Waits until a close is requested, and says with which code.
+    /// Waits until a close is requested, and says with which code. Several may wait at
+    /// once (the connection's loop keeps one waiting for its whole life, and a blocked
+    /// write waits too): all of them are woken.
     pub async fn close_requested(&self) -> CloseCode {
         loop {
+            // Made before the check: `notify_waiters` wakes every `Notified` that exists
+            // when it runs, so a request between the check and the wait is not missed.
+            let notified = self.close.notified();
             if let Some(code) = CloseCode::from_code(self.close_code.load(Ordering::Acquire)) {
                 return code;
             }
-            self.close.notified().await;
+            notified.await;
         }
     }
 }
@@ -597,6 +603,26 @@ mod tests {
         assert_eq!(taken, 3);
         assert_eq!(batch.len(), 3);
         assert_eq!(rx.try_recv_many(&mut batch, 64), None);
+    }
+
+    #[tokio::test]
+    async fn a_close_request_wakes_every_waiter_even_one_that_waits_for_the_whole_life() {
+        let (outlet, _rx) = OutletInner::new(1, 8, 1 << 20, false);
+        // The connection's loop waits for its whole life; a blocked write waits too.
+        let lifelong = outlet.close_requested();
+        tokio::pin!(lifelong);
+        assert!(futures_util::poll!(lifelong.as_mut()).is_pending());
+        let write = outlet.close_requested();
+        tokio::pin!(write);
+        assert!(futures_util::poll!(write.as_mut()).is_pending());
+        assert!(outlet.request_close(CloseCode::SlowConsumer));
+        assert!(
+            !outlet.request_close(CloseCode::Restart),
+            "the first request wins"
+        );
+        assert_eq!(write.await, CloseCode::SlowConsumer);
+        assert_eq!(lifelong.await, CloseCode::SlowConsumer);
+        assert_eq!(outlet.close_requested().await, CloseCode::SlowConsumer);
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! What every peer has told us about its groups: the routing table for forwarding.
+//!
+//! Every node holds this for every group of every other node, so its size is the
+//! cluster's cost per remote connection (docs/cluster.md): each group name is held once
+//! (an `Arc<str>` shared by both indexes), and the nodes of a group are one inline entry
+//! when there is one (a user's group lives where the user is) and a sorted vector past it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use switchboard_proto::peer::{Interest, NodeId};
 
@@ -8,7 +14,62 @@ use switchboard_proto::peer::{Interest, NodeId};
 #[derive(Debug, Default)]
 struct PeerInterest {
     version: u64,
-    groups: HashMap<String, u32>,
+    groups: HashMap<Arc<str>, u32>,
+}
+
+/// The peers with subscribers in one group and how many each has, sorted by node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCounts {
+    /// One node: no allocation.
+    One((NodeId, u32)),
+    /// Two or more, sorted by node.
+    Many(Vec<(NodeId, u32)>),
+}
+
+impl NodeCounts {
+    /// Every (node, count), in node order.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
+        let entries: &[(NodeId, u32)] = match self {
+            NodeCounts::One(entry) => std::slice::from_ref(entry),
+            NodeCounts::Many(entries) => entries,
+        };
+        entries.iter().copied()
+    }
+
+    fn set(&mut self, node: NodeId, count: u32) {
+        match self {
+            NodeCounts::One((n, c)) if *n == node => *c = count,
+            NodeCounts::One(entry) => {
+                let mut entries = vec![*entry, (node, count)];
+                entries.sort_unstable();
+                *self = NodeCounts::Many(entries);
+            }
+            NodeCounts::Many(entries) => match entries.binary_search_by_key(&node, |e| e.0) {
+                Ok(at) => entries[at].1 = count,
+                Err(at) => entries.insert(at, (node, count)),
+            },
+        }
+    }
+
+    /// Takes `node` out; returns whether no node is left.
+    fn remove(&mut self, node: NodeId) -> bool {
+        match self {
+            NodeCounts::One((n, _)) => *n == node,
+            NodeCounts::Many(entries) => {
+                if let Ok(at) = entries.binary_search_by_key(&node, |e| e.0) {
+                    entries.remove(at);
+                }
+                match entries.as_slice() {
+                    [] => true,
+                    [one] => {
+                        *self = NodeCounts::One(*one);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 /// A peer's delta did not follow the version we hold: ask it for a full sync.
@@ -25,7 +86,7 @@ pub struct NeedFullSync {
 #[derive(Debug, Default)]
 pub struct RemoteInterest {
     peers: HashMap<NodeId, PeerInterest>,
-    by_group: HashMap<String, BTreeMap<NodeId, u32>>,
+    by_group: HashMap<Arc<str>, NodeCounts>,
 }
 
 impl RemoteInterest {
@@ -34,12 +95,10 @@ impl RemoteInterest {
         match update {
             Interest::Full { version, groups } => {
                 self.remove_node(node);
-                let peer = self.peers.entry(node).or_default();
-                peer.version = version;
+                self.peers.entry(node).or_default().version = version;
                 for (group, count) in groups {
                     if count > 0 {
-                        peer.groups.insert(group.clone(), count);
-                        self.by_group.entry(group).or_default().insert(node, count);
+                        self.set(node, &group, count);
                     }
                 }
                 Ok(())
@@ -49,32 +108,66 @@ impl RemoteInterest {
                 version,
                 changes,
             } => {
-                let held = self.peers.get(&node).map_or(0, |p| p.version);
-                if held != base_version || !self.peers.contains_key(&node) {
+                let Some(peer) = self.peers.get_mut(&node) else {
                     return Err(NeedFullSync {
                         node,
                         base: base_version,
-                        held,
+                        held: 0,
+                    });
+                };
+                if peer.version != base_version {
+                    return Err(NeedFullSync {
+                        node,
+                        base: base_version,
+                        held: peer.version,
                     });
                 }
-                let peer = self.peers.entry(node).or_default();
                 peer.version = version;
                 for (group, count) in changes {
                     if count == 0 {
-                        peer.groups.remove(&group);
-                        if let Some(nodes) = self.by_group.get_mut(&group) {
-                            nodes.remove(&node);
-                            if nodes.is_empty() {
-                                self.by_group.remove(&group);
-                            }
-                        }
+                        self.unset(node, &group);
                     } else {
-                        peer.groups.insert(group.clone(), count);
-                        self.by_group.entry(group).or_default().insert(node, count);
+                        self.set(node, &group, count);
                     }
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Records that `node` has `count` subscribers in `group`.
+    fn set(&mut self, node: NodeId, group: &str, count: u32) {
+        let name = match self.by_group.get_key_value(group) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(group),
+        };
+        self.peers
+            .entry(node)
+            .or_default()
+            .groups
+            .insert(name.clone(), count);
+        match self.by_group.get_mut(group) {
+            Some(nodes) => nodes.set(node, count),
+            None => {
+                self.by_group.insert(name, NodeCounts::One((node, count)));
+            }
+        }
+    }
+
+    /// Records that `node` has no subscribers in `group`.
+    fn unset(&mut self, node: NodeId, group: &str) {
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.groups.remove(group);
+        }
+        self.forget(node, group);
+    }
+
+    /// Takes `node` out of `group`'s nodes, and the group out when no node is left.
+    fn forget(&mut self, node: NodeId, group: &str) {
+        if let Some(nodes) = self.by_group.get_mut(group)
+            && nodes.remove(node)
+        {
+            self.by_group.remove(group);
         }
     }
 
@@ -84,17 +177,12 @@ impl RemoteInterest {
             return;
         };
         for group in peer.groups.keys() {
-            if let Some(nodes) = self.by_group.get_mut(group) {
-                nodes.remove(&node);
-                if nodes.is_empty() {
-                    self.by_group.remove(group);
-                }
-            }
+            self.forget(node, group);
         }
     }
 
     /// The peers with subscribers for `group`, and how many each has.
-    pub fn nodes_for(&self, group: &str) -> Option<&BTreeMap<NodeId, u32>> {
+    pub fn nodes_for(&self, group: &str) -> Option<&NodeCounts> {
         self.by_group.get(group)
     }
 
@@ -102,12 +190,12 @@ impl RemoteInterest {
     pub fn count(&self, group: &str) -> u64 {
         self.by_group
             .get(group)
-            .map_or(0, |nodes| nodes.values().map(|&c| u64::from(c)).sum())
+            .map_or(0, |nodes| nodes.iter().map(|(_, c)| u64::from(c)).sum())
     }
 
     /// Every group some peer has subscribers for.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
-        self.by_group.keys().map(String::as_str)
+        self.by_group.keys().map(|g| &**g)
     }
 
     /// The interest version we hold for a peer (0 if none).
@@ -138,7 +226,7 @@ mod tests {
         assert_eq!(
             table
                 .nodes_for("a")
-                .map(|n| n.keys().copied().collect::<Vec<_>>()),
+                .map(|n| n.iter().map(|(node, _)| node).collect::<Vec<_>>()),
             Some(vec![2, 3])
         );
         table
@@ -206,5 +294,34 @@ mod tests {
         assert_eq!(table.count("a"), 0);
         assert!(table.nodes_for("a").is_none());
         assert_eq!(table.groups().count(), 0);
+    }
+
+    #[test]
+    fn a_group_on_one_node_holds_its_node_inline_and_grows_and_shrinks_in_order() {
+        let mut table = RemoteInterest::default();
+        table.apply(3, full(1, &[("a", 1)])).expect("full");
+        assert_eq!(table.nodes_for("a"), Some(&NodeCounts::One((3, 1))));
+        table.apply(2, full(1, &[("a", 4)])).expect("full");
+        table.apply(5, full(1, &[("a", 2)])).expect("full");
+        assert_eq!(
+            table.nodes_for("a"),
+            Some(&NodeCounts::Many(vec![(2, 4), (3, 1), (5, 2)]))
+        );
+        table.remove_node(2);
+        table.remove_node(3);
+        assert_eq!(table.nodes_for("a"), Some(&NodeCounts::One((5, 2))));
+        assert_eq!(table.count("a"), 2);
+        table.remove_node(5);
+        assert_eq!(table.nodes_for("a"), None);
+    }
+
+    #[test]
+    fn both_indexes_share_one_name_per_group() {
+        let mut table = RemoteInterest::default();
+        table.apply(2, full(1, &[("news", 1)])).expect("full");
+        table.apply(3, full(1, &[("news", 1)])).expect("full");
+        let (name, _) = table.by_group.get_key_value("news").expect("held");
+        // by_group's key and both peers' keys: one allocation, three holders.
+        assert_eq!(Arc::strong_count(name), 3);
     }
 }

@@ -83,12 +83,19 @@ impl Default for BrokerLimits {
     }
 }
 
-/// The members of one group: handles in a dense vector, with an index from connection
-/// id to position so that leaving is O(1) (swap-remove), and the fan-out slice.
+/// Groups with fewer members than this find one by scanning their ids; from this size
+/// on they keep an index from connection id to position. Most groups are small (a
+/// user's own group has one or two connections), and an index costs a hash table each.
+const INDEXED_FROM: usize = 16;
+
+/// The members of one group: handles in a dense vector, with their connection ids beside
+/// them (and, in a large group, an index from id to position) so that leaving is a
+/// lookup and a swap-remove; and the fan-out slice.
 #[derive(Debug)]
 struct Members<H> {
     handles: Vec<H>,
     ids: Vec<ConnId>,
+    /// Empty (no allocation) while the group has fewer than [`INDEXED_FROM`] members.
     position: HashMap<ConnId, usize>,
     /// `handles` as one shared slice, built by the first fan-out after a change and
     /// dropped by the next change: a publish clones one pointer out of the table and
@@ -106,25 +113,50 @@ impl<H: Clone> Members<H> {
         }
     }
 
+    fn find(&self, id: ConnId) -> Option<usize> {
+        if self.position.is_empty() {
+            self.ids.iter().position(|&i| i == id)
+        } else {
+            self.position.get(&id).copied()
+        }
+    }
+
     fn insert(&mut self, id: ConnId, handle: H) -> bool {
-        if self.position.contains_key(&id) {
+        if self.find(id).is_some() {
             return false;
         }
-        self.position.insert(id, self.handles.len());
         self.handles.push(handle);
         self.ids.push(id);
+        if !self.position.is_empty() {
+            self.position.insert(id, self.ids.len() - 1);
+        } else if self.ids.len() >= INDEXED_FROM {
+            self.position = self
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(at, &i)| (i, at))
+                .collect();
+        }
         self.shared = OnceLock::new();
         true
     }
 
     fn remove(&mut self, id: ConnId) -> bool {
-        let Some(at) = self.position.remove(&id) else {
+        let Some(at) = self.find(id) else {
             return false;
         };
         self.handles.swap_remove(at);
         self.ids.swap_remove(at);
-        if let Some(moved) = self.ids.get(at) {
-            self.position.insert(*moved, at);
+        if !self.position.is_empty() {
+            self.position.remove(&id);
+            if let Some(moved) = self.ids.get(at) {
+                self.position.insert(*moved, at);
+            }
+            // Half the threshold, so that a group near it does not build and drop its
+            // index on every join and leave.
+            if self.ids.len() < INDEXED_FROM / 2 {
+                self.position = HashMap::new();
+            }
         }
         self.shared = OnceLock::new();
         true
@@ -146,7 +178,9 @@ struct Connection {
     user: String,
     user_group: Arc<str>,
     permissions: Permissions,
-    groups: HashSet<Arc<str>>,
+    /// The groups it is in: a vector (at most `max_groups_per_connection`, 256 by
+    /// default, and usually one or two), not a hash set per connection.
+    groups: Vec<Arc<str>>,
 }
 
 /// The local subscription table. See the module header.
@@ -197,7 +231,7 @@ impl<H: Clone> Broker<H> {
                 user: user.to_owned(),
                 user_group: user_group.clone(),
                 permissions,
-                groups: HashSet::new(),
+                groups: Vec::new(),
             },
         );
         let mut refused = Vec::new();
@@ -236,7 +270,7 @@ impl<H: Clone> Broker<H> {
             .connections
             .get(&id)
             .ok_or(JoinError::UnknownConnection)?;
-        if conn.groups.contains(group) {
+        if conn.groups.iter().any(|g| **g == *group) {
             return Ok(());
         }
         if conn.groups.len() >= max {
@@ -244,7 +278,7 @@ impl<H: Clone> Broker<H> {
         }
         let name = self.intern(group);
         if let Some(conn) = self.connections.get_mut(&id) {
-            conn.groups.insert(name.clone());
+            conn.groups.push(name.clone());
         }
         let members = self.groups.entry(name.clone()).or_insert_with(Members::new);
         members.insert(id, handle);
@@ -261,9 +295,10 @@ impl<H: Clone> Broker<H> {
         if *conn.user_group == *group {
             return Err(LeaveError::OwnUserGroup(group.to_owned()));
         }
-        let Some(name) = conn.groups.take(group) else {
+        let Some(at) = conn.groups.iter().position(|g| **g == *group) else {
             return Err(LeaveError::NotSubscribed(group.to_owned()));
         };
+        let name = conn.groups.swap_remove(at);
         self.remove_member(&name, id);
         Ok(())
     }
@@ -389,7 +424,7 @@ impl<H: Clone> Broker<H> {
         conn.permissions = permissions;
         for name in &left {
             if let Some(conn) = self.connections.get_mut(&id) {
-                conn.groups.remove(name);
+                conn.groups.retain(|g| g != name);
             }
             self.remove_member(name, id);
         }
@@ -398,7 +433,7 @@ impl<H: Clone> Broker<H> {
             let already = self
                 .connections
                 .get(&id)
-                .is_some_and(|c| c.groups.contains(group.as_str()));
+                .is_some_and(|c| c.groups.iter().any(|g| **g == *group));
             if !already && self.join_unchecked(id, handle.clone(), &group).is_ok() {
                 joined.push(group);
             }

@@ -207,3 +207,33 @@ fn a_refresh_leaves_the_groups_the_new_token_drops_and_joins_its_new_ones() {
     assert!(version > 0);
     assert!(changes.contains(&("news".to_string(), 0)));
 }
+
+#[test]
+fn a_group_keeps_its_members_exactly_across_the_index_threshold_both_ways() {
+    let mut b = broker();
+    let perms = || Permissions::new(["g"], false);
+    // Grow past the index threshold one join at a time, checking each step.
+    for id in 1..=20u64 {
+        b.connect(id, id * 10, &id.to_string(), &format!("user_{id}"), perms());
+        b.join(id, id * 10, "g").expect("permitted");
+        b.join(id, id * 10, "g")
+            .expect("joining twice is not an error");
+        assert_eq!(b.group_size("g"), id as usize, "no duplicate at {id}");
+    }
+    // Shrink well below it, leaving from the middle and the ends.
+    for id in [10u64, 1, 20, 5, 15, 2, 19, 3, 18, 4, 17, 6, 16, 7] {
+        b.leave(id, "g").expect("a member");
+        assert!(b.leave(id, "g").is_err(), "left once only");
+    }
+    let mut left: Vec<u64> = b.recipients("g").to_vec();
+    left.sort_unstable();
+    assert_eq!(left, vec![80, 90, 110, 120, 130, 140]);
+    // Unindexed again: joining and leaving still find members.
+    b.join(10, 100, "g").expect("rejoin");
+    b.join(8, 80, "g").expect("already in");
+    assert_eq!(b.group_size("g"), 7);
+    for id in [8u64, 9, 10, 11, 12, 13, 14] {
+        b.leave(id, "g").expect("a member");
+    }
+    assert_eq!(b.group_size("g"), 0);
+}

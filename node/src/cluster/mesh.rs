@@ -280,7 +280,7 @@ impl Cluster {
     ) -> usize {
         let mut targets: Vec<(NodeId, u32)> = read(&self.remote)
             .nodes_for(group)
-            .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
+            .map(|nodes| nodes.iter().collect())
             .unwrap_or_default();
         for node in also {
             if *node != self.node && !targets.iter().any(|(n, _)| n == node) {
@@ -325,7 +325,7 @@ impl Cluster {
     pub fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
         read(&self.remote)
             .nodes_for(group)
-            .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c as usize)).collect())
+            .map(|nodes| nodes.iter().map(|(n, c)| (n, c as usize)).collect())
             .unwrap_or_default()
     }
 

@@ -3,21 +3,44 @@
 //! (the Raft state machine applies them as log entries, see [`super::replica`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::events::{Change, Reason};
 
-type Key = (NodeId, String);
+/// One connection as the registry keeps it: its user is the key it is filed under, and
+/// its connection id is shared with the index by node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    node: NodeId,
+    connection: Arc<str>,
+    connected_at: u64,
+}
+
+impl Held {
+    fn record(&self, user: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            node: self.node,
+            connection: self.connection.to_string(),
+            user: user.to_owned(),
+            connected_at: self.connected_at,
+        }
+    }
+}
 
 /// Who is connected where. See the module header.
+///
+/// Every node holds every connection of the cluster here, so this is most of what a
+/// remote connection costs a node: each user id and connection id is held once (an
+/// `Arc<str>` shared by both indexes), not once per index and record.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Registry {
     /// A user's connections, sorted by (node, connection). A small vector: users hold a
     /// handful of connections, and a B-tree node per user would cost over 1 KiB.
-    by_user: HashMap<String, Vec<ConnectionRecord>>,
-    by_connection: HashMap<Key, String>,
-    per_node: BTreeMap<NodeId, usize>,
+    by_user: HashMap<Arc<str>, Vec<Held>>,
+    /// Each node's connections and their users (a node with none has no entry).
+    by_node: BTreeMap<NodeId, HashMap<Arc<str>, Arc<str>>>,
 }
 
 impl Registry {
@@ -33,7 +56,7 @@ impl Registry {
         match op {
             PresenceOp::Connect(record) => self.insert(record, changes),
             PresenceOp::Disconnect { node, connection } => {
-                self.remove(&(node, connection), None, changes)
+                self.remove(node, &connection, None, changes)
             }
             PresenceOp::PurgeNode { node } => self.purge(node, Reason::NodeDown, changes),
             PresenceOp::ResyncNode { node, connections } => {
@@ -56,64 +79,81 @@ impl Registry {
     }
 
     fn insert(&mut self, record: ConnectionRecord, changes: &mut Option<&mut Vec<Change>>) {
-        let key = (record.node, record.connection.clone());
-        if self.by_connection.contains_key(&key) {
-            self.remove(&key, None, changes);
+        let node = record.node;
+        if self
+            .by_node
+            .get(&node)
+            .is_some_and(|conns| conns.contains_key(record.connection.as_str()))
+        {
+            self.remove(node, &record.connection, None, changes);
         }
-        self.by_connection.insert(key.clone(), record.user.clone());
-        *self.per_node.entry(record.node).or_default() += 1;
+        let user: Arc<str> = match self.by_user.get_key_value(record.user.as_str()) {
+            Some((user, _)) => user.clone(),
+            None => Arc::from(record.user.as_str()),
+        };
+        let connection: Arc<str> = Arc::from(record.connection.as_str());
+        self.by_node
+            .entry(node)
+            .or_default()
+            .insert(connection.clone(), user.clone());
+        let held = Held {
+            node,
+            connection,
+            connected_at: record.connected_at,
+        };
         if let Some(changes) = changes {
-            changes.push(Change::Added(record.clone()));
+            changes.push(Change::Added(record));
         }
-        let conns = self.by_user.entry(record.user.clone()).or_default();
+        let conns = self.by_user.entry(user).or_default();
         let at = conns
-            .binary_search_by(|r| (r.node, r.connection.as_str()).cmp(&(key.0, key.1.as_str())))
+            .binary_search_by(|h| (h.node, &*h.connection).cmp(&(node, &*held.connection)))
             .unwrap_or_else(|at| at);
-        conns.insert(at, record);
+        conns.insert(at, held);
     }
 
     fn remove(
         &mut self,
-        key: &Key,
+        node: NodeId,
+        connection: &str,
         reason: Option<Reason>,
         changes: &mut Option<&mut Vec<Change>>,
     ) {
-        let Some(user) = self.by_connection.remove(key) else {
+        let Some(of_node) = self.by_node.get_mut(&node) else {
             return;
         };
-        if let Some(count) = self.per_node.get_mut(&key.0) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_node.remove(&key.0);
-            }
+        let Some(user) = of_node.remove(connection) else {
+            return;
+        };
+        if of_node.is_empty() {
+            self.by_node.remove(&node);
         }
-        if let Some(conns) = self.by_user.get_mut(&user) {
+        if let Some(conns) = self.by_user.get_mut(&*user) {
             if let Some(at) = conns
                 .iter()
-                .position(|r| r.node == key.0 && r.connection == key.1)
+                .position(|h| h.node == node && &*h.connection == connection)
             {
-                let record = conns.remove(at);
+                let held = conns.remove(at);
                 if let Some(changes) = changes {
-                    changes.push(Change::Removed(record, reason));
+                    changes.push(Change::Removed(held.record(&user), reason));
                 }
             }
             if conns.is_empty() {
-                self.by_user.remove(&user);
+                self.by_user.remove(&*user);
             }
         }
     }
 
     fn purge(&mut self, node: NodeId, reason: Reason, changes: &mut Option<&mut Vec<Change>>) {
-        let mut keys: Vec<Key> = self
-            .by_connection
-            .keys()
-            .filter(|(n, _)| *n == node)
-            .cloned()
-            .collect();
-        // In key order, so that every node notes the same changes in the same order.
-        keys.sort_unstable();
-        for key in keys {
-            self.remove(&key, Some(reason), changes);
+        let mut connections: Vec<Arc<str>> = self
+            .by_node
+            .get(&node)
+            .map(|conns| conns.keys().cloned().collect())
+            .unwrap_or_default();
+        // In connection order, so that every node notes the same changes in the same
+        // order.
+        connections.sort_unstable();
+        for connection in connections {
+            self.remove(node, &connection, Some(reason), changes);
         }
     }
 
@@ -121,28 +161,28 @@ impl Registry {
     pub fn user(&self, user: &str) -> Vec<ConnectionRecord> {
         self.by_user
             .get(user)
-            .map(|conns| conns.to_vec())
+            .map(|conns| conns.iter().map(|h| h.record(user)).collect())
             .unwrap_or_default()
     }
 
     /// Nodes with at least one registered connection.
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.per_node.keys().copied()
+        self.by_node.keys().copied()
     }
 
     /// Number of connections registered for `node`.
     pub fn node_connections(&self, node: NodeId) -> usize {
-        self.per_node.get(&node).copied().unwrap_or(0)
+        self.by_node.get(&node).map_or(0, HashMap::len)
     }
 
     /// Number of connections registered, cluster-wide.
     pub fn len(&self) -> usize {
-        self.by_connection.len()
+        self.by_node.values().map(HashMap::len).sum()
     }
 
     /// Whether no connection is registered.
     pub fn is_empty(&self) -> bool {
-        self.by_connection.is_empty()
+        self.by_node.is_empty()
     }
 
     /// Number of live connections of `user`.
@@ -156,7 +196,9 @@ impl Registry {
     }
 
     /// Every record, for a snapshot.
-    pub fn records(&self) -> impl Iterator<Item = &ConnectionRecord> {
-        self.by_user.values().flatten()
+    pub fn records(&self) -> impl Iterator<Item = ConnectionRecord> + '_ {
+        self.by_user
+            .iter()
+            .flat_map(|(user, conns)| conns.iter().map(|h| h.record(user)))
     }
 }

@@ -240,7 +240,7 @@ impl SharedReplica {
         let at = read(&self.events).newest();
         let mut records: Vec<ConnectionRecord> = match user {
             Some(user) => state.presence.user(user),
-            None => state.presence.records().cloned().collect(),
+            None => state.presence.records().collect(),
         };
         drop(state);
         records.sort_unstable_by(|a, b| {
@@ -354,7 +354,7 @@ mod tests {
             incarnation: 33,
         });
         let rebuilt = Replica::from_parts(
-            r.presence.records().cloned(),
+            r.presence.records(),
             r.removed.clone(),
             r.incarnations.clone(),
             r.assignments.clone(),

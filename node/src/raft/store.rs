@@ -84,7 +84,7 @@ struct SnapshotBodyV1 {
 /// The replica as snapshot bytes.
 fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
     Ok(encode(&SnapshotBody {
-        connections: replica.presence.records().cloned().collect(),
+        connections: replica.presence.records().collect(),
         removed: replica.removed.iter().copied().collect(),
         incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
         assignments: replica.assignments.iter().map(|(b, a)| (b, *a)).collect(),
@@ -586,7 +586,7 @@ mod tests {
             removed: Vec<NodeId>,
         }
         let old = encode(&Old {
-            connections: r.presence.records().cloned().collect(),
+            connections: r.presence.records().collect(),
             removed: vec![9],
         })
         .expect("encodes");
