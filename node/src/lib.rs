@@ -69,6 +69,10 @@ use crate::tls::ServerTls;
 
 /// Longest a leaving node waits for its last presence changes to commit.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a leaving node waits for the history buckets it owns or replicates to be
+/// handed to other nodes (a few steward looks and commits, and the keeper's grace for
+/// late acknowledgements).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a draining node looks whether its clients are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Lifetime of the development-mode token printed at start.
@@ -226,6 +230,7 @@ impl Node {
             cluster.clone(),
             historian,
             metrics.clone(),
+            config.node_timeout,
         ));
         // 8: ingress.
         let tracker = TaskTracker::new();
@@ -414,9 +419,52 @@ impl Node {
     }
 }
 
-/// Commits this node's last presence changes (its clients gone, its presence purged),
-/// then leaves the mesh: peers see the connections close and mark it down at once.
+/// Tells the historian and the peers that this node drains, so that the Raft leader
+/// moves the history buckets it owns or replicates to other nodes while it is still
+/// there to hand them over (publishers wait instead of failing).
+async fn announce_leaving(view: &NodeView) {
+    view.router.historian().leaving().await;
+    view.cluster.announce_leaving();
+}
+
+/// Waits (within [`HANDOVER_TIMEOUT`]) until no history bucket names this node and the
+/// messages it took as owner are settled, unless no other node is there to take them.
+async fn hand_over(view: &NodeView) {
+    announce_leaving(view).await;
+    let me = view.config.node_id;
+    let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+    loop {
+        let held = view
+            .replica
+            .read()
+            .assignments
+            .iter()
+            .filter(|(_, a)| a.owner == me || a.replica == Some(me))
+            .count();
+        let pending = view.router.historian().metrics.pending.get();
+        let others = view.cluster.members().iter().any(|m| m.up && !m.leaving);
+        if !others || (held == 0 && pending == 0) {
+            if held > 0 {
+                info!(buckets = held, "no other node to hand history over to");
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                buckets = held,
+                pending, "leaving before every history bucket was handed over"
+            );
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Hands history over, commits this node's last presence changes (its clients gone, its
+/// presence purged), then leaves the mesh: peers see the connections close and mark it
+/// down at once.
 async fn leave(view: &NodeView) {
+    hand_over(view).await;
     let consensus = &view.consensus;
     let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
     // At least one flush: it waits for a flush the writer has in flight (which took the
@@ -442,6 +490,7 @@ async fn leave_after_drain(view: NodeView) {
         _ = view.lifecycle.shutdown_token().cancelled() => return,
         _ = view.lifecycle.drain_token().cancelled() => {}
     }
+    announce_leaving(&view).await;
     let gone = async {
         while view.hub.connection_count() > 0 {
             tokio::time::sleep(DRAIN_POLL).await;

@@ -17,16 +17,20 @@ use switchboard_proto::peer::{NodeId, Position};
 
 use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
 use crate::cluster::Cluster;
-use crate::historian::{Historian, HistoryError};
-use crate::history::Recovery;
+use crate::historian::{self, Historian};
+use crate::history::{HistoryError, Recovery};
 use crate::hub::{Encoded, Hub};
 use crate::metrics::Metrics;
 
 /// A recovery the group's owner could not answer is asked again after this long...
 pub const RECOVERY_RETRY: Duration = Duration::from_millis(250);
-/// ...for at most this long: a dead owner is replaced within the node timeout (5 s by
-/// default) plus a commit.
-pub const RECOVERY_PATIENCE: Duration = Duration::from_secs(15);
+/// ...and a history publish refused for now (no owner reachable yet, a hand-over) after
+/// this long, doubling up to [`PUBLISH_RETRY_MAX`]...
+pub const PUBLISH_RETRY: Duration = Duration::from_millis(50);
+pub const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
+/// ...both for at most this many node timeouts (15 s by default): a dead owner is
+/// replaced within one node timeout plus a commit (plus an election if it led Raft).
+pub const PATIENCE_NODE_TIMEOUTS: u32 = 3;
 
 /// Where a publish went: connections routed to, and the position in a history group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +88,8 @@ pub struct Router {
     cluster: Arc<Cluster>,
     historian: Arc<Historian>,
     metrics: Arc<Metrics>,
+    /// How long a history publish or recovery is retried (see [`PATIENCE_NODE_TIMEOUTS`]).
+    patience: Duration,
 }
 
 impl Router {
@@ -93,6 +99,7 @@ impl Router {
         cluster: Arc<Cluster>,
         historian: Arc<Historian>,
         metrics: Arc<Metrics>,
+        node_timeout: Duration,
     ) -> Self {
         Router {
             node,
@@ -100,6 +107,7 @@ impl Router {
             cluster,
             historian,
             metrics,
+            patience: node_timeout * PATIENCE_NODE_TIMEOUTS,
         }
     }
 
@@ -111,13 +119,13 @@ impl Router {
     /// What a client at `since` missed in a history group (asked of its owner); `None`:
     /// only the group's current position. An owner that cannot answer now (it died or
     /// drained and the takeover is not committed yet, a handover is under way) is asked
-    /// again every [`RECOVERY_RETRY`] for up to [`RECOVERY_PATIENCE`]; then its error.
+    /// again every [`RECOVERY_RETRY`] within the patience; then its error.
     pub async fn recover(
         &self,
         group: &str,
         since: Option<Position>,
     ) -> Result<Recovery, HistoryError> {
-        let deadline = tokio::time::Instant::now() + RECOVERY_PATIENCE;
+        let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             match self.historian.recover(group, since).await {
                 Err(e)
@@ -135,6 +143,61 @@ impl Router {
     /// The historian (for `/metrics`).
     pub fn historian(&self) -> &Arc<Historian> {
         &self.historian
+    }
+
+    /// A publish to a history group, through its owner. Every attempt carries the same
+    /// publish id, so an owner that already took the message (an attempt that timed out,
+    /// or was taken by the replica that has since taken over) answers with its position
+    /// instead of taking it again. Attempts refused for now are made again within the
+    /// patience. What reaches the publisher is final: a success, or an error that says
+    /// whether the message may have been delivered ([`HistoryError::OutcomeUnknown`]) or
+    /// surely was not ([`HistoryError::NotPublished`], safe to retry).
+    async fn publish_history(&self, group: &str, payload: Bytes) -> Result<Routed, HistoryError> {
+        let text = std::str::from_utf8(&payload).is_ok();
+        let id = self.historian.publish_id();
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.patience;
+        let mut delay = PUBLISH_RETRY;
+        let mut landed = false;
+        let mut attempt = 0u32;
+        loop {
+            let publish = historian::publish(id, attempt, group, payload.clone(), text);
+            let error = match self.historian.publish(publish).await {
+                Ok(taken) => {
+                    return Ok(Routed {
+                        routed: taken.routed,
+                        position: Some(taken.position),
+                    });
+                }
+                Err(e) => e,
+            };
+            landed |= error.may_have_landed();
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            // An attempt whose outcome is unknown has waited already: ask again at once.
+            let pause = if error.may_have_landed() {
+                Duration::ZERO
+            } else {
+                delay
+            };
+            let now = tokio::time::Instant::now();
+            if now + pause >= deadline {
+                let waited = now - start;
+                return Err(if landed {
+                    HistoryError::OutcomeUnknown(waited)
+                } else {
+                    HistoryError::NotPublished {
+                        waited,
+                        last: Box::new(error),
+                    }
+                });
+            }
+            tracing::debug!(%group, attempt, error = %error, "history publish not taken yet; asking again");
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+            attempt += 1;
+        }
     }
 
     /// Local fan-out and forwarding to interested peers: groups without history.
@@ -160,14 +223,7 @@ impl Publish for Router {
                 position: None,
             })));
         }
-        Box::pin(async move {
-            let text = std::str::from_utf8(&payload).is_ok();
-            let published = self.historian.publish(group, payload, text).await?;
-            Ok(Routed {
-                routed: published.routed,
-                position: Some(published.position),
-            })
-        })
+        Box::pin(self.publish_history(group, payload))
     }
 
     fn local_groups(&self) -> usize {

@@ -21,7 +21,9 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// covers it; history (`History`, positions in `Forward`).
 /// 4: presence batches carry the writer's clock (`Command::PresenceAt`, for presence
 /// events), which a node of protocol 3 cannot decode.
-pub const PEER_PROTOCOL_VERSION: u32 = 4;
+/// 5: history publishes carry a [`PublishId`] kept with the message (a retry is
+/// recognised), owners refuse with a typed [`Refusal`], and `Leaving` announces a drain.
+pub const PEER_PROTOCOL_VERSION: u32 = 5;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,10 +63,23 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// Names one publish to a history group, whatever the number of attempts: the node that
+/// took it from the publisher, that process's boot id, and a counter of that process.
+/// An owner that already holds a message with this id answers a retry with its position
+/// instead of appending it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishId {
+    pub node: NodeId,
+    pub boot: u64,
+    pub seq: u64,
+}
+
 /// One message of a group's history, as kept by its owner and replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub position: Position,
+    /// The publish it came from (a retry of it is recognised by this id).
+    pub id: PublishId,
     pub payload: Bytes,
     /// Whether it goes out as a text frame (the payload is UTF-8).
     pub text: bool,
@@ -110,11 +125,8 @@ pub struct Forward {
     pub payload: Bytes,
     /// Whether the payload goes out as a text frame (it is valid UTF-8).
     pub text: bool,
-    /// The origin node and its publisher connection, with a per-publisher sequence:
-    /// receivers use them to keep per-publisher order and to spot gaps.
+    /// The node that sends it (the publisher's node, or the history group's owner).
     pub origin: NodeId,
-    pub publisher: u64,
-    pub seq: u64,
     /// Its position, when the group keeps history (the owner forwards it).
     pub position: Option<Position>,
 }
@@ -187,24 +199,53 @@ pub enum PeerMessage {
     /// every other one after joining through a single seed.
     Peers(Vec<(NodeId, String)>),
     /// History: between a group's owner, its replica, and the nodes publishing to it or
-    /// recovering from it (see the node's `historian`).
+    /// recovering from it (see the node's `history::keeper`).
     History(History),
+    /// The sender is draining: it takes no new history publishes, and the Raft leader
+    /// moves the history buckets it owns or replicates to other nodes before it leaves.
+    Leaving,
+}
+
+/// Why an owner did not take a history publish. Every refusal but [`Refusal::Unconfirmed`]
+/// means the message is in no history and was delivered to no one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// No owner is assigned to the group's bucket yet.
+    NotAssigned,
+    /// The node asked does not own the group's history now.
+    NotOwner,
+    /// The owner is not in touch with a majority.
+    CutOff,
+    /// The owner is draining and hands its buckets over.
+    HandingOver,
+    /// The owner has too many messages awaiting replication.
+    Busy,
+    /// The message was taken but its replication is not confirmed yet (the replica is
+    /// slow or being replaced, or ownership moved): ask again with the same id.
+    Unconfirmed,
+    /// The message was taken, then the group's history started over without it.
+    Lost,
+    /// The message is over the owner's limit for history groups (its size given).
+    TooLarge(u64),
 }
 
 /// The history protocol. Every request carries an id its answer repeats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum History {
-    /// To the group's owner: publish this.
+    /// To the group's owner: publish this. `attempt` 0 is the first; a later one may
+    /// repeat a publish the owner already holds (it answers with its position).
     Publish {
-        id: u64,
+        id: PublishId,
+        attempt: u32,
         group: String,
         payload: Bytes,
         text: bool,
     },
-    /// The owner's answer: where the message went, or why it could not be taken.
+    /// The owner's answer: where the message went (and the connections it reached), or
+    /// why it was not taken.
     Published {
-        id: u64,
-        result: Result<(Position, u64), String>,
+        id: PublishId,
+        result: Result<(Position, u64), Refusal>,
     },
     /// Owner to replica: store this message (the next of its group in this epoch).
     Append { group: String, entry: HistoryEntry },
@@ -234,7 +275,7 @@ pub enum History {
     /// after `since` (or why it could not read).
     ReadReply {
         id: u64,
-        result: Result<ReadPage, String>,
+        result: Result<ReadPage, Refusal>,
     },
 }
 
@@ -269,6 +310,7 @@ impl PeerMessage {
             PeerMessage::Auth { .. } => "Auth",
             PeerMessage::Peers(_) => "Peers",
             PeerMessage::History(_) => "History",
+            PeerMessage::Leaving => "Leaving",
         }
     }
 }
@@ -310,16 +352,12 @@ mod tests {
             ".{0,20}",
             proptest::collection::vec(any::<u8>(), 0..64),
             any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
         )
-            .prop_map(|(group, payload, origin, publisher, seq)| Forward {
+            .prop_map(|(group, payload, origin)| Forward {
                 text: std::str::from_utf8(&payload).is_ok(),
                 group,
                 payload: Bytes::from(payload),
                 origin,
-                publisher,
-                seq,
                 position: None,
             })
     }

@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 
+import redis
 import websockets
 
 from conftest import DEADLINE, mint
@@ -147,3 +148,31 @@ class Follower:
         if self.ws is not None:
             await self.ws.close()
             self.ws = None
+
+
+# ----- where history groups live, as the nodes report it -----
+
+def client(node):
+    return redis.Redis(host=node.resp_host, port=node.resp_port, socket_timeout=10)
+
+
+def history_of(node, group):
+    return node.cli("group", group)["history"]
+
+
+def placed(node, predicate, prefix="", limit=500):
+    """The first user id (as a string) whose user group's owner and replica satisfy
+    `predicate(owner, replica)`, as `node` sees the assignments."""
+    for u in range(1, limit + 1):
+        user = f"{prefix}{u}"
+        h = history_of(node, f"user_{user}")
+        if h["owner"] is not None and predicate(h["owner"], h["replica"]):
+            return user
+    raise AssertionError("no user placed as asked in the first ids")
+
+
+def settled(nodes):
+    """Whether every node sees every history bucket with its desired owner and replica
+    (newcomers take over buckets in two steps, a few seconds after they join)."""
+    return all(n.cli("status")["history"]["buckets_moving"] == 0 for n in nodes) and \
+        len({json.dumps(history_of(n, "user_1"), sort_keys=True) for n in nodes}) == 1

@@ -356,7 +356,6 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
 /// `/metrics`: every layer's rows.
 pub async fn metrics(view: &NodeView) -> String {
     let historian = view.router.historian();
-    let held = historian.stats().await;
     let mut rows = view.metrics.rows();
     rows.extend(view.hub.rows());
     rows.push(crate::metrics::Row::gauge(
@@ -387,7 +386,7 @@ pub async fn metrics(view: &NodeView) -> String {
     ));
     rows.extend(view.cluster.rows());
     rows.extend(view.consensus.rows());
-    rows.extend(historian.rows(held));
+    rows.extend(historian.rows());
     let mut text = String::with_capacity(8192);
     crate::metrics::render(&mut text, &rows);
     text

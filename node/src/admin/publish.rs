@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::{NodeView, Reply, json_reply};
 use crate::broker::MAX_GROUP_NAME;
-use crate::historian::HistoryError;
+use crate::history::HistoryError;
 use crate::presence::claims::MAX_CLAIM_KEY;
 use crate::router::Publish;
 
@@ -190,6 +190,8 @@ pub async fn serve(view: &NodeView, body: Incoming, broadcast: bool) -> Reply {
     }
     let mut outcomes = Vec::with_capacity(request.groups.len());
     let mut failed = Vec::new();
+    // Failed surely (nothing delivered): their claims go back, so that a retry delivers.
+    let mut not_landed = Vec::new();
     let mut routed_total = 0;
     for (group, mine) in request.groups.iter().zip(&held) {
         if !mine {
@@ -199,14 +201,21 @@ pub async fn serve(view: &NodeView, body: Incoming, broadcast: bool) -> Reply {
         let result = view.router.publish(group, request.payload.clone()).await;
         match &result {
             Ok(r) => routed_total += r.routed,
-            Err(_) => failed.push(group.clone()),
+            Err(e) => {
+                failed.push(group.clone());
+                if !e.may_have_landed() {
+                    not_landed.push(group.clone());
+                }
+            }
         }
         outcomes.push(outcome(group, &result));
     }
     if let (Some(key), Some(claimer)) = (&request.idempotency_key, claimer)
-        && !failed.is_empty()
+        && !not_landed.is_empty()
     {
-        let keys = failed.iter().map(|g| claim_key(key, g)).collect();
+        // A publish whose outcome is unknown keeps its claim: a retry with the key is
+        // then answered `duplicate` rather than risk delivering it twice.
+        let keys = not_landed.iter().map(|g| claim_key(key, g)).collect();
         if let Err(e) = view.consensus.release(keys, claimer).await {
             tracing::warn!(error = %e, "claims of a failed publish not released; a retry within 5 minutes will not deliver it");
         }

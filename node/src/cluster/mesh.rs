@@ -254,6 +254,26 @@ impl Cluster {
         sent
     }
 
+    /// Like [`Cluster::send`], but a message that could not be queued is handed back.
+    pub fn try_send(&self, node: NodeId, message: PeerMessage) -> Result<(), PeerMessage> {
+        let result = match lock(&self.table).link(node) {
+            Some(link) => link.tx.try_send(message).map_err(|e| e.into_inner()),
+            None => Err(message),
+        };
+        if result.is_err() {
+            self.metrics.peer_queue_drops.inc();
+        }
+        result
+    }
+
+    /// Tells every peer that this node drains (the Raft leader then hands the history
+    /// buckets it owns or replicates to others before it leaves).
+    pub fn announce_leaving(&self) {
+        for link in self.links() {
+            link.send(PeerMessage::Leaving);
+        }
+    }
+
     /// A positioned message of a history group, from its owner: once to every peer with
     /// subscribers for the group and to each of `also` (nodes recovering it). Returns
     /// the connections it was routed to on peers with subscribers.
@@ -301,8 +321,6 @@ impl Cluster {
                 payload: payload.clone(),
                 text,
                 origin: self.node,
-                publisher: 0,
-                seq: 0,
                 position,
             }]);
             if link.send(message) {
@@ -645,6 +663,10 @@ impl Cluster {
                             self.dial(addr);
                         }
                     }
+                }
+                PeerMessage::Leaving => {
+                    info!(peer, "peer drains: its history buckets move");
+                    lock(&self.table).on_leaving(peer);
                 }
                 PeerMessage::Auth { .. } | PeerMessage::Hello { .. } => {
                     bail!("peer {peer} sent a second handshake")

@@ -47,6 +47,8 @@ pub struct MemberView {
     /// Its boot id (changes at every restart of the process).
     pub boot: u64,
     pub up: bool,
+    /// It announced that it drains: history is handed over from it before it leaves.
+    pub leaving: bool,
     pub last_seen_ms: u64,
     pub rtt_micros: u64,
     pub peer: String,
@@ -70,6 +72,8 @@ struct Peer<S> {
     boot: u64,
     last_seen: Instant,
     rtt_micros: u64,
+    /// It announced a drain on its live session.
+    leaving: bool,
     session: Option<Session<S>>,
 }
 
@@ -131,6 +135,7 @@ impl<S: Link> PeerTable<S> {
             boot,
             last_seen: now,
             rtt_micros: 0,
+            leaving: false,
             session: None,
         });
         if let Some(existing) = &entry.session
@@ -145,6 +150,7 @@ impl<S: Link> PeerTable<S> {
         entry.incarnation = incarnation;
         entry.boot = boot;
         entry.last_seen = now;
+        entry.leaving = false;
         let replaced = entry
             .session
             .replace(Session {
@@ -172,6 +178,13 @@ impl<S: Link> PeerTable<S> {
     pub fn heard_from(&mut self, now: Instant, peer: NodeId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.last_seen = now;
+        }
+    }
+
+    /// `peer` announced on its live session that it drains (a new session clears it).
+    pub fn on_leaving(&mut self, peer: NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.leaving = true;
         }
     }
 
@@ -271,6 +284,7 @@ impl<S: Link> PeerTable<S> {
                 // Down is decided in one place, `tick`, which also has the driver drop
                 // the peer's interest: members, presence and routing never disagree.
                 up: p.session.is_some(),
+                leaving: p.leaving && p.session.is_some(),
                 last_seen_ms: now.saturating_duration_since(p.last_seen).as_millis() as u64,
                 rtt_micros: p.rtt_micros,
                 peer: p.addrs.peer.clone(),
@@ -422,6 +436,33 @@ mod tests {
             Verdict::Duplicate
         );
         assert_eq!(table.link(3).map(|l| l.name), Some("dialed by 2"));
+    }
+
+    #[test]
+    fn a_drain_announced_holds_for_that_session_only() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(1, TIMEOUT, false);
+        let Verdict::Accept { session, .. } =
+            table.on_session(t0, 2, (addrs(7002), 0, 10), 1, link("first"))
+        else {
+            panic!("accepted");
+        };
+        assert!(!table.members(t0)[0].leaving);
+        table.on_leaving(2);
+        assert!(
+            table.members(t0)[0].leaving,
+            "announced on the live session"
+        );
+        assert!(table.on_session_end(2, session));
+        assert!(
+            !table.members(t0)[0].leaving,
+            "a peer that is down is not leaving"
+        );
+        // The same id comes back (a restart): not leaving any more.
+        table.on_session(t0, 2, (addrs(7002), 0, 11), 1, link("second"));
+        assert!(!table.members(t0)[0].leaving);
+        table.on_leaving(9);
+        assert_eq!(table.members(t0).len(), 1, "an unknown peer is not added");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use switchboard_proto::peer::{GroupState, Position};
+use switchboard_proto::peer::{GroupState, Position, PublishId};
 
 use super::Epoch;
 
@@ -156,13 +156,20 @@ impl GroupLog {
     }
 
     /// The owner takes a message: the next offset, in the current epoch.
-    pub fn append(&mut self, payload: bytes::Bytes, text: bool, now_ms: u64) -> Entry {
+    pub fn append(
+        &mut self,
+        id: PublishId,
+        payload: bytes::Bytes,
+        text: bool,
+        now_ms: u64,
+    ) -> Entry {
         self.top += 1;
         let entry = Entry {
             position: Position {
                 epoch: self.epoch,
                 offset: self.top,
             },
+            id,
             payload,
             text,
             at_ms: now_ms,
@@ -228,9 +235,19 @@ impl GroupLog {
         }
     }
 
+    /// The position of the kept message that came from publish `id`, if any (newest
+    /// first: a retry is of a recent publish).
+    pub fn find(&self, id: PublishId) -> Option<Position> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.id == id)
+            .map(|e| e.position)
+    }
+
     /// Whether `position` is one this log's offsets went through: the current epoch up
     /// to the top, or an epoch it continues up to where that one ended.
-    fn knows(&self, position: Position) -> bool {
+    pub fn knows(&self, position: Position) -> bool {
         if position.epoch == self.epoch {
             return position.offset <= self.top;
         }
@@ -390,6 +407,12 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    const ID: PublishId = PublishId {
+        node: 1,
+        boot: 1,
+        seq: 0,
+    };
+
     fn pos(epoch: Epoch, offset: u64) -> Position {
         Position { epoch, offset }
     }
@@ -402,7 +425,7 @@ mod tests {
     fn a_client_gets_what_it_missed_or_is_told_it_cannot() {
         let mut log = GroupLog::new(5, 3, None, 0);
         for i in 1..=5u8 {
-            log.append(Bytes::from(vec![i]), false, 0);
+            log.append(ID, Bytes::from(vec![i]), false, 0);
         }
         // Offsets 3..5 are kept; 1 and 2 were pushed out.
         let r = log.recover(pos(5, 2), 0, usize::MAX);
@@ -427,8 +450,8 @@ mod tests {
     #[test]
     fn an_idle_client_at_the_top_recovers_after_the_ttl() {
         let mut log = GroupLog::new(1, 10, Some(Duration::from_secs(60)), 0);
-        log.append(Bytes::from_static(b"a"), true, 1_000);
-        log.append(Bytes::from_static(b"b"), true, 2_000);
+        log.append(ID, Bytes::from_static(b"a"), true, 1_000);
+        log.append(ID, Bytes::from_static(b"b"), true, 2_000);
         let r = log.recover(pos(1, 2), 3_600_000, usize::MAX);
         assert!(
             r.recovered && r.entries.is_empty(),
@@ -446,12 +469,12 @@ mod tests {
         let mut owner = GroupLog::new(10, 100, None, 0);
         let mut replica = GroupLog::new(10, 100, None, 0);
         for i in 0..3u8 {
-            let e = owner.append(Bytes::from(vec![i]), false, 0);
+            let e = owner.append(ID, Bytes::from(vec![i]), false, 0);
             assert!(replica.store(e, 0));
         }
         // The owner dies; the replica takes over in epoch 12, continuing epoch 10.
         replica.continue_as(12);
-        let e = replica.append(Bytes::from_static(b"x"), false, 0);
+        let e = replica.append(ID, Bytes::from_static(b"x"), false, 0);
         assert_eq!(e.position, pos(12, 4));
         let r = replica.recover(pos(10, 1), 0, usize::MAX);
         assert!(r.recovered);
@@ -467,12 +490,12 @@ mod tests {
     fn a_replica_refuses_what_does_not_follow() {
         let mut owner = GroupLog::new(3, 10, None, 0);
         let mut replica = GroupLog::new(3, 10, None, 0);
-        let first = owner.append(Bytes::from_static(b"1"), true, 0);
-        let second = owner.append(Bytes::from_static(b"2"), true, 0);
+        let first = owner.append(ID, Bytes::from_static(b"1"), true, 0);
+        let second = owner.append(ID, Bytes::from_static(b"2"), true, 0);
         assert!(!replica.store(second.clone(), 0), "a gap");
         assert!(replica.store(first, 0));
         assert!(replica.store(second, 0));
-        let mut other_epoch = owner.append(Bytes::from_static(b"3"), true, 0);
+        let mut other_epoch = owner.append(ID, Bytes::from_static(b"3"), true, 0);
         other_epoch.position.epoch = 4;
         assert!(!replica.store(other_epoch, 0), "another epoch");
         let copy = GroupLog::from_state(owner.state("g", usize::MAX).remove(0), 10, None, 0);
@@ -484,7 +507,7 @@ mod tests {
     fn a_long_history_goes_in_parts_and_recovers_in_pages() {
         let mut owner = GroupLog::new(2, 100, None, 0);
         for i in 0..10u8 {
-            owner.append(Bytes::from(vec![i; 100]), false, 0);
+            owner.append(ID, Bytes::from(vec![i; 100]), false, 0);
         }
         let parts = owner.state("g", 250);
         assert_eq!(parts.len(), 5, "two 100-byte entries per 250-byte part");
@@ -520,10 +543,11 @@ mod tests {
         let mut store = Store::new(3 * (100 + ENTRY_OVERHEAD) + 4 * GROUP_OVERHEAD);
         for (i, group) in ["a", "b", "c"].iter().enumerate() {
             let log = store.entry(group, || GroupLog::new(1, 10, None, 0));
-            log.append(Bytes::from(vec![0; 100]), false, i as u64);
+            log.append(ID, Bytes::from(vec![0; 100]), false, i as u64);
         }
         assert!(store.enforce(10).is_empty(), "within the budget");
         store.entry("d", || GroupLog::new(1, 10, None, 0)).append(
+            ID,
             Bytes::from(vec![0; 100]),
             false,
             20,
@@ -545,5 +569,22 @@ mod tests {
             a.recover(pos(1, 1), 30, usize::MAX).recovered,
             "at the top: recovered"
         );
+    }
+
+    #[test]
+    fn a_kept_message_is_found_by_its_publish_id_until_it_is_dropped() {
+        let mut log = GroupLog::new(3, 2, None, 0);
+        let id = |seq| PublishId {
+            node: 2,
+            boot: 9,
+            seq,
+        };
+        for seq in 1..=3 {
+            log.append(id(seq), Bytes::from_static(b"m"), true, 0);
+        }
+        assert_eq!(log.find(id(3)), Some(pos(3, 3)));
+        assert_eq!(log.find(id(2)), Some(pos(3, 2)));
+        assert_eq!(log.find(id(1)), None, "beyond the size: dropped, forgotten");
+        assert_eq!(log.find(id(4)), None);
     }
 }

@@ -1,6 +1,6 @@
 //! History: the last messages of the groups that keep them, with positions, so a client
 //! that reconnects to any node can recover what it missed. Pure: no IO, no clock (the
-//! driver, `cluster::historian`, passes the time).
+//! driver, `crate::historian`, passes the time).
 //!
 //! - [`rules`]: which groups keep history (`--history PATTERN=SIZE[,TTL]`).
 //! - [`assign`]: who owns each group: groups hash into [`BUCKETS`] buckets; each bucket
@@ -8,18 +8,25 @@
 //!   epoch. Assignments are committed through Raft (`presence::Command::Assign`), so every
 //!   node agrees on them and an epoch id (the Raft log index of its assignment) is minted
 //!   once, cluster-wide.
+//! - [`keeper`]: this node's part in history (owner, replica, requester) as a state
+//!   machine: events and the time in, messages to send and deliveries out.
+//! - [`error`]: why a publish or recovery did not succeed, and whether it may have landed.
 //! - [`log`]: a group's ring of messages on its owner and replica: offsets, the chain of
 //!   epochs it continues, size/TTL/byte bounds, and the recovery decision.
 //!
 //! The guarantee, its limits and the design are in docs/cluster.md ("History").
 
 pub mod assign;
+pub mod error;
+pub mod keeper;
 pub mod log;
 pub mod rules;
 
 pub use switchboard_proto::peer::Position;
 
 pub use assign::{Assignment, Assignments, BUCKETS, bucket_of, rank};
+pub use error::{HistoryError, MAX_HISTORY_MESSAGE};
+pub use keeper::Keeper;
 pub use log::{Entry, GroupLog, Recovery, Store};
 pub use rules::{Rule, Rules};
 

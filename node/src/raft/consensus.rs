@@ -594,6 +594,7 @@ impl Consensus {
             me: self.node,
             my_incarnation: self.incarnation,
             my_boot: self.boot,
+            me_leaving: self.lifecycle.draining(),
             assignments,
             bound,
             leader: m.current_leader,

@@ -168,6 +168,7 @@ impl Transport for Cluster {
                 last_seen: Some(Duration::from_millis(m.last_seen_ms)),
                 incarnation: Some(m.incarnation),
                 boot: Some(m.boot),
+                leaving: m.leaving,
             })
             .collect()
     }

@@ -50,6 +50,8 @@ pub struct PeerState {
     pub incarnation: Option<u64>,
     /// Its boot id (changes at every restart).
     pub boot: Option<u64>,
+    /// It announced that it drains.
+    pub leaving: bool,
 }
 
 /// What the steward looks at.
@@ -59,6 +61,8 @@ pub struct View {
     /// This node's incarnation, and its boot id.
     pub my_incarnation: u64,
     pub my_boot: u64,
+    /// This node drains (its history buckets go to others).
+    pub me_leaving: bool,
     /// History buckets' owners and replicas, from the replica.
     pub assignments: Assignments,
     /// Incarnations bound in the replica.
@@ -242,16 +246,18 @@ impl Steward {
 }
 
 /// The members history buckets may be assigned to, with their boot ids: voters and
-/// learners that are up (and this node).
+/// learners that are up and not draining (and this node, unless it drains).
 pub fn live_members(view: &View) -> BTreeMap<NodeId, u64> {
     let members = |id: &NodeId| view.voters.contains(id) || view.learners.contains(id);
     let mut live: BTreeMap<NodeId, u64> = view
         .peers
         .iter()
-        .filter(|p| p.up && members(&p.id) && !view.removed.contains(&p.id))
+        .filter(|p| p.up && !p.leaving && members(&p.id) && !view.removed.contains(&p.id))
         .filter_map(|p| p.boot.map(|b| (p.id, b)))
         .collect();
-    live.insert(view.me, view.my_boot);
+    if !view.me_leaving {
+        live.insert(view.me, view.my_boot);
+    }
     live
 }
 
@@ -264,6 +270,7 @@ pub fn buckets_moving(view: &View) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::BUCKETS;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -284,6 +291,7 @@ mod tests {
             last_seen: Some(Duration::from_millis(last_seen_ms)),
             incarnation: Some(id * 100),
             boot: Some(id),
+            leaving: false,
         }
     }
 
@@ -302,6 +310,7 @@ mod tests {
             me: 1,
             my_incarnation: 100,
             my_boot: 1,
+            me_leaving: false,
             assignments: settled_assignments(),
             bound: BTreeMap::from([(1, 100), (2, 200), (3, 300)]),
             leader: Some(1),
@@ -504,6 +513,44 @@ mod tests {
         view.peers[0].up = false;
         let actions = steward.tick(now, &view);
         assert!(!actions.iter().any(|a| matches!(a, Action::Assign(_))));
+    }
+
+    #[test]
+    fn a_draining_node_hands_every_bucket_it_holds_to_the_others() {
+        let mut steward = Steward::new(TIMEOUT, 5);
+        let mut view = leader_view();
+        view.voters = BTreeSet::from([1, 2, 3]);
+        let mut map = Assignments::default();
+        map.apply(&map.plan(&live_members(&view), |_| true), 5);
+        view.assignments = map.clone();
+        let holds = |map: &Assignments, node: NodeId| {
+            map.iter()
+                .filter(|(_, a)| a.owner == node || a.replica == Some(node))
+                .count()
+        };
+        assert!(holds(&map, 2) > 0 && holds(&map, 1) > 0);
+        // Node 2 announces a drain; then the leader (node 1) drains too.
+        view.peers[0].leaving = true;
+        let Some(Action::Assign(changes)) = steward.tick(Instant::now(), &view).pop() else {
+            panic!("expected an assignment");
+        };
+        map.apply(&changes, 6);
+        assert_eq!(holds(&map, 2), 0, "node 2 owns and replicates nothing");
+        let taken_over = changes.iter().filter(|c| c.continues == Some(5)).count();
+        assert_eq!(taken_over, changes.len(), "every move continues its epoch");
+        view.assignments = map.clone();
+        view.me_leaving = true;
+        let Some(Action::Assign(changes)) = steward.tick(Instant::now(), &view).pop() else {
+            panic!("expected an assignment");
+        };
+        map.apply(&changes, 7);
+        assert_eq!(holds(&map, 1), 0);
+        assert_eq!(
+            holds(&map, 3),
+            BUCKETS as usize,
+            "node 3 alone holds every bucket"
+        );
+        assert!(changes.iter().all(|c| c.continues.is_some()));
     }
 
     #[test]

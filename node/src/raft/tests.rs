@@ -78,6 +78,7 @@ impl Transport for Endpoint {
                 last_seen: Some(Duration::ZERO),
                 incarnation: Some(id * 1000),
                 boot: Some(id),
+                leaving: false,
             })
             .collect()
     }

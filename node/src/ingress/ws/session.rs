@@ -28,7 +28,7 @@ use super::tracks::{Gap, Route, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Permissions;
-use crate::historian::HistoryError;
+use crate::history::HistoryError;
 use crate::history::Recovery;
 use crate::hub::{Encoded, Inbox, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;

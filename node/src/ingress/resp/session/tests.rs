@@ -9,7 +9,7 @@ use switchboard_proto::resp::{Frame, Version};
 
 use super::{Env, Next, Session};
 use crate::config::Config;
-use crate::historian::HistoryError;
+use crate::history::HistoryError;
 use crate::metrics::Metrics;
 use crate::router::{PatternError, Publish, Routed};
 use crate::secrets::Secrets;

@@ -1,0 +1,551 @@
+//! The keeper with no sockets and no clock: three keepers joined by a simulated network
+//! whose messages the test delivers, loses or refuses, over assignments the test commits
+//! (to every node, or only to some: a node that has not applied a change yet).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_proto::peer::{History, NodeId, Position, PublishId};
+
+use super::*;
+use crate::history::assign::Change;
+use crate::history::{Assignments, Rule, Rules};
+
+const GROUP: &str = "user_1";
+const FIRST_EPOCH: Epoch = 10;
+
+fn boot(node: NodeId) -> u64 {
+    1000 + node
+}
+
+fn id(seq: u64) -> PublishId {
+    PublishId {
+        node: 9,
+        boot: 1,
+        seq,
+    }
+}
+
+fn pos(epoch: Epoch, offset: u64) -> Position {
+    Position { epoch, offset }
+}
+
+struct Sim {
+    keepers: BTreeMap<NodeId, Keeper>,
+    /// Each node's assignments, as it has applied them.
+    maps: BTreeMap<NodeId, Assignments>,
+    next_epoch: Epoch,
+    now: Instant,
+    net: VecDeque<(NodeId, NodeId, History)>,
+    /// Dead, not yet noticed: what it sends and what is sent to it is lost.
+    dead: BTreeSet<NodeId>,
+    /// Not connected: a send to it fails, and the driver tells the keeper.
+    unreachable: BTreeSet<NodeId>,
+    /// Links (from, to) whose messages are lost.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes out of touch with a majority.
+    cut_off: BTreeSet<NodeId>,
+    /// Fan-outs: the node that delivered, and the entry.
+    delivered: Vec<(NodeId, Entry)>,
+    published: BTreeMap<(NodeId, Ticket), Result<Taken, HistoryError>>,
+    recovered: BTreeMap<(NodeId, Ticket), Result<Recovery, HistoryError>>,
+    /// `History::Read` messages sent.
+    reads: usize,
+    next_ticket: Ticket,
+}
+
+impl Sim {
+    /// Nodes 1..=3, every bucket assigned in [`FIRST_EPOCH`].
+    fn new() -> Sim {
+        let nodes = [1, 2, 3];
+        let rules = Rules::new(vec![Rule {
+            pattern: "user_*".into(),
+            size: 100,
+            ttl: None,
+        }]);
+        let keepers = nodes
+            .iter()
+            .map(|n| (*n, Keeper::new(*n, boot(*n), rules.clone(), 1 << 30)))
+            .collect();
+        let live = nodes.iter().map(|n| (*n, boot(*n))).collect();
+        let mut map = Assignments::default();
+        map.apply(&map.plan(&live, |_| true), FIRST_EPOCH);
+        let mut sim = Sim {
+            keepers,
+            maps: nodes.iter().map(|n| (*n, map.clone())).collect(),
+            next_epoch: FIRST_EPOCH + 1,
+            now: Instant::now(),
+            net: VecDeque::new(),
+            dead: BTreeSet::new(),
+            unreachable: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            cut_off: BTreeSet::new(),
+            delivered: Vec::new(),
+            published: BTreeMap::new(),
+            recovered: BTreeMap::new(),
+            reads: 0,
+            next_ticket: 0,
+        };
+        sim.tick(Duration::ZERO);
+        sim
+    }
+
+    /// The group's (owner, replica, the third node), as node 1 has them.
+    fn roles(&self) -> (NodeId, NodeId, NodeId) {
+        let a = self.maps[&1].of_group(GROUP).expect("assigned");
+        let replica = a.replica.expect("a replica");
+        let other = [1, 2, 3]
+            .into_iter()
+            .find(|n| *n != a.owner && *n != replica)
+            .expect("three nodes");
+        (a.owner, replica, other)
+    }
+
+    /// The changes that follow the members `live`, as node `leader` plans them.
+    fn plan(&self, leader: NodeId, live: &[NodeId]) -> Vec<Change> {
+        let live = live.iter().map(|n| (*n, boot(*n))).collect();
+        self.maps[&leader].plan(&live, |_| true)
+    }
+
+    /// Commits `changes` in the next epoch; `nodes` apply it now (the others later, with
+    /// [`Sim::apply`]).
+    fn commit(&mut self, changes: &[Change], nodes: &[NodeId]) -> Epoch {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        for n in nodes {
+            self.apply(*n, changes, epoch);
+        }
+        epoch
+    }
+
+    fn apply(&mut self, node: NodeId, changes: &[Change], epoch: Epoch) {
+        self.maps
+            .get_mut(&node)
+            .expect("a node")
+            .apply(changes, epoch);
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Calls node `node`'s keeper with its facts now, then carries out its outputs.
+    fn call(&mut self, node: NodeId, f: impl FnOnce(&mut Keeper, &Facts)) {
+        let facts = Facts {
+            now: self.now,
+            now_ms: 1_000_000,
+            assignments: &self.maps[&node],
+            in_majority: !self.cut_off.contains(&node),
+        };
+        f(self.keepers.get_mut(&node).expect("a node"), &facts);
+        self.carry_out(node);
+    }
+
+    fn carry_out(&mut self, node: NodeId) {
+        loop {
+            let Some(output) = self.keepers.get_mut(&node).and_then(Keeper::poll_output) else {
+                return;
+            };
+            match output {
+                Output::Send { to, message } => self.send(node, to, message),
+                Output::FanOut { entry, answers, .. } => {
+                    let taken = Taken {
+                        position: entry.position,
+                        routed: 1,
+                    };
+                    self.delivered.push((node, entry));
+                    for origin in answers {
+                        self.answer(node, origin, Ok(taken));
+                    }
+                }
+                Output::Answer { to, result } => self.answer(node, to, result),
+                Output::Repeat { to, position, .. } => {
+                    let taken = Taken {
+                        position,
+                        routed: 0,
+                    };
+                    self.answer(node, to, Ok(taken));
+                }
+                Output::Recovered { ticket, result } => {
+                    self.recovered.insert((node, ticket), result);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, message: History) {
+        if matches!(message, History::Read { .. }) {
+            self.reads += 1;
+        }
+        if self.unreachable.contains(&to) {
+            self.keepers
+                .get_mut(&from)
+                .expect("a node")
+                .handle_unsent(to, &message);
+        } else if !self.dead.contains(&from)
+            && !self.dead.contains(&to)
+            && !self.cut.contains(&(from, to))
+        {
+            self.net.push_back((from, to, message));
+        }
+    }
+
+    fn answer(&mut self, node: NodeId, to: Origin, result: Result<Taken, HistoryError>) {
+        match to {
+            Origin::Local(ticket) => {
+                self.published.insert((node, ticket), result);
+            }
+            Origin::Remote(peer, id) => {
+                let result = result
+                    .map(|t| (t.position, t.routed as u64))
+                    .map_err(|e| e.refusal());
+                self.send(node, peer, History::Published { id, result });
+            }
+        }
+    }
+
+    /// Delivers every message in flight, and those they cause, in order.
+    fn deliver(&mut self) {
+        for _ in 0..10_000 {
+            let Some((from, to, message)) = self.net.pop_front() else {
+                return;
+            };
+            self.call(to, |k, facts| k.handle_peer(facts, from, message));
+        }
+        panic!("the network did not settle");
+    }
+
+    /// `d` passes; every live keeper ticks; messages are delivered.
+    fn tick(&mut self, d: Duration) {
+        self.now += d;
+        let nodes: Vec<NodeId> = self.keepers.keys().copied().collect();
+        for n in nodes {
+            if !self.dead.contains(&n) {
+                self.call(n, |k, facts| k.handle_tick(facts));
+            }
+        }
+        self.deliver();
+    }
+
+    /// A publish attempt on `node`; its ticket.
+    fn publish(&mut self, node: NodeId, id: PublishId, attempt: u32, payload: &str) -> Ticket {
+        let ticket = self.ticket();
+        let publish = Publish {
+            id,
+            attempt,
+            group: GROUP.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            text: true,
+        };
+        self.call(node, |k, facts| k.handle_publish(facts, ticket, publish));
+        self.deliver();
+        ticket
+    }
+
+    fn recover(&mut self, node: NodeId, since: Option<Position>) -> Ticket {
+        let ticket = self.ticket();
+        self.call(node, |k, facts| {
+            k.handle_recover(facts, ticket, GROUP.into(), since)
+        });
+        self.deliver();
+        ticket
+    }
+
+    fn outcome(&self, node: NodeId, ticket: Ticket) -> Option<&Result<Taken, HistoryError>> {
+        self.published.get(&(node, ticket))
+    }
+
+    fn position(&self, node: NodeId, ticket: Ticket) -> Position {
+        match self.outcome(node, ticket) {
+            Some(Ok(taken)) => taken.position,
+            other => panic!("expected a position, got {other:?}"),
+        }
+    }
+
+    fn error(&self, node: NodeId, ticket: Ticket) -> HistoryError {
+        match self.outcome(node, ticket) {
+            Some(Err(e)) => e.clone(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// The positions delivered, in order.
+    fn deliveries(&self) -> Vec<Position> {
+        self.delivered.iter().map(|(_, e)| e.position).collect()
+    }
+
+    fn recovery(&self, node: NodeId, ticket: Ticket) -> &Recovery {
+        match self.recovered.get(&(node, ticket)) {
+            Some(Ok(r)) => r,
+            other => panic!("expected a recovery, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_publish_is_delivered_and_answered_only_once_its_replica_holds_it() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    // The replica's acknowledgements are lost: nothing is delivered, nobody answered.
+    sim.cut.insert((replica, owner));
+    let t = sim.publish(other, id(1), 0, "a");
+    assert!(sim.delivered.is_empty() && sim.outcome(other, t).is_none());
+    assert_eq!(sim.keepers[&owner].stats().pending, 1);
+    // The link heals; the unacknowledged entry has the group's history sent again, whose
+    // acknowledgement confirms it.
+    sim.cut.clear();
+    sim.tick(SYNC_RETRY);
+    sim.tick(TICK);
+    assert_eq!(sim.deliveries(), vec![pos(FIRST_EPOCH, 1)]);
+    assert_eq!(sim.delivered[0].0, owner, "the owner fans out");
+    assert_eq!(sim.position(other, t), pos(FIRST_EPOCH, 1));
+    assert_eq!(sim.keepers[&owner].stats().pending, 0);
+    assert_eq!(sim.keepers[&replica].stats().messages, 1);
+    assert_eq!(sim.keepers[&other].stats().messages, 0);
+}
+
+#[test]
+fn an_owner_whose_epoch_was_replaced_gets_nothing_acknowledged() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    // The replica takes over (the owner seemed down); the old owner has not applied it.
+    let takeover = sim.plan(replica, &[replica, other]);
+    let epoch = sim.commit(&takeover, &[replica, other]);
+    assert_eq!(
+        sim.maps[&replica].of_group(GROUP).map(|a| a.owner),
+        Some(replica)
+    );
+    sim.tick(TICK);
+    let t = sim.publish(owner, id(1), 0, "stale");
+    sim.tick(SYNC_RETRY);
+    sim.tick(ACK_PATIENCE);
+    assert!(sim.delivered.is_empty(), "fenced: never delivered");
+    assert_eq!(sim.outcome(owner, t), Some(&Err(HistoryError::Unconfirmed)));
+    // The old owner applies the change; the retry goes to the new owner, which never
+    // held the message and takes it once.
+    sim.apply(owner, &takeover, epoch);
+    sim.tick(TICK);
+    let t = sim.publish(owner, id(1), 1, "stale");
+    assert_eq!(sim.position(owner, t), pos(epoch, 1));
+    assert_eq!(sim.deliveries(), vec![pos(epoch, 1)]);
+}
+
+#[test]
+fn a_retry_after_a_lost_answer_gets_the_same_position_and_is_not_delivered_again() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    sim.cut.insert((owner, other));
+    let t = sim.publish(other, id(1), 0, "a");
+    assert_eq!(sim.deliveries(), vec![pos(FIRST_EPOCH, 1)]);
+    sim.tick(REQUEST_TIMEOUT);
+    let error = sim.error(other, t);
+    assert_eq!(error, HistoryError::Timeout);
+    assert!(error.may_have_landed() && error.is_retryable());
+    sim.cut.clear();
+    let t = sim.publish(other, id(1), 1, "a");
+    assert_eq!(sim.position(other, t), pos(FIRST_EPOCH, 1));
+    assert_eq!(sim.deliveries().len(), 1, "not delivered again");
+    assert_eq!(sim.keepers[&owner].stats().messages, 1, "not stored again");
+    // A first attempt is never matched against earlier ids: another publish.
+    let t = sim.publish(other, id(2), 0, "b");
+    assert_eq!(sim.position(other, t), pos(FIRST_EPOCH, 2));
+}
+
+#[test]
+fn a_message_the_replica_stored_outlives_its_owner_and_its_retry_is_taken_once() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    // The replica stores the message; the owner dies before the acknowledgement.
+    sim.cut.insert((replica, owner));
+    let t = sim.publish(other, id(1), 0, "a");
+    sim.dead.insert(owner);
+    sim.tick(REQUEST_TIMEOUT);
+    assert_eq!(sim.outcome(other, t), Some(&Err(HistoryError::Timeout)));
+    // The replica takes over, continuing the epoch; the publisher asks again.
+    let takeover = sim.plan(replica, &[replica, other]);
+    let epoch = sim.commit(&takeover, &[replica, other]);
+    sim.tick(TICK);
+    let t = sim.publish(other, id(1), 1, "a");
+    assert_eq!(
+        sim.position(other, t),
+        pos(FIRST_EPOCH, 1),
+        "its first position"
+    );
+    assert_eq!(sim.keepers[&replica].stats().messages, 1, "held once");
+    // The next publish continues the offsets, and a recovery sees both once.
+    let t = sim.publish(other, id(2), 0, "b");
+    assert_eq!(sim.position(other, t), pos(epoch, 2));
+    let r = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
+    let r = sim.recovery(other, r);
+    assert!(r.recovered);
+    let got: Vec<Position> = r.entries.iter().map(|e| e.position).collect();
+    assert_eq!(got, vec![pos(FIRST_EPOCH, 1), pos(epoch, 2)]);
+    assert_eq!((r.epoch, r.top), (epoch, 2));
+}
+
+#[test]
+fn publishers_waiting_on_a_slow_replica_are_told_unconfirmed_and_a_retry_waits_for_the_same_entry()
+{
+    let mut sim = Sim::new();
+    let (owner, replica, _) = sim.roles();
+    sim.cut.insert((owner, replica));
+    let first = sim.publish(owner, id(1), 0, "a");
+    sim.tick(ACK_PATIENCE);
+    let error = sim.error(owner, first);
+    assert_eq!(error, HistoryError::Unconfirmed);
+    assert!(error.may_have_landed() && error.is_retryable());
+    let retry = sim.publish(owner, id(1), 1, "a");
+    assert!(
+        sim.outcome(owner, retry).is_none(),
+        "waits for the same entry"
+    );
+    sim.cut.clear();
+    sim.tick(SYNC_RETRY);
+    sim.tick(TICK);
+    assert_eq!(sim.position(owner, retry), pos(FIRST_EPOCH, 1));
+    assert_eq!(
+        sim.deliveries(),
+        vec![pos(FIRST_EPOCH, 1)],
+        "delivered once"
+    );
+}
+
+#[test]
+fn a_draining_owner_takes_nothing_new_and_confirms_what_it_took() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    sim.cut.insert((replica, owner));
+    let taken = sim.publish(other, id(1), 0, "a");
+    sim.keepers.get_mut(&owner).expect("owner").handle_leaving();
+    let refused = sim.publish(other, id(2), 0, "b");
+    let error = sim.error(other, refused);
+    assert_eq!(error, HistoryError::HandingOver(owner));
+    assert!(!error.may_have_landed() && error.is_retryable());
+    sim.cut.clear();
+    sim.tick(SYNC_RETRY);
+    sim.tick(TICK);
+    assert_eq!(sim.position(other, taken), pos(FIRST_EPOCH, 1));
+    assert_eq!(
+        sim.keepers[&owner].stats().pending,
+        0,
+        "nothing left to hand over"
+    );
+}
+
+#[test]
+fn an_owner_that_loses_its_bucket_tells_waiting_publishers_at_once() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    sim.cut.insert((owner, replica));
+    let t = sim.publish(other, id(1), 0, "a");
+    let takeover = sim.plan(replica, &[replica, other]);
+    sim.commit(&takeover, &[owner, replica, other]);
+    sim.tick(TICK);
+    assert_eq!(sim.outcome(other, t), Some(&Err(HistoryError::Unconfirmed)));
+    assert!(sim.delivered.is_empty());
+}
+
+#[test]
+fn refusals_that_took_nothing_come_back_at_once_and_say_so() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    sim.unreachable.insert(owner);
+    let t = sim.publish(other, id(1), 0, "a");
+    let error = sim.error(other, t);
+    assert_eq!(error, HistoryError::OwnerUnreachable(owner));
+    assert!(!error.may_have_landed());
+    sim.unreachable.clear();
+    sim.cut_off.insert(owner);
+    let t = sim.publish(other, id(2), 0, "a");
+    assert_eq!(sim.outcome(other, t), Some(&Err(HistoryError::CutOff)));
+    sim.cut_off.clear();
+    let huge = "x".repeat(MAX_HISTORY_MESSAGE + 1);
+    let t = sim.publish(owner, id(3), 0, &huge);
+    let error = sim.error(owner, t);
+    assert!(matches!(error, HistoryError::TooLarge(_)) && !error.is_retryable());
+    assert!(sim.delivered.is_empty());
+    assert_eq!(sim.keepers[&owner].stats().messages, 0);
+}
+
+#[test]
+fn a_long_recovery_comes_in_pages_from_a_remote_owner() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    let big = "m".repeat(READ_PAGE / 3 + 1);
+    for seq in 1..=5 {
+        sim.publish(owner, id(seq), 0, &big);
+    }
+    assert_eq!(sim.deliveries().len(), 5);
+    let t = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
+    let r = sim.recovery(other, t);
+    assert!(r.recovered && !r.more);
+    let offsets: Vec<u64> = r.entries.iter().map(|e| e.position.offset).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        sim.reads, 3,
+        "two messages a page: at most {READ_PAGE} bytes each"
+    );
+    // A position from another history is not recovered, and nothing is replayed.
+    let t = sim.recover(other, Some(pos(FIRST_EPOCH - 1, 3)));
+    let r = sim.recovery(other, t);
+    assert!(!r.recovered && r.entries.is_empty());
+    assert_eq!((r.epoch, r.top), (FIRST_EPOCH, 5));
+}
+
+#[test]
+fn a_recovery_asked_of_an_unreachable_owner_fails_and_one_of_a_dead_owner_times_out() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    sim.unreachable.insert(owner);
+    let t = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
+    assert_eq!(
+        sim.recovered.get(&(other, t)),
+        Some(&Err(HistoryError::OwnerUnreachable(owner)))
+    );
+    sim.unreachable.clear();
+    sim.dead.insert(owner);
+    let t = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
+    assert!(!sim.recovered.contains_key(&(other, t)));
+    sim.tick(REQUEST_TIMEOUT);
+    assert_eq!(
+        sim.recovered.get(&(other, t)),
+        Some(&Err(HistoryError::Timeout))
+    );
+}
+
+#[test]
+fn a_replica_that_lost_its_copy_is_sent_the_history_and_the_next_entry_follows() {
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    sim.publish(owner, id(1), 0, "a");
+    // The replica restarts: a new keeper with a new boot; the owner keeps the bucket
+    // with the restarted replica in a continuing epoch.
+    let rules = Rules::new(vec![Rule {
+        pattern: "user_*".into(),
+        size: 100,
+        ttl: None,
+    }]);
+    sim.keepers.insert(
+        replica,
+        Keeper::new(replica, boot(replica) + 1, rules, 1 << 30),
+    );
+    let mut live: BTreeMap<NodeId, u64> = [owner, replica, other]
+        .into_iter()
+        .map(|n| (n, boot(n)))
+        .collect();
+    live.insert(replica, boot(replica) + 1);
+    let changes = sim.maps[&owner].plan(&live, |_| true);
+    let epoch = sim.commit(&changes, &[owner, replica, other]);
+    sim.tick(TICK);
+    assert_eq!(
+        sim.keepers[&replica].stats().messages,
+        1,
+        "the history was sent"
+    );
+    let t = sim.publish(other, id(2), 0, "b");
+    assert_eq!(sim.position(other, t), pos(epoch, 2));
+    assert_eq!(sim.keepers[&replica].stats().messages, 2);
+    assert_eq!(sim.deliveries(), vec![pos(FIRST_EPOCH, 1), pos(epoch, 2)]);
+}
