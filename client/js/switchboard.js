@@ -18,6 +18,11 @@
 // (`onRecovered`). 4001 (bad token) stops the client unless `token` is a function (it is
 // asked again: a refreshed token); 4003 stops it. See docs/protocol.md.
 //
+// When `token` is a function, the client also refreshes an open connection's token before
+// it expires (at 80% of its remaining life, at least a second and at most a minute before
+// `exp`): it calls `token()` and sends the `refresh` op, so a node run with
+// `--token-expiry close` never cuts it with 4001.
+//
 // The old snippet (`new WebSocket(url)` and `onmessage`) keeps working without this module.
 
 const DEFAULTS = {
@@ -25,6 +30,17 @@ const DEFAULTS = {
   // A connection that lasted this long resets the backoff.
   stableAfter: 5000,
 };
+
+/** The `exp` claim (Unix seconds) of a JWT, read without verifying it; null if none. */
+function expiresAt(token) {
+  try {
+    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
 
 /** Close codes after which retrying cannot help. */
 const FINAL = new Set([4003]);
@@ -58,6 +74,7 @@ export class Switchboard {
     this.stopped = false;
     this.ws = null;
     this.timer = null;
+    this.refreshTimer = null;
     this.connects = 0;
     this.connect();
   }
@@ -89,6 +106,7 @@ export class Switchboard {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
   }
 
@@ -112,16 +130,44 @@ export class Switchboard {
       openedAt = Date.now();
       this.connects += 1;
       for (const group of this.groups) this.sendSubscribe(group);
+      this.scheduleRefresh(token);
       this.status("open", { url, connects: this.connects });
     };
     ws.onmessage = (event) => this.receive(event.data);
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      clearTimeout(this.refreshTimer);
       const stable = openedAt && Date.now() - openedAt >= this.options.stableAfter;
       if (stable && event.code !== 1013) this.attempt = 0;
       this.retry(event.code, event.reason);
     };
+  }
+
+  /** Plans the refresh of `token` (when `token` is a function) before its `exp`. */
+  scheduleRefresh(token) {
+    clearTimeout(this.refreshTimer);
+    const exp = expiresAt(token);
+    if (typeof this.options.token !== "function" || exp === null) return;
+    const left = exp * 1000 - Date.now();
+    const margin = Math.min(60000, Math.max(1000, left * 0.2));
+    this.refreshTimer = setTimeout(() => this.refresh(), Math.max(0, left - margin));
+  }
+
+  async refresh() {
+    const ws = this.ws;
+    let token;
+    try {
+      token = await this.options.token();
+    } catch (e) {
+      // No fresh token: the node closes the connection at `exp` (4001) and the client
+      // reconnects, asking `token()` again.
+      this.status("refresh_failed", { error: String(e) });
+      return;
+    }
+    if (this.ws !== ws || !ws || ws.readyState !== 1) return;
+    this.send({ op: "refresh", token });
+    this.scheduleRefresh(token);
   }
 
   sendSubscribe(group) {

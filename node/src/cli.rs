@@ -274,8 +274,8 @@ pub fn members(admin: &Target, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "GET", "/v1/members")?;
     print(&v, json, |v| {
         let mut out = format!(
-            "{:<6} {:<8} {:<5} {:<22} {:<22} {}\n",
-            "ID", "ROLE", "UP", "WS", "PEER", "LAST SEEN"
+            "{:<6} {:<8} {:<5} {:<22} {:<22} {:<10} {}\n",
+            "ID", "ROLE", "UP", "WS", "PEER", "VERSION", "LAST SEEN"
         );
         for m in v["members"].as_array().into_iter().flatten() {
             let last_seen = match m.get("last_seen_ms").and_then(Value::as_u64) {
@@ -283,7 +283,7 @@ pub fn members(admin: &Target, json: bool) -> anyhow::Result<()> {
                 None => "-".into(),
             };
             out.push_str(&format!(
-                "{:<6} {:<8} {:<5} {:<22} {:<22} {}\n",
+                "{:<6} {:<8} {:<5} {:<22} {:<22} {:<10} {}\n",
                 field(m, "id"),
                 m["role"].as_str().unwrap_or("-"),
                 if m["up"].as_bool() == Some(true) {
@@ -293,6 +293,7 @@ pub fn members(admin: &Target, json: bool) -> anyhow::Result<()> {
                 },
                 field(&m["addresses"], "ws"),
                 field(&m["addresses"], "peer"),
+                field(m, "version"),
                 last_seen
             ));
         }

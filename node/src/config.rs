@@ -25,6 +25,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// What an open WebSocket connection does when its token's `exp` passes
+/// (`--token-expiry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenExpiry {
+    /// The token is checked when the connection opens (and on `refresh`), as Django
+    /// Channels' JWT middleware does: an open connection outlives its token.
+    #[default]
+    ConnectOnly,
+    /// The connection is closed with 4001 when its token expires, unless the client sent
+    /// a fresh one with the `refresh` op first.
+    Close,
+}
+
 /// Flags of `switchboard serve`. Each also reads `SWITCHBOARD_<FLAG>` and the TOML key of
 /// the same name with underscores (`jwt_secret = "..."`).
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -171,6 +185,11 @@ pub struct ServeArgs {
     /// Seconds to wait for clients to go during drain and shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// When an open connection's token expires: connect-only (checked at connect and
+    /// refresh, as Django Channels does) or close (4001 at `exp` unless refreshed)
+    /// [default: connect-only].
+    #[arg(long, env = "SWITCHBOARD_TOKEN_EXPIRY", value_enum)]
+    pub token_expiry: Option<TokenExpiry>,
     /// For channels_redis events: send only this key of the event dict (e.g. `message`)
     /// instead of the whole event as JSON.
     #[arg(long, env = "SWITCHBOARD_CHANNELS_UNWRAP")]
@@ -248,6 +267,7 @@ pub struct Config {
     /// `None` = never.
     pub resp_idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
+    pub token_expiry: TokenExpiry,
     pub channels_unwrap: Option<String>,
     pub channels_prefix: String,
     pub node_timeout: Duration,
@@ -533,6 +553,7 @@ impl ServeArgs {
             resp_auth_timeout,
             resp_idle_timeout,
             shutdown_grace,
+            token_expiry,
             channels_unwrap,
             channels_prefix,
             node_timeout_ms,
@@ -678,6 +699,7 @@ impl ServeArgs {
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace.unwrap_or(10)),
+            token_expiry: self.token_expiry.unwrap_or_default(),
             channels_unwrap: self.channels_unwrap.filter(|s| !s.is_empty()),
             channels_prefix: self.channels_prefix.unwrap_or_else(|| "asgi".into()),
             node_timeout: Duration::from_millis(positive(

@@ -333,8 +333,8 @@ impl Driver {
         while let Some(output) = self.keeper.poll_output() {
             match output {
                 Output::Send { to, message } => {
-                    if let Err(PeerMessage::History(message)) =
-                        self.cluster.try_send(to, PeerMessage::History(message))
+                    if let Err(unsent) = self.cluster.try_send(to, PeerMessage::History(message))
+                        && let PeerMessage::History(message) = *unsent
                     {
                         self.keeper.handle_unsent(to, &message);
                     }

@@ -221,6 +221,9 @@ fn raise_open_file_limit() -> std::io::Result<()> {
 }
 
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
@@ -228,7 +231,35 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().finish().with(QuietUnreachable).init(),
+        LogFormat::Text => builder.finish().with(QuietUnreachable).init(),
+    }
+}
+
+/// Drops openraft's ERROR lines about a member it cannot reach: it logs one per retry
+/// (every 500 ms per RPC kind) for as long as a member is stopped, hundreds over a
+/// planned restart. The mesh already says it once (`peer disconnected`, `peer silent
+/// for --node-timeout: marked down`), and a real Raft error is still logged.
+struct QuietUnreachable;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != tracing::Level::ERROR || !meta.target().starts_with("openraft") {
+            return true;
+        }
+        struct Finds(bool);
+        impl tracing::field::Visit for Finds {
+            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 |= format!("{value:?}").contains("Unreachable node");
+            }
+        }
+        let mut finds = Finds(false);
+        event.record(&mut finds);
+        !finds.0
     }
 }

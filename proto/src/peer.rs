@@ -166,6 +166,8 @@ pub enum PeerMessage {
         admin_addr: String,
         ws_addr: String,
         resp_addr: String,
+        /// The version of the `switchboard` binary it runs (for `members`).
+        version: String,
     },
     /// Liveness and round-trip time; answered by `HeartbeatAck` with the same `sent_micros`.
     Heartbeat {

@@ -77,6 +77,7 @@ class Node:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
                                      preexec_fn=preexec_fn)
         self.log_tail = []  # the last lines of stderr, for failure messages
+        self.errors = []  # every ERROR line
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
         addrs = {}
@@ -121,9 +122,12 @@ class Node:
             self.log_tail.append(line.rstrip())
             del self.log_tail[:-200]
             try:
-                logs.put(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                pass
+                continue
+            if record.get("level") == "ERROR":
+                self.errors.append(line.rstrip())
+            logs.put(record)
 
     @staticmethod
     def http(addr, path, method="GET"):

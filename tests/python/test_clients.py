@@ -57,7 +57,8 @@ def test_a_browser_from_another_origin_gets_4003(start_node, page_server, browse
     assert page.evaluate("window.closes[0]") == [4003, "origin not allowed"]
 
 
-def test_a_token_expiring_while_the_browser_is_connected(node, page_server, browser):
+def test_a_token_expiring_while_the_browser_is_connected(start_node, page_server, browser):
+    node = start_node("--token-expiry", "close")
     page = open_page(browser, page_server, node, mint(42, exp_in=2))
     page.wait_for_function("window.opened === true", timeout=10_000)
     page.wait_for_function("window.closes.length === 1", timeout=10_000)

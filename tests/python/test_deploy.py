@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 
+import msgpack
 import pytest
 import redis
 
@@ -68,6 +69,11 @@ def test_the_environment_file_configures_a_working_node():
             r = redis.Redis(host=node.resp_host, port=node.resp_port)
             assert r.publish("user_42", "from systemd env") == 1
             assert await recv(ws) == "from systemd env"
+            # What the old consumer sent to the socket, `event["message"]`, and only that
+            # (the file sets --channels-unwrap message): clients change nothing.
+            event = msgpack.packb({"type": "send_notification", "message": {"text": "hi"}})
+            assert r.publish("asgi__group__user_42", event) == 1
+            assert json.loads(await recv(ws)) == {"text": "hi"}
             r.close()
             await ws.close()
 
@@ -76,27 +82,66 @@ def test_the_environment_file_configures_a_working_node():
         node.stop()
 
 
-def plain_site(ws_addrs, port):
-    """deploy/nginx/switchboard.conf with the upstream pointed at `ws_addrs` and the
-    listener on 127.0.0.1:`port`."""
+def snippets(prefix, ws_addrs):
+    """deploy/nginx/snippets/ copied into `prefix`/snippets/ (where nginx looks for
+    `include snippets/...` with `-p prefix`), the upstream pointed at `ws_addrs`."""
+    os.makedirs(os.path.join(prefix, "snippets"), exist_ok=True)
+    with open(os.path.join(DEPLOY, "nginx/snippets/switchboard-upstream.conf")) as f:
+        upstream = f.read()
+    servers = "".join(f"    server {a} max_fails=1 fail_timeout=5s;\n" for a in ws_addrs)
+    upstream, n = re.subn(r"(upstream switchboard_ws \{\n)(?:.*\n)*?(?=\})",
+                          lambda m: m.group(1) + servers, upstream)
+    assert n == 1
+    with open(os.path.join(prefix, "snippets/switchboard-upstream.conf"), "w") as f:
+        f.write(upstream)
+    shutil.copy(os.path.join(DEPLOY, "nginx/snippets/switchboard-location.conf"),
+                os.path.join(prefix, "snippets/switchboard-location.conf"))
+
+
+def plain_site(port):
+    """deploy/nginx/switchboard.conf with the listener on 127.0.0.1:`port`."""
     with open(os.path.join(DEPLOY, "nginx/switchboard.conf")) as f:
         site = f.read()
-    servers = "".join(f"    server {a} max_fails=1 fail_timeout=5s;\n" for a in ws_addrs)
-    site, n = re.subn(r"(upstream switchboard_ws \{\n)(?:.*\n)*?(?=\})",
-                      lambda m: m.group(1) + servers, site)
-    assert n == 1
     site, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{port};", site)
     assert n == 1
     return site
 
 
+# The old deployment's server block (the reference guide's), with its /ws/ location
+# replaced by the snippet as docs/migration.md says; the upstream comes from conf.d.
+EXISTING_SERVER = """
+include snippets/switchboard-upstream.conf;
+server {
+    listen 127.0.0.1:PORT;
+    server_name _;
+
+    # Configuration HTTP normale
+    location /api/ {
+        proxy_pass http://127.0.0.1:8000;
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+    }
+
+    include snippets/switchboard-location.conf;
+
+    location = /healthz { proxy_pass http://switchboard_ws; }
+}
+"""
+
+
 class Nginx:
     """Real nginx (Debian package) running a site built from deploy/nginx/."""
 
-    def __init__(self, ws_addrs, tls=False):
+    def __init__(self, ws_addrs, tls=False, existing=False):
         self.prefix = tempfile.mkdtemp(prefix="sb-nginx-")
         self.port = free_port()
-        site = plain_site(ws_addrs, self.port)
+        snippets(self.prefix, ws_addrs)
+        if existing:
+            site = EXISTING_SERVER.replace("PORT", str(self.port))
+        else:
+            site = plain_site(self.port)
         if tls:
             site = self.tls_site(site)
         with open(os.path.join(self.prefix, "switchboard.conf"), "w") as f:
@@ -179,6 +224,26 @@ def test_a_client_through_nginx_receives_and_fails_over_when_its_node_dies(start
             assert await recv(ws2) == "after failover"
             r.close()
             await ws2.close()
+
+        asyncio.run(scenario())
+    finally:
+        nginx.stop()
+
+
+def test_the_location_snippet_goes_into_the_old_server_block(node):
+    """docs/migration.md's step: the old server block keeps its /api/ location; its /ws/
+    location becomes `include snippets/switchboard-location.conf;` and the upstream
+    snippet sits in the http context. nginx accepts it and a client gets through."""
+    nginx = Nginx([node.ws_addr], existing=True)
+    try:
+        async def scenario():
+            ws = await connect(f"ws://{nginx.addr}/ws/notifications/", mint(43))
+            node.wait_group("user_43", 1)
+            r = redis.Redis(host=node.resp_host, port=node.resp_port)
+            assert r.publish("user_43", "through the old server block") == 1
+            assert await recv(ws) == "through the old server block"
+            r.close()
+            await ws.close()
 
         asyncio.run(scenario())
     finally:

@@ -1,17 +1,19 @@
 """The browser client (client/js/switchboard.js) in headless Chromium against real nodes:
 it follows a group, moves to another node when its node drains, and recovers exactly what
 was published meanwhile; it reports `recovered: false` when history could not cover the
-gap; and it stops on a forbidden origin."""
+gap; it refreshes its token before it expires; and it stops on a forbidden origin."""
 
+import base64
 import http.server
 import json
 import os
 import threading
+import time
 
 import pytest
 
 from conftest import mint, wait_until
-from test_history import client, placed, settled
+from positions import client, placed, settled
 
 JS_DIR = os.path.join(os.path.dirname(__file__), "../../client/js")
 
@@ -144,4 +146,36 @@ def test_the_browser_client_stops_when_forbidden(start_node, browser, module_ser
     wait_until(lambda: any(s == "stopped" for s, _ in log(page)["status"]), what="the client stopped")
     closes = [i["code"] for s, i in log(page)["status"] if s == "closed"]
     assert closes == [4003], json.dumps(log(page)["status"])
+    page.close()
+
+
+def test_the_browser_client_refreshes_its_token_before_it_expires(start_node, browser, module_server):
+    """A node that closes connections at their token's `exp` (`--token-expiry close`), and
+    a client whose token function hands out a token valid for 4 s, then one valid for an
+    hour: the client sends the second with `refresh` before the first expires, and its one
+    connection outlives the first token."""
+    n = start_node("--token-expiry", "close")
+    short, long = mint(81, exp_in=4), mint(81, exp_in=3600)
+    page = open_page(browser, module_server)
+    page.evaluate("""([url, tokens]) => {
+      window.log = { messages: [], status: [], replies: [] };
+      window.sb = new window.Switchboard({
+        urls: [url], groups: [],
+        token: () => Promise.resolve(tokens.length > 1 ? tokens.shift() : tokens[0]),
+        onMessage: (m) => window.log.messages.push(m),
+        onStatus: (s, info) => window.log.status.push([s, info]),
+        onReply: (r) => window.log.replies.push(r),
+      });
+    }""", [n.ws_url, [short, long]])
+    n.wait_group("user_81", 1)
+    wait_until(lambda: any(r.get("type") == "refreshed" for r in log(page)["replies"]),
+               timeout=10, what="the refresh before the first token's expiry")
+    exp = json.loads(base64.urlsafe_b64decode(short.split(".")[1] + "=="))["exp"]
+    wait_until(lambda: time.time() >= exp + 1.5, timeout=10, what="the first token's expiry")
+    with client(n) as r:
+        assert r.publish("user_81", "still here") == 1
+    wait_until(lambda: datas(page) == ["still here"], what="a message after the first token's expiry")
+    states = [s for s, _ in log(page)["status"]]
+    assert states == ["open"], json.dumps(log(page)["status"])
+    page.evaluate("window.sb.close()")
     page.close()

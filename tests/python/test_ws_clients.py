@@ -138,9 +138,31 @@ def claims(token):
     return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
 
 
-def test_an_expiring_token_closes_with_4001_unless_refreshed(node):
-    """Two connections with tokens valid for 2 s; one refreshes. The other is closed with
-    4001 when its token expires; the refreshed one still receives after that."""
+def test_by_default_an_open_connection_outlives_its_token(node):
+    """`--token-expiry connect-only` (the default, as Django Channels): the token is
+    checked at connect; past its `exp` the connection stays open and receives, and a new
+    connection with it is refused."""
+    token = mint(27, exp_in=2)
+
+    async def scenario():
+        ws = await connect(node.ws_url, token)
+        wait_until(lambda: time.time() >= claims(token)["exp"] + 1, what="the token's expiry")
+        r = redis.Redis(host=node.resp_host, port=node.resp_port)
+        assert r.publish("user_27", "after exp") == 1
+        assert await recv(ws) == "after exp"
+        r.close()
+        assert await close_code(await connect(node.ws_url, token)) == (4001, "token expired")
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_expiring_token_closes_with_4001_unless_refreshed(start_node):
+    """With `--token-expiry close`: two connections with tokens valid for 2 s; one
+    refreshes. The other is closed with 4001 when its token expires; the refreshed one
+    still receives after that."""
+    node = start_node("--token-expiry", "close")
+
     async def scenario():
         stale = await connect(node.ws_url, mint(24, exp_in=2))
         first = mint(25, exp_in=2)

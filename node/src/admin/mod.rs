@@ -358,6 +358,12 @@ pub async fn metrics(view: &NodeView) -> String {
     let historian = view.router.historian();
     let mut rows = view.metrics.rows();
     rows.extend(view.hub.rows());
+    rows.push(crate::metrics::Row::gauge_by(
+        "build_info",
+        "1, labelled with the version of the switchboard binary this node runs.",
+        "version",
+        vec![(env!("CARGO_PKG_VERSION").to_owned(), 1)],
+    ));
     rows.push(crate::metrics::Row::gauge(
         "ready",
         "1 when /readyz answers 200.",
@@ -495,6 +501,7 @@ fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
         "up": view.lifecycle.stage() != Stage::Stopping,
         "self": true,
         "incarnation": incarnation(me),
+        "version": env!("CARGO_PKG_VERSION"),
         "last_seen_ms": 0,
         "addresses": addresses(&view.config),
         "connections": view.hub.connection_count(),
@@ -508,6 +515,7 @@ fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
             "up": m.up,
             "self": false,
             "incarnation": incarnation(m.id),
+            "version": m.version,
             "last_seen_ms": m.last_seen_ms,
             "rtt_us": m.rtt_micros,
             "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },

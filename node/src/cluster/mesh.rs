@@ -148,6 +148,7 @@ impl Cluster {
             admin_addr: admin,
             ws_addr: config.ws_listen.to_string(),
             resp_addr: config.resp_listen.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let table = PeerTable::new(
             config.node_id,
@@ -255,10 +256,13 @@ impl Cluster {
     }
 
     /// Like [`Cluster::send`], but a message that could not be queued is handed back.
-    pub fn try_send(&self, node: NodeId, message: PeerMessage) -> Result<(), PeerMessage> {
+    pub fn try_send(&self, node: NodeId, message: PeerMessage) -> Result<(), Box<PeerMessage>> {
         let result = match lock(&self.table).link(node) {
-            Some(link) => link.tx.try_send(message).map_err(|e| e.into_inner()),
-            None => Err(message),
+            Some(link) => link
+                .tx
+                .try_send(message)
+                .map_err(|e| Box::new(e.into_inner())),
+            None => Err(Box::new(message)),
         };
         if result.is_err() {
             self.metrics.peer_queue_drops.inc();

@@ -29,13 +29,14 @@ pub trait Link: Clone {
     fn is_open(&self) -> bool;
 }
 
-/// The addresses a peer gave in its hello.
+/// What a peer gave in its hello: its addresses, and the version it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerAddrs {
     pub peer: String,
     pub ws: String,
     pub resp: String,
     pub admin: String,
+    pub version: String,
 }
 
 /// One member as the admin API shows it.
@@ -55,6 +56,7 @@ pub struct MemberView {
     pub ws: String,
     pub resp: String,
     pub admin: String,
+    pub version: String,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +293,7 @@ impl<S: Link> PeerTable<S> {
                 ws: p.addrs.ws.clone(),
                 resp: p.addrs.resp.clone(),
                 admin: p.addrs.admin.clone(),
+                version: p.addrs.version.clone(),
             })
             .collect();
         members.sort_by_key(|m| m.id);

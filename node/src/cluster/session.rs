@@ -210,6 +210,7 @@ async fn exchange(
             admin_addr,
             ws_addr,
             resp_addr,
+            version,
         } if node == peer => {
             if protocol != PEER_PROTOCOL_VERSION {
                 return Err(HandshakeError::Version {
@@ -226,6 +227,7 @@ async fn exchange(
                     ws: ws_addr,
                     resp: resp_addr,
                     admin: admin_addr,
+                    version,
                 },
                 send,
                 recv,

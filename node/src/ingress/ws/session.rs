@@ -28,6 +28,7 @@ use super::tracks::{Gap, Route, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Permissions;
+use crate::config::TokenExpiry;
 use crate::history::HistoryError;
 use crate::history::Recovery;
 use crate::hub::{Encoded, Inbox, Outbound, Outlet, Positioned};
@@ -181,7 +182,10 @@ impl<S: Stream> Session<S> {
         let timer = tokio::time::sleep_until(last_heard + KEEPALIVE);
         tokio::pin!(timer);
         loop {
-            let expiry = expiry_instant(self.identity.exp);
+            let expiry = match self.ingress.config.token_expiry {
+                TokenExpiry::Close => expiry_instant(self.identity.exp),
+                TokenExpiry::ConnectOnly => expiry_instant(u64::MAX),
+            };
             let keepalive = last_heard + if pinged { 2 * KEEPALIVE } else { KEEPALIVE };
             let due = self.tracks.next_due();
             let wake = due.map_or(expiry.min(keepalive), |d| d.min(expiry).min(keepalive));
