@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use switchboard_client::{ConnectOptions, Connection, Incoming, TokenIn};
+use switchboard_node::config::TokenExpiry;
 use switchboard_proto::client::{ClientOp, ErrorCode, ServerReply};
 use switchboard_proto::resp::Frame;
 
@@ -275,7 +276,7 @@ async fn a_public_key_node_refuses_an_hmac_token_made_with_that_public_key() {
 
 #[tokio::test]
 async fn a_token_that_expires_while_connected_closes_with_4001() {
-    let node = TestNode::start(|_| {}).await;
+    let node = TestNode::start(|c| c.token_expiry = TokenExpiry::Close).await;
     let token = switchboard_client::mint_hs256(
         SECRET,
         &serde_json::json!({"user_id": 8, "exp": now() + 2, "token_type": "access"}),
@@ -292,7 +293,7 @@ async fn a_token_that_expires_while_connected_closes_with_4001() {
 
 #[tokio::test]
 async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
-    let node = TestNode::start(|_| {}).await;
+    let node = TestNode::start(|c| c.token_expiry = TokenExpiry::Close).await;
     let old_exp = now() + 2;
     let short = switchboard_client::mint_hs256(
         SECRET,
