@@ -236,10 +236,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Drops openraft's ERROR lines about a member it cannot reach: it logs one per retry
-/// (every 500 ms per RPC kind) for as long as a member is stopped, hundreds over a
-/// planned restart. The mesh already says it once (`peer disconnected`, `peer silent
-/// for --node-timeout: marked down`), and a real Raft error is still logged.
+/// Drops openraft's ERROR lines about a member it cannot reach (or that did not answer
+/// within the RPC timeout): it logs one per retry (every 500 ms per RPC kind) for as long
+/// as a member is stopped, hundreds over a planned restart. The mesh already says it once
+/// (`peer disconnected`, `peer silent for --node-timeout: marked down`), and every other
+/// Raft error is still logged.
 struct QuietUnreachable;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
@@ -255,7 +256,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
         struct Finds(bool);
         impl tracing::field::Visit for Finds {
             fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0 |= format!("{value:?}").contains("Unreachable node");
+                let text = format!("{value:?}");
+                self.0 |= text.contains("Unreachable node") || text.contains("timeout after");
             }
         }
         let mut finds = Finds(false);
