@@ -370,12 +370,8 @@ impl Driver {
                     group,
                     position,
                 } => {
-                    let remote: usize = self
-                        .cluster
-                        .group_counts(&group)
-                        .iter()
-                        .map(|(_, n)| n)
-                        .sum();
+                    // This node owns the group's bucket: it holds its interest.
+                    let remote = self.cluster.held_count(&group);
                     let routed = self.hub.group_size(&group) + remote;
                     self.answer(to, Ok(Taken { position, routed }));
                 }

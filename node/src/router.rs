@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use switchboard_proto::peer::{NodeId, Position};
 
 use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Targets};
 use crate::historian::{self, Historian};
 use crate::history::{HistoryError, Recovery};
 use crate::hub::{Encoded, Hub};
@@ -64,19 +64,23 @@ pub trait Publish: Send + Sync {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Routed, HistoryError>>;
 
-    /// Connections in `group`, per node, sorted by node.
-    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)>;
+    /// Connections in `group`, per node, sorted by node (asking the holder of the
+    /// group's interest when this node does not know).
+    fn group_counts<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Vec<(NodeId, usize)>>;
 
-    /// Groups with at least one connection anywhere, sorted, filtered by a Redis glob;
-    /// an error when the pattern is too long or too costly over all the groups.
-    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError>;
+    /// Groups with at least one connection anywhere, sorted, filtered by a Redis glob
+    /// (every node is asked); an error when the pattern is too long or too costly.
+    fn groups<'a>(
+        &'a self,
+        pattern: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Vec<String>, PatternError>>;
 
     /// Groups with at least one connection on this node.
     fn local_groups(&self) -> usize;
 
     /// Connections in `group`, cluster-wide.
-    fn subscribers(&self, group: &str) -> usize {
-        self.group_counts(group).iter().map(|(_, n)| n).sum()
+    fn subscribers<'a>(&'a self, group: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move { self.group_counts(group).await.iter().map(|(_, n)| n).sum() })
     }
 }
 
@@ -200,12 +204,33 @@ impl Router {
         }
     }
 
-    /// Local fan-out and forwarding to interested peers: groups without history.
-    fn publish_direct(&self, group: &str, payload: Bytes) -> usize {
+    /// Local fan-out and forwarding to the peers with subscribers: groups without
+    /// history. When this node neither holds the group's interest nor caches its route,
+    /// a holder is asked first (one round trip, then cached).
+    fn publish_direct<'a>(
+        &'a self,
+        group: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<Routed, HistoryError>> {
         let message = Encoded::new(payload.clone());
         let local = self.hub.publish_local(group, &message);
-        let remote = self.cluster.forward(group, &payload, message.is_text());
-        local + remote
+        let text = message.is_text();
+        let routed = move |remote: usize| {
+            Ok(Routed {
+                routed: local + remote,
+                position: None,
+            })
+        };
+        match self.cluster.targets(group) {
+            Targets::Ask(_) => Box::pin(async move {
+                let targets = self.cluster.resolve(group).await;
+                routed(self.cluster.forward(group, &payload, text, &targets))
+            }),
+            targets => {
+                let remote = self.cluster.forward(group, &payload, text, &targets);
+                Box::pin(std::future::ready(routed(remote)))
+            }
+        }
     }
 }
 
@@ -217,11 +242,7 @@ impl Publish for Router {
     ) -> BoxFuture<'a, Result<Routed, HistoryError>> {
         self.metrics.messages_published.inc();
         if !self.historian.keeps(group) {
-            let routed = self.publish_direct(group, payload);
-            return Box::pin(std::future::ready(Ok(Routed {
-                routed,
-                position: None,
-            })));
+            return self.publish_direct(group, payload);
         }
         Box::pin(self.publish_history(group, payload))
     }
@@ -230,40 +251,49 @@ impl Publish for Router {
         self.hub.group_count()
     }
 
-    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
-        let mut counts: BTreeMap<NodeId, usize> =
-            self.cluster.group_counts(group).into_iter().collect();
-        let local = self.hub.group_size(group);
-        if local > 0 {
-            counts.insert(self.node, local);
-        }
-        counts.into_iter().collect()
+    fn group_counts<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Vec<(NodeId, usize)>> {
+        Box::pin(async move {
+            let mut counts: BTreeMap<NodeId, usize> =
+                self.cluster.group_counts(group).await.into_iter().collect();
+            let local = self.hub.group_size(group);
+            if local > 0 {
+                counts.insert(self.node, local);
+            }
+            counts.into_iter().collect()
+        })
     }
 
-    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError> {
-        if pattern.is_some_and(|p| p.len() > MAX_PATTERN) {
-            return Err(PatternError::TooLong);
-        }
-        // Names are copied out of both tables first; matching runs without their locks.
-        let local = self.hub.group_names();
-        let names = local
-            .iter()
-            .map(|g| g.to_string())
-            .chain(self.cluster.groups());
-        let mut groups = Vec::new();
-        let mut budget = Budget(LISTING_BUDGET);
-        for name in names {
-            let keep = match pattern {
-                None => true,
-                Some(p) => glob_match_within(p, name.as_bytes(), &mut budget)
-                    .ok_or(PatternError::TooCostly)?,
-            };
-            if keep {
-                groups.push(name);
+    fn groups<'a>(
+        &'a self,
+        pattern: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Vec<String>, PatternError>> {
+        Box::pin(async move {
+            if pattern.is_some_and(|p| p.len() > MAX_PATTERN) {
+                return Err(PatternError::TooLong);
             }
-        }
-        groups.sort_unstable();
-        groups.dedup();
-        Ok(groups)
+            // Local names are copied out of the hub first; matching runs without its lock.
+            let mut budget = Budget(LISTING_BUDGET);
+            let mut groups = Vec::new();
+            for name in self.hub.group_names().iter() {
+                let keep = match pattern {
+                    None => true,
+                    Some(p) => glob_match_within(p, name.as_bytes(), &mut budget)
+                        .ok_or(PatternError::TooCostly)?,
+                };
+                if keep {
+                    groups.push(name.to_string());
+                }
+            }
+            let (remote, complete) = self.cluster.peer_groups(pattern).await;
+            if !complete {
+                tracing::debug!(
+                    "a group listing is missing a peer's part (no answer, or its bound)"
+                );
+            }
+            groups.extend(remote);
+            groups.sort_unstable();
+            groups.dedup();
+            Ok(groups)
+        })
     }
 }

@@ -681,3 +681,78 @@ async fn a_reconnecting_client_with_positions_recovers_what_it_missed_on_another
     b.shutdown().await;
     c.shutdown().await;
 }
+
+/// The first `user_<i>` group whose interest `node` does not hold (neither owner nor
+/// replica of its bucket), with its holders.
+fn group_held_elsewhere(n: &TestNode, node: u64) -> (String, u64, u64) {
+    let replica = n.node().replica().read();
+    (1..10_000)
+        .map(|i| format!("user_{i}"))
+        .find_map(|g| {
+            let (owner, replica) = replica
+                .assignments
+                .holders(switchboard_node::history::bucket_of(&g))?;
+            let replica = replica?;
+            (owner != node && replica != node).then_some((g, owner, replica))
+        })
+        .expect("a group held by the other two nodes")
+}
+
+/// Interest is held by the owner and replica of each group's bucket. A node that holds
+/// neither asks a holder once, caches the route and forwards directly; a subscriber that
+/// joins later on a third node is pushed to it by the holder (no second lookup); and the
+/// node holds no interest of its own for the group.
+#[tokio::test]
+async fn a_node_that_holds_no_interest_for_a_group_asks_once_and_hears_of_changes() {
+    let a = node(1, &[], CLUSTER_SECRET).await;
+    let b = node(2, &[&a], CLUSTER_SECRET).await;
+    let c = node(3, &[&a], CLUSTER_SECRET).await;
+    wait_formed(&[&a, &b, &c], &["leader", "follower", "follower"]).await;
+    for n in [&a, &b, &c] {
+        wait_for("assignments settled", DEADLINE, || async {
+            (status(n).await["history"]["buckets_moving"] == 0).then_some(())
+        })
+        .await;
+    }
+    let (group, owner, _) = group_held_elsewhere(&a, 1);
+    let user: u64 = group["user_".len()..].parse().unwrap();
+    let holder = if owner == 2 { &b } else { &c };
+    let mut first = Connection::connect_url(&b.ws_url(), Some(&simplejwt_token(user)))
+        .await
+        .unwrap();
+    wait_group_total(holder, &group, 1).await;
+    let lookups = || async { metric(&a.admin_addr(), "switchboard_route_lookups_total").await };
+    assert_eq!(publish(&a, &group, b"one").await, 1);
+    assert_eq!(text(&mut first).await, "one");
+    assert_eq!(lookups().await, 1, "asked once");
+    assert_eq!(publish(&a, &group, b"two").await, 1);
+    assert_eq!(text(&mut first).await, "two");
+    assert_eq!(lookups().await, 1, "then cached");
+    // A second subscriber, on node 3: the holder pushes the new route to node 1.
+    let mut second = Connection::connect_url(&c.ws_url(), Some(&simplejwt_token(user)))
+        .await
+        .unwrap();
+    wait_group_total(&a, &group, 2).await;
+    assert_eq!(publish(&a, &group, b"three").await, 2);
+    assert_eq!(text(&mut first).await, "three");
+    assert_eq!(text(&mut second).await, "three");
+    assert_eq!(lookups().await, 1, "pushed, not asked again");
+    assert_eq!(
+        metric(&a.admin_addr(), "switchboard_routes_cached").await,
+        1,
+        "node 1 caches the one route"
+    );
+    // PUBSUB answers cluster-wide from any node.
+    let mut r = Resp::connect(&a.resp_addr()).await;
+    assert_eq!(
+        r.cmd(&[b"PUBSUB", b"NUMSUB", group.as_bytes()]).await,
+        Frame::Array(vec![Frame::Bulk(group.clone().into()), Frame::Integer(2)])
+    );
+    match r.cmd(&[b"PUBSUB", b"CHANNELS", b"user_*"]).await {
+        Frame::Array(names) => assert!(names.contains(&Frame::Bulk(group.clone().into()))),
+        other => panic!("{other:?}"),
+    }
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}

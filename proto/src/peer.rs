@@ -22,7 +22,9 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// 4: presence batches carry the writer's clock (`Command::PresenceAt`, for presence
 /// events), which a node of protocol 3 cannot decode.
 /// 5: history publishes carry a [`PublishId`] kept with the message (a retry is
-/// recognised), owners refuse with a typed [`Refusal`], and `Leaving` announces a drain.
+/// recognised), owners refuse with a typed [`Refusal`], `Leaving` announces a drain, the
+/// hello carries the binary's version, and interest goes to the holders of each group's
+/// bucket, which answer [`Route`] lookups.
 pub const PEER_PROTOCOL_VERSION: u32 = 5;
 
 /// One live WebSocket connection, as registered in the presence registry.
@@ -206,6 +208,43 @@ pub enum PeerMessage {
     /// The sender is draining: it takes no new history publishes, and the Raft leader
     /// moves the history buckets it owns or replicates to other nodes before it leaves.
     Leaving,
+    /// Routes: between a node that publishes to a group and the holders of the group's
+    /// interest (the owner and replica of its bucket; see the node's `cluster::routes`).
+    Route(Route),
+}
+
+/// The route protocol. Requests carry an id their answer repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// To a holder of `group`'s interest: which nodes have subscribers?
+    Lookup { id: u64, group: String },
+    /// The holder's answer: the nodes with subscribers and how many each has (the holder
+    /// among them), and for how long the asker may cache it and use it without asking
+    /// again (0: not at all). `None`: the node asked does not hold the group's interest
+    /// (ownership moved): ask another holder.
+    Answer {
+        id: u64,
+        group: String,
+        nodes: Option<Vec<(NodeId, u32)>>,
+        lease_ms: u64,
+    },
+    /// From the holder that granted a lease on `group` to `node`, to the other holder:
+    /// push `node` the group's new routes too.
+    Lease { group: String, node: NodeId },
+    /// A holder pushes a group's new route to a node whose lease on it runs.
+    Update {
+        group: String,
+        nodes: Vec<(NodeId, u32)>,
+    },
+    /// To every peer: the groups with subscribers on it whose names match the Redis glob
+    /// `pattern` (every group: `None`), for `PUBSUB CHANNELS`.
+    Groups { id: u64, pattern: Option<Bytes> },
+    /// The answer; `complete` is false when the peer stopped at its listing bound.
+    GroupsAnswer {
+        id: u64,
+        groups: Vec<String>,
+        complete: bool,
+    },
 }
 
 /// Why an owner did not take a history publish. Every refusal but [`Refusal::Unconfirmed`]
@@ -313,6 +352,7 @@ impl PeerMessage {
             PeerMessage::Peers(_) => "Peers",
             PeerMessage::History(_) => "History",
             PeerMessage::Leaving => "Leaving",
+            PeerMessage::Route(_) => "Route",
         }
     }
 }
@@ -379,6 +419,46 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|body| PeerMessage::Raft {
                 body: Bytes::from(body),
             }),
+            route().prop_map(PeerMessage::Route),
+        ]
+    }
+
+    fn route() -> impl Strategy<Value = Route> {
+        let nodes = || proptest::collection::vec((any::<u64>(), any::<u32>()), 0..4);
+        prop_oneof![
+            (any::<u64>(), ".{0,20}").prop_map(|(id, group)| Route::Lookup { id, group }),
+            (
+                any::<u64>(),
+                ".{0,20}",
+                proptest::option::of(nodes()),
+                any::<u64>()
+            )
+                .prop_map(|(id, group, nodes, lease_ms)| Route::Answer {
+                    id,
+                    group,
+                    nodes,
+                    lease_ms
+                }),
+            (".{0,20}", nodes()).prop_map(|(group, nodes)| Route::Update { group, nodes }),
+            (".{0,20}", any::<u64>()).prop_map(|(group, node)| Route::Lease { group, node }),
+            (
+                any::<u64>(),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16))
+            )
+                .prop_map(|(id, pattern)| Route::Groups {
+                    id,
+                    pattern: pattern.map(Bytes::from)
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(".{0,10}", 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(id, groups, complete)| Route::GroupsAnswer {
+                    id,
+                    groups,
+                    complete
+                }),
         ]
     }
 

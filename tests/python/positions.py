@@ -160,6 +160,11 @@ def history_of(node, group):
     return node.cli("group", group)["history"]
 
 
+def holders_of(node, group):
+    """The owner and replica of the group's bucket: who holds its interest (any group)."""
+    return node.cli("group", group)["interest"]
+
+
 def placed(node, predicate, prefix="", limit=500):
     """The first user id (as a string) whose user group's owner and replica satisfy
     `predicate(owner, replica)`, as `node` sees the assignments."""
@@ -175,4 +180,4 @@ def settled(nodes):
     """Whether every node sees every history bucket with its desired owner and replica
     (newcomers take over buckets in two steps, a few seconds after they join)."""
     return all(n.cli("status")["history"]["buckets_moving"] == 0 for n in nodes) and \
-        len({json.dumps(history_of(n, "user_1"), sort_keys=True) for n in nodes}) == 1
+        len({json.dumps(holders_of(n, "user_1"), sort_keys=True) for n in nodes}) == 1

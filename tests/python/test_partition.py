@@ -28,6 +28,7 @@ def sh(*args, check=True):
 
 class Hosts:
     def __init__(self, n):
+        self.remove_stale()
         tag = str(os.getpid() % 100000)
         self.bridge = f"sbbr{tag}"
         self.names = [f"sbp{tag}-{i}" for i in range(1, n + 1)]
@@ -48,6 +49,17 @@ class Hosts:
 
     def heal(self, i):
         sh("ip", "link", "set", self.links[i - 1], "up")
+
+    @staticmethod
+    def remove_stale():
+        """Hosts a killed run left behind would share the subnet: they go first."""
+        for ns in sh("ip", "netns", "list").stdout.split():
+            if ns.startswith("sbp"):
+                sh("ip", "netns", "del", ns, check=False)
+        for line in sh("ip", "-br", "link").stdout.splitlines():
+            name = line.split()[0].split("@")[0] if line.split() else ""
+            if name.startswith(("sbbr", "sbv")):
+                sh("ip", "link", "del", name, check=False)
 
     def remove(self):
         for ns in self.names:

@@ -342,7 +342,7 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
                 Err(reason) => json_reply(400, &json!({ "error": reason })),
             }
         }
-        Route::Group(name) => json_reply(200, &group(view, &name)),
+        Route::Group(name) => json_reply(200, &group(view, &name).await),
         Route::Drain => {
             view.consensus.drain();
             json_reply(202, &json!({ "id": view.node_id(), "draining": true }))
@@ -545,17 +545,22 @@ pub fn presence(view: &NodeView, user: &str) -> serde_json::Value {
 }
 
 /// `switchboard group NAME`.
-pub fn group(view: &NodeView, group: &str) -> serde_json::Value {
-    let counts = view.router.group_counts(group);
+pub async fn group(view: &NodeView, group: &str) -> serde_json::Value {
+    let counts = view.router.group_counts(group).await;
     let total: usize = counts.iter().map(|(_, n)| n).sum();
     let nodes: serde_json::Map<String, serde_json::Value> = counts
         .into_iter()
         .map(|(node, n)| (node.to_string(), json!(n)))
         .collect();
     let mut value = json!({ "group": group, "connections": total, "nodes": nodes });
+    let bucket = crate::history::bucket_of(group);
+    let assignment = view.replica.read().assignments.get(bucket).copied();
+    // Who holds the group's interest (docs/cluster.md, "What is gossiped, and why").
+    value["interest"] = match assignment {
+        Some(a) => json!({ "bucket": bucket, "owner": a.owner, "replica": a.replica }),
+        None => json!({ "bucket": bucket, "owner": null }),
+    };
     if view.router.keeps_history(group) {
-        let bucket = crate::history::bucket_of(group);
-        let assignment = view.replica.read().assignments.get(bucket).copied();
         value["history"] = match assignment {
             Some(a) => json!({
                 "bucket": bucket,

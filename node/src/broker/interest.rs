@@ -1,7 +1,8 @@
 //! What every peer has told us about its groups: the routing table for forwarding.
 //!
-//! Every node holds this for every group of every other node, so its size is the
-//! cluster's cost per remote connection (docs/cluster.md): each group name is held once
+//! A node holds this for the groups whose interest it holds (the buckets it owns or
+//! replicates, `cluster::routes`), so its size is part of the cluster's cost per remote
+//! connection (docs/cluster.md): each group name is held once
 //! (an `Arc<str>` shared by both indexes), and the nodes of a group are one inline entry
 //! when there is one (a user's group lives where the user is) and a sorted vector past it.
 
@@ -90,18 +91,27 @@ pub struct RemoteInterest {
 }
 
 impl RemoteInterest {
-    /// Applies a peer's full state or delta.
-    pub fn apply(&mut self, node: NodeId, update: Interest) -> Result<(), NeedFullSync> {
+    /// Applies a peer's full state or delta; returns the groups whose nodes or counts
+    /// it may have changed (a holder pushes their new routes to the nodes caching them).
+    pub fn apply(&mut self, node: NodeId, update: Interest) -> Result<Vec<String>, NeedFullSync> {
         match update {
             Interest::Full { version, groups } => {
+                let mut touched: Vec<String> = self
+                    .peers
+                    .get(&node)
+                    .map(|p| p.groups.keys().map(|g| g.to_string()).collect())
+                    .unwrap_or_default();
                 self.remove_node(node);
                 self.peers.entry(node).or_default().version = version;
                 for (group, count) in groups {
                     if count > 0 {
                         self.set(node, &group, count);
                     }
+                    touched.push(group);
                 }
-                Ok(())
+                touched.sort_unstable();
+                touched.dedup();
+                Ok(touched)
             }
             Interest::Delta {
                 base_version,
@@ -123,14 +133,14 @@ impl RemoteInterest {
                     });
                 }
                 peer.version = version;
-                for (group, count) in changes {
-                    if count == 0 {
-                        self.unset(node, &group);
+                for (group, count) in &changes {
+                    if *count == 0 {
+                        self.unset(node, group);
                     } else {
-                        self.set(node, &group, count);
+                        self.set(node, group, *count);
                     }
                 }
-                Ok(())
+                Ok(changes.into_iter().map(|(g, _)| g).collect())
             }
         }
     }
@@ -168,6 +178,18 @@ impl RemoteInterest {
             && nodes.remove(node)
         {
             self.by_group.remove(group);
+        }
+    }
+
+    /// Keeps only the groups `keep` says this node still holds (the others' buckets moved
+    /// to other holders).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<Arc<str>> = self.by_group.keys().filter(|g| !keep(g)).cloned().collect();
+        for group in gone {
+            self.by_group.remove(&group);
+            for peer in self.peers.values_mut() {
+                peer.groups.remove(&group);
+            }
         }
     }
 
@@ -323,5 +345,49 @@ mod tests {
         let (name, _) = table.by_group.get_key_value("news").expect("held");
         // by_group's key and both peers' keys: one allocation, three holders.
         assert_eq!(Arc::strong_count(name), 3);
+    }
+
+    #[test]
+    fn an_update_names_the_groups_it_touched_and_retain_drops_the_others() {
+        let mut table = RemoteInterest::default();
+        let touched = table
+            .apply(2, full(1, &[("a", 1), ("b", 2)]))
+            .expect("full");
+        assert_eq!(touched, vec!["a", "b"]);
+        // A full sync touches what it replaces as well as what it brings.
+        let touched = table
+            .apply(2, full(2, &[("b", 2), ("c", 1)]))
+            .expect("full");
+        assert_eq!(touched, vec!["a", "b", "c"]);
+        let touched = table
+            .apply(
+                2,
+                Interest::Delta {
+                    base_version: 2,
+                    version: 3,
+                    changes: vec![("c".into(), 0)],
+                },
+            )
+            .expect("delta");
+        assert_eq!(touched, vec!["c"]);
+        table
+            .apply(3, full(1, &[("b", 1), ("d", 1)]))
+            .expect("full");
+        table.retain(|g| g != "b");
+        assert_eq!(table.count("b"), 0);
+        assert_eq!(table.count("d"), 1);
+        assert_eq!(table.groups().count(), 1);
+        // A peer's later delta for a dropped group is applied as any other.
+        table
+            .apply(
+                3,
+                Interest::Delta {
+                    base_version: 1,
+                    version: 2,
+                    changes: vec![("b".into(), 0)],
+                },
+            )
+            .expect("follows");
+        assert_eq!(table.count("b"), 0);
     }
 }

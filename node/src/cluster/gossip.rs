@@ -1,15 +1,20 @@
 //! Interest gossip: every [`GOSSIP`] the changes in this node's local interest go to
-//! every peer as one delta, and every [`FULL_SYNC`] the whole interest, to repair
-//! anything lost. A peer whose delta does not follow the version held asks for a full
-//! sync (`InterestSyncRequest`); a new session starts with one.
+//! the peers that hold them (the owner and replica of each group's bucket,
+//! `super::routes::Holders`) as one delta per peer, and every [`FULL_SYNC`] (and whenever
+//! the holders change) the whole interest each peer holds, to repair anything lost. Every
+//! peer gets every version, empty when nothing in it is for that peer, so that a peer
+//! whose delta does not follow the version held knows it missed one and asks for a full
+//! sync (`InterestSyncRequest`); a new session starts with one. The holder of a group
+//! whose local count changed pushes its new route to the nodes caching it.
 //!
 //! What is queued for peers is queued under the hub's lock (see `Hub::gossip_round`),
 //! so deltas reach every peer in version order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard_proto::peer::{Interest, PeerMessage};
+use switchboard_proto::peer::{Interest, NodeId, PeerMessage};
 
 use super::mesh::{Cluster, Link};
 use crate::hub::Hub;
@@ -73,11 +78,15 @@ pub fn chunked(
         .collect()
 }
 
-/// Queues this node's whole interest for one peer (a new session, or its request);
-/// counted in `interest_full_syncs_total`.
-pub fn send_full(cluster: &Cluster, hub: &Hub, link: &Link) {
+/// Queues the part of this node's interest that `peer` holds (a new session, or its
+/// request); counted in `interest_full_syncs_total`.
+pub fn send_full(cluster: &Cluster, hub: &Hub, peer: NodeId, link: &Link) {
+    let holders = cluster.holders();
     hub.with_interest(|(version, groups)| {
-        let groups = groups.into_iter().collect();
+        let groups = groups
+            .into_iter()
+            .filter(|(g, _)| holders.holds(peer, g))
+            .collect();
         for message in chunked(version, groups, true, INTEREST_CHUNK_BYTES) {
             link.send(message);
         }
@@ -94,23 +103,46 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(GOSSIP) => {}
         }
-        let full = last_full.elapsed() >= FULL_SYNC;
-        let links = cluster.links();
+        let (holders, moved) = cluster.follow_assignments();
+        let full = moved || last_full.elapsed() >= FULL_SYNC;
+        let links = cluster.links_by_peer();
+        let peers: Vec<NodeId> = links.iter().map(|(id, _)| *id).collect();
+        let mut held = Vec::new();
         hub.gossip_round(full, |changes, snapshot| {
-            let mut messages = Vec::new();
+            let mut parts: HashMap<NodeId, Vec<PeerMessage>> = HashMap::new();
             if let Some((version, changes)) = changes {
-                messages.extend(chunked(version, changes, false, INTEREST_CHUNK_BYTES));
+                for (peer, part) in holders.split(&peers, &changes) {
+                    parts.entry(peer).or_default().extend(chunked(
+                        version,
+                        part,
+                        false,
+                        INTEREST_CHUNK_BYTES,
+                    ));
+                }
+                held = changes
+                    .into_iter()
+                    .map(|(g, _)| g)
+                    .filter(|g| holders.mine(g))
+                    .collect();
             }
             if let Some((version, groups)) = snapshot {
-                let groups = groups.into_iter().collect();
-                messages.extend(chunked(version, groups, true, INTEREST_CHUNK_BYTES));
+                let groups: Vec<(String, u32)> = groups.into_iter().collect();
+                for (peer, part) in holders.split(&peers, &groups) {
+                    parts.entry(peer).or_default().extend(chunked(
+                        version,
+                        part,
+                        true,
+                        INTEREST_CHUNK_BYTES,
+                    ));
+                }
             }
-            for link in &links {
-                for message in &messages {
-                    link.send(message.clone());
+            for (peer, link) in &links {
+                for message in parts.remove(peer).unwrap_or_default() {
+                    link.send(message);
                 }
             }
         });
+        cluster.push_routes(held);
         if full {
             last_full = Instant::now();
         }

@@ -1,5 +1,6 @@
 //! The mesh's driver: the QUIC endpoint and the tasks around the [`PeerTable`], with no
-//! decisions of their own (those are the table's, `super::peers`).
+//! decisions of their own (those are the table's, `super::peers`, and the routes',
+//! `super::routes`; the publish path is in `super::forward`).
 //!
 //! Tasks: accept, dial (seeds, members learnt from the Raft log, and every member a peer
 //! names), one session per peer (a reader loop plus a writer draining the peer's bounded
@@ -13,20 +14,22 @@
 //! authenticated connection, handed to the [`RpcInbox`] unread.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use switchboard_proto::peer::{
-    Forward, History, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage, Position,
+    History, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::forward::{Listings, Lookups};
 use super::frame::{encode_into, read_frame};
 use super::peers::{self, DialBackoff, DialOutcome, MemberView, PeerTable, Verdict};
+use super::routes::{Holders, Routes};
 use super::rpc::{RpcInbox, RpcStream};
 use super::session::{CloseReason, HandshakeError, Refused, handshake};
 use super::{auth, gossip, tls};
@@ -89,6 +92,8 @@ pub struct ClusterMetrics {
     pub interest_full_syncs: Counter,
     pub rpc_streams_refused: Counter,
     pub history_messages_dropped: Counter,
+    pub route_lookups: Counter,
+    pub route_lookup_failures: Counter,
 }
 
 /// What the mesh needs from the layers below it.
@@ -111,17 +116,27 @@ pub type HistoryInbox = mpsc::Sender<(NodeId, History)>;
 /// See the module header.
 #[derive(Debug)]
 pub struct Cluster {
-    node: NodeId,
+    pub(super) node: NodeId,
     /// This node's incarnation: the id of its data dir.
     incarnation: u64,
     endpoint: quinn::Endpoint,
     hello: PeerMessage,
     seeds: Vec<String>,
-    table: Mutex<PeerTable<Link>>,
-    remote: RwLock<RemoteInterest>,
+    pub(super) table: Mutex<PeerTable<Link>>,
+    /// The interest of the groups whose bucket this node holds (`super::routes`).
+    pub(super) remote: RwLock<RemoteInterest>,
+    /// Holders, cached routes and granted leases.
+    pub(super) routes: Mutex<Routes>,
+    pub(super) lookups: Mutex<Lookups>,
+    pub(super) listings: Mutex<Listings>,
+    pub(super) next_id: AtomicU64,
+    /// Bytes received and sent on sessions that have ended (the live ones are read from
+    /// their connections).
+    ended_rx: AtomicU64,
+    ended_tx: AtomicU64,
     /// Addresses with a dial loop running.
     dialing: Mutex<HashSet<String>>,
-    deps: MeshDeps,
+    pub(super) deps: MeshDeps,
     pub metrics: ClusterMetrics,
 }
 
@@ -164,6 +179,12 @@ impl Cluster {
             seeds: config.seeds.clone(),
             table: Mutex::new(table),
             remote: RwLock::new(RemoteInterest::default()),
+            routes: Mutex::new(Routes::new(config.node_id)),
+            lookups: Mutex::new(Lookups::default()),
+            listings: Mutex::new(Listings::default()),
+            next_id: AtomicU64::new(1),
+            ended_rx: AtomicU64::new(0),
+            ended_tx: AtomicU64::new(0),
             dialing: Mutex::new(HashSet::new()),
             deps,
             metrics: ClusterMetrics::default(),
@@ -224,6 +245,19 @@ impl Cluster {
             .collect()
     }
 
+    /// Every live session's sending side, with its peer.
+    pub fn links_by_peer(&self) -> Vec<(NodeId, Link)> {
+        lock(&self.table)
+            .links()
+            .map(|(id, link)| (id, link.clone()))
+            .collect()
+    }
+
+    /// Who holds each bucket's interest, as last followed.
+    pub fn holders(&self) -> Arc<Holders> {
+        lock(&self.routes).holders.clone()
+    }
+
     /// Every peer this node has heard of.
     pub fn members(&self) -> Vec<MemberView> {
         lock(&self.table).members(Instant::now())
@@ -235,13 +269,7 @@ impl Cluster {
             .close((CloseReason::Ended as u32).into(), b"node leaving");
     }
 
-    // ----- the publish path -----
-
-    /// Sends a message published here to every peer with subscribers for its group.
-    /// Returns the number of connections it was routed to on those peers.
-    pub fn forward(&self, group: &str, payload: &Bytes, text: bool) -> usize {
-        self.forward_to(group, payload, text, None, &[])
-    }
+    // ----- sending -----
 
     /// Sends `message` to `node` (queued on its session); false when it is not connected
     /// or its queue is full.
@@ -278,64 +306,32 @@ impl Cluster {
         }
     }
 
-    /// A positioned message of a history group, from its owner: once to every peer with
-    /// subscribers for the group and to each of `also` (nodes recovering it). Returns
-    /// the connections it was routed to on peers with subscribers.
-    pub fn forward_positioned(
-        &self,
-        group: &str,
-        payload: &Bytes,
-        text: bool,
-        position: Position,
-        also: &[NodeId],
-    ) -> usize {
-        self.forward_to(group, payload, text, Some(position), also)
+    /// Follows the committed assignments (every gossip tick): when they changed, the
+    /// interest of buckets this node no longer holds is forgotten, and so are the routes
+    /// and leases of buckets that moved. Returns the holders, and whether they changed.
+    pub fn follow_assignments(&self) -> (Arc<Holders>, bool) {
+        let followed = {
+            let replica = self.deps.replica.read();
+            lock(&self.routes).follow(Instant::now(), &replica.assignments)
+        };
+        match followed {
+            Some(holders) => {
+                write(&self.remote).retain(|group| holders.mine(group));
+                (holders, true)
+            }
+            None => (lock(&self.routes).holders.clone(), false),
+        }
     }
 
-    /// Sends one `Forward` to every peer with subscribers for `group` and to each of
-    /// `also`; returns the connections it was routed to on peers with subscribers.
-    fn forward_to(
-        &self,
-        group: &str,
-        payload: &Bytes,
-        text: bool,
-        position: Option<Position>,
-        also: &[NodeId],
-    ) -> usize {
-        let mut targets: Vec<(NodeId, u32)> = read(&self.remote)
-            .nodes_for(group)
-            .map(|nodes| nodes.iter().collect())
-            .unwrap_or_default();
-        for node in also {
-            if *node != self.node && !targets.iter().any(|(n, _)| n == node) {
-                targets.push((*node, 0));
-            }
-        }
-        if targets.is_empty() {
-            return 0;
-        }
-        let table = lock(&self.table);
-        let mut routed = 0usize;
-        for (node, count) in targets {
-            let Some(link) = table.link(node) else {
-                continue;
-            };
-            let message = PeerMessage::Forward(vec![Forward {
-                group: group.to_owned(),
-                payload: payload.clone(),
-                text,
-                origin: self.node,
-                position,
-            }]);
-            if link.send(message) {
-                routed += count as usize;
-                self.metrics.forwarded_messages.inc();
-                self.metrics.forwarded_bytes.add(payload.len() as u64);
-            } else {
-                self.metrics.peer_queue_drops.inc();
-            }
-        }
-        routed
+    /// Connections in `group` on each peer (asking a holder if need be).
+    pub async fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
+        self.resolve(group)
+            .await
+            .counts()
+            .iter()
+            .filter(|(_, c)| *c > 0)
+            .map(|(n, c)| (*n, *c as usize))
+            .collect()
     }
 
     /// Whether this node is in touch with a majority of the members it knows now.
@@ -343,27 +339,35 @@ impl Cluster {
         lock(&self.table).in_majority()
     }
 
-    /// Connections in `group` on each peer, as gossiped.
-    pub fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
-        read(&self.remote)
-            .nodes_for(group)
-            .map(|nodes| nodes.iter().map(|(n, c)| (n, c as usize)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Every group some peer has subscribers for.
-    pub fn groups(&self) -> Vec<String> {
-        read(&self.remote).groups().map(str::to_owned).collect()
-    }
-
     /// The mesh's rows in `/metrics`.
     pub fn rows(&self) -> Vec<Row> {
         let members = self.members();
         let m = &self.metrics;
-        let depths = lock(&self.table)
-            .links()
-            .map(|(id, link)| (id.to_string(), link.depth() as u64))
-            .collect();
+        let (depths, rx, tx) = {
+            let table = lock(&self.table);
+            let depths = table
+                .links()
+                .map(|(id, link)| (id.to_string(), link.depth() as u64))
+                .collect();
+            let (mut rx, mut tx) = (
+                self.ended_rx.load(Ordering::Relaxed),
+                self.ended_tx.load(Ordering::Relaxed),
+            );
+            for (_, link) in table.links() {
+                let stats = link.connection().stats();
+                rx += stats.udp_rx.bytes;
+                tx += stats.udp_tx.bytes;
+            }
+            (depths, rx, tx)
+        };
+        let (cached, leases, held) = {
+            let routes = lock(&self.routes);
+            (
+                routes.cache.len(),
+                routes.leases.len(),
+                read(&self.remote).groups().count(),
+            )
+        };
         vec![
             Row::gauge(
                 "peers",
@@ -404,6 +408,41 @@ impl Cluster {
                 "interest_full_syncs_total",
                 "Full interest snapshots sent to peers.",
                 m.interest_full_syncs.get(),
+            ),
+            Row::counter(
+                "peer_received_bytes_total",
+                "Bytes received from peers (UDP payloads of every QUIC connection).",
+                rx,
+            ),
+            Row::counter(
+                "peer_sent_bytes_total",
+                "Bytes sent to peers (UDP payloads of every QUIC connection).",
+                tx,
+            ),
+            Row::counter(
+                "route_lookups_total",
+                "Routes of groups asked of their holders (publishes to groups whose interest this node neither holds nor caches).",
+                m.route_lookups.get(),
+            ),
+            Row::counter(
+                "route_lookup_failures_total",
+                "Lookups no holder answered: the message went to every peer.",
+                m.route_lookup_failures.get(),
+            ),
+            Row::gauge(
+                "routes_cached",
+                "Routes of groups this node caches (leases from their holders).",
+                cached as u64,
+            ),
+            Row::gauge(
+                "route_leases",
+                "Routes other nodes cache from this node (pushed to them when they change).",
+                leases as u64,
+            ),
+            Row::gauge(
+                "interest_groups_held",
+                "Groups with subscribers on peers whose interest this node holds (owner or replica of their bucket).",
+                held as u64,
             ),
             Row::counter(
                 "history_messages_dropped_total",
@@ -598,7 +637,7 @@ impl Cluster {
         self.update_majority();
         // The peer's interest starts from its full sync on this session.
         write(&self.remote).remove_node(peer);
-        gossip::send_full(&self, &self.deps.hub, &link);
+        gossip::send_full(&self, &self.deps.hub, peer, &link);
         // Everyone learns of the newcomer (and it of everyone), so the mesh closes even
         // when nodes joined through different seeds at different times.
         let mut known = lock(&self.table).known();
@@ -613,6 +652,11 @@ impl Cluster {
         writer.abort();
         rpcs.abort();
         CloseReason::Ended.close(&conn);
+        let stats = conn.stats();
+        self.ended_rx
+            .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+        self.ended_tx
+            .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
         if lock(&self.table).on_session_end(peer, session) {
             write(&self.remote).remove_node(peer);
             info!(peer, "peer disconnected");
@@ -648,11 +692,18 @@ impl Cluster {
                     }
                 }
                 PeerMessage::Interest(update) => {
-                    if write(&self.remote).apply(peer, update).is_err() {
-                        link.send(PeerMessage::InterestSyncRequest);
+                    let applied = write(&self.remote).apply(peer, update);
+                    match applied {
+                        Ok(touched) => self.push_routes(touched),
+                        Err(_) => {
+                            link.send(PeerMessage::InterestSyncRequest);
+                        }
                     }
                 }
-                PeerMessage::InterestSyncRequest => gossip::send_full(self, &self.deps.hub, link),
+                PeerMessage::Route(message) => self.on_route(peer, message),
+                PeerMessage::InterestSyncRequest => {
+                    gossip::send_full(self, &self.deps.hub, peer, link)
+                }
                 PeerMessage::Heartbeat { sent_micros } => {
                     link.send(PeerMessage::HeartbeatAck { sent_micros });
                 }
@@ -703,6 +754,7 @@ impl Cluster {
             if !tick.expired.is_empty() {
                 self.update_majority();
             }
+            self.expire_lookups();
         }
     }
 }

@@ -9,21 +9,27 @@
 //! - [`peers`]: the peer table, sans-IO: duplicate sessions, liveness, majority, dialing.
 //! - [`session`]: the handshake (proof, then hello) and the QUIC close reasons.
 //! - [`rpc`]: the inbox through which Raft RPC streams reach the Raft layer.
-//! - [`gossip`]: interest deltas and full syncs.
-//! - [`mesh`]: [`Cluster`], the driver: endpoint, sessions, forwarding, heartbeats.
+//! - [`routes`]: who holds each group's interest (its bucket's owner and replica), the
+//!   routes other nodes cache from them and the leases holders keep, sans-IO.
+//! - [`gossip`]: interest deltas and full syncs, each to the holders of its groups.
+//! - [`mesh`]: [`Cluster`], the driver: endpoint, sessions, heartbeats.
+//! - [`forward`]: the publish path: targets, lookups, forwards, cluster-wide listings.
 //!
 //! Depends on the hub (local delivery, local interest), the presence replica (is a peer
 //! removed?), health (majority) and the lifecycle; nothing above.
 
 pub mod auth;
+pub mod forward;
 pub mod frame;
 pub mod gossip;
 pub mod mesh;
 pub mod peers;
+pub mod routes;
 pub mod rpc;
 pub mod session;
 pub mod tls;
 
+pub use forward::Targets;
 pub use mesh::{Cluster, ClusterMetrics, HistoryInbox, Link, MeshDeps};
 pub use peers::MemberView;
 pub use rpc::{RpcInbox, RpcOutbox, RpcStream};

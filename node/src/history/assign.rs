@@ -89,6 +89,8 @@ pub struct Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assignments {
     buckets: BTreeMap<u16, Assignment>,
+    /// The newest epoch of any bucket: it grows with every change.
+    newest: Epoch,
 }
 
 impl Assignments {
@@ -102,10 +104,22 @@ impl Assignments {
         self.get(bucket_of(group))
     }
 
+    /// Grows whenever an assignment changes (the newest epoch): what changed since a
+    /// generation is worth looking at only when this differs.
+    pub fn generation(&self) -> Epoch {
+        self.newest
+    }
+
+    /// The owner and the replica of `bucket` (those that hold its groups' interest).
+    pub fn holders(&self, bucket: u16) -> Option<(NodeId, Option<NodeId>)> {
+        self.get(bucket).map(|a| (a.owner, a.replica))
+    }
+
     /// The epoch an assignment committed at log index `epoch` mints.
     pub fn apply(&mut self, changes: &[Change], epoch: Epoch) {
         for c in changes {
             if c.bucket < BUCKETS {
+                self.newest = self.newest.max(epoch);
                 self.buckets.insert(
                     c.bucket,
                     Assignment {
@@ -128,9 +142,9 @@ impl Assignments {
 
     /// A map from its assignments (a snapshot).
     pub fn from_entries(entries: impl IntoIterator<Item = (u16, Assignment)>) -> Self {
-        Assignments {
-            buckets: entries.into_iter().collect(),
-        }
+        let buckets: BTreeMap<u16, Assignment> = entries.into_iter().collect();
+        let newest = buckets.values().map(|a| a.epoch).max().unwrap_or(0);
+        Assignments { buckets, newest }
     }
 
     /// The epoch `epoch` of `bucket` was continued by the current one (or is it).

@@ -59,9 +59,11 @@ pub async fn run(config: &Config, command: &Command, publish: &dyn Publish) -> F
             let group_key = format!("{}:group:", config.channels_prefix);
             let key = String::from_utf8_lossy(&args[1]);
             match key.strip_prefix(group_key.as_str()) {
-                Some(group) if publish.subscribers(group) > 0 => Frame::Array(vec![Frame::Bulk(
-                    Bytes::from(format!("{SYNTHETIC_CHANNEL}{group}")),
-                )]),
+                Some(group) if publish.subscribers(group).await > 0 => {
+                    Frame::Array(vec![Frame::Bulk(Bytes::from(format!(
+                        "{SYNTHETIC_CHANNEL}{group}"
+                    )))])
+                }
                 _ => Frame::Array(vec![]),
             }
         }

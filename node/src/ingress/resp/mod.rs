@@ -67,6 +67,9 @@ pub const PRE_AUTH_MAX_ARGS: usize = 10;
 pub const PRE_AUTH_MAX_BULK: usize = 16 * 1024;
 /// ...in a command of at most this many bytes.
 pub const PRE_AUTH_MAX_COMMAND: usize = 64 * 1024;
+/// How long, and how many bytes, a closing connection reads and drops (see `linger`).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// Failed `AUTH`s after which a connection is closed.
 pub const MAX_AUTH_FAILURES: u32 = 10;
 
@@ -303,6 +306,7 @@ async fn run(
         }
         if close {
             let _ = stream.shutdown().await;
+            linger(&mut stream, &mut input).await;
             return Ok(());
         }
         if !wait.is_zero() {
@@ -310,6 +314,24 @@ async fn run(
                 _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+
+/// After closing its side, reads and drops what the client still sends (a command it was
+/// sending when the node refused it: an oversized payload, say) until the client closes,
+/// within [`LINGER`] and [`LINGER_BYTES`]: closing with unread bytes would reset the
+/// connection, and the client, still writing, would get a broken pipe instead of the
+/// error written to it.
+async fn linger(stream: &mut TcpStream, buf: &mut BytesMut) {
+    let deadline = Instant::now() + LINGER;
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            _ => return,
         }
     }
 }

@@ -15,7 +15,7 @@ pub async fn run(session: &Session, command: &Command, publish: &dyn Publish) ->
         Name::Publish | Name::Spublish => {
             publish_one(session, &rest[0], rest[1].clone(), publish).await
         }
-        _ => pubsub(rest, publish),
+        _ => pubsub(rest, publish).await,
     }
 }
 
@@ -44,14 +44,14 @@ async fn publish_one(
     }
 }
 
-fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {
+async fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {
     let Some(sub) = args.first() else {
         return arity("pubsub");
     };
     let sub = String::from_utf8_lossy(sub).to_ascii_uppercase();
     match (sub.as_str(), &args[1..]) {
         ("CHANNELS" | "SHARDCHANNELS", rest) if rest.len() <= 1 => {
-            match publish.groups(rest.first().map(|p| p.as_ref())) {
+            match publish.groups(rest.first().map(|p| p.as_ref())).await {
                 Ok(groups) => Frame::Array(
                     groups
                         .into_iter()
@@ -66,7 +66,10 @@ fn pubsub(args: &[Bytes], publish: &dyn Publish) -> Frame {
             // redis-server answers (redis-py parses it so).
             let mut flat = Vec::with_capacity(groups.len() * 2);
             for g in groups {
-                let count = std::str::from_utf8(g).map_or(0, |g| publish.subscribers(g));
+                let count = match std::str::from_utf8(g) {
+                    Ok(g) => publish.subscribers(g).await,
+                    Err(_) => 0,
+                };
                 flat.push(Frame::Bulk(g.clone()));
                 flat.push(Frame::Integer(count as i64));
             }

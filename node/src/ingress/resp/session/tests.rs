@@ -55,18 +55,28 @@ impl Publish for FakePublisher {
         }))
     }
 
-    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
-        self.subscribers
+    fn group_counts<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Vec<(NodeId, usize)>> {
+        let counts = self
+            .subscribers
             .get(group)
             .map(|n| vec![(1, *n)])
-            .unwrap_or_default()
+            .unwrap_or_default();
+        Box::pin(std::future::ready(counts))
     }
 
-    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError> {
-        if pattern.is_some_and(|p| p.len() > crate::broker::MAX_PATTERN) {
-            return Err(PatternError::TooLong);
-        }
-        Ok(self.subscribers.keys().cloned().collect())
+    fn groups<'a>(
+        &'a self,
+        pattern: Option<&'a [u8]>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, PatternError>> {
+        let answer = if pattern.is_some_and(|p| p.len() > crate::broker::MAX_PATTERN) {
+            Err(PatternError::TooLong)
+        } else {
+            Ok(self.subscribers.keys().cloned().collect())
+        };
+        Box::pin(std::future::ready(answer))
     }
 
     fn local_groups(&self) -> usize {

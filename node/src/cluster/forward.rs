@@ -1,0 +1,462 @@
+//! The publish path across the mesh: where a group's subscribers are (the interest this
+//! node holds, a cached route, or a holder asked once: see [`super::routes`]), the
+//! forwards to them, and the cluster-wide counts and listings built the same way.
+//!
+//! A lookup asks the group's owner, then its replica, each for at most
+//! [`LOOKUP_TIMEOUT`]; lookups of one group at once share one question. When no holder
+//! answers (both unreachable, or ownership moving), the message goes to every peer, each
+//! of which delivers it to whatever subscribers it has: nothing is lost for want of a
+//! route, at the cost of the bytes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_proto::peer::{Forward, NodeId, PeerMessage, Position, Route};
+use tokio::sync::{mpsc, oneshot};
+
+use super::mesh::Cluster;
+use super::routes::Nodes;
+use crate::broker::{Budget, glob_match_within};
+use crate::sync::{lock, read};
+
+/// How long a holder is given to answer a lookup before the next one is asked.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a `PUBSUB CHANNELS` listing waits for the peers' answers.
+pub const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Groups one peer lists at most in an answer.
+pub const MAX_LISTED: usize = 100_000;
+/// Steps of glob matching one peer spends on a listing (about 10 ms of one core).
+pub const LISTING_BUDGET: u64 = 10_000_000;
+
+/// Where a publish to a group goes, as far as this node knows without asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// These peers (and counts), from the interest this node holds or a cached route.
+    Known(Nodes),
+    /// Every peer: the group's bucket moved moments ago (its new holders may not have
+    /// every node's interest yet) or no holder answered; the counts are what is known.
+    Everyone(Nodes),
+    /// Ask these holders, in order.
+    Ask(Vec<NodeId>),
+}
+
+impl Targets {
+    /// The nodes and counts known (none when a holder is still to be asked).
+    pub fn counts(&self) -> &[(NodeId, u32)] {
+        match self {
+            Targets::Known(nodes) | Targets::Everyone(nodes) => nodes,
+            Targets::Ask(_) => &[],
+        }
+    }
+}
+
+/// Lookups waiting for a holder's answer.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    pending: HashMap<u64, Pending>,
+    by_group: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    group: String,
+    asked: Instant,
+    waiters: Vec<oneshot::Sender<Option<Nodes>>>,
+}
+
+/// Listings waiting for the peers' answers.
+pub type Listings = HashMap<u64, mpsc::Sender<(Vec<String>, bool)>>;
+
+impl Cluster {
+    /// Where a publish to `group` goes without asking anyone, or whom to ask.
+    pub fn targets(&self, group: &str) -> Targets {
+        let now = Instant::now();
+        let routes = lock(&self.routes);
+        let to_ask = routes.holders.to_ask(group);
+        let known = match &to_ask {
+            None => Some(self.held_route(group, false)),
+            Some(_) => routes.cache.get(now, group).map(|nodes| {
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|(n, _)| *n != self.node)
+                    .collect()
+            }),
+        };
+        let settling = routes.settling(now, group);
+        match (known, to_ask) {
+            (Some(nodes), _) if settling => Targets::Everyone(nodes),
+            (Some(nodes), _) => Targets::Known(nodes),
+            (None, Some(holders)) => Targets::Ask(holders),
+            (None, None) => Targets::Everyone(Vec::new()),
+        }
+    }
+
+    /// Where a publish to `group` goes, asking a holder if need be (see [`Targets`]).
+    pub async fn resolve(&self, group: &str) -> Targets {
+        match self.targets(group) {
+            Targets::Ask(holders) => match self.ask_holders(group, holders).await {
+                // Asked within a move: the counts are the holder's, the message goes to
+                // every peer all the same.
+                Some(nodes) if lock(&self.routes).settling(Instant::now(), group) => {
+                    Targets::Everyone(nodes)
+                }
+                Some(nodes) => Targets::Known(nodes),
+                None => Targets::Everyone(Vec::new()),
+            },
+            known => known,
+        }
+    }
+
+    /// The route of a group whose interest this node holds: the peers with subscribers,
+    /// and (`with_me`) this node with its own count.
+    pub(super) fn held_route(&self, group: &str, with_me: bool) -> Nodes {
+        let mut nodes: Nodes = read(&self.remote)
+            .nodes_for(group)
+            .map(|n| n.iter().collect())
+            .unwrap_or_default();
+        if with_me {
+            let local = self.deps.hub.group_size(group);
+            if local > 0 {
+                let at = nodes.partition_point(|(n, _)| *n < self.node);
+                nodes.insert(at, (self.node, u32::try_from(local).unwrap_or(u32::MAX)));
+            }
+        }
+        nodes
+    }
+
+    /// Connections in `group` on peers, as the interest this node holds says.
+    pub fn held_count(&self, group: &str) -> usize {
+        read(&self.remote)
+            .nodes_for(group)
+            .map_or(0, |n| n.iter().map(|(_, c)| c as usize).sum())
+    }
+
+    /// Asks `holders` in turn for `group`'s route: the peers with subscribers (and how
+    /// many); `None` when no holder answered.
+    async fn ask_holders(&self, group: &str, holders: Vec<NodeId>) -> Option<Nodes> {
+        for holder in holders {
+            if !self.connected_to(holder) {
+                continue;
+            }
+            let answer = self.ask_route(holder, group);
+            if let Ok(Ok(Some(nodes))) = tokio::time::timeout(LOOKUP_TIMEOUT, answer).await {
+                self.metrics.route_lookups.inc();
+                return Some(nodes.into_iter().filter(|(n, _)| *n != self.node).collect());
+            }
+        }
+        self.metrics.route_lookup_failures.inc();
+        None
+    }
+
+    /// Asks `holder` for `group`'s route (or joins a question already asked).
+    fn ask_route(&self, holder: NodeId, group: &str) -> oneshot::Receiver<Option<Nodes>> {
+        let (tx, rx) = oneshot::channel();
+        let mut lookups = lock(&self.lookups);
+        if let Some(id) = lookups.by_group.get(group).copied()
+            && let Some(pending) = lookups.pending.get_mut(&id)
+        {
+            pending.waiters.push(tx);
+            return rx;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lookups.pending.insert(
+            id,
+            Pending {
+                group: group.to_owned(),
+                asked: Instant::now(),
+                waiters: vec![tx],
+            },
+        );
+        lookups.by_group.insert(group.to_owned(), id);
+        drop(lookups);
+        let lookup = Route::Lookup {
+            id,
+            group: group.to_owned(),
+        };
+        if !self.send(holder, PeerMessage::Route(lookup)) {
+            self.answered(id, None, Duration::ZERO);
+        }
+        rx
+    }
+
+    /// A holder's answer (or none: `nodes` `None`) to lookup `id`: cached for `lease`
+    /// from when it was asked, and handed to every waiter.
+    pub(super) fn answered(&self, id: u64, nodes: Option<Nodes>, lease: Duration) {
+        let Some(pending) = ({
+            let mut lookups = lock(&self.lookups);
+            let pending = lookups.pending.remove(&id);
+            if let Some(p) = &pending {
+                lookups.by_group.remove(&p.group);
+            }
+            pending
+        }) else {
+            return;
+        };
+        if let Some(nodes) = &nodes {
+            lock(&self.routes)
+                .cache
+                .put(pending.asked, &pending.group, nodes.clone(), lease);
+        }
+        for waiter in pending.waiters {
+            let _ = waiter.send(nodes.clone());
+        }
+    }
+
+    /// Lookups asked longer ago than [`LOOKUP_TIMEOUT`] are given up (their waiters
+    /// have moved on to the next holder); called every heartbeat.
+    pub(super) fn expire_lookups(&self) {
+        let now = Instant::now();
+        let mut lookups = lock(&self.lookups);
+        let late: Vec<u64> = lookups
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.asked) >= LOOKUP_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(p) = lookups.pending.remove(&id) {
+                lookups.by_group.remove(&p.group);
+            }
+        }
+        drop(lookups);
+        let mut routes = lock(&self.routes);
+        routes.cache.expire(now);
+        routes.leases.expire(now);
+    }
+
+    /// Serves a route message from `peer`.
+    pub(super) fn on_route(&self, peer: NodeId, message: Route) {
+        match message {
+            Route::Lookup { id, group } => {
+                let (nodes, lease, replica) = {
+                    let mut routes = lock(&self.routes);
+                    match routes.holders.to_ask(&group) {
+                        Some(_) => (None, Duration::ZERO, None),
+                        None => {
+                            let lease = routes.leases.grant(Instant::now(), &group, peer);
+                            let replica = routes
+                                .holders
+                                .of(&group)
+                                .and_then(|(owner, replica)| {
+                                    if owner == self.node {
+                                        replica
+                                    } else {
+                                        Some(owner)
+                                    }
+                                })
+                                .filter(|_| !lease.is_zero());
+                            (Some(self.held_route(&group, true)), lease, replica)
+                        }
+                    }
+                };
+                // The other holder pushes updates too: the cacher keeps hearing of new
+                // subscribers while this one is dead and not yet replaced.
+                if let Some(other) = replica {
+                    let note = Route::Lease {
+                        group: group.clone(),
+                        node: peer,
+                    };
+                    self.send(other, PeerMessage::Route(note));
+                }
+                let answer = Route::Answer {
+                    id,
+                    group,
+                    nodes,
+                    lease_ms: lease.as_millis() as u64,
+                };
+                self.send(peer, PeerMessage::Route(answer));
+            }
+            Route::Answer {
+                id,
+                nodes,
+                lease_ms,
+                ..
+            } => self.answered(id, nodes, Duration::from_millis(lease_ms)),
+            Route::Update { group, nodes } => lock(&self.routes).cache.update(&group, nodes),
+            Route::Lease { group, node } => {
+                let mut routes = lock(&self.routes);
+                if routes.holders.to_ask(&group).is_none() {
+                    routes.leases.grant(Instant::now(), &group, node);
+                }
+            }
+            Route::Groups { id, pattern } => {
+                let (groups, complete) = self.local_groups(pattern.as_deref());
+                let answer = Route::GroupsAnswer {
+                    id,
+                    groups,
+                    complete,
+                };
+                self.send(peer, PeerMessage::Route(answer));
+            }
+            Route::GroupsAnswer {
+                id,
+                groups,
+                complete,
+            } => {
+                if let Some(tx) = lock(&self.listings).get(&id) {
+                    let _ = tx.try_send((groups, complete));
+                }
+            }
+        }
+    }
+
+    /// Pushes the current route of each of `groups` (whose interest this node holds)
+    /// to the nodes whose lease on it runs.
+    pub(super) fn push_routes(&self, groups: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        for group in groups {
+            let cachers = lock(&self.routes).leases.cachers(now, &group);
+            if cachers.is_empty() {
+                continue;
+            }
+            let nodes = self.held_route(&group, true);
+            for node in cachers {
+                let update = Route::Update {
+                    group: group.clone(),
+                    nodes: nodes.clone(),
+                };
+                self.send(node, PeerMessage::Route(update));
+            }
+        }
+    }
+
+    /// This node's groups matching `pattern`, within the listing bounds.
+    fn local_groups(&self, pattern: Option<&[u8]>) -> (Vec<String>, bool) {
+        let mut budget = Budget(LISTING_BUDGET);
+        let mut groups = Vec::new();
+        for name in self.deps.hub.group_names() {
+            if groups.len() >= MAX_LISTED {
+                return (groups, false);
+            }
+            let keep = match pattern {
+                None => true,
+                Some(p) => match glob_match_within(p, name.as_bytes(), &mut budget) {
+                    Some(keep) => keep,
+                    None => return (groups, false),
+                },
+            };
+            if keep {
+                groups.push(name.to_string());
+            }
+        }
+        (groups, true)
+    }
+
+    /// Every group with subscribers on some peer matching `pattern`, as the peers answer
+    /// within [`LISTING_TIMEOUT`]; false when a peer did not answer or stopped at its
+    /// bounds.
+    pub async fn peer_groups(&self, pattern: Option<&[u8]>) -> (BTreeSet<String>, bool) {
+        let peers: Vec<NodeId> = lock(&self.table).links().map(|(id, _)| id).collect();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(peers.len().max(1));
+        lock(&self.listings).insert(id, tx);
+        let mut asked = 0;
+        for peer in peers {
+            let query = Route::Groups {
+                id,
+                pattern: pattern.map(Bytes::copy_from_slice),
+            };
+            if self.send(peer, PeerMessage::Route(query)) {
+                asked += 1;
+            }
+        }
+        let mut all = BTreeSet::new();
+        let mut complete = true;
+        let deadline = tokio::time::Instant::now() + LISTING_TIMEOUT;
+        let mut answered = 0;
+        while answered < asked {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((groups, whole))) => {
+                    all.extend(groups);
+                    complete &= whole;
+                    answered += 1;
+                }
+                _ => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        lock(&self.listings).remove(&id);
+        (all, complete)
+    }
+
+    /// Sends a message published here as `targets` say. Returns the connections it was
+    /// routed to on peers (as far as known when it goes to every peer).
+    pub fn forward(&self, group: &str, payload: &Bytes, text: bool, targets: &Targets) -> usize {
+        match targets {
+            Targets::Known(nodes) => self.forward_to(group, payload, text, None, nodes),
+            Targets::Everyone(_) | Targets::Ask(_) => {
+                let known = targets.counts();
+                let count_of =
+                    |id: NodeId| known.iter().find(|(n, _)| *n == id).map_or(0, |(_, c)| *c);
+                let every: Vec<(NodeId, u32)> = lock(&self.table)
+                    .links()
+                    .map(|(id, _)| (id, count_of(id)))
+                    .collect();
+                self.forward_to(group, payload, text, None, &every)
+            }
+        }
+    }
+
+    /// A positioned message of a history group, from its owner (which holds the group's
+    /// interest): once to every peer with subscribers for the group and to each of
+    /// `also` (nodes recovering it). Returns the connections it was routed to on peers
+    /// with subscribers.
+    pub fn forward_positioned(
+        &self,
+        group: &str,
+        payload: &Bytes,
+        text: bool,
+        position: Position,
+        also: &[NodeId],
+    ) -> usize {
+        let mut targets = self.held_route(group, false);
+        for node in also {
+            if *node != self.node && !targets.iter().any(|(n, _)| n == node) {
+                targets.push((*node, 0));
+            }
+        }
+        self.forward_to(group, payload, text, Some(position), &targets)
+    }
+
+    /// Sends one `Forward` to each of `targets`; returns the connections it was routed
+    /// to on them.
+    fn forward_to(
+        &self,
+        group: &str,
+        payload: &Bytes,
+        text: bool,
+        position: Option<Position>,
+        targets: &[(NodeId, u32)],
+    ) -> usize {
+        if targets.is_empty() {
+            return 0;
+        }
+        let table = lock(&self.table);
+        let mut routed = 0usize;
+        for (node, count) in targets {
+            let Some(link) = table.link(*node) else {
+                continue;
+            };
+            let message = PeerMessage::Forward(vec![Forward {
+                group: group.to_owned(),
+                payload: payload.clone(),
+                text,
+                origin: self.node,
+                position,
+            }]);
+            if link.send(message) {
+                routed += *count as usize;
+                self.metrics.forwarded_messages.inc();
+                self.metrics.forwarded_bytes.add(payload.len() as u64);
+            } else {
+                self.metrics.peer_queue_drops.inc();
+            }
+        }
+        routed
+    }
+}

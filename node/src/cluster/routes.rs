@@ -1,0 +1,511 @@
+//! Routes: where a group's subscribers are, for the nodes that do not hold its interest.
+//!
+//! A group's interest (which nodes have subscribers, how many) is told only to the
+//! **holders** of its bucket: the owner and the replica of `history::bucket_of(group)`
+//! as the assignments committed through Raft say (the same buckets as history). Any
+//! other node that publishes to the group asks a holder once (`Route::Lookup`), caches
+//! the answer ([`RouteCache`]) and forwards directly from then on; the holder remembers
+//! who cached what for a lease ([`Leases`]) and pushes the group's new route to them when
+//! its interest changes (`Route::Update`). Both sides forget a bucket's routes when its
+//! holders change (the new holders know nothing of the old leases).
+//!
+//! Pure: the time is passed in. The driver is `super::mesh`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::peer::NodeId;
+
+use crate::history::{Assignments, BUCKETS, Epoch, bucket_of};
+
+/// How long a cached route is used without asking again; the holder keeps the lease a
+/// little longer ([`LEASE_MARGIN`]) so that it pushes updates for as long as the cacher
+/// may use the route.
+pub const ROUTE_LEASE: Duration = Duration::from_secs(30);
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long after a bucket's holders changed a publish to its groups goes to every peer:
+/// the new holders may not have every node's interest yet (each node sends it when it has
+/// applied the change, within a Raft apply delay of the others).
+pub const MOVE_SETTLE: Duration = Duration::from_secs(2);
+/// Routes one node caches at most (about 100 bytes each with one node); past it, a
+/// lookup's answer is used once and not kept.
+pub const MAX_CACHED_ROUTES: usize = 100_000;
+/// Leases one holder grants at most; past it, lookups are answered without a lease (the
+/// asker does not cache).
+pub const MAX_LEASES: usize = 1_000_000;
+
+/// A group's nodes with subscribers and how many each has, sorted by node.
+pub type Nodes = Vec<(NodeId, u32)>;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    nodes: Nodes,
+    until: Instant,
+}
+
+/// The publisher's side: routes learnt from holders. See the module header.
+#[derive(Debug)]
+pub struct RouteCache {
+    entries: HashMap<Arc<str>, Cached>,
+    max: usize,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache::new(MAX_CACHED_ROUTES)
+    }
+}
+
+impl RouteCache {
+    pub fn new(max: usize) -> Self {
+        RouteCache {
+            entries: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The cached route of `group`, if its lease still runs at `now`.
+    pub fn get(&self, now: Instant, group: &str) -> Option<&Nodes> {
+        self.entries
+            .get(group)
+            .filter(|c| c.until > now)
+            .map(|c| &c.nodes)
+    }
+
+    /// A holder's answer to a lookup made at `asked` (the lease counts from the question,
+    /// so it never outlasts the holder's): kept for `lease` unless the cache is full of
+    /// live routes. Returns whether it was kept.
+    pub fn put(&mut self, asked: Instant, group: &str, nodes: Nodes, lease: Duration) -> bool {
+        if lease.is_zero() {
+            self.entries.remove(group);
+            return false;
+        }
+        if self.entries.len() >= self.max && !self.entries.contains_key(group) {
+            self.entries.retain(|_, c| c.until > asked);
+            if self.entries.len() >= self.max {
+                return false;
+            }
+        }
+        let until = asked + lease;
+        self.entries
+            .insert(Arc::from(group), Cached { nodes, until });
+        true
+    }
+
+    /// A holder pushed `group`'s new route: it replaces the cached one (the lease runs
+    /// on); a route not cached (expired, or never kept) is ignored.
+    pub fn update(&mut self, group: &str, nodes: Nodes) {
+        if let Some(c) = self.entries.get_mut(group) {
+            c.nodes = nodes;
+        }
+    }
+
+    /// Forgets the routes of the buckets `moved` says changed holders.
+    pub fn forget_buckets(&mut self, moved: impl Fn(u16) -> bool) {
+        self.entries.retain(|g, _| !moved(bucket_of(g)));
+    }
+
+    /// Forgets expired routes.
+    pub fn expire(&mut self, now: Instant) {
+        self.entries.retain(|_, c| c.until > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The holder's side: who cached which group's route, until when. See the module header.
+#[derive(Debug)]
+pub struct Leases {
+    by_group: HashMap<Arc<str>, Vec<(NodeId, Instant)>>,
+    count: usize,
+    max: usize,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases::new(MAX_LEASES)
+    }
+}
+
+impl Leases {
+    pub fn new(max: usize) -> Self {
+        Leases {
+            by_group: HashMap::new(),
+            count: 0,
+            max,
+        }
+    }
+
+    /// `node` asked for `group`'s route at `now`: the lease it may cache the answer for
+    /// (zero when no more leases can be granted: it must not cache).
+    pub fn grant(&mut self, now: Instant, group: &str, node: NodeId) -> Duration {
+        let until = now + ROUTE_LEASE + LEASE_MARGIN;
+        if let Some(cachers) = self.by_group.get_mut(group)
+            && let Some(entry) = cachers.iter_mut().find(|(n, _)| *n == node)
+        {
+            entry.1 = until;
+            return ROUTE_LEASE;
+        }
+        if self.count >= self.max {
+            self.expire(now);
+            if self.count >= self.max {
+                return Duration::ZERO;
+            }
+        }
+        self.by_group
+            .entry(Arc::from(group))
+            .or_default()
+            .push((node, until));
+        self.count += 1;
+        ROUTE_LEASE
+    }
+
+    /// The nodes whose lease on `group` runs at `now` (to push its new route to).
+    pub fn cachers(&self, now: Instant, group: &str) -> Vec<NodeId> {
+        self.by_group.get(group).map_or_else(Vec::new, |cachers| {
+            cachers
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(n, _)| *n)
+                .collect()
+        })
+    }
+
+    /// Forgets the leases of the buckets `moved` says changed holders.
+    pub fn forget_buckets(&mut self, moved: impl Fn(u16) -> bool) {
+        self.by_group.retain(|g, _| !moved(bucket_of(g)));
+        self.count = self.by_group.values().map(Vec::len).sum();
+    }
+
+    /// Forgets the leases of `node` (it restarted: its cache is empty).
+    pub fn forget_node(&mut self, node: NodeId) {
+        for cachers in self.by_group.values_mut() {
+            cachers.retain(|(n, _)| *n != node);
+        }
+        self.by_group.retain(|_, c| !c.is_empty());
+        self.count = self.by_group.values().map(Vec::len).sum();
+    }
+
+    /// Forgets expired leases.
+    pub fn expire(&mut self, now: Instant) {
+        for cachers in self.by_group.values_mut() {
+            cachers.retain(|(_, until)| *until > now);
+        }
+        self.by_group.retain(|_, c| !c.is_empty());
+        self.count = self.by_group.values().map(Vec::len).sum();
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The mesh's routing state, behind one lock: the holders as last read, the routes
+/// this node caches, and the leases it granted as a holder.
+#[derive(Debug)]
+pub struct Routes {
+    pub holders: Arc<Holders>,
+    pub cache: RouteCache,
+    pub leases: Leases,
+    /// When each bucket's holders last changed, as this node followed it.
+    moved_at: Vec<Option<Instant>>,
+}
+
+impl Routes {
+    pub fn new(me: NodeId) -> Self {
+        Routes {
+            holders: Arc::new(Holders::new(me, &Assignments::default())),
+            cache: RouteCache::default(),
+            leases: Leases::default(),
+            moved_at: vec![None; usize::from(BUCKETS)],
+        }
+    }
+
+    /// Follows newer assignments at `now`: forgets the routes and leases of the buckets
+    /// whose holders changed and returns the new holders, or `None` when `assignments`
+    /// are the ones already followed.
+    pub fn follow(&mut self, now: Instant, assignments: &Assignments) -> Option<Arc<Holders>> {
+        if assignments.generation() == self.holders.generation() {
+            return None;
+        }
+        let next = Arc::new(Holders::new(self.holders.me, assignments));
+        let moved = self.holders.moved(&next);
+        let is_moved = |b: u16| moved.get(usize::from(b)).copied().unwrap_or(true);
+        self.cache.forget_buckets(is_moved);
+        self.leases.forget_buckets(is_moved);
+        for (at, moved) in self.moved_at.iter_mut().zip(&moved) {
+            if *moved {
+                *at = Some(now);
+            }
+        }
+        self.holders = next.clone();
+        Some(next)
+    }
+
+    /// Whether `group`'s bucket changed holders within [`MOVE_SETTLE`] of `now` (a
+    /// publish to it then goes to every peer).
+    pub fn settling(&self, now: Instant, group: &str) -> bool {
+        self.moved_at[usize::from(bucket_of(group))]
+            .is_some_and(|at| now.saturating_duration_since(at) < MOVE_SETTLE)
+    }
+}
+
+/// Who holds each bucket's interest (its owner and replica), as this node last read the
+/// committed assignments. A bucket not assigned yet (a cluster forming) is held by every
+/// node: interest goes to all peers, as before assignments existed.
+#[derive(Debug, Clone)]
+pub struct Holders {
+    me: NodeId,
+    generation: Epoch,
+    table: Vec<Option<(NodeId, Option<NodeId>)>>,
+}
+
+impl Holders {
+    /// The holders `assignments` name, seen from node `me`.
+    pub fn new(me: NodeId, assignments: &Assignments) -> Holders {
+        Holders {
+            me,
+            generation: assignments.generation(),
+            table: (0..BUCKETS).map(|b| assignments.holders(b)).collect(),
+        }
+    }
+
+    /// The assignments' generation this was built from.
+    pub fn generation(&self) -> Epoch {
+        self.generation
+    }
+
+    /// The owner and replica of `group`'s bucket, if assigned.
+    pub fn of(&self, group: &str) -> Option<(NodeId, Option<NodeId>)> {
+        self.table
+            .get(usize::from(bucket_of(group)))
+            .copied()
+            .flatten()
+    }
+
+    /// Whether `node` holds `group`'s interest (every node does for an unassigned bucket).
+    pub fn holds(&self, node: NodeId, group: &str) -> bool {
+        self.of(group)
+            .is_none_or(|(owner, replica)| owner == node || replica == Some(node))
+    }
+
+    /// Whether this node holds `group`'s interest.
+    pub fn mine(&self, group: &str) -> bool {
+        self.holds(self.me, group)
+    }
+
+    /// The holders to ask for `group`'s route, owner first; `None` when this node holds it
+    /// (or nobody is assigned: then every node does).
+    pub fn to_ask(&self, group: &str) -> Option<Vec<NodeId>> {
+        if self.mine(group) {
+            return None;
+        }
+        let (owner, replica) = self.of(group)?;
+        Some(std::iter::once(owner).chain(replica).collect())
+    }
+
+    /// The buckets whose holders differ between `self` and `other`.
+    pub fn moved(&self, other: &Holders) -> Vec<bool> {
+        self.table
+            .iter()
+            .zip(&other.table)
+            .map(|(a, b)| a != b)
+            .collect()
+    }
+
+    /// `items` split by the peers (of `peers`) that hold each one's group: what each peer
+    /// is told. Every peer gets an entry, empty if nothing is for it (deltas keep their
+    /// version chain).
+    pub fn split<T: Clone>(
+        &self,
+        peers: &[NodeId],
+        items: &[(String, T)],
+    ) -> HashMap<NodeId, Vec<(String, T)>> {
+        let mut out: HashMap<NodeId, Vec<(String, T)>> =
+            peers.iter().map(|p| (*p, Vec::new())).collect();
+        for item in items {
+            match self.of(&item.0) {
+                None => {
+                    for part in out.values_mut() {
+                        part.push(item.clone());
+                    }
+                }
+                Some((owner, replica)) => {
+                    for holder in std::iter::once(owner).chain(replica) {
+                        if let Some(part) = out.get_mut(&holder) {
+                            part.push(item.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(list: &[(NodeId, u32)]) -> Nodes {
+        list.to_vec()
+    }
+
+    #[test]
+    fn a_cached_route_is_used_for_its_lease_and_updated_while_it_runs() {
+        let t0 = Instant::now();
+        let mut cache = RouteCache::new(10);
+        assert!(cache.get(t0, "g").is_none());
+        assert!(cache.put(t0, "g", nodes(&[(3, 1)]), ROUTE_LEASE));
+        assert_eq!(cache.get(t0, "g"), Some(&nodes(&[(3, 1)])));
+        cache.update("g", nodes(&[(3, 1), (4, 2)]));
+        assert_eq!(
+            cache.get(t0 + ROUTE_LEASE / 2, "g"),
+            Some(&nodes(&[(3, 1), (4, 2)]))
+        );
+        assert!(
+            cache.get(t0 + ROUTE_LEASE, "g").is_none(),
+            "expired: ask again"
+        );
+        // An update for a route not cached is not a route.
+        cache.update("h", nodes(&[(5, 1)]));
+        assert!(cache.get(t0, "h").is_none());
+        // No lease: not kept (and an older route of the group goes).
+        assert!(!cache.put(t0, "g", nodes(&[(3, 1)]), Duration::ZERO));
+        assert!(cache.get(t0, "g").is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_makes_room_from_expired_routes_only() {
+        let t0 = Instant::now();
+        let mut cache = RouteCache::new(2);
+        assert!(cache.put(t0, "a", nodes(&[(1, 1)]), Duration::from_secs(1)));
+        assert!(cache.put(t0, "b", nodes(&[(1, 1)]), ROUTE_LEASE));
+        assert!(
+            !cache.put(t0, "c", nodes(&[(1, 1)]), ROUTE_LEASE),
+            "full of live routes"
+        );
+        assert_eq!(cache.len(), 2);
+        let later = t0 + Duration::from_secs(2);
+        assert!(
+            cache.put(later, "c", nodes(&[(1, 1)]), ROUTE_LEASE),
+            "a expired"
+        );
+        assert!(cache.get(later, "a").is_none() && cache.get(later, "c").is_some());
+        // A route already cached is refreshed even when full.
+        assert!(cache.put(later, "b", nodes(&[(2, 1)]), ROUTE_LEASE));
+    }
+
+    #[test]
+    fn moved_buckets_are_forgotten_on_both_sides() {
+        let t0 = Instant::now();
+        let (a, b) = ("user_1", "user_2");
+        assert_ne!(bucket_of(a), bucket_of(b));
+        let mut cache = RouteCache::default();
+        cache.put(t0, a, nodes(&[(3, 1)]), ROUTE_LEASE);
+        cache.put(t0, b, nodes(&[(3, 1)]), ROUTE_LEASE);
+        cache.forget_buckets(|bucket| bucket == bucket_of(a));
+        assert!(cache.get(t0, a).is_none() && cache.get(t0, b).is_some());
+        let mut leases = Leases::default();
+        leases.grant(t0, a, 2);
+        leases.grant(t0, b, 2);
+        leases.forget_buckets(|bucket| bucket == bucket_of(b));
+        assert_eq!(leases.cachers(t0, a), vec![2]);
+        assert!(leases.cachers(t0, b).is_empty());
+        assert_eq!(leases.len(), 1);
+    }
+
+    #[test]
+    fn a_holder_pushes_to_cachers_for_longer_than_they_use_the_route() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(3);
+        assert_eq!(leases.grant(t0, "g", 2), ROUTE_LEASE);
+        assert_eq!(leases.grant(t0, "g", 5), ROUTE_LEASE);
+        assert_eq!(leases.cachers(t0, "g"), vec![2, 5]);
+        // Past the cacher's lease but within the margin, updates still go.
+        let late = t0 + ROUTE_LEASE + LEASE_MARGIN / 2;
+        assert_eq!(leases.cachers(late, "g"), vec![2, 5]);
+        assert!(
+            leases
+                .cachers(t0 + ROUTE_LEASE + LEASE_MARGIN, "g")
+                .is_empty()
+        );
+        // Asking again renews rather than adding.
+        leases.grant(late, "g", 2);
+        assert_eq!(leases.len(), 2);
+        assert_eq!(
+            leases.cachers(t0 + ROUTE_LEASE + LEASE_MARGIN, "g"),
+            vec![2]
+        );
+        leases.forget_node(2);
+        assert_eq!(leases.len(), 1);
+        assert!(leases.cachers(late, "g") == vec![5]);
+    }
+
+    #[test]
+    fn leases_are_bounded_and_past_the_bound_the_answer_is_not_to_be_cached() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(2);
+        leases.grant(t0, "a", 1);
+        leases.grant(t0, "b", 1);
+        assert_eq!(leases.grant(t0, "c", 1), Duration::ZERO);
+        assert!(leases.cachers(t0, "c").is_empty());
+        let later = t0 + ROUTE_LEASE + LEASE_MARGIN;
+        assert_eq!(
+            leases.grant(later, "c", 1),
+            ROUTE_LEASE,
+            "room from expired leases"
+        );
+        assert_eq!(leases.len(), 1);
+    }
+
+    #[test]
+    fn interest_goes_to_the_two_holders_of_each_group_and_to_everyone_when_unassigned() {
+        let live = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
+        let mut map = Assignments::default();
+        let unassigned = Holders::new(1, &map);
+        assert!(unassigned.mine("user_1") && unassigned.to_ask("user_1").is_none());
+        let split = unassigned.split(&[2, 3], &[("user_1".to_string(), 1u32)]);
+        assert_eq!(split[&2].len(), 1);
+        assert_eq!(split[&3].len(), 1);
+        map.apply(&map.plan(&live, |_| true), 7);
+        let holders = Holders::new(1, &map);
+        assert_eq!(holders.generation(), 7);
+        let groups: Vec<(String, u32)> = (0..400).map(|i| (format!("user_{i}"), 1)).collect();
+        let split = holders.split(&[2, 3, 4], &groups);
+        let told: usize = split.values().map(Vec::len).sum();
+        let mine = groups.iter().filter(|(g, _)| holders.mine(g)).count();
+        // Each group goes to its two holders; those this node holds go to one peer.
+        assert_eq!(told, 2 * groups.len() - mine);
+        for (peer, part) in &split {
+            assert!(part.iter().all(|(g, _)| holders.holds(*peer, g)));
+        }
+        let (g, _) = groups.iter().find(|(g, _)| !holders.mine(g)).expect("one");
+        let (owner, replica) = holders.of(g).expect("assigned");
+        assert_eq!(
+            holders.to_ask(g),
+            Some(vec![owner, replica.expect("a replica")])
+        );
+        // Node 4 leaves: the buckets it held move, the others stay.
+        let live3 = [1, 2, 3].into_iter().map(|n| (n, 100 + n)).collect();
+        map.apply(&map.plan(&live3, |_| true), 8);
+        let after = Holders::new(1, &map);
+        let moved = holders.moved(&after);
+        for b in 0..BUCKETS {
+            let held_by_4 =
+                holders.table[usize::from(b)].is_some_and(|(o, r)| o == 4 || r == Some(4));
+            assert_eq!(moved[usize::from(b)], held_by_4, "bucket {b}");
+        }
+    }
+}
