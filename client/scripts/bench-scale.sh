@@ -55,7 +55,7 @@ for N in ${SIZES:-3 6 12}; do
     [[ $i != 1 ]] && seeds=(--seeds "$(peer 1)")
     $S serve --node-id "$i" --jwt-secret $SECRET --cluster-secret scale-bench \
       --ws-listen "$(ws "$i")" --resp-listen "$(resp "$i")" --admin-listen "$(admin "$i")" \
-      --peer-listen "$(peer "$i")" --data-dir "$dir/node-$i" "${seeds[@]}" >"$dir/node-$i.log" 2>&1 &
+      --peer-listen "$(peer "$i")" --data-dir "$dir/node-$i" "${seeds[@]}" ${FLAGS:-} >"$dir/node-$i.log" 2>&1 &
     pids+=($!)
     [[ $i == 1 ]] && { for _ in $(seq 100); do curl -sf "http://$(ws 1)/readyz" >/dev/null && break; sleep 0.1; done; }
   done
