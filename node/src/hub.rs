@@ -86,6 +86,10 @@ pub struct OutletInner {
     max_bytes: usize,
     close: Notify,
     close_code: AtomicU16,
+    /// Wakes publishers waiting for room (see [`OutletInner::offer_within`]) when the
+    /// connection's task has written a batch; only when some wait.
+    room: Notify,
+    room_waiters: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +100,14 @@ struct Queue {
     /// The connection's task is gone: nothing more is taken.
     closed: bool,
 }
+
+/// How long a paced publish ([`Hub::publish_paced`]: a local publisher, or a peer's
+/// stream of forwards) waits for a full client queue to make room before the client is
+/// closed as a slow consumer (4008). A client that lags takes what is queued within it
+/// and slows its publishers down; one that takes nothing for this long is cut. While it
+/// waits, a peer's data stream is not read (one stall of at most this long per stuck
+/// client: it is cut after it).
+pub const SLOW_CONSUMER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A drained queue keeps at most this many slots; a larger one (grown by a burst) is
 /// freed, so that an idle connection does not keep its busiest moment's memory.
@@ -128,6 +140,8 @@ impl OutletInner {
             max_bytes,
             close: Notify::new(),
             close_code: AtomicU16::new(0),
+            room: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
         });
         (
             outlet.clone(),
@@ -151,7 +165,9 @@ impl OutletInner {
     /// Queues one item, within the message and byte bounds.
     pub fn push(&self, item: Outbound) -> Offer {
         let len = item.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        // SeqCst with `written`: a publisher waiting for room (`offer_within`) and the
+        // task giving bytes back never both miss each other.
+        let before = self.queued_bytes.fetch_add(len, Ordering::SeqCst);
         if before > 0 && before + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Offer::Full;
@@ -185,7 +201,44 @@ impl OutletInner {
 
     /// The connection wrote `len` payload bytes taken from the queue.
     pub fn written(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Offers a message as [`OutletInner::offer`] does, but when the queue is full waits
+    /// (until `deadline`) for the connection's task to write and make room: a client that
+    /// is slower than its publishers paces them instead of overflowing. `Full` only when
+    /// the deadline passed, or a close was requested meanwhile.
+    pub async fn offer_within(
+        &self,
+        group: &str,
+        message: &Encoded,
+        deadline: tokio::time::Instant,
+    ) -> Offer {
+        loop {
+            // Registered before the offer: a write between the two still wakes it.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            self.room_waiters.fetch_add(1, Ordering::SeqCst);
+            room.as_mut().enable();
+            let offer = self.offer(group, message);
+            let waited = if offer == Offer::Full && !self.close_is_requested() {
+                tokio::time::timeout_at(deadline, room).await.is_ok()
+            } else {
+                false
+            };
+            self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+            if !waited {
+                return offer;
+            }
+        }
+    }
+
+    /// Whether a close was requested.
+    pub fn close_is_requested(&self) -> bool {
+        self.close_code.load(Ordering::Acquire) != 0
     }
 
     /// Payload bytes queued and not yet written.
@@ -471,6 +524,59 @@ impl Hub {
         recipients.len()
     }
 
+    /// Delivers `message` to every local connection in `group` as
+    /// [`Hub::publish_local`] does, but a connection whose queue is full is waited for
+    /// (all of them together, for at most `patience`) before it is closed as a slow
+    /// consumer: the caller (a publisher, or a peer's stream of forwards) is slowed down
+    /// to the pace of its slowest client instead of cutting clients that merely lag.
+    pub async fn publish_paced(
+        &self,
+        group: &str,
+        message: &Encoded,
+        patience: std::time::Duration,
+    ) -> usize {
+        let Some(recipients) = read(&self.broker).fanout(group) else {
+            return 0;
+        };
+        let started = Instant::now();
+        let mut delivered = 0u64;
+        let mut full = Vec::new();
+        for outlet in recipients.iter() {
+            match outlet.offer(group, message) {
+                Offer::Queued => delivered += 1,
+                Offer::Full if !outlet.close_is_requested() => full.push(outlet),
+                Offer::Full | Offer::Closed => {}
+            }
+        }
+        let fanned = started.elapsed();
+        let mut dropped = 0u64;
+        if !full.is_empty() {
+            let deadline = tokio::time::Instant::now() + patience;
+            for outlet in full {
+                match outlet.offer_within(group, message, deadline).await {
+                    Offer::Queued => delivered += 1,
+                    Offer::Full => {
+                        dropped += 1;
+                        if outlet.request_close(CloseCode::SlowConsumer) {
+                            self.metrics.slow_consumer_closes.inc();
+                        }
+                    }
+                    Offer::Closed => {}
+                }
+            }
+            self.metrics.paced_publishes.inc();
+        }
+        self.metrics.fanout_seconds.observe(fanned);
+        self.metrics.messages_delivered.add(delivered);
+        self.metrics
+            .bytes_delivered
+            .add(delivered * message.len() as u64);
+        if dropped > 0 {
+            self.metrics.messages_dropped.add(dropped);
+        }
+        recipients.len()
+    }
+
     /// How many local connections are in `group`.
     pub fn group_size(&self, group: &str) -> usize {
         read(&self.broker).group_size(group)
@@ -524,6 +630,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn an_outlet_is_bounded_in_bytes_and_gives_them_back_when_written() {
@@ -578,6 +685,76 @@ mod tests {
             lock(&outlet.queue).items.capacity() <= QUEUE_SLOTS_KEPT,
             "a small queue keeps its few slots"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_waits_for_room_and_a_stuck_client_is_cut_at_the_deadline() {
+        let (outlet, mut rx) = OutletInner::new(1, 2, 1 << 20, false);
+        let m = Encoded::new(Bytes::from_static(b"x"));
+        assert_eq!(outlet.offer("g", &m), Offer::Queued);
+        assert_eq!(outlet.offer("g", &m), Offer::Queued);
+        assert_eq!(outlet.offer("g", &m), Offer::Full, "two messages at most");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        // The connection takes a batch and writes it a little later: the waiting offer
+        // goes in then.
+        let waiting = outlet.offer_within("g", &m, deadline);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        let mut batch = Vec::new();
+        assert_eq!(rx.try_recv_many(&mut batch, 64), Some(2));
+        outlet.written(2);
+        assert_eq!(waiting.await, Offer::Queued);
+        // Nobody takes anything: at the deadline it is still full.
+        assert_eq!(outlet.offer("g", &m), Offer::Queued);
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(1);
+        assert_eq!(outlet.offer_within("g", &m, deadline).await, Offer::Full);
+        assert_eq!(
+            tokio::time::Instant::now(),
+            deadline,
+            "waited until the deadline"
+        );
+        // A client already asked to close is not waited for.
+        outlet.request_close(CloseCode::SlowConsumer);
+        let later = tokio::time::Instant::now() + Duration::from_secs(1);
+        assert_eq!(outlet.offer_within("g", &m, later).await, Offer::Full);
+        assert!(tokio::time::Instant::now() < later);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_publish_waits_for_a_lagging_client_and_cuts_a_stuck_one() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(BrokerLimits::default(), metrics.clone());
+        let join = |id: u64| {
+            let (outlet, rx) = OutletInner::new(id, 1, 1 << 20, false);
+            let perms = Permissions::new(std::iter::empty::<String>(), false);
+            assert!(
+                hub.connect(&outlet, &format!("{id}"), "g", perms)
+                    .is_empty()
+            );
+            (outlet, rx)
+        };
+        let (lagging, mut lagging_rx) = join(1);
+        let (stuck, _stuck_rx) = join(2);
+        let m = Encoded::new(Bytes::from_static(b"x"));
+        assert_eq!(hub.publish_local("g", &m), 2, "both queues now full");
+        let patience = Duration::from_secs(1);
+        let publish = hub.publish_paced("g", &m, patience);
+        tokio::pin!(publish);
+        assert!(futures_util::poll!(publish.as_mut()).is_pending());
+        // The lagging client writes what it had: the message goes in.
+        let mut batch = Vec::new();
+        assert_eq!(lagging_rx.try_recv_many(&mut batch, 8), Some(1));
+        lagging.written(1);
+        assert_eq!(publish.await, 2);
+        assert_eq!(
+            lagging_rx.try_recv_many(&mut batch, 8),
+            Some(1),
+            "delivered"
+        );
+        assert!(!lagging.close_is_requested());
+        assert!(stuck.close_is_requested(), "the stuck one is cut with 4008");
+        assert_eq!(metrics.slow_consumer_closes.get(), 1);
     }
 
     #[tokio::test]

@@ -234,6 +234,7 @@ pub struct Metrics {
     pub bytes_delivered: Counter,
     pub messages_dropped: Counter,
     pub slow_consumer_closes: Counter,
+    pub paced_publishes: Counter,
     pub token_expiry_closes: Counter,
     pub resp_connections: Gauge,
     pub resp_commands: Counter,
@@ -332,8 +333,13 @@ impl Metrics {
             ),
             Row::counter(
                 "slow_consumer_closes_total",
-                "Clients closed with 4008 because their queue overflowed.",
+                "Clients closed with 4008 because their queue stayed full (history groups: overflowed).",
                 self.slow_consumer_closes.get(),
+            ),
+            Row::counter(
+                "paced_publishes_total",
+                "Publishes (local or forwarded) that waited for a full client queue to make room.",
+                self.paced_publishes.get(),
             ),
             Row::counter(
                 "token_expiry_closes_total",

@@ -16,10 +16,11 @@ use futures_util::future::BoxFuture;
 use switchboard_proto::peer::{NodeId, Position};
 
 use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
-use crate::cluster::{Cluster, Targets};
+use crate::cluster::Cluster;
+
 use crate::historian::{self, Historian};
 use crate::history::{HistoryError, Recovery};
-use crate::hub::{Encoded, Hub};
+use crate::hub::{Encoded, Hub, SLOW_CONSUMER_PATIENCE};
 use crate::metrics::Metrics;
 
 /// A recovery the group's owner could not answer is asked again after this long...
@@ -206,31 +207,31 @@ impl Router {
 
     /// Local fan-out and forwarding to the peers with subscribers: groups without
     /// history. When this node neither holds the group's interest nor caches its route,
-    /// a holder is asked first (one round trip, then cached).
+    /// a holder is asked first (one round trip, then cached). Both halves pace the
+    /// publisher: a full local client queue is waited for (within
+    /// [`SLOW_CONSUMER_PATIENCE`], then the client is cut with 4008), and so is a peer
+    /// whose queue of forwards is full (docs/cluster.md, "Backpressure").
     fn publish_direct<'a>(
         &'a self,
         group: &'a str,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<Routed, HistoryError>> {
-        let message = Encoded::new(payload.clone());
-        let local = self.hub.publish_local(group, &message);
-        let text = message.is_text();
-        let routed = move |remote: usize| {
+        Box::pin(async move {
+            let message = Encoded::new(payload.clone());
+            let local = self
+                .hub
+                .publish_paced(group, &message, SLOW_CONSUMER_PATIENCE)
+                .await;
+            let targets = self.cluster.resolve(group).await;
+            let remote = self
+                .cluster
+                .forward(group, &payload, message.is_text(), &targets)
+                .await;
             Ok(Routed {
                 routed: local + remote,
                 position: None,
             })
-        };
-        match self.cluster.targets(group) {
-            Targets::Ask(_) => Box::pin(async move {
-                let targets = self.cluster.resolve(group).await;
-                routed(self.cluster.forward(group, &payload, text, &targets))
-            }),
-            targets => {
-                let remote = self.cluster.forward(group, &payload, text, &targets);
-                Box::pin(std::future::ready(routed(remote)))
-            }
-        }
+        })
     }
 }
 

@@ -302,9 +302,13 @@ async fn the_admin_cli_answers_in_the_contract_shapes() {
     assert!(presence["connections"][0]["connected_at"].as_u64().unwrap() > 1_600_000_000_000);
 
     let group = proc.cli_json(&["group", "news"]);
+    // The contract's keys (more may follow: who holds the group's interest).
+    assert_eq!(group["group"], "news");
+    assert_eq!(group["connections"], 1);
+    assert_eq!(group["nodes"], serde_json::json!({"1": 1}));
     assert_eq!(
-        group,
-        serde_json::json!({"group": "news", "connections": 1, "nodes": {"1": 1}})
+        group["interest"]["owner"], 1,
+        "a lone node holds every bucket"
     );
 
     let status = proc.cli_json(&["status"]);

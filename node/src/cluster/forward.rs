@@ -16,7 +16,7 @@ use bytes::Bytes;
 use switchboard_proto::peer::{Forward, NodeId, PeerMessage, Position, Route};
 use tokio::sync::{mpsc, oneshot};
 
-use super::mesh::Cluster;
+use super::mesh::{Cluster, Link};
 use super::routes::Nodes;
 use crate::broker::{Budget, glob_match_within};
 use crate::sync::{lock, read};
@@ -29,6 +29,11 @@ pub const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_LISTED: usize = 100_000;
 /// Steps of glob matching one peer spends on a listing (about 10 ms of one core).
 pub const LISTING_BUDGET: u64 = 10_000_000;
+/// How long a publish waits for room in a peer's queue of forwards.
+pub const FORWARD_PATIENCE: Duration = Duration::from_secs(2);
+/// A peer not heard from for this long (its heartbeats travel on the control stream,
+/// never behind forwards) is not waited for: it may be dead, not slow.
+pub const FORWARD_LIVENESS: Duration = Duration::from_millis(1500);
 
 /// Where a publish to a group goes, as far as this node knows without asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,28 +389,63 @@ impl Cluster {
         (all, complete)
     }
 
-    /// Sends a message published here as `targets` say. Returns the connections it was
-    /// routed to on peers (as far as known when it goes to every peer).
-    pub fn forward(&self, group: &str, payload: &Bytes, text: bool, targets: &Targets) -> usize {
+    /// Sends a message published here as `targets` say. A peer whose queue of forwards
+    /// is full ([`super::mesh::PEER_QUEUE_BYTES`]: it reads slower than this node
+    /// publishes) is waited for, within [`FORWARD_PATIENCE`], as long as it was heard from
+    /// within [`FORWARD_LIVENESS`]: the publisher is slowed down to the pace of the
+    /// subscribers' nodes instead of their clients being cut. A forward that still does
+    /// not fit is dropped and counted. Returns the connections it was routed to on peers
+    /// (as far as known when it goes to every peer).
+    pub async fn forward(
+        &self,
+        group: &str,
+        payload: &Bytes,
+        text: bool,
+        targets: &Targets,
+    ) -> usize {
+        let list = self.target_list(targets);
+        let (mut routed, blocked) = self.offer_forwards(group, payload, text, None, &list);
+        if blocked.is_empty() {
+            return routed;
+        }
+        self.metrics.paced_forwards.inc();
+        let deadline = tokio::time::Instant::now() + FORWARD_PATIENCE;
+        for (node, count, link, message) in blocked {
+            let alive = self
+                .last_seen(node)
+                .is_some_and(|ago| ago < FORWARD_LIVENESS);
+            if alive && link.forward_within(message, payload.len(), deadline).await {
+                routed += count as usize;
+                self.metrics.forwarded_messages.inc();
+                self.metrics.forwarded_bytes.add(payload.len() as u64);
+            } else {
+                self.metrics.peer_queue_drops.inc();
+            }
+        }
+        routed
+    }
+
+    /// The peers (and counts) `targets` name; every connected peer when it says so.
+    fn target_list(&self, targets: &Targets) -> Vec<(NodeId, u32)> {
         match targets {
-            Targets::Known(nodes) => self.forward_to(group, payload, text, None, nodes),
+            Targets::Known(nodes) => nodes.clone(),
             Targets::Everyone(_) | Targets::Ask(_) => {
                 let known = targets.counts();
                 let count_of =
                     |id: NodeId| known.iter().find(|(n, _)| *n == id).map_or(0, |(_, c)| *c);
-                let every: Vec<(NodeId, u32)> = lock(&self.table)
+                lock(&self.table)
                     .links()
                     .map(|(id, _)| (id, count_of(id)))
-                    .collect();
-                self.forward_to(group, payload, text, None, &every)
+                    .collect()
             }
         }
     }
 
     /// A positioned message of a history group, from its owner (which holds the group's
     /// interest): once to every peer with subscribers for the group and to each of
-    /// `also` (nodes recovering it). Returns the connections it was routed to on peers
-    /// with subscribers.
+    /// `also` (nodes recovering it). It never waits (the owner's one task must not): a
+    /// peer whose queue is full misses it, and its positioned clients see the gap and
+    /// recover. Returns the connections it was routed to on peers with subscribers.
     pub fn forward_positioned(
         &self,
         group: &str,
@@ -420,24 +460,30 @@ impl Cluster {
                 targets.push((*node, 0));
             }
         }
-        self.forward_to(group, payload, text, Some(position), &targets)
+        let (routed, blocked) = self.offer_forwards(group, payload, text, Some(position), &targets);
+        for _ in blocked {
+            self.metrics.peer_queue_drops.inc();
+        }
+        routed
     }
 
-    /// Sends one `Forward` to each of `targets`; returns the connections it was routed
-    /// to on them.
-    fn forward_to(
+    /// Queues one `Forward` for each of `targets` that has room; returns the connections
+    /// it was routed to on those, and the targets without room (with their message).
+    #[allow(clippy::type_complexity)]
+    fn offer_forwards(
         &self,
         group: &str,
         payload: &Bytes,
         text: bool,
         position: Option<Position>,
         targets: &[(NodeId, u32)],
-    ) -> usize {
+    ) -> (usize, Vec<(NodeId, u32, Link, PeerMessage)>) {
+        let mut routed = 0usize;
+        let mut blocked = Vec::new();
         if targets.is_empty() {
-            return 0;
+            return (0, blocked);
         }
         let table = lock(&self.table);
-        let mut routed = 0usize;
         for (node, count) in targets {
             let Some(link) = table.link(*node) else {
                 continue;
@@ -449,14 +495,15 @@ impl Cluster {
                 origin: self.node,
                 position,
             }]);
-            if link.send(message) {
-                routed += *count as usize;
-                self.metrics.forwarded_messages.inc();
-                self.metrics.forwarded_bytes.add(payload.len() as u64);
-            } else {
-                self.metrics.peer_queue_drops.inc();
+            match link.try_forward(message, payload.len()) {
+                Ok(()) => {
+                    routed += *count as usize;
+                    self.metrics.forwarded_messages.inc();
+                    self.metrics.forwarded_bytes.add(payload.len() as u64);
+                }
+                Err(message) => blocked.push((*node, *count, link.clone(), message)),
             }
         }
-        routed
+        (routed, blocked)
     }
 }

@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use switchboard_proto::peer::{
     History, MAX_PEER_MESSAGE, NodeId, PEER_PROTOCOL_VERSION, PeerMessage,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -37,31 +37,76 @@ use crate::broker::RemoteInterest;
 use crate::clock::unix_micros;
 use crate::config::Config;
 use crate::health::Health;
-use crate::hub::{Encoded, Hub};
+use crate::hub::{Encoded, Hub, SLOW_CONSUMER_PATIENCE};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Counter, Row};
 use crate::presence::SharedReplica;
 use crate::secrets::Secrets;
 use crate::sync::{lock, read, write};
 
-/// Messages queued per peer before new ones are dropped.
+/// Control messages (everything but forwards) queued per peer before new ones are
+/// dropped.
 pub const PEER_QUEUE: usize = 65_536;
+/// Bytes of forwards (payload plus [`FORWARD_OVERHEAD`] each) queued for one peer and not
+/// yet written to its data stream: past it, publishers wait (see `super::forward`).
+pub const PEER_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// What one queued forward counts beyond its payload.
+pub const FORWARD_OVERHEAD: usize = 64;
+
 /// How often heartbeats go out and liveness is checked.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Most queued messages written to a peer in one write.
 const WRITE_BATCH: usize = 256;
 
-/// A live session's sending side: the peer's bounded queue, and its connection.
+/// A live session's sending side: the peer's bounded control queue, its data queue
+/// (forwards, bounded in bytes by `budget`), and its connection.
 #[derive(Debug, Clone)]
 pub struct Link {
     tx: mpsc::Sender<PeerMessage>,
+    data: mpsc::UnboundedSender<(PeerMessage, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
     conn: quinn::Connection,
 }
 
 impl Link {
-    /// Queues `message` for the peer; false when its queue is full (or the session ended).
+    /// Queues `message` for the peer's control stream; false when its queue is full (or
+    /// the session ended).
     pub fn send(&self, message: PeerMessage) -> bool {
         self.tx.try_send(message).is_ok()
+    }
+
+    /// Queues a forward of `bytes` for the peer's data stream if its byte budget has room
+    /// now; else hands it back.
+    pub fn try_forward(&self, message: PeerMessage, bytes: usize) -> Result<(), PeerMessage> {
+        match self
+            .budget
+            .clone()
+            .try_acquire_many_owned(forward_cost(bytes))
+        {
+            Ok(permit) => self.data.send((message, permit)).map_err(|e| e.0.0),
+            Err(_) => Err(message),
+        }
+    }
+
+    /// Queues a forward of `bytes`, waiting until `deadline` for the budget to have room
+    /// (the peer's stream is written as fast as the peer reads). False when it did not,
+    /// or the session ended.
+    pub async fn forward_within(
+        &self,
+        message: PeerMessage,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let acquire = self.budget.clone().acquire_many_owned(forward_cost(bytes));
+        match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => self.data.send((message, permit)).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Bytes of forwards queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        PEER_QUEUE_BYTES.saturating_sub(self.budget.available_permits())
     }
 
     /// The connection, for the Raft layer's RPC streams.
@@ -73,6 +118,11 @@ impl Link {
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+}
+
+/// What a forward of a `bytes`-long payload takes of a peer's budget.
+fn forward_cost(bytes: usize) -> u32 {
+    u32::try_from((bytes + FORWARD_OVERHEAD).min(PEER_QUEUE_BYTES)).unwrap_or(u32::MAX)
 }
 
 impl peers::Link for Link {
@@ -94,6 +144,7 @@ pub struct ClusterMetrics {
     pub history_messages_dropped: Counter,
     pub route_lookups: Counter,
     pub route_lookup_failures: Counter,
+    pub paced_forwards: Counter,
 }
 
 /// What the mesh needs from the layers below it.
@@ -343,11 +394,15 @@ impl Cluster {
     pub fn rows(&self) -> Vec<Row> {
         let members = self.members();
         let m = &self.metrics;
-        let (depths, rx, tx) = {
+        let (depths, data, rx, tx) = {
             let table = lock(&self.table);
             let depths = table
                 .links()
                 .map(|(id, link)| (id.to_string(), link.depth() as u64))
+                .collect();
+            let data = table
+                .links()
+                .map(|(id, link)| (id.to_string(), link.queued_bytes() as u64))
                 .collect();
             let (mut rx, mut tx) = (
                 self.ended_rx.load(Ordering::Relaxed),
@@ -358,7 +413,7 @@ impl Cluster {
                 rx += stats.udp_rx.bytes;
                 tx += stats.udp_tx.bytes;
             }
-            (depths, rx, tx)
+            (depths, data, rx, tx)
         };
         let (cached, leases, held) = {
             let routes = lock(&self.routes);
@@ -420,6 +475,11 @@ impl Cluster {
                 tx,
             ),
             Row::counter(
+                "paced_forwards_total",
+                "Publishes that waited for room in a peer's queue of forwards (the peer reads slower than this node publishes).",
+                m.paced_forwards.get(),
+            ),
+            Row::counter(
                 "route_lookups_total",
                 "Routes of groups asked of their holders (publishes to groups whose interest this node neither holds nor caches).",
                 m.route_lookups.get(),
@@ -465,9 +525,15 @@ impl Cluster {
             ),
             Row::gauge_by(
                 "peer_queue_depth",
-                "Messages waiting in each peer's outbound queue.",
+                "Control messages waiting in each peer's outbound queue.",
                 "peer",
                 depths,
+            ),
+            Row::gauge_by(
+                "peer_data_queue_bytes",
+                "Bytes of forwards waiting for each peer's data stream (publishers wait past PEER_QUEUE_BYTES, 8 MiB).",
+                "peer",
+                data,
             ),
         ]
     }
@@ -610,8 +676,12 @@ impl Cluster {
 
         let dialer = if dialed.is_some() { self.node } else { peer };
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let (data, data_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(PEER_QUEUE_BYTES));
         let link = Link {
             tx,
+            data,
+            budget: budget.clone(),
             conn: conn.clone(),
         };
         let verdict = lock(&self.table).on_session(
@@ -647,10 +717,16 @@ impl Cluster {
         }
 
         let writer = tokio::spawn(write_loop(hs.send, rx));
+        let data_writer = tokio::spawn(data_write_loop(conn.clone(), data_rx));
+        let data_reader = tokio::spawn(self.clone().data_read_loop(peer, conn.clone()));
         let rpcs = tokio::spawn(hand_off_rpcs(self.clone(), conn.clone(), peer));
         let result = self.read_loop(peer, &mut hs.recv, &link).await;
         writer.abort();
+        data_writer.abort();
+        data_reader.abort();
         rpcs.abort();
+        // Publishers waiting for this peer's budget give up at once.
+        budget.close();
         CloseReason::Ended.close(&conn);
         let stats = conn.stats();
         self.ended_rx
@@ -733,6 +809,44 @@ impl Cluster {
         }
     }
 
+    /// Reads the peer's data stream (its forwards) and delivers each, waiting for full
+    /// client queues within [`SLOW_CONSUMER_PATIENCE`]: while it waits, the stream is not
+    /// read, and QUIC's flow control slows the peer's writer and so its publishers.
+    async fn data_read_loop(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) {
+        let Ok(mut recv) = conn.accept_uni().await else {
+            return;
+        };
+        loop {
+            let message = match read_frame(&mut recv, MAX_PEER_MESSAGE).await {
+                Ok(message) => message,
+                Err(e) => {
+                    debug!(peer, error = %e, "peer data stream ended");
+                    return;
+                }
+            };
+            let PeerMessage::Forward(forwards) = message else {
+                warn!(
+                    peer,
+                    kind = message.kind(),
+                    "peer sent a control message on its data stream; closing it"
+                );
+                CloseReason::Ended.close(&conn);
+                return;
+            };
+            for f in forwards {
+                self.metrics.received_forwards.inc();
+                let message = match f.position {
+                    Some(position) => Encoded::with_position(f.payload, position),
+                    None => Encoded::new(f.payload),
+                };
+                self.deps
+                    .hub
+                    .publish_paced(&f.group, &message, SLOW_CONSUMER_PATIENCE)
+                    .await;
+            }
+        }
+    }
+
     async fn heartbeat_loop(self: Arc<Self>) {
         let shutdown = self.shutdown_token();
         loop {
@@ -785,6 +899,38 @@ async fn hand_off_rpcs(cluster: Arc<Cluster>, conn: quinn::Connection, peer: Nod
             // Dropped: the peer's call fails and Raft retries it.
             cluster.metrics.rpc_streams_refused.inc();
         }
+    }
+}
+
+/// Writes queued forwards on this node's data stream to the peer (a unidirectional QUIC
+/// stream of its own, so that control messages never wait behind data), in batches; a
+/// batch's budget is given back once written, that is once QUIC's flow control let it
+/// go: a peer that reads slowly slows the publishers here.
+async fn data_write_loop(
+    conn: quinn::Connection,
+    mut rx: mpsc::UnboundedReceiver<(PeerMessage, OwnedSemaphorePermit)>,
+) {
+    let mut batch = Vec::new();
+    let mut out = Vec::new();
+    let mut send = None;
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let stream = match &mut send {
+            Some(stream) => stream,
+            None => match conn.open_uni().await {
+                Ok(stream) => send.insert(stream),
+                Err(_) => return,
+            },
+        };
+        out.clear();
+        for (message, _) in &batch {
+            if let Err(e) = encode_into(&mut out, message) {
+                warn!(error = %e, "forward not encodable; dropped");
+            }
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        batch.clear();
     }
 }
 

@@ -202,9 +202,10 @@ pub fn endpoint(
     transport
         .max_idle_timeout(Some(idle_timeout.try_into()?))
         .keep_alive_interval(Some(Duration::from_millis(500)))
-        // The gossip stream plus one stream per Raft RPC in flight.
+        // The control stream plus one stream per Raft RPC in flight; and the one data
+        // stream of forwards each side opens (a second would wait: bounded).
         .max_concurrent_bidi_streams(256u32.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(1u32.into());
     let transport = Arc::new(transport);
 
     let mut server_config =
