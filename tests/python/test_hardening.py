@@ -356,6 +356,39 @@ def test_unauthenticated_connections_time_out_and_cannot_lock_out_publishers(sta
     assert redis.Redis(host=node.resp_host, port=node.resp_port, password="pw").ping()
 
 
+def test_idle_connections_from_many_addresses_cannot_take_every_resp_slot(start_node):
+    """A node with 2 048 descriptors has 256 RESP slots (an eighth), and unauthenticated
+    connections may hold half of them: 300 idle connections from ten addresses (30 each,
+    under the per-address cap) make the oldest ones give way, and a publisher that
+    authenticates still gets a slot."""
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, 2048))
+
+    node = Node("--resp-password", "pw", preexec_fn=few_files)
+    try:
+        idle = []
+        for address in range(10, 20):
+            for _ in range(30):
+                lines = Lines(resp_conn(node, source=f"127.0.0.{address}"))
+                lines.sock.sendall(command("PING"))
+                assert lines.line().startswith(b"-NOAUTH")
+                idle.append(lines)
+        # The oldest gave way to the newer ones, with a reason; 128 are still waiting.
+        given_way = idle[:300 - 128]
+        for lines in given_way:
+            assert b"the oldest is closed to make room" in lines.line()
+            assert closed(lines.sock)
+        publisher = Lines(resp_conn(node, source="127.0.0.2"))
+        publisher.sock.sendall(command("AUTH", "pw") + command("PUBLISH", "g", "x"))
+        assert publisher.line() == b"+OK\r\n", "a slot for the publisher"
+        assert publisher.line() == b":0\r\n"
+        for lines in idle:
+            lines.sock.close()
+        publisher.sock.close()
+    finally:
+        node.stop()
+
+
 def test_auth_guessing_is_slowed_and_closed(start_node):
     node = start_node("--resp-password", "pw")
     lines = Lines(resp_conn(node))

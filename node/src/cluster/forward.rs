@@ -501,7 +501,7 @@ impl Cluster {
                     self.metrics.forwarded_messages.inc();
                     self.metrics.forwarded_bytes.add(payload.len() as u64);
                 }
-                Err(message) => blocked.push((*node, *count, link.clone(), message)),
+                Err(message) => blocked.push((*node, *count, link.clone(), *message)),
             }
         }
         (routed, blocked)

@@ -77,14 +77,17 @@ impl Link {
 
     /// Queues a forward of `bytes` for the peer's data stream if its byte budget has room
     /// now; else hands it back.
-    pub fn try_forward(&self, message: PeerMessage, bytes: usize) -> Result<(), PeerMessage> {
+    pub fn try_forward(&self, message: PeerMessage, bytes: usize) -> Result<(), Box<PeerMessage>> {
         match self
             .budget
             .clone()
             .try_acquire_many_owned(forward_cost(bytes))
         {
-            Ok(permit) => self.data.send((message, permit)).map_err(|e| e.0.0),
-            Err(_) => Err(message),
+            Ok(permit) => self
+                .data
+                .send((message, permit))
+                .map_err(|e| Box::new(e.0.0)),
+            Err(_) => Err(Box::new(message)),
         }
     }
 

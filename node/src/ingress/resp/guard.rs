@@ -6,9 +6,13 @@
 //!   [`MAX_AUTH_WAIT`]: about one guess a second per address, however many connections.
 //! - [`Unauthenticated`]: connections not yet authenticated, per client address, at most
 //!   [`MAX_UNAUTHENTICATED_PER_IP`] at once: idle connections from one address cannot
-//!   take the slots of publishers from others.
+//!   take the slots of publishers from others; and in all at most a share of the RESP
+//!   slots ([`UNAUTHENTICATED_SHARE`]): past it the oldest waiting connection is closed
+//!   to make room, so idle connections from many addresses cannot take every slot
+//!   either (a publisher authenticates within a round trip; an idle one waits for the
+//!   auth timeout).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,8 @@ pub const MAX_AUTH_WAIT: Duration = Duration::from_secs(10);
 pub const MAX_TRACKED: usize = 16_384;
 /// Connections from one address that may be waiting to authenticate at once.
 pub const MAX_UNAUTHENTICATED_PER_IP: usize = 32;
+/// The share (1/this) of the RESP slots unauthenticated connections may hold in all.
+pub const UNAUTHENTICATED_SHARE: usize = 2;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -69,32 +75,73 @@ impl AuthThrottle {
     }
 }
 
-/// See the module header.
-#[derive(Debug, Default)]
-pub struct Unauthenticated {
+/// See the module header. `T` is how the driver closes a connection (its handle).
+#[derive(Debug)]
+pub struct Unauthenticated<T> {
     per_ip: HashMap<IpAddr, usize>,
+    /// Waiting connections, oldest first, by ticket.
+    waiting: BTreeMap<u64, (IpAddr, T)>,
+    max_total: usize,
+    next: u64,
 }
 
-impl Unauthenticated {
-    /// A new unauthenticated connection from `ip`: false when that address already has
-    /// [`MAX_UNAUTHENTICATED_PER_IP`].
-    pub fn enter(&mut self, ip: IpAddr) -> bool {
-        let count = self.per_ip.entry(ip).or_default();
-        if *count >= MAX_UNAUTHENTICATED_PER_IP {
-            return false;
+impl<T> Unauthenticated<T> {
+    /// At most `max_total` unauthenticated connections at once (a share of the slots).
+    pub fn new(max_total: usize) -> Self {
+        Unauthenticated {
+            per_ip: HashMap::new(),
+            waiting: BTreeMap::new(),
+            max_total: max_total.max(1),
+            next: 0,
         }
-        *count += 1;
-        true
     }
 
-    /// A connection from `ip` authenticated or closed.
-    pub fn leave(&mut self, ip: IpAddr) {
+    /// A new unauthenticated connection from `ip`, closed through `handle` if it must
+    /// make room later. `None` when that address already has
+    /// [`MAX_UNAUTHENTICATED_PER_IP`]; else its ticket, and the handle of the oldest
+    /// waiting connection, which must be closed to make room, when all places are taken.
+    pub fn enter(&mut self, ip: IpAddr, handle: T) -> Option<(u64, Option<T>)> {
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= MAX_UNAUTHENTICATED_PER_IP {
+            return None;
+        }
+        let evicted = if self.waiting.len() >= self.max_total {
+            self.waiting.pop_first().map(|(_, (old_ip, old))| {
+                self.forget_ip(old_ip);
+                old
+            })
+        } else {
+            None
+        };
+        *self.per_ip.entry(ip).or_default() += 1;
+        self.next += 1;
+        self.waiting.insert(self.next, (ip, handle));
+        Some((self.next, evicted))
+    }
+
+    /// Connection `ticket` authenticated or closed (or was closed to make room: then
+    /// this does nothing).
+    pub fn leave(&mut self, ticket: u64) {
+        if let Some((ip, _)) = self.waiting.remove(&ticket) {
+            self.forget_ip(ip);
+        }
+    }
+
+    fn forget_ip(&mut self, ip: IpAddr) {
         if let Some(count) = self.per_ip.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
                 self.per_ip.remove(&ip);
             }
         }
+    }
+
+    /// Connections waiting to authenticate.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 
@@ -142,17 +189,43 @@ mod tests {
 
     #[test]
     fn unauthenticated_connections_are_capped_per_address() {
-        let mut unauth = Unauthenticated::default();
+        let mut unauth = Unauthenticated::new(1000);
         let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-        for _ in 0..MAX_UNAUTHENTICATED_PER_IP {
-            assert!(unauth.enter(ip));
+        let mut tickets = Vec::new();
+        for i in 0..MAX_UNAUTHENTICATED_PER_IP {
+            let (ticket, evicted) = unauth.enter(ip, i).expect("admitted");
+            assert_eq!(evicted, None);
+            tickets.push(ticket);
         }
-        assert!(!unauth.enter(ip));
+        assert!(unauth.enter(ip, 99).is_none());
         assert!(
-            unauth.enter("127.0.0.2".parse().expect("ip")),
+            unauth
+                .enter("127.0.0.2".parse().expect("ip"), 100)
+                .is_some(),
             "another address"
         );
-        unauth.leave(ip);
-        assert!(unauth.enter(ip));
+        unauth.leave(tickets[3]);
+        assert!(unauth.enter(ip, 101).is_some());
+    }
+
+    #[test]
+    fn past_their_share_of_the_slots_the_oldest_waiting_connection_makes_room() {
+        let mut unauth = Unauthenticated::new(3);
+        let ip = |i: u8| -> IpAddr { format!("10.0.0.{i}").parse().expect("ip") };
+        let (first, _) = unauth.enter(ip(1), "a").expect("admitted");
+        unauth.enter(ip(2), "b").expect("admitted");
+        unauth.enter(ip(3), "c").expect("admitted");
+        // A fourth, from yet another address: the oldest ("a") gives way.
+        let (_, evicted) = unauth.enter(ip(4), "d").expect("admitted");
+        assert_eq!(evicted, Some("a"));
+        assert_eq!(unauth.len(), 3);
+        // The evicted one's own leave changes nothing; its address counts no more.
+        unauth.leave(first);
+        assert_eq!(unauth.len(), 3);
+        for _ in 0..MAX_UNAUTHENTICATED_PER_IP - 1 {
+            unauth
+                .enter(ip(1), "again")
+                .expect("address 1 has its places back");
+        }
     }
 }

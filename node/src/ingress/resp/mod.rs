@@ -110,16 +110,16 @@ impl Drop for Open {
     }
 }
 
-/// A connection's place among the unauthenticated ones from its address, given back
-/// when it authenticates or closes.
+/// A connection's place among the unauthenticated ones, given back when it
+/// authenticates or closes.
 struct Waiting<'a> {
     env: &'a Env,
-    ip: IpAddr,
+    ticket: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(&self.env.unauthenticated).leave(self.ip);
+        lock(&self.env.unauthenticated).leave(self.ticket);
     }
 }
 
@@ -182,15 +182,22 @@ async fn run(
     // Held while unauthenticated: the place is given back when the connection
     // authenticates (set to `None` below) or ends.
     let mut _waiting = None;
+    // Cancelled when this connection, still unauthenticated, must make room for a newer
+    // one (past the unauthenticated share of the slots).
+    let evicted = CancellationToken::new();
     if !session.authenticated() {
-        if !lock(&env.unauthenticated).enter(ip) {
+        let entered = lock(&env.unauthenticated).enter(ip, evicted.clone());
+        let Some((ticket, oldest)) = entered else {
             metrics.resp_auth_failures.inc();
             stream
                 .write_all(b"-ERR too many unauthenticated connections from this address\r\n")
                 .await?;
             return Ok(());
+        };
+        if let Some(oldest) = oldest {
+            oldest.cancel();
         }
-        _waiting = Some(Waiting { env: &env, ip });
+        _waiting = Some(Waiting { env: &env, ticket });
     }
     let mut decoder = Decoder::new(if session.authenticated() {
         limits(&env)
@@ -212,6 +219,14 @@ async fn run(
         input.reserve(READ_CHUNK);
         let n = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = evicted.cancelled(), if !session.authenticated() => {
+                metrics.resp_auth_failures.inc();
+                let _ = stream
+                    .write_all(b"-ERR too many unauthenticated connections: the oldest is closed to make room; send AUTH first\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
             n = stream.read_buf(&mut input) => n?,
             _ = sleep_until(deadline) => {
                 if !session.authenticated() {

@@ -13,12 +13,13 @@ use bytes::Bytes;
 use switchboard_proto::resp::{Frame, Version};
 
 use super::command::{Command, Name, ParseError};
-use super::guard::{AuthThrottle, Unauthenticated};
+use super::guard::{AuthThrottle, UNAUTHENTICATED_SHARE, Unauthenticated};
 use super::{channels, cmd};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::Publish;
 use crate::secrets::Secrets;
+use tokio_util::sync::CancellationToken;
 
 /// Most commands one MULTI may queue.
 pub const MAX_QUEUED: usize = 10_000;
@@ -34,19 +35,21 @@ pub struct Env {
     pub started: Instant,
     /// Failed `AUTH`s per client address.
     pub throttle: Mutex<AuthThrottle>,
-    /// Unauthenticated connections per client address.
-    pub unauthenticated: Mutex<Unauthenticated>,
+    /// Unauthenticated connections (per client address, and in all), each with the
+    /// token that closes it when it must make room.
+    pub unauthenticated: Mutex<Unauthenticated<CancellationToken>>,
 }
 
 impl Env {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, secrets: Arc<Secrets>) -> Self {
+        let unauthenticated = config.max_resp_connections / UNAUTHENTICATED_SHARE;
         Env {
             config,
             metrics,
             secrets,
             started: Instant::now(),
             throttle: Mutex::new(AuthThrottle::default()),
-            unauthenticated: Mutex::new(Unauthenticated::default()),
+            unauthenticated: Mutex::new(Unauthenticated::new(unauthenticated)),
         }
     }
 
