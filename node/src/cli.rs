@@ -353,6 +353,25 @@ pub fn group(admin: &Target, name: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `switchboard probe`: GET `path` on `addr`; Ok when it answers 200.
+pub fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
+    if !matches!(path, "/readyz" | "/healthz") {
+        bail!("--path is /readyz or /healthz");
+    }
+    let target = Target {
+        admin: addr.to_owned(),
+        ..Target::default()
+    };
+    let (status, body) = request(&target, "GET", path)?;
+    if status != 200 {
+        bail!(
+            "{addr}{path}: {status} {}",
+            body.as_str().unwrap_or_default().trim()
+        );
+    }
+    Ok(())
+}
+
 pub fn drain(admin: &Target, json: bool) -> anyhow::Result<()> {
     let v = call(admin, "POST", "/v1/drain")?;
     print(&v, json, |v| {

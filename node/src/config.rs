@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// Admin HTTP API used by the CLI, and /metrics [default: 127.0.0.1:8002].
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// The host name or address other nodes (and the members list) use for this node,
+    /// with the ports of the --*-listen flags; needed when those bind 0.0.0.0 (a
+    /// container, a Kubernetes pod: `$(POD_NAME).switchboard-peers`) [default: the
+    /// listen addresses as bound].
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Comma-separated peer addresses of existing members; empty = bootstrap a new cluster.
     #[arg(long, env = "SWITCHBOARD_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
@@ -226,6 +232,8 @@ pub struct Config {
     pub resp_listen: SocketAddr,
     pub peer_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `--advertise`: the host others reach this node at (else its listen addresses).
+    pub advertise: Option<String>,
     pub seeds: Vec<String>,
     pub data_dir: PathBuf,
     pub jwt: JwtKey,
@@ -516,6 +524,7 @@ impl ServeArgs {
             resp_listen,
             peer_listen,
             admin_listen,
+            advertise,
             seeds,
             data_dir,
             jwt_secret,
@@ -627,6 +636,10 @@ impl ServeArgs {
             resp_listen: self.resp_listen.unwrap_or_else(|| parse("127.0.0.1:6379")),
             peer_listen: self.peer_listen.unwrap_or_else(|| parse("127.0.0.1:7001")),
             admin_listen: self.admin_listen.unwrap_or_else(|| parse("127.0.0.1:8002")),
+            advertise: self
+                .advertise
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty()),
             seeds: non_empty(self.seeds),
             data_dir: self
                 .data_dir

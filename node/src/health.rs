@@ -54,6 +54,16 @@ impl Health {
         self.majority.store(in_majority, Ordering::Release);
     }
 
+    /// Whether a Raft leader that can commit is known (as last reported).
+    pub fn leader_known(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// Whether this node is in touch with a majority (as last reported).
+    pub fn in_majority(&self) -> bool {
+        self.majority.load(Ordering::Acquire)
+    }
+
     /// The lifecycle this readiness follows.
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle

@@ -43,6 +43,7 @@ pub struct HistoryMetrics {
     pub recoveries_incomplete: Counter,
     pub syncs_sent: Counter,
     pub evictions: Counter,
+    pub takeovers: Counter,
     pub groups: Gauge,
     pub messages: Gauge,
     pub bytes: Gauge,
@@ -222,6 +223,11 @@ impl Historian {
                 "history_syncs_total",
                 "Group histories sent to a replica (a new replica, or one out of step).",
                 m.syncs_sent.get(),
+            ),
+            Row::counter(
+                "history_takeovers_total",
+                "History buckets this node took over as owner, continuing another owner's history (a failover or a hand-over).",
+                m.takeovers.get(),
             ),
             Row::counter(
                 "history_evictions_total",
@@ -415,6 +421,7 @@ impl Driver {
         let counts = self.keeper.take_counts();
         m.syncs_sent.add(counts.syncs_sent);
         m.evictions.add(counts.evictions);
+        m.takeovers.add(counts.takeovers);
     }
 }
 

@@ -88,6 +88,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Exit 0 when a node's `/readyz` (or `--path`) answers 200, 1 otherwise: a health
+    /// check for containers and process managers, with nothing else installed.
+    Probe {
+        /// The WebSocket or admin port to ask (`host:port`).
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        addr: String,
+        /// `/readyz` (ready for clients) or `/healthz` (the process serves).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Print a signed HS256 access token (for testing).
     Token {
         /// The HMAC secret (the node's --jwt-secret).
@@ -132,6 +142,7 @@ fn main() -> ExitCode {
             .target()
             .and_then(|t| cli::group(&t, &name, admin.json)),
         Command::Drain(a) => a.target().and_then(|t| cli::drain(&t, a.json)),
+        Command::Probe { addr, path } => cli::probe(&addr, &path),
         Command::Remove { node_id, admin } => admin
             .target()
             .and_then(|t| cli::remove(&t, node_id, admin.json)),

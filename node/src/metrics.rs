@@ -401,8 +401,23 @@ impl Metrics {
                 "Resident memory size in bytes.",
                 resident_memory_bytes().unwrap_or(0),
             ),
+            Row::gauge(
+                "process_open_fds",
+                "Open file descriptors (sockets included).",
+                open_fds().unwrap_or(0),
+            ),
+            Row::gauge(
+                "process_max_fds",
+                "The open-file limit (RLIMIT_NOFILE, soft).",
+                crate::config::open_file_limit().unwrap_or(0) as u64,
+            ),
         ]
     }
+}
+
+/// The process's open file descriptors, counted in /proc/self/fd (Linux).
+pub fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
 /// The process's resident set size, from /proc/self/statm (Linux).

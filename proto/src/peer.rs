@@ -172,8 +172,11 @@ pub enum PeerMessage {
         version: String,
     },
     /// Liveness and round-trip time; answered by `HeartbeatAck` with the same `sent_micros`.
+    /// It also says how loaded the sender is (for `members` and the admin page).
     Heartbeat {
         sent_micros: u64,
+        connections: u64,
+        groups: u64,
     },
     HeartbeatAck {
         sent_micros: u64,
@@ -406,7 +409,13 @@ mod tests {
 
     fn message() -> impl Strategy<Value = PeerMessage> {
         prop_oneof![
-            any::<u64>().prop_map(|sent_micros| PeerMessage::Heartbeat { sent_micros }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(sent_micros, connections, groups)| PeerMessage::Heartbeat {
+                    sent_micros,
+                    connections,
+                    groups
+                }
+            ),
             proptest::collection::vec(forward(), 0..4).prop_map(PeerMessage::Forward),
             (
                 any::<u64>(),

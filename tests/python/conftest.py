@@ -63,6 +63,8 @@ class Node:
         `env` replaces the inherited environment; `preexec_fn` runs in the child before
         exec (resource limits); `wait_ready=False` returns once it listens."""
         self.dir = tempfile.mkdtemp(prefix="sb-py-")
+        # The admin token the node was given, if any: the CLI and admin reads use it.
+        self.admin_token = flags[flags.index("--admin-token") + 1] if "--admin-token" in flags else None
         if "--data-dir" in flags:
             self.dir = flags[flags.index("--data-dir") + 1]
             i = flags.index("--data-dir")
@@ -130,8 +132,10 @@ class Node:
             logs.put(record)
 
     @staticmethod
-    def http(addr, path, method="GET"):
+    def http(addr, path, method="GET", token=None):
         req = urllib.request.Request(f"http://{addr}{path}", method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read().decode()
@@ -141,7 +145,8 @@ class Node:
             return 0, ""  # not listening (yet), or gone
 
     def group_size(self, group):
-        status, body = self.http(self.admin, f"/v1/groups/{urllib.parse.quote(group, safe='')}")
+        status, body = self.http(self.admin, f"/v1/groups/{urllib.parse.quote(group, safe='')}",
+                                 token=self.admin_token)
         return json.loads(body)["connections"] if status == 200 else -1
 
     def wait_group(self, group, n):
@@ -149,7 +154,9 @@ class Node:
 
     def cli(self, *args):
         """`switchboard <args> --json` against this node's admin API."""
-        out = subprocess.run([BIN, *args, "--admin", self.admin, "--json"], capture_output=True, text=True, timeout=10)
+        env = dict(os.environ, SWITCHBOARD_ADMIN_TOKEN=self.admin_token) if self.admin_token else None
+        out = subprocess.run([BIN, *args, "--admin", self.admin, "--json"], capture_output=True, text=True,
+                             timeout=10, env=env)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 

@@ -9,6 +9,7 @@
 //! | method | path | scope | answer |
 //! |---|---|---|---|
 //! | GET | /healthz, /readyz | open | as on the WebSocket port |
+//! | GET | /, /ui/... | open | the admin page (static; what it shows needs a token) |
 //! | GET | /metrics | read | Prometheus text |
 //! | GET | /v1/status | read | this node |
 //! | GET | /v1/members | read | every member |
@@ -23,6 +24,7 @@
 pub mod events;
 pub mod guard;
 pub mod publish;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -203,6 +205,8 @@ where
 pub enum Route {
     Health,
     Ready,
+    /// A file of the admin page (its path under `/ui/`).
+    Ui(String),
     Metrics,
     Status,
     Members,
@@ -229,6 +233,8 @@ impl Route {
         Ok(match segments.as_slice() {
             ["healthz"] if get => Route::Health,
             ["readyz"] if get => Route::Ready,
+            [""] | ["ui"] if get => Route::Ui(String::new()),
+            ["ui", file] if get => Route::Ui(file.to_string()),
             ["metrics"] if get => Route::Metrics,
             ["v1", "status"] if get => Route::Status,
             ["v1", "members"] if get => Route::Members,
@@ -253,7 +259,7 @@ impl Route {
     /// The scope a token needs for this route; `None` for the open health checks.
     pub fn scope(&self) -> Option<Scope> {
         match self {
-            Route::Health | Route::Ready => None,
+            Route::Health | Route::Ready | Route::Ui(_) => None,
             Route::Metrics
             | Route::Status
             | Route::Members
@@ -314,6 +320,19 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
         .split('&')
         .any(|pair| pair == "consistency=linearizable");
     match route {
+        Route::Ui(name) => match ui::file(&name) {
+            Some((kind, content)) => {
+                let mut response = reply(200, kind, Bytes::from_static(content.as_bytes()));
+                let headers = response.headers_mut();
+                headers.insert(
+                    "content-security-policy",
+                    HeaderValue::from_static(ui::CONTENT_SECURITY_POLICY),
+                );
+                headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+                response
+            }
+            None => json_reply(404, &json!({ "error": "no such file in the admin page" })),
+        },
         Route::Health => text_reply(200, "ok"),
         Route::Ready if view.health.ready() => text_reply(200, "ready"),
         Route::Ready => text_reply(503, &format!("not ready: {}", view.health.reason())),
@@ -368,6 +387,21 @@ pub async fn metrics(view: &NodeView) -> String {
         "ready",
         "1 when /readyz answers 200.",
         u64::from(view.health.ready()),
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "raft_leader_known",
+        "1 when a Raft leader that can commit is known (0: an election, or no quorum).",
+        u64::from(view.health.leader_known()),
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "in_majority",
+        "1 when this node is in touch with a majority of the members it knows.",
+        u64::from(view.health.in_majority()),
+    ));
+    rows.push(crate::metrics::Row::gauge(
+        "max_connections",
+        "WebSocket connections this node takes at most (--max-connections, or derived).",
+        view.config.max_connections as u64,
     ));
     let (kept, bytes, _) = view.replica.ring_stats();
     rows.push(crate::metrics::Row::counter(
@@ -459,11 +493,16 @@ fn presence_events(view: &NodeView) -> serde_json::Value {
 }
 
 fn addresses(config: &Config) -> serde_json::Value {
+    // As peers know them: `--advertise` with each port, else the listen addresses.
+    let shown = |addr: std::net::SocketAddr| match &config.advertise {
+        Some(host) => format!("{host}:{}", addr.port()),
+        None => addr.to_string(),
+    };
     json!({
-        "ws": config.ws_listen.to_string(),
-        "resp": config.resp_listen.to_string(),
-        "peer": config.peer_listen.to_string(),
-        "admin": config.admin_listen.to_string(),
+        "ws": shown(config.ws_listen),
+        "resp": shown(config.resp_listen),
+        "peer": shown(config.peer_listen),
+        "admin": shown(config.admin_listen),
     })
 }
 
@@ -478,9 +517,26 @@ pub fn members(view: &NodeView) -> serde_json::Value {
 fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
     let me = view.node_id();
     let (voters, learners) = (&raft.voters, &raft.learners);
-    let (removed, bound) = {
+    let (removed, bound, buckets) = {
         let replica = view.replica.read();
-        (replica.removed.clone(), replica.incarnations.clone())
+        // History buckets (and the interest of their groups) each member owns and
+        // replicates.
+        let mut buckets: std::collections::BTreeMap<u64, (u32, u32)> = Default::default();
+        for (_, a) in replica.assignments.iter() {
+            buckets.entry(a.owner).or_default().0 += 1;
+            if let Some(r) = a.replica {
+                buckets.entry(r).or_default().1 += 1;
+            }
+        }
+        (
+            replica.removed.clone(),
+            replica.incarnations.clone(),
+            buckets,
+        )
+    };
+    let held = |id: u64| {
+        let (owner, replica) = buckets.get(&id).copied().unwrap_or_default();
+        json!({ "owner": owner, "replica": replica })
     };
     let incarnation = |id: u64| bound.get(&id).map(|i| format!("{i:016x}"));
     let role = |id: u64| {
@@ -501,10 +557,13 @@ fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
         "up": view.lifecycle.stage() != Stage::Stopping,
         "self": true,
         "incarnation": incarnation(me),
+        "leaving": view.lifecycle.draining(),
         "version": env!("CARGO_PKG_VERSION"),
         "last_seen_ms": 0,
         "addresses": addresses(&view.config),
         "connections": view.hub.connection_count(),
+        "groups": view.hub.group_count(),
+        "buckets": held(me),
     })];
     let mesh = view.cluster.members();
     for m in &mesh {
@@ -515,10 +574,14 @@ fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
             "up": m.up,
             "self": false,
             "incarnation": incarnation(m.id),
+            "leaving": m.leaving,
             "version": m.version,
             "last_seen_ms": m.last_seen_ms,
             "rtt_us": m.rtt_micros,
             "addresses": { "ws": m.ws, "resp": m.resp, "peer": m.peer, "admin": m.admin },
+            "connections": m.connections,
+            "groups": m.groups,
+            "buckets": held(m.id),
         }));
     }
     // Members of the Raft membership this node has not heard from since it started.

@@ -208,15 +208,30 @@ impl Cluster {
             config.node_timeout,
             config.cluster_ca.as_ref(),
         )?;
-        let peer_addr = endpoint.local_addr()?.to_string();
+        let bound = endpoint.local_addr()?;
+        // What others dial: `--advertise` with each port, else the addresses as bound.
+        let advertised = |addr: std::net::SocketAddr| match &config.advertise {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None => addr.to_string(),
+        };
+        if config.advertise.is_none() && bound.ip().is_unspecified() {
+            warn!(
+                addr = %bound,
+                "--peer-listen binds every address and no --advertise is given: peers will be told {bound}, which they cannot dial"
+            );
+        }
+        let admin = match (&config.advertise, admin.parse::<std::net::SocketAddr>()) {
+            (Some(_), Ok(addr)) => advertised(addr),
+            _ => admin,
+        };
         let hello = PeerMessage::Hello {
             node: config.node_id,
             protocol: PEER_PROTOCOL_VERSION,
             boot,
-            peer_addr,
+            peer_addr: advertised(bound),
             admin_addr: admin,
-            ws_addr: config.ws_listen.to_string(),
-            resp_addr: config.resp_listen.to_string(),
+            ws_addr: advertised(config.ws_listen),
+            resp_addr: advertised(config.resp_listen),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let table = PeerTable::new(
@@ -783,7 +798,12 @@ impl Cluster {
                 PeerMessage::InterestSyncRequest => {
                     gossip::send_full(self, &self.deps.hub, peer, link)
                 }
-                PeerMessage::Heartbeat { sent_micros } => {
+                PeerMessage::Heartbeat {
+                    sent_micros,
+                    connections,
+                    groups,
+                } => {
+                    lock(&self.table).on_load(peer, connections, groups);
                     link.send(PeerMessage::HeartbeatAck { sent_micros });
                 }
                 PeerMessage::HeartbeatAck { sent_micros } => {
@@ -858,9 +878,15 @@ impl Cluster {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
             }
             let tick = lock(&self.table).tick(Instant::now());
+            let (connections, groups) = (
+                self.deps.hub.connection_count() as u64,
+                self.deps.hub.group_count() as u64,
+            );
             for link in &tick.heartbeat {
                 link.send(PeerMessage::Heartbeat {
                     sent_micros: unix_micros(),
+                    connections,
+                    groups,
                 });
             }
             for (id, link) in &tick.expired {

@@ -50,6 +50,9 @@ pub struct MemberView {
     pub up: bool,
     /// It announced that it drains: history is handed over from it before it leaves.
     pub leaving: bool,
+    /// Its WebSocket connections and groups, as its last heartbeat said.
+    pub connections: u64,
+    pub groups: u64,
     pub last_seen_ms: u64,
     pub rtt_micros: u64,
     pub peer: String,
@@ -76,6 +79,8 @@ struct Peer<S> {
     rtt_micros: u64,
     /// It announced a drain on its live session.
     leaving: bool,
+    /// Its load, from its last heartbeat: (connections, groups).
+    load: (u64, u64),
     session: Option<Session<S>>,
 }
 
@@ -138,6 +143,7 @@ impl<S: Link> PeerTable<S> {
             last_seen: now,
             rtt_micros: 0,
             leaving: false,
+            load: (0, 0),
             session: None,
         });
         if let Some(existing) = &entry.session
@@ -187,6 +193,13 @@ impl<S: Link> PeerTable<S> {
     pub fn on_leaving(&mut self, peer: NodeId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.leaving = true;
+        }
+    }
+
+    /// `peer`'s heartbeat said how many connections and groups it has.
+    pub fn on_load(&mut self, peer: NodeId, connections: u64, groups: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.load = (connections, groups);
         }
     }
 
@@ -287,6 +300,8 @@ impl<S: Link> PeerTable<S> {
                 // the peer's interest: members, presence and routing never disagree.
                 up: p.session.is_some(),
                 leaving: p.leaving && p.session.is_some(),
+                connections: p.load.0,
+                groups: p.load.1,
                 last_seen_ms: now.saturating_duration_since(p.last_seen).as_millis() as u64,
                 rtt_micros: p.rtt_micros,
                 peer: p.addrs.peer.clone(),

@@ -39,7 +39,7 @@
 //! first forwards the group's new messages to the asking node (for [`RECOVER_WINDOW`],
 //! until gossip covers it), then answers from its ring in pages of [`READ_PAGE`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -163,6 +163,9 @@ pub struct Stats {
 pub struct Counts {
     pub syncs_sent: u64,
     pub evictions: u64,
+    /// Buckets this node took over as owner, continuing another owner's history (its
+    /// owner died, restarted or drained; or a planned hand-over to this node).
+    pub takeovers: u64,
 }
 
 /// An entry taken by this owner, awaiting a replica's acknowledgement.
@@ -218,6 +221,8 @@ pub struct Keeper {
     recovering: HashMap<String, Vec<(NodeId, Instant)>>,
     /// Each bucket's epoch as last looked at (to act on changes).
     seen: HashMap<u16, Epoch>,
+    /// Buckets this process owned at their last change.
+    owned: HashSet<u16>,
     /// Owner: the (epoch, replica) each group's history was last sent to.
     synced: HashMap<String, (Epoch, NodeId)>,
     /// Owner: groups whose history was sent and not yet acknowledged, with when (sent
@@ -244,6 +249,7 @@ impl Keeper {
             next_read: 0,
             recovering: HashMap::new(),
             seen: HashMap::new(),
+            owned: HashSet::new(),
             synced: HashMap::new(),
             syncing: HashMap::new(),
             counts: Counts::default(),

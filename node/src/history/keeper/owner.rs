@@ -299,6 +299,14 @@ impl Keeper {
         for (bucket, a) in changed {
             self.seen.insert(bucket, a.epoch);
             let groups = by_bucket.remove(&bucket).unwrap_or_default();
+            let owned_before = if self.mints(&a) {
+                !self.owned.insert(bucket)
+            } else {
+                self.owned.remove(&bucket)
+            };
+            if self.mints(&a) && !owned_before && a.continues.is_some() {
+                self.counts.takeovers += 1;
+            }
             if self.mints(&a) {
                 let mut states = Vec::new();
                 for group in &groups {

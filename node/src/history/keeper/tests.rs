@@ -10,7 +10,7 @@ use switchboard_proto::peer::{History, NodeId, Position, PublishId};
 
 use super::*;
 use crate::history::assign::Change;
-use crate::history::{Assignments, Rule, Rules};
+use crate::history::{Assignments, BUCKETS, Rule, Rules};
 
 const GROUP: &str = "user_1";
 const FIRST_EPOCH: Epoch = 10;
@@ -364,9 +364,26 @@ fn a_message_the_replica_stored_outlives_its_owner_and_its_retry_is_taken_once()
     sim.tick(REQUEST_TIMEOUT);
     assert_eq!(sim.outcome(other, t), Some(&Err(HistoryError::Timeout)));
     // The replica takes over, continuing the epoch; the publisher asks again.
+    let taken_over = (0..BUCKETS)
+        .filter(|b| {
+            sim.maps[&replica]
+                .get(*b)
+                .is_some_and(|a| a.owner == owner && a.replica == Some(replica))
+        })
+        .count() as u64;
+    assert!(taken_over > 0);
     let takeover = sim.plan(replica, &[replica, other]);
     let epoch = sim.commit(&takeover, &[replica, other]);
     sim.tick(TICK);
+    let counts = sim
+        .keepers
+        .get_mut(&replica)
+        .expect("replica")
+        .take_counts();
+    assert_eq!(
+        counts.takeovers, taken_over,
+        "every bucket it replicated for the dead owner"
+    );
     let t = sim.publish(other, id(1), 1, "a");
     assert_eq!(
         sim.position(other, t),
