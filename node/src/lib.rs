@@ -194,6 +194,7 @@ impl Node {
         let (consensus, known_members) = Consensus::start(
             RaftSettings {
                 node_id: config.node_id,
+                group: raft::CONTROL,
                 data_dir: config.data_dir.clone(),
                 node_timeout: config.node_timeout,
                 max_voters: config.max_voters,
@@ -208,7 +209,11 @@ impl Node {
             lifecycle.clone(),
         )
         .await?;
-        consensus.spawn(health.clone(), rpc_outbox);
+        consensus.spawn(health.clone());
+        // Raft RPCs from peers, each served by the group it names.
+        let groups = Arc::new(raft::Groups::default());
+        groups.insert(consensus.clone());
+        tokio::spawn(raft::network::serve(groups, rpc_outbox));
         // 6: the historian.
         let historian = historian::Historian::start(
             historian::HistorianDeps {

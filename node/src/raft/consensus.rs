@@ -21,10 +21,9 @@ use switchboard_proto::peer::{NodeId, PresenceOp};
 use tracing::{info, warn};
 
 use super::metrics::RaftCounters;
-use super::network::{self, Reply, Rpc, Transport};
+use super::network::{self, CONTROL, GroupId, Reply, Rpc, Transport};
 use super::steward::{Action, STEWARD_INTERVAL, Steward, View};
 use super::{TypeConfig, store, writer};
-use crate::cluster::RpcOutbox;
 use crate::health::Health;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Row;
@@ -108,7 +107,10 @@ pub struct RaftStatus {
 #[derive(Debug, Clone)]
 pub struct RaftSettings {
     pub node_id: NodeId,
-    /// The store lives in `<data_dir>/raft/`.
+    /// The group: [`CONTROL`], or a shard.
+    pub group: GroupId,
+    /// The store lives in `<data_dir>/raft/` (the control group) or
+    /// `<data_dir>/raft/group-<id>/`.
     pub data_dir: PathBuf,
     /// `--node-timeout-ms`: a leader without a quorum ack this long is not a leader that
     /// can commit; a node down this long loses its presence.
@@ -128,6 +130,7 @@ pub struct RaftSettings {
 pub struct Consensus {
     pub raft: Raft<TypeConfig>,
     node: NodeId,
+    group: GroupId,
     incarnation: u64,
     boot: u64,
     transport: Arc<dyn Transport>,
@@ -165,7 +168,13 @@ impl Consensus {
         queue: Arc<PresenceQueue>,
         lifecycle: Arc<Lifecycle>,
     ) -> anyhow::Result<(Arc<Consensus>, Vec<String>)> {
-        let dir = settings.data_dir.join("raft");
+        let dir = match settings.group {
+            CONTROL => settings.data_dir.join("raft"),
+            group => settings
+                .data_dir
+                .join("raft")
+                .join(format!("group-{group}")),
+        };
         let log = store::LogStore::open(&dir)?;
         let sm = store::StateMachine::open(&dir, replica.clone())?;
         let raft_config = openraft::Config {
@@ -181,12 +190,13 @@ impl Consensus {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate()?);
-        let network = network::Network::new(transport.clone());
+        let network = network::Network::new(transport.clone(), settings.group);
         let me = settings.node_id;
         let raft = Raft::new(me, raft_config, network, log, sm).await?;
         let consensus = Arc::new(Consensus {
             raft,
             node: me,
+            group: settings.group,
             incarnation: settings.incarnation,
             boot: settings.boot,
             transport,
@@ -244,14 +254,19 @@ impl Consensus {
         Ok((consensus, known))
     }
 
-    /// Starts the loops: the RPC server, the presence writer, the steward and the health
-    /// reporter. Readiness is reported once before this returns.
-    pub fn spawn(self: &Arc<Self>, health: Arc<Health>, rpcs: RpcOutbox) {
+    /// Starts the loops: the presence writer, the steward and the health reporter.
+    /// Readiness is reported once before this returns. (RPCs reach it through the
+    /// process's [`super::Groups`], served by `network::serve`.)
+    pub fn spawn(self: &Arc<Self>, health: Arc<Health>) {
         health.set_leader(self.has_leader());
-        tokio::spawn(network::serve(self.clone(), rpcs));
         tokio::spawn(writer::run(self.clone()));
         tokio::spawn(self.clone().steward());
         tokio::spawn(self.clone().report_health(health));
+    }
+
+    /// The group this is.
+    pub fn group(&self) -> GroupId {
+        self.group
     }
 
     /// This node's Raft view.
@@ -361,7 +376,7 @@ impl Consensus {
         rpc: Rpc,
         timeout: Duration,
     ) -> Result<Reply, WriteError> {
-        network::call(&*self.transport, leader, &rpc, timeout)
+        network::call(&*self.transport, leader, self.group, &rpc, timeout)
             .await
             .map_err(|e| WriteError::Unreachable {
                 leader,

@@ -22,7 +22,7 @@ pub mod store;
 pub mod writer;
 
 pub use consensus::{Consensus, RaftSettings, RaftStatus, WriteError};
-pub use network::Transport;
+pub use network::{CONTROL, GroupId, Transport};
 
 use crate::presence::Command;
 use switchboard_proto::peer::NodeId;
@@ -39,6 +39,29 @@ openraft::declare_raft_types!(
 
 /// One entry of the Raft log.
 pub type Entry = openraft::Entry<TypeConfig>;
+
+/// The Raft groups this process hosts, by id: what RPCs from peers are served by.
+#[derive(Debug, Default)]
+pub struct Groups {
+    by_id: std::sync::RwLock<std::collections::BTreeMap<GroupId, std::sync::Arc<Consensus>>>,
+}
+
+impl Groups {
+    /// The group `id`, if this process hosts it.
+    pub fn get(&self, id: GroupId) -> Option<std::sync::Arc<Consensus>> {
+        crate::sync::read(&self.by_id).get(&id).cloned()
+    }
+
+    /// Hosts `consensus` (under its group's id).
+    pub fn insert(&self, consensus: std::sync::Arc<Consensus>) {
+        crate::sync::write(&self.by_id).insert(consensus.group(), consensus);
+    }
+
+    /// No longer hosts group `id`.
+    pub fn remove(&self, id: GroupId) -> Option<std::sync::Arc<Consensus>> {
+        crate::sync::write(&self.by_id).remove(&id)
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -29,9 +29,24 @@ use tracing::debug;
 
 use super::codec::{CodecError, decode_rpc, encode};
 use super::steward::PeerState;
-use super::{Command, TypeConfig, WriteError};
+use super::{Command, Groups, TypeConfig, WriteError};
 use crate::cluster::frame::{read_frame, write_frame};
 use crate::cluster::{Cluster, RpcOutbox, RpcStream};
+
+/// A Raft group of this process. Group [`CONTROL`] is the one every member is in
+/// (membership, removals, incarnations, history assignments, idempotency keys, and today
+/// presence); further groups are to hold presence shards (docs/cluster.md, "The design
+/// that removes the ceiling").
+pub type GroupId = u16;
+/// The group every member is in.
+pub const CONTROL: GroupId = 0;
+
+/// What travels: an RPC (or its reply) for one group.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    group: GroupId,
+    body: T,
+}
 
 /// A request from one node's Raft layer to another's.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +73,8 @@ pub enum Reply {
     Write(Result<u64, WriteError>),
     ReadIndex(Result<u64, WriteError>),
     Remove(Result<(), WriteError>),
+    /// The node asked hosts no such group (not, or no longer, a member of it).
+    NotHere(GroupId),
 }
 
 /// Why a call failed before any reply.
@@ -75,6 +92,9 @@ pub enum CallError {
     /// The request or the reply could not be encoded or decoded.
     #[error("call to node {node}: {source}")]
     Codec { node: NodeId, source: CodecError },
+    /// The target hosts no such group.
+    #[error("node {0} hosts no Raft group {1}")]
+    NotHere(NodeId, GroupId),
 }
 
 /// A boxed future, so that [`Transport`] is object-safe.
@@ -95,10 +115,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn peers(&self) -> Vec<PeerState>;
 }
 
-/// Sends `rpc` to `target` over `transport` and decodes the reply.
+/// Sends `rpc` for `group` to `target` over `transport` and decodes the reply; a target
+/// that hosts no such group is unreachable for it.
 pub async fn call(
     transport: &dyn Transport,
     target: NodeId,
+    group: GroupId,
     rpc: &Rpc,
     timeout: Duration,
 ) -> Result<Reply, CallError> {
@@ -106,19 +128,22 @@ pub async fn call(
         node: target,
         source,
     };
-    let body = Bytes::from(encode(rpc).map_err(codec)?);
+    let envelope = Envelope { group, body: rpc };
+    let body = Bytes::from(encode(&envelope).map_err(codec)?);
     let reply = transport.call(target, body, timeout).await?;
-    decode_rpc(&reply).map_err(codec)
+    match decode_rpc(&reply).map_err(codec)? {
+        Reply::NotHere(group) => Err(CallError::NotHere(target, group)),
+        reply => Ok(reply),
+    }
 }
 
-/// Answers encoded RPC bytes from `peer`: decode, serve, encode.
-pub async fn answer(
-    consensus: &super::Consensus,
-    peer: NodeId,
-    body: &[u8],
-) -> Result<Bytes, CodecError> {
-    let rpc: Rpc = decode_rpc(body)?;
-    let reply = consensus.serve(peer, rpc).await;
+/// Answers encoded RPC bytes from `peer`: decode, serve in the group named, encode.
+pub async fn answer(groups: &Groups, peer: NodeId, body: &[u8]) -> Result<Bytes, CodecError> {
+    let Envelope { group, body: rpc } = decode_rpc::<Envelope<Rpc>>(body)?;
+    let reply = match groups.get(group) {
+        Some(consensus) => consensus.serve(peer, rpc).await,
+        None => Reply::NotHere(group),
+    };
     Ok(Bytes::from(encode(&reply)?))
 }
 
@@ -174,21 +199,21 @@ impl Transport for Cluster {
     }
 }
 
-/// Serves the RPC streams the mesh hands over, one task per stream, until the mesh
-/// stops handing them.
-pub async fn serve(consensus: Arc<super::Consensus>, mut streams: RpcOutbox) {
+/// Serves the RPC streams the mesh hands over, one task per stream, each in the group it
+/// names, until the mesh stops handing them.
+pub async fn serve(groups: Arc<Groups>, mut streams: RpcOutbox) {
     while let Some(stream) = streams.recv().await {
-        let consensus = consensus.clone();
+        let groups = groups.clone();
         tokio::spawn(async move {
             let peer = stream.peer;
-            if let Err(e) = serve_stream(&consensus, stream).await {
+            if let Err(e) = serve_stream(&groups, stream).await {
                 debug!(peer, error = %e, "Raft RPC stream failed");
             }
         });
     }
 }
 
-async fn serve_stream(consensus: &super::Consensus, stream: RpcStream) -> anyhow::Result<()> {
+async fn serve_stream(groups: &Groups, stream: RpcStream) -> anyhow::Result<()> {
     let RpcStream {
         peer,
         mut send,
@@ -198,7 +223,7 @@ async fn serve_stream(consensus: &super::Consensus, stream: RpcStream) -> anyhow
         PeerMessage::Raft { body } => body,
         other => anyhow::bail!("peer {peer} opened a stream with {}", other.kind()),
     };
-    let reply = answer(consensus, peer, &body).await?;
+    let reply = answer(groups, peer, &body).await?;
     write_frame(&mut send, &PeerMessage::Raft { body: reply }).await?;
     send.finish()?;
     Ok(())
@@ -206,15 +231,16 @@ async fn serve_stream(consensus: &super::Consensus, stream: RpcStream) -> anyhow
 
 // ----- openraft's network traits -----
 
-/// Makes a [`Peer`] client for each target; they share the transport.
+/// Makes a [`Peer`] client for each target, for one group; they share the transport.
 #[derive(Debug, Clone)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    group: GroupId,
 }
 
 impl Network {
-    pub fn new(transport: Arc<dyn Transport>) -> Network {
-        Network { transport }
+    pub fn new(transport: Arc<dyn Transport>, group: GroupId) -> Network {
+        Network { transport, group }
     }
 }
 
@@ -224,15 +250,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Peer {
         Peer {
             target,
+            group: self.group,
             transport: self.transport.clone(),
         }
     }
 }
 
-/// Raft's client for one target node.
+/// Raft's client for one target node, in one group.
 #[derive(Debug)]
 pub struct Peer {
     target: NodeId,
+    group: GroupId,
     transport: Arc<dyn Transport>,
 }
 
@@ -241,7 +269,14 @@ type RpcResult<T, E = openraft::error::Infallible> =
 
 impl Peer {
     async fn exchange(&self, rpc: Rpc, option: &RPCOption) -> Result<Reply, CallError> {
-        call(&*self.transport, self.target, &rpc, option.hard_ttl()).await
+        call(
+            &*self.transport,
+            self.target,
+            self.group,
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
     }
 
     /// The result Raft wants from an exchange: the remote's own answer (`pick` takes it
@@ -259,9 +294,9 @@ impl Peer {
             Ok(None) => Err(RPCError::Network(NetworkError::new(
                 &std::io::Error::other("reply of the wrong kind"),
             ))),
-            Err(e @ (CallError::NotConnected(_) | CallError::Timeout(..))) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(
+                e @ (CallError::NotConnected(_) | CallError::Timeout(..) | CallError::NotHere(..)),
+            ) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
-use super::network::{BoxFuture, CallError, Transport, answer};
+use super::network::{BoxFuture, CallError, Reply, Rpc, Transport, answer};
 use super::steward::PeerState;
-use super::{Consensus, RaftSettings};
+use super::{Consensus, Groups, RaftSettings};
 use crate::health::Health;
 use crate::lifecycle::{Lifecycle, Stage};
 use crate::presence::{PresenceQueue, SharedReplica};
@@ -23,12 +23,12 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Every node of a test cluster, and which are cut off.
 #[derive(Debug, Default)]
 struct Router {
-    nodes: Mutex<HashMap<NodeId, Arc<Consensus>>>,
+    nodes: Mutex<HashMap<NodeId, Arc<Groups>>>,
     cut: Mutex<HashSet<NodeId>>,
 }
 
 impl Router {
-    fn reachable(&self, a: NodeId, b: NodeId) -> Option<Arc<Consensus>> {
+    fn reachable(&self, a: NodeId, b: NodeId) -> Option<Arc<Groups>> {
         let cut = lock(&self.cut);
         if cut.contains(&a) || cut.contains(&b) {
             return None;
@@ -117,6 +117,7 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
     let (consensus, _) = Consensus::start(
         RaftSettings {
             node_id: id,
+            group: super::CONTROL,
             data_dir: dir.clone(),
             node_timeout: NODE_TIMEOUT,
             max_voters: 5,
@@ -132,9 +133,10 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
     )
     .await
     .expect("raft starts");
-    lock(&router.nodes).insert(id, consensus.clone());
-    let (_inbox, outbox) = crate::cluster::rpc::inbox();
-    consensus.spawn(health.clone(), outbox);
+    let groups = Arc::new(Groups::default());
+    groups.insert(consensus.clone());
+    lock(&router.nodes).insert(id, groups);
+    consensus.spawn(health.clone());
     lifecycle.advance(Stage::Ready);
     health.set_majority(true);
     TestNode {
@@ -166,6 +168,26 @@ fn connect(node: NodeId, connection: &str, user: &str) -> PresenceOp {
         user: user.into(),
         connected_at: 1,
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_names_its_group_and_a_node_without_that_group_is_unreachable_for_it() {
+    let router = Arc::new(Router::default());
+    let one = start(&router, 1, true).await;
+    let two = start(&router, 2, false).await;
+    let endpoint = Endpoint {
+        me: 2,
+        router: router.clone(),
+    };
+    let timeout = Duration::from_secs(2);
+    let read = super::network::call(&endpoint, 1, super::CONTROL, &Rpc::ReadIndex, timeout).await;
+    assert!(matches!(read, Ok(Reply::ReadIndex(_))), "{read:?}");
+    let elsewhere = super::network::call(&endpoint, 1, 7, &Rpc::ReadIndex, timeout).await;
+    assert!(
+        matches!(elsewhere, Err(CallError::NotHere(1, 7))),
+        "{elsewhere:?}"
+    );
+    drop((one, two));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
