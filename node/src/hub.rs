@@ -503,17 +503,33 @@ impl Hub {
                 Offer::Queued => delivered += 1,
                 Offer::Full => {
                     dropped += 1;
-                    // Counted once per client, when its queue first overflows; the
-                    // client sees 4008 after what was already queued.
-                    if outlet.request_close(CloseCode::SlowConsumer) {
-                        self.metrics.slow_consumer_closes.inc();
-                    }
+                    self.cut(outlet);
                 }
                 // The connection is on its way out; it unregisters itself.
                 Offer::Closed => {}
             }
         }
-        self.metrics.fanout_seconds.observe(started.elapsed());
+        self.account(started.elapsed(), delivered, dropped, message);
+        recipients.len()
+    }
+
+    /// A client whose queue is full (and stays full) is closed as a slow consumer:
+    /// counted once, when first asked; it sees 4008 after what was already queued.
+    fn cut(&self, outlet: &Outlet) {
+        if outlet.request_close(CloseCode::SlowConsumer) {
+            self.metrics.slow_consumer_closes.inc();
+        }
+    }
+
+    /// One publish's figures: the fan-out round's time, deliveries and drops.
+    fn account(
+        &self,
+        fanned: std::time::Duration,
+        delivered: u64,
+        dropped: u64,
+        message: &Encoded,
+    ) {
+        self.metrics.fanout_seconds.observe(fanned);
         self.metrics.messages_delivered.add(delivered);
         self.metrics
             .bytes_delivered
@@ -521,7 +537,6 @@ impl Hub {
         if dropped > 0 {
             self.metrics.messages_dropped.add(dropped);
         }
-        recipients.len()
     }
 
     /// Delivers `message` to every local connection in `group` as
@@ -557,23 +572,14 @@ impl Hub {
                     Offer::Queued => delivered += 1,
                     Offer::Full => {
                         dropped += 1;
-                        if outlet.request_close(CloseCode::SlowConsumer) {
-                            self.metrics.slow_consumer_closes.inc();
-                        }
+                        self.cut(outlet);
                     }
                     Offer::Closed => {}
                 }
             }
             self.metrics.paced_publishes.inc();
         }
-        self.metrics.fanout_seconds.observe(fanned);
-        self.metrics.messages_delivered.add(delivered);
-        self.metrics
-            .bytes_delivered
-            .add(delivered * message.len() as u64);
-        if dropped > 0 {
-            self.metrics.messages_dropped.add(dropped);
-        }
+        self.account(fanned, delivered, dropped, message);
         recipients.len()
     }
 
