@@ -732,6 +732,15 @@ impl ServeArgs {
 }
 
 impl Config {
+    /// How other nodes (and `members`) name this node's listener at `addr`: `--advertise`
+    /// with its port, else the address as bound.
+    pub fn advertised(&self, addr: SocketAddr) -> String {
+        match &self.advertise {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None => addr.to_string(),
+        }
+    }
+
     /// Checks the safety rules of the contract: without a JWT key the WebSocket and RESP
     /// ports stay on loopback; without a cluster secret the peer port does; without an
     /// admin token the admin port does.

@@ -25,7 +25,7 @@ use crate::clock::unix_millis;
 use crate::cluster::Cluster;
 use crate::config::HistoryRule;
 use crate::history::keeper::{Facts, Origin, Output, Publish, TICK, Taken, Ticket};
-use crate::history::{HistoryError, Keeper, MAX_HISTORY_MESSAGE, Recovery, Rules};
+use crate::history::{HistoryError, Keeper, Recovery, Rules};
 use crate::hub::{Encoded, Hub};
 use crate::metrics::{Counter, Gauge, Row};
 use crate::presence::SharedReplica;
@@ -133,10 +133,6 @@ impl Historian {
     /// One attempt at publishing to a history group; answers once the message is
     /// replicated, or why not (the router retries, with the same id).
     pub async fn publish(&self, publish: Publish) -> Result<Taken, HistoryError> {
-        if publish.payload.len() > MAX_HISTORY_MESSAGE {
-            self.metrics.publish_failures.inc();
-            return Err(HistoryError::TooLarge(publish.payload.len()));
-        }
         if publish.attempt > 0 {
             self.metrics.publish_retries.inc();
         }

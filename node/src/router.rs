@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use switchboard_proto::peer::{NodeId, Position};
 
-use crate::broker::{Budget, MAX_PATTERN, glob_match_within};
+use crate::broker::{Listed, MAX_PATTERN, list_matching};
 use crate::cluster::Cluster;
 
 use crate::historian::{self, Historian};
@@ -40,17 +40,14 @@ pub struct Routed {
     pub position: Option<Position>,
 }
 
-/// Steps of glob matching one listing may spend (about 10 ms of one core): the cost of a
-/// pattern grows with the number of groups, so it is capped rather than trusted.
-pub const LISTING_BUDGET: u64 = 10_000_000;
-
 /// Why a group listing was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     /// The pattern is longer than [`MAX_PATTERN`].
     #[error("pattern longer than {MAX_PATTERN} bytes")]
     TooLong,
-    /// Matching it against every group would take more than [`LISTING_BUDGET`] steps.
+    /// Matching it against every group would take more than
+    /// [`crate::broker::LISTING_BUDGET`] steps.
     #[error("pattern too costly to match against every group; make it more specific")]
     TooCostly,
 }
@@ -273,17 +270,10 @@ impl Publish for Router {
                 return Err(PatternError::TooLong);
             }
             // Local names are copied out of the hub first; matching runs without its lock.
-            let mut budget = Budget(LISTING_BUDGET);
-            let mut groups = Vec::new();
-            for name in self.hub.group_names().iter() {
-                let keep = match pattern {
-                    None => true,
-                    Some(p) => glob_match_within(p, name.as_bytes(), &mut budget)
-                        .ok_or(PatternError::TooCostly)?,
-                };
-                if keep {
-                    groups.push(name.to_string());
-                }
+            let names = self.hub.group_names();
+            let (mut groups, end) = list_matching(names.iter().map(|n| &**n), pattern, usize::MAX);
+            if end == Listed::Costly {
+                return Err(PatternError::TooCostly);
             }
             let (remote, complete) = self.cluster.peer_groups(pattern).await;
             if !complete {

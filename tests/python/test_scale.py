@@ -52,6 +52,21 @@ async def receive_all(subscribers, sent, timeout=30):
     return got
 
 
+async def finish(publisher, subscribers, when):
+    """Twenty more rounds `when`, then the publisher stops, and every subscriber has
+    received exactly what was sent to its group, in order."""
+    at = publisher.rounds()
+    wait_until(lambda: publisher.rounds() >= at + 20, what=f"publishing {when}")
+    publisher.stop.set()
+    await asyncio.to_thread(publisher.join, 30)
+    assert not publisher.is_alive()
+    got = await receive_all(subscribers, publisher.sent)
+    for group, _ in subscribers:
+        assert got[group] == publisher.sent[group], f"{group}: lost or reordered messages"
+    for _, ws in subscribers:
+        await ws.close()
+
+
 def test_subscribers_receive_everything_while_a_node_joins_and_leaves(start_cluster, start_node):
     a, b, c = start_cluster(3)
     wait_until(lambda: settled([a, b, c]), timeout=20, what="assignments settled")
@@ -87,17 +102,7 @@ def test_subscribers_receive_everything_while_a_node_joins_and_leaves(start_clus
             wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=20, what="node 4 gone")
         wait_until(lambda: all(4 not in (holders_of(a, g)["owner"], holders_of(a, g)["replica"])
                                for g in groups), timeout=30, what="buckets back on nodes 1-3")
-        at = publisher.rounds()
-        wait_until(lambda: publisher.rounds() >= at + 20, what="publishing after node 4 left")
-        publisher.stop.set()
-        await asyncio.to_thread(publisher.join, 30)
-        assert not publisher.is_alive()
-
-        got = await receive_all(subscribers, publisher.sent)
-        for g in groups:
-            assert got[g] == publisher.sent[g], f"{g}: lost or reordered messages"
-        for _, ws in subscribers:
-            await ws.close()
+        await finish(publisher, subscribers, "after node 4 left")
         return sum(len(s) for s in publisher.sent.values()), len(moved)
 
     total, moved = asyncio.run(scenario())
@@ -125,15 +130,6 @@ def test_subscribers_receive_everything_while_the_groups_owner_is_killed(start_c
         c.proc.wait(timeout=10)
         wait_until(lambda: all(holders_of(a, g)["owner"] != 3 for g in groups), timeout=20,
                    what="the replicas taking over")
-        at = publisher.rounds()
-        wait_until(lambda: publisher.rounds() >= at + 20, what="publishing after the takeover")
-        publisher.stop.set()
-        await asyncio.to_thread(publisher.join, 30)
-        assert not publisher.is_alive()
-        got = await receive_all(subscribers, publisher.sent)
-        for g in groups:
-            assert got[g] == publisher.sent[g], f"{g}: lost or reordered messages"
-        for _, ws in subscribers:
-            await ws.close()
+        await finish(publisher, subscribers, "after the takeover")
 
     asyncio.run(scenario())

@@ -493,16 +493,12 @@ fn presence_events(view: &NodeView) -> serde_json::Value {
 }
 
 fn addresses(config: &Config) -> serde_json::Value {
-    // As peers know them: `--advertise` with each port, else the listen addresses.
-    let shown = |addr: std::net::SocketAddr| match &config.advertise {
-        Some(host) => format!("{host}:{}", addr.port()),
-        None => addr.to_string(),
-    };
+    // As peers know them.
     json!({
-        "ws": shown(config.ws_listen),
-        "resp": shown(config.resp_listen),
-        "peer": shown(config.peer_listen),
-        "admin": shown(config.admin_listen),
+        "ws": config.advertised(config.ws_listen),
+        "resp": config.advertised(config.resp_listen),
+        "peer": config.advertised(config.peer_listen),
+        "admin": config.advertised(config.admin_listen),
     })
 }
 

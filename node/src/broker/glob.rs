@@ -11,6 +11,48 @@ pub const MAX_PATTERN: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget(pub u64);
 
+/// Steps of glob matching one listing may spend (about 10 ms of one core): the cost of a
+/// pattern grows with the number of names, so it is capped rather than trusted.
+pub const LISTING_BUDGET: u64 = 10_000_000;
+
+/// How a listing ([`list_matching`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// Every name was looked at.
+    Whole,
+    /// It stopped at the most names asked for.
+    Full,
+    /// The pattern spent [`LISTING_BUDGET`] first.
+    Costly,
+}
+
+/// The names of `names` that match `pattern` (every one without a pattern), at most `max`
+/// of them, within [`LISTING_BUDGET`] steps of matching; and how the listing ended.
+pub fn list_matching<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    pattern: Option<&[u8]>,
+    max: usize,
+) -> (Vec<String>, Listed) {
+    let mut budget = Budget(LISTING_BUDGET);
+    let mut listed = Vec::new();
+    for name in names {
+        if listed.len() >= max {
+            return (listed, Listed::Full);
+        }
+        let keep = match pattern {
+            None => true,
+            Some(p) => match glob_match_within(p, name.as_bytes(), &mut budget) {
+                Some(keep) => keep,
+                None => return (listed, Listed::Costly),
+            },
+        };
+        if keep {
+            listed.push(name.to_owned());
+        }
+    }
+    (listed, Listed::Whole)
+}
+
 /// Whether `text` matches the Redis glob `pattern`.
 pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let mut budget = Budget(u64::MAX);

@@ -21,7 +21,9 @@ mod glob;
 mod interest;
 mod permissions;
 
-pub use glob::{Budget, MAX_PATTERN, glob_match, glob_match_within};
+pub use glob::{
+    Budget, LISTING_BUDGET, Listed, MAX_PATTERN, glob_match, glob_match_within, list_matching,
+};
 pub use interest::RemoteInterest;
 pub use permissions::Permissions;
 

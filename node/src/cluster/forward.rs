@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::mesh::{Cluster, Link};
 use super::routes::Nodes;
-use crate::broker::{Budget, glob_match_within};
+use crate::broker::{Listed, list_matching};
 use crate::sync::{lock, read};
 
 /// How long a holder is given to answer a lookup before the next one is asked.
@@ -27,8 +27,6 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Groups one peer lists at most in an answer.
 pub const MAX_LISTED: usize = 100_000;
-/// Steps of glob matching one peer spends on a listing (about 10 ms of one core).
-pub const LISTING_BUDGET: u64 = 10_000_000;
 /// How long a publish waits for room in a peer's queue of forwards.
 pub const FORWARD_PATIENCE: Duration = Duration::from_secs(2);
 /// A peer not heard from for this long (its heartbeats travel on the control stream,
@@ -328,26 +326,12 @@ impl Cluster {
         }
     }
 
-    /// This node's groups matching `pattern`, within the listing bounds.
+    /// This node's groups matching `pattern`, within the listing bounds; false when they
+    /// cut it short.
     fn local_groups(&self, pattern: Option<&[u8]>) -> (Vec<String>, bool) {
-        let mut budget = Budget(LISTING_BUDGET);
-        let mut groups = Vec::new();
-        for name in self.deps.hub.group_names() {
-            if groups.len() >= MAX_LISTED {
-                return (groups, false);
-            }
-            let keep = match pattern {
-                None => true,
-                Some(p) => match glob_match_within(p, name.as_bytes(), &mut budget) {
-                    Some(keep) => keep,
-                    None => return (groups, false),
-                },
-            };
-            if keep {
-                groups.push(name.to_string());
-            }
-        }
-        (groups, true)
+        let names = self.deps.hub.group_names();
+        let (groups, end) = list_matching(names.iter().map(|n| &**n), pattern, MAX_LISTED);
+        (groups, end == Listed::Whole)
     }
 
     /// Every group with subscribers on some peer matching `pattern`, as the peers answer

@@ -209,29 +209,24 @@ impl Cluster {
             config.cluster_ca.as_ref(),
         )?;
         let bound = endpoint.local_addr()?;
-        // What others dial: `--advertise` with each port, else the addresses as bound.
-        let advertised = |addr: std::net::SocketAddr| match &config.advertise {
-            Some(host) => format!("{host}:{}", addr.port()),
-            None => addr.to_string(),
-        };
         if config.advertise.is_none() && bound.ip().is_unspecified() {
             warn!(
                 addr = %bound,
                 "--peer-listen binds every address and no --advertise is given: peers will be told {bound}, which they cannot dial"
             );
         }
-        let admin = match (&config.advertise, admin.parse::<std::net::SocketAddr>()) {
-            (Some(_), Ok(addr)) => advertised(addr),
-            _ => admin,
+        let admin = match admin.parse::<std::net::SocketAddr>() {
+            Ok(addr) => config.advertised(addr),
+            Err(_) => admin,
         };
         let hello = PeerMessage::Hello {
             node: config.node_id,
             protocol: PEER_PROTOCOL_VERSION,
             boot,
-            peer_addr: advertised(bound),
+            peer_addr: config.advertised(bound),
             admin_addr: admin,
-            ws_addr: advertised(config.ws_listen),
-            resp_addr: advertised(config.resp_listen),
+            ws_addr: config.advertised(config.ws_listen),
+            resp_addr: config.advertised(config.resp_listen),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let table = PeerTable::new(
@@ -343,13 +338,7 @@ impl Cluster {
     /// Sends `message` to `node` (queued on its session); false when it is not connected
     /// or its queue is full.
     pub fn send(&self, node: NodeId, message: PeerMessage) -> bool {
-        let sent = lock(&self.table)
-            .link(node)
-            .is_some_and(|link| link.send(message));
-        if !sent {
-            self.metrics.peer_queue_drops.inc();
-        }
-        sent
+        self.try_send(node, message).is_ok()
     }
 
     /// Like [`Cluster::send`], but a message that could not be queued is handed back.
@@ -769,15 +758,10 @@ impl Cluster {
             let message = read_frame(recv, MAX_PEER_MESSAGE).await?;
             lock(&self.table).heard_from(Instant::now(), peer);
             match message {
-                PeerMessage::Forward(forwards) => {
-                    for f in forwards {
-                        self.metrics.received_forwards.inc();
-                        let message = match f.position {
-                            Some(position) => Encoded::with_position(f.payload, position),
-                            None => Encoded::new(f.payload),
-                        };
-                        self.deps.hub.publish_local(&f.group, &message);
-                    }
+                PeerMessage::Forward(_) => {
+                    bail!(
+                        "peer {peer} sent forwards on the control stream (they go on its data stream)"
+                    )
                 }
                 PeerMessage::History(message) => {
                     if self.deps.history.try_send((peer, message)).is_err() {

@@ -181,16 +181,7 @@ impl Leases {
     /// Forgets the leases of the buckets `moved` says changed holders.
     pub fn forget_buckets(&mut self, moved: impl Fn(u16) -> bool) {
         self.by_group.retain(|g, _| !moved(bucket_of(g)));
-        self.count = self.by_group.values().map(Vec::len).sum();
-    }
-
-    /// Forgets the leases of `node` (it restarted: its cache is empty).
-    pub fn forget_node(&mut self, node: NodeId) {
-        for cachers in self.by_group.values_mut() {
-            cachers.retain(|(n, _)| *n != node);
-        }
-        self.by_group.retain(|_, c| !c.is_empty());
-        self.count = self.by_group.values().map(Vec::len).sum();
+        self.recount();
     }
 
     /// Forgets expired leases.
@@ -199,6 +190,10 @@ impl Leases {
             cachers.retain(|(_, until)| *until > now);
         }
         self.by_group.retain(|_, c| !c.is_empty());
+        self.recount();
+    }
+
+    fn recount(&mut self) {
         self.count = self.by_group.values().map(Vec::len).sum();
     }
 
@@ -448,9 +443,6 @@ mod tests {
             leases.cachers(t0 + ROUTE_LEASE + LEASE_MARGIN, "g"),
             vec![2]
         );
-        leases.forget_node(2);
-        assert_eq!(leases.len(), 1);
-        assert!(leases.cachers(late, "g") == vec![5]);
     }
 
     #[test]

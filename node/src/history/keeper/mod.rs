@@ -285,6 +285,9 @@ impl Keeper {
     /// A local publish attempt.
     pub fn handle_publish(&mut self, facts: &Facts, ticket: Ticket, publish: Publish) {
         let to = Origin::Local(ticket);
+        if let Err(e) = Self::fits(&publish) {
+            return self.answer(to, Err(e));
+        }
         match facts.assignments.of_group(&publish.group) {
             None => self.answer(to, Err(HistoryError::NotAssigned)),
             Some(a) if a.owner == self.me => self.take(facts, publish, to),
@@ -391,7 +394,11 @@ impl Keeper {
                     payload,
                     text,
                 };
-                self.take(facts, publish, Origin::Remote(from, id));
+                let origin = Origin::Remote(from, id);
+                match Self::fits(&publish) {
+                    Ok(()) => self.take(facts, publish, origin),
+                    Err(e) => self.answer(origin, Err(e)),
+                }
             }
             History::Published { id, result } => {
                 if let Some(sent) = self.publishes.remove(&id) {
@@ -496,6 +503,15 @@ impl Keeper {
         self.retry_syncs(facts);
         let evicted = self.store.enforce(facts.now_ms);
         self.counts.evictions += evicted.len() as u64;
+    }
+
+    /// Whether a publish is small enough for history (checked where it enters this node:
+    /// from a local publisher, or from a peer).
+    fn fits(publish: &Publish) -> Result<(), HistoryError> {
+        match publish.payload.len() {
+            n if n > MAX_HISTORY_MESSAGE => Err(HistoryError::TooLarge(n)),
+            _ => Ok(()),
+        }
     }
 
     // ----- outputs -----

@@ -28,9 +28,6 @@ impl Keeper {
             payload,
             text,
         } = publish;
-        if payload.len() > MAX_HISTORY_MESSAGE {
-            return self.answer(origin, Err(HistoryError::TooLarge(payload.len())));
-        }
         let Some(a) = Self::assignment(facts, &group) else {
             return self.answer(origin, Err(HistoryError::NotAssigned));
         };

@@ -482,6 +482,10 @@ fn refusals_that_took_nothing_come_back_at_once_and_say_so() {
     let t = sim.publish(owner, id(3), 0, &huge);
     let error = sim.error(owner, t);
     assert!(matches!(error, HistoryError::TooLarge(_)) && !error.is_retryable());
+    // From a node that is not the owner: refused there, never sent.
+    let t = sim.publish(other, id(4), 0, &huge);
+    assert!(matches!(sim.error(other, t), HistoryError::TooLarge(_)));
+    assert!(sim.net.is_empty());
     assert!(sim.delivered.is_empty());
     assert_eq!(sim.keepers[&owner].stats().messages, 0);
 }
