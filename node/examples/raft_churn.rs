@@ -32,10 +32,10 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = Config::for_tests(dir);
         config.node_id = id;
-        config.jwt = JwtKey::Secret("bench".into());
-        config.cluster_secret = Some("bench-cluster".into());
+        config.credentials.jwt = JwtKey::Secret("bench".into());
+        config.credentials.cluster_secret = Some("bench-cluster".into());
         if let Some(first) = nodes.first() {
-            config.seeds = vec![first.addrs().peer.expect("peer endpoint").to_string()];
+            config.cluster.seeds = vec![first.addrs().peer.expect("peer endpoint").to_string()];
         }
         nodes.push(Node::start(config).await.expect("node starts"));
     }

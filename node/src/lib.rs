@@ -107,18 +107,18 @@ impl Node {
     /// Binds every listener, builds the parts bottom-up and starts serving.
     pub async fn start(mut config: Config) -> anyhow::Result<Node> {
         config.check_exposure()?;
-        if !config.max_connections_given {
+        if !config.ws.max_connections_given {
             info!(
-                max_connections = config.max_connections,
-                max_resp_connections = config.max_resp_connections,
+                max_connections = config.ws.max_connections,
+                max_resp_connections = config.resp.max_connections,
                 open_files = ?config::open_file_limit(),
                 "connection limits derived from the open-file limit"
             );
         } else if let Some(limit) = config::open_file_limit()
-            && config.max_connections + config::FD_RESERVE + config::HEALTH_SOCKETS > limit
+            && config.ws.max_connections + config::FD_RESERVE + config::HEALTH_SOCKETS > limit
         {
             warn!(
-                max_connections = config.max_connections,
+                max_connections = config.ws.max_connections,
                 open_files = limit,
                 "--max-connections is above what the open-file limit allows: at the limit, \
                  accepts fail instead of answering 1013"
@@ -134,27 +134,29 @@ impl Node {
         let boot = clock::unix_millis();
         let ws_tls = config
             .tls
+            .ws
             .as_ref()
             .map(|files| ServerTls::load(files, &[b"http/1.1"]))
             .transpose()?;
         let admin_tls = config
-            .admin_tls
+            .tls
+            .admin
             .as_ref()
             .map(|files| ServerTls::load(files, &[b"http/1.1"]))
             .transpose()?;
 
-        let ws = TcpListener::bind(config.ws_listen)
+        let ws = TcpListener::bind(config.listen.ws)
             .await
-            .with_context(|| format!("cannot bind --ws-listen {}", config.ws_listen))?;
-        let resp = TcpListener::bind(config.resp_listen)
+            .with_context(|| format!("cannot bind --ws-listen {}", config.listen.ws))?;
+        let resp = TcpListener::bind(config.listen.resp)
             .await
-            .with_context(|| format!("cannot bind --resp-listen {}", config.resp_listen))?;
-        let admin = std::net::TcpListener::bind(config.admin_listen)
-            .with_context(|| format!("cannot bind --admin-listen {}", config.admin_listen))?;
+            .with_context(|| format!("cannot bind --resp-listen {}", config.listen.resp))?;
+        let admin = std::net::TcpListener::bind(config.listen.admin)
+            .with_context(|| format!("cannot bind --admin-listen {}", config.listen.admin))?;
         // Report the real addresses (port 0 resolved) everywhere.
-        config.ws_listen = ws.local_addr()?;
-        config.resp_listen = resp.local_addr()?;
-        config.admin_listen = admin.local_addr()?;
+        config.listen.ws = ws.local_addr()?;
+        config.listen.resp = resp.local_addr()?;
+        config.listen.admin = admin.local_addr()?;
 
         // 0-1: foundations, lifecycle, health.
         let metrics = Arc::new(Metrics::default());
@@ -162,7 +164,7 @@ impl Node {
         let health = Arc::new(Health::new(lifecycle.clone()));
         // 2: the hub.
         let limits = BrokerLimits {
-            max_groups_per_connection: config.max_groups_per_connection,
+            max_groups_per_connection: config.ws.max_groups_per_connection,
             ..BrokerLimits::default()
         };
         let hub = Arc::new(Hub::new(limits, metrics.clone()));
@@ -174,7 +176,7 @@ impl Node {
         let (history_inbox, history_outbox) = tokio::sync::mpsc::channel(historian::INBOX);
         let cluster = cluster::Cluster::bind(
             &config,
-            config.admin_listen.to_string(),
+            config.listen.admin.to_string(),
             (incarnation, boot),
             cluster::MeshDeps {
                 history: history_inbox,
@@ -187,7 +189,7 @@ impl Node {
             },
         )?;
         if let Some(peer) = cluster.local_addr() {
-            config.peer_listen = peer;
+            config.listen.peer = peer;
         }
         let config = Arc::new(config);
         // 5: Raft, over the mesh.
@@ -196,9 +198,9 @@ impl Node {
                 node_id: config.node_id,
                 group: raft::CONTROL,
                 data_dir: config.data_dir.clone(),
-                node_timeout: config.node_timeout,
-                max_voters: config.max_voters,
-                may_bootstrap: config.seeds.is_empty(),
+                node_timeout: config.cluster.node_timeout,
+                max_voters: config.cluster.max_voters,
+                may_bootstrap: config.cluster.seeds.is_empty(),
                 advertised: cluster.advertised_addr(),
                 incarnation,
                 boot,
@@ -219,8 +221,8 @@ impl Node {
             historian::HistorianDeps {
                 me: config.node_id,
                 boot,
-                rules: config.history.clone(),
-                max_bytes: config.history_max_bytes,
+                rules: config.history.rules.clone(),
+                max_bytes: config.history.max_bytes,
                 replica: replica.clone(),
                 cluster: cluster.clone(),
                 hub: hub.clone(),
@@ -235,19 +237,20 @@ impl Node {
             cluster.clone(),
             historian,
             metrics.clone(),
-            config.node_timeout,
+            config.cluster.node_timeout,
         ));
         // 8: ingress.
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let ingress = Arc::new(Ingress {
-            config: config.clone(),
+            node: config.node_id,
+            settings: config.ws.clone(),
             metrics: metrics.clone(),
             secrets: secrets.clone(),
             tls: ws_tls.clone(),
             caps: std::sync::Mutex::new(ingress::ws::caps::Caps::new(
-                config.max_connections_per_ip,
-                config.max_connections_per_user,
+                config.ws.max_connections_per_ip,
+                config.ws.max_connections_per_user,
             )),
             lifecycle: lifecycle.clone(),
             health: health.clone(),
@@ -258,7 +261,7 @@ impl Node {
             ids: ingress::ws::ConnIds::new(config.node_id, boot),
         });
         let resp_env = Arc::new(ingress::resp::Env::new(
-            config.clone(),
+            &config,
             metrics.clone(),
             secrets.clone(),
         ));
@@ -295,16 +298,16 @@ impl Node {
         lifecycle.advance(Stage::Ready);
 
         let addrs = Addrs {
-            ws: config.ws_listen,
-            resp: config.resp_listen,
-            admin: config.admin_listen,
+            ws: config.listen.ws,
+            resp: config.listen.resp,
+            admin: config.listen.admin,
             peer: cluster.local_addr(),
         };
-        ingress::ws::announce(addrs.ws, &config.ws_paths);
+        ingress::ws::announce(addrs.ws, &config.ws.paths);
         info!(addr = %addrs.resp, "RESP ingest shim listening");
         info!(addr = %addrs.admin, "admin API listening (/metrics, /healthz, /readyz)");
         if let Some(peer) = addrs.peer {
-            info!(addr = %peer, seeds = ?config.seeds, "peer endpoint listening (QUIC)");
+            info!(addr = %peer, seeds = ?config.cluster.seeds, "peer endpoint listening (QUIC)");
         }
         let dev_token = match &secrets.dev_jwt_secret {
             Some(secret) => Some(auth::mint_hs256(
@@ -366,11 +369,12 @@ impl Node {
         let path = self
             .view
             .config
-            .ws_paths
+            .ws
+            .paths
             .first()
             .map(String::as_str)
             .unwrap_or("/");
-        let scheme = if self.view.config.tls.is_some() {
+        let scheme = if self.view.config.tls.ws.is_some() {
             "wss"
         } else {
             "ws"

@@ -177,7 +177,9 @@ fn token(secret: &str, user: &str, ttl: &str, groups: &[String], json: bool) -> 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the limits are derived from it: as many descriptors as the hard limit allows.
     let raised = raise_open_file_limit();
-    let config = args.resolve()?;
+    // Unknown (not Linux): as if plenty, so the derived limits are the largest.
+    let open_files = switchboard_node::config::open_file_limit().unwrap_or(1 << 20);
+    let config = args.resolve(open_files)?;
     init_tracing(config.log_format);
     if let Err(e) = raised {
         tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");

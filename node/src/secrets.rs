@@ -156,10 +156,10 @@ impl Secrets {
         let (verifier, dev) = verifier(config)?;
         Ok(Secrets {
             verifier: Reloadable::new(verifier),
-            resp_password: Reloadable::new(load_opt(&config.resp_password)?),
+            resp_password: Reloadable::new(load_opt(&config.credentials.resp_password)?),
             admin: Reloadable::new(admin_tokens(config)?),
             cluster: Reloadable::new(
-                load_opt(&config.cluster_secret)?
+                load_opt(&config.credentials.cluster_secret)?
                     .unwrap_or_default()
                     .into_bytes(),
             ),
@@ -175,7 +175,7 @@ impl Secrets {
             Ok((v, _)) => self.verifier.set(v),
             Err(e) => errors.push(e),
         }
-        match load_opt(&config.resp_password) {
+        match load_opt(&config.credentials.resp_password) {
             Ok(v) => self.resp_password.set(v),
             Err(e) => errors.push(e),
         }
@@ -183,7 +183,7 @@ impl Secrets {
             Ok(v) => self.admin.set(v),
             Err(e) => errors.push(e),
         }
-        match load_opt(&config.cluster_secret) {
+        match load_opt(&config.credentials.cluster_secret) {
             Ok(v) => self.cluster.set(v.unwrap_or_default().into_bytes()),
             Err(e) => errors.push(e),
         }
@@ -196,7 +196,7 @@ fn load_opt(secret: &Option<Secret>) -> Result<Option<String>, ConfigError> {
 }
 
 fn admin_tokens(config: &Config) -> Result<Option<AdminTokens>, ConfigError> {
-    match &config.admin_tokens {
+    match &config.credentials.admin_tokens {
         None => Ok(None),
         Some(Secret::Value(token)) => Ok(Some(AdminTokens::single(token.clone()))),
         Some(file @ Secret::File(_)) => AdminTokens::parse(&file.load()?)
@@ -208,7 +208,7 @@ fn admin_tokens(config: &Config) -> Result<Option<AdminTokens>, ConfigError> {
 /// The token verifier, and in development mode the generated secret.
 fn verifier(config: &Config) -> Result<(Verifier, Option<String>), ConfigError> {
     let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
-    let (mut verifier, dev) = match &config.jwt {
+    let (mut verifier, dev) = match &config.credentials.jwt {
         JwtKey::Secret(secret) => (
             Verifier::hmac(secret.load()?.as_bytes()).map_err(|e| invalid(&e))?,
             None,
@@ -225,11 +225,11 @@ fn verifier(config: &Config) -> Result<(Verifier, Option<String>), ConfigError> 
             )
         }
     };
-    if !config.jwt_audience.is_empty() {
-        verifier.require_audience(&config.jwt_audience);
+    if !config.credentials.jwt_audience.is_empty() {
+        verifier.require_audience(&config.credentials.jwt_audience);
     }
-    if !config.jwt_issuer.is_empty() {
-        verifier.require_issuer(&config.jwt_issuer);
+    if !config.credentials.jwt_issuer.is_empty() {
+        verifier.require_issuer(&config.credentials.jwt_issuer);
     }
     Ok((verifier, dev))
 }

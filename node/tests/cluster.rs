@@ -33,9 +33,9 @@ async fn member(
     let secret = secret.to_owned();
     TestNode::start(move |c| {
         c.node_id = id;
-        c.seeds = seeds;
-        c.cluster_secret = Some(secret.into());
-        c.node_timeout = Duration::from_millis(1500);
+        c.cluster.seeds = seeds;
+        c.credentials.cluster_secret = Some(secret.into());
+        c.cluster.node_timeout = Duration::from_millis(1500);
         adjust(c);
     })
     .await
@@ -464,8 +464,8 @@ async fn ca_node(
     ca: switchboard_node::config::ClusterCa,
 ) -> TestNode {
     member(id, seeds, "", move |c| {
-        c.cluster_secret = None;
-        c.cluster_ca = Some(ca);
+        c.credentials.cluster_secret = None;
+        c.tls.cluster_ca = Some(ca);
     })
     .await
 }
@@ -500,7 +500,7 @@ async fn with_a_cluster_ca_members_need_its_certificate() {
 
 #[tokio::test]
 async fn members_beyond_max_voters_stay_learners_and_still_serve() {
-    let two_voters = |c: &mut Config| c.max_voters = 2;
+    let two_voters = |c: &mut Config| c.cluster.max_voters = 2;
     let a = member(1, &[], CLUSTER_SECRET, two_voters).await;
     let b = member(2, &[&a], CLUSTER_SECRET, two_voters).await;
     let c = member(3, &[&a], CLUSTER_SECRET, two_voters).await;
@@ -594,7 +594,7 @@ async fn history_settled(nodes: &[&TestNode]) -> bool {
 async fn a_reconnecting_client_with_positions_recovers_what_it_missed_on_another_node() {
     use switchboard_client::{Backoff, ConnectOptions, Event, ReconnectingClient};
     let history = |c: &mut Config| {
-        c.history = switchboard_node::config::parse_history("user_*=100").unwrap();
+        c.history.rules = switchboard_node::config::parse_history("user_*=100").unwrap();
     };
     let a = member(1, &[], CLUSTER_SECRET, history).await;
     let b = member(2, &[&a], CLUSTER_SECRET, history).await;
@@ -766,8 +766,8 @@ async fn a_node_that_holds_no_interest_for_a_group_asks_once_and_hears_of_change
 async fn a_fast_publisher_is_slowed_to_a_slow_remote_client_instead_of_the_client_being_cut() {
     let a = node(1, &[], CLUSTER_SECRET).await;
     let b = member(2, &[&a], CLUSTER_SECRET, |c| {
-        c.client_queue = 16;
-        c.client_queue_bytes = 64 * 1024;
+        c.ws.client_queue = 16;
+        c.ws.client_queue_bytes = 64 * 1024;
     })
     .await;
     wait_formed(&[&a, &b], &["leader", "follower"]).await;

@@ -165,7 +165,7 @@ async fn an_oversized_bulk_is_refused_without_reading_it() {
 
 #[tokio::test]
 async fn resp_password_requires_auth() {
-    let node = TestNode::start(|c| c.resp_password = Some("s3cret".into())).await;
+    let node = TestNode::start(|c| c.credentials.resp_password = Some("s3cret".into())).await;
     let mut r = Resp::connect(&node.resp_addr()).await;
     assert!(is_error_starting(
         &r.cmd(&[b"PUBLISH", b"g", b"x"]).await,
@@ -296,7 +296,7 @@ async fn the_channels_core_layer_protocol_reaches_the_group() {
 
 #[tokio::test]
 async fn the_channels_pubsub_layer_protocol_reaches_the_group() {
-    let node = TestNode::start(|c| c.channels_unwrap = Some("message".into())).await;
+    let node = TestNode::start(|c| c.resp.channels_unwrap = Some("message".into())).await;
     let mut client = Connection::connect_url(&node.ws_url(), Some(&simplejwt_token(42)))
         .await
         .unwrap();

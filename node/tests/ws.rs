@@ -243,7 +243,7 @@ async fn a_public_key_node_refuses_an_hmac_token_made_with_that_public_key() {
     ] {
         let public = fixtures.join(public);
         let node = TestNode::start(|c| {
-            c.jwt = switchboard_node::config::JwtKey::PublicKey(public.clone())
+            c.credentials.jwt = switchboard_node::config::JwtKey::PublicKey(public.clone())
         })
         .await;
         let claims = serde_json::json!({"user_id": 11, "exp": now() + 60, "token_type": "access"});
@@ -276,7 +276,7 @@ async fn a_public_key_node_refuses_an_hmac_token_made_with_that_public_key() {
 
 #[tokio::test]
 async fn a_token_that_expires_while_connected_closes_with_4001() {
-    let node = TestNode::start(|c| c.token_expiry = TokenExpiry::Close).await;
+    let node = TestNode::start(|c| c.ws.token_expiry = TokenExpiry::Close).await;
     let token = switchboard_client::mint_hs256(
         SECRET,
         &serde_json::json!({"user_id": 8, "exp": now() + 2, "token_type": "access"}),
@@ -293,7 +293,7 @@ async fn a_token_that_expires_while_connected_closes_with_4001() {
 
 #[tokio::test]
 async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
-    let node = TestNode::start(|c| c.token_expiry = TokenExpiry::Close).await;
+    let node = TestNode::start(|c| c.ws.token_expiry = TokenExpiry::Close).await;
     let old_exp = now() + 2;
     let short = switchboard_client::mint_hs256(
         SECRET,
@@ -344,7 +344,7 @@ async fn a_refreshed_token_keeps_the_connection_past_the_old_expiry() {
 
 #[tokio::test]
 async fn origins_outside_the_allow_list_get_4003() {
-    let node = TestNode::start(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let node = TestNode::start(|c| c.ws.allowed_origins = vec!["https://app.example".into()]).await;
     let mut opts = ConnectOptions::new(node.ws_url());
     opts.token = Some(simplejwt_token(1));
     opts.origin = Some("https://evil.example".into());
@@ -359,7 +359,7 @@ async fn origins_outside_the_allow_list_get_4003() {
 
 #[tokio::test]
 async fn an_oversized_frame_gets_1009() {
-    let node = TestNode::start(|c| c.max_frame_size = 1024).await;
+    let node = TestNode::start(|c| c.ws.max_frame_size = 1024).await;
     let mut conn = connect(&node, &simplejwt_token(1)).await;
     conn.send_text(&"x".repeat(4096)).await.unwrap();
     expect_close(&mut conn, 1009, "too large").await;
@@ -368,7 +368,7 @@ async fn an_oversized_frame_gets_1009() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_as_a_slow_consumer_with_bounded_memory() {
-    let node = TestNode::start(|c| c.client_queue = 8).await;
+    let node = TestNode::start(|c| c.ws.client_queue = 8).await;
     let mut slow = connect(&node, &simplejwt_token(77)).await;
     wait_group(&node, "user_77", 1).await;
     let reply = slow.request(ClientOp::Ping { id: None }).await.unwrap();
@@ -450,7 +450,7 @@ async fn health_readiness_and_drain() {
 
 #[tokio::test]
 async fn a_full_node_answers_1013() {
-    let node = TestNode::start(|c| c.max_connections = 1).await;
+    let node = TestNode::start(|c| c.ws.max_connections = 1).await;
     let _first = connect(&node, &simplejwt_token(1)).await;
     wait_group(&node, "user_1", 1).await;
     let mut second = connect(&node, &simplejwt_token(2)).await;

@@ -401,7 +401,7 @@ pub async fn metrics(view: &NodeView) -> String {
     rows.push(crate::metrics::Row::gauge(
         "max_connections",
         "WebSocket connections this node takes at most (--max-connections, or derived).",
-        view.config.max_connections as u64,
+        view.config.ws.max_connections as u64,
     ));
     let (kept, bytes, _) = view.replica.ring_stats();
     rows.push(crate::metrics::Row::counter(
@@ -459,21 +459,21 @@ pub fn status(view: &NodeView) -> serde_json::Value {
         "uptime_secs": view.lifecycle.started().elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "addresses": addresses(config),
-        "seeds": config.seeds,
+        "seeds": config.cluster.seeds,
         "limits": {
-            "max_connections": config.max_connections,
-            "max_resp_connections": config.max_resp_connections,
+            "max_connections": config.ws.max_connections,
+            "max_resp_connections": config.resp.max_connections,
             "open_files": crate::config::open_file_limit(),
         },
-        "tls": { "ws": config.tls.is_some(), "admin": config.admin_tls.is_some() },
-        "admin_tokens": config.admin_tokens.is_some(),
+        "tls": { "ws": config.tls.ws.is_some(), "admin": config.tls.admin.is_some() },
+        "admin_tokens": config.credentials.admin_tokens.is_some(),
         "history": {
-            "rules": config.history.iter().map(|r| json!({
+            "rules": config.history.rules.iter().map(|r| json!({
                 "pattern": r.pattern,
                 "size": r.size,
                 "ttl_secs": r.ttl.map(|t| t.as_secs()),
             })).collect::<Vec<_>>(),
-            "max_bytes": config.history_max_bytes,
+            "max_bytes": config.history.max_bytes,
             "buckets_moving": view.consensus.history_moving(),
         },
     })
@@ -495,10 +495,10 @@ fn presence_events(view: &NodeView) -> serde_json::Value {
 fn addresses(config: &Config) -> serde_json::Value {
     // As peers know them.
     json!({
-        "ws": config.advertised(config.ws_listen),
-        "resp": config.advertised(config.resp_listen),
-        "peer": config.advertised(config.peer_listen),
-        "admin": config.advertised(config.admin_listen),
+        "ws": config.listen.advertised(config.listen.ws),
+        "resp": config.listen.advertised(config.listen.resp),
+        "peer": config.listen.advertised(config.listen.peer),
+        "admin": config.listen.advertised(config.listen.admin),
     })
 }
 

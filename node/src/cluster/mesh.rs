@@ -204,35 +204,35 @@ impl Cluster {
         deps: MeshDeps,
     ) -> anyhow::Result<Arc<Cluster>> {
         let endpoint = tls::endpoint(
-            config.peer_listen,
-            config.node_timeout,
-            config.cluster_ca.as_ref(),
+            config.listen.peer,
+            config.cluster.node_timeout,
+            config.tls.cluster_ca.as_ref(),
         )?;
         let bound = endpoint.local_addr()?;
-        if config.advertise.is_none() && bound.ip().is_unspecified() {
+        if config.listen.advertise.is_none() && bound.ip().is_unspecified() {
             warn!(
                 addr = %bound,
                 "--peer-listen binds every address and no --advertise is given: peers will be told {bound}, which they cannot dial"
             );
         }
         let admin = match admin.parse::<std::net::SocketAddr>() {
-            Ok(addr) => config.advertised(addr),
+            Ok(addr) => config.listen.advertised(addr),
             Err(_) => admin,
         };
         let hello = PeerMessage::Hello {
             node: config.node_id,
             protocol: PEER_PROTOCOL_VERSION,
             boot,
-            peer_addr: config.advertised(bound),
+            peer_addr: config.listen.advertised(bound),
             admin_addr: admin,
-            ws_addr: config.advertised(config.ws_listen),
-            resp_addr: config.advertised(config.resp_listen),
+            ws_addr: config.listen.advertised(config.listen.ws),
+            resp_addr: config.listen.advertised(config.listen.resp),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let table = PeerTable::new(
             config.node_id,
-            config.node_timeout,
-            !config.seeds.is_empty(),
+            config.cluster.node_timeout,
+            !config.cluster.seeds.is_empty(),
         );
         deps.health.set_majority(table.in_majority());
         Ok(Arc::new(Cluster {
@@ -240,7 +240,7 @@ impl Cluster {
             incarnation,
             endpoint,
             hello,
-            seeds: config.seeds.clone(),
+            seeds: config.cluster.seeds.clone(),
             table: Mutex::new(table),
             remote: RwLock::new(RemoteInterest::default()),
             routes: Mutex::new(Routes::new(config.node_id)),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 
-use crate::config::Config;
+use crate::config::WsSettings;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -26,7 +26,9 @@ use crate::tls::ServerTls;
 /// What a WebSocket connection needs of the node.
 #[derive(Debug)]
 pub struct Ingress {
-    pub config: Arc<Config>,
+    /// This node's id.
+    pub node: u64,
+    pub settings: WsSettings,
     pub metrics: Arc<Metrics>,
     pub secrets: Arc<Secrets>,
     /// `--tls-cert`: the port serves wss:// (and HTTPS health checks).

@@ -34,7 +34,7 @@ impl TestNode {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestNode {
         let dir = temp_dir("node");
         let mut config = Config::for_tests(dir.clone());
-        config.jwt = JwtKey::Secret(SECRET.into());
+        config.credentials.jwt = JwtKey::Secret(SECRET.into());
         configure(&mut config);
         let node = Node::start(config).await.expect("node starts");
         TestNode {

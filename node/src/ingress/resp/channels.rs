@@ -19,7 +19,7 @@ use bytes::Bytes;
 use switchboard_proto::resp::Frame;
 
 use super::command::{Command, Name};
-use crate::config::Config;
+use crate::config::RespSettings;
 use crate::router::Publish;
 
 /// The synthetic channel-name prefix answered to `ZRANGE`; the part up to `!` is what
@@ -31,18 +31,18 @@ const CORE_RANDOM_PREFIX: usize = 12;
 /// For `PUBLISH <prefix>__group__<g> payload` from the pub/sub layer: the group and the
 /// payload to deliver. Any other channel is a group of that name, payload untouched.
 pub fn from_pubsub_layer<'a>(
-    config: &Config,
+    settings: &RespSettings,
     channel: &'a str,
     payload: Bytes,
 ) -> (&'a str, Bytes) {
-    let prefix = config.channels_prefix.as_str();
+    let prefix = settings.channels_prefix.as_str();
     let group = channel
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix("__group__"));
     match group {
         Some(group) if !group.is_empty() => {
             let payload = decode_event(&payload, &[0])
-                .map(|event| render_event(config, event))
+                .map(|event| render_event(settings, event))
                 .unwrap_or(payload);
             (group, payload)
         }
@@ -52,11 +52,11 @@ pub fn from_pubsub_layer<'a>(
 
 /// Answers the commands of `channels_redis.core.RedisChannelLayer` (every command of the
 /// table that is not the shim's own; arity already checked).
-pub async fn run(config: &Config, command: &Command, publish: &dyn Publish) -> Frame {
+pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publish) -> Frame {
     let args = &command.args;
     match command.name() {
         Name::Zrange => {
-            let group_key = format!("{}:group:", config.channels_prefix);
+            let group_key = format!("{}:group:", settings.channels_prefix);
             let key = String::from_utf8_lossy(&args[1]);
             match key.strip_prefix(group_key.as_str()) {
                 Some(group) if publish.subscribers(group).await > 0 => {
@@ -67,7 +67,7 @@ pub async fn run(config: &Config, command: &Command, publish: &dyn Publish) -> F
                 _ => Frame::Array(vec![]),
             }
         }
-        Name::Eval => eval(config, args, publish).await,
+        Name::Eval => eval(settings, args, publish).await,
         // No script is ever loaded here (SCRIPT LOAD is not supported): as Redis answers
         // for a script it does not have.
         Name::Evalsha => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
@@ -100,7 +100,7 @@ pub async fn run(config: &Config, command: &Command, publish: &dyn Publish) -> F
 }
 
 /// `EVAL <group_send script> n keys... messages... capacities... now expiry`.
-async fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
+async fn eval(settings: &RespSettings, args: &[Bytes], publish: &dyn Publish) -> Frame {
     let Some(nkeys) = args
         .get(2)
         .and_then(|n| std::str::from_utf8(n).ok())
@@ -137,7 +137,7 @@ async fn eval(config: &Config, args: &[Bytes], publish: &dyn Publish) -> Frame {
             continue;
         };
         let targets = take_channels(&mut event);
-        let payload = render_event(config, event);
+        let payload = render_event(settings, event);
         for group in targets
             .iter()
             .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
@@ -185,9 +185,9 @@ fn take_channels(event: &mut rmpv::Value) -> Vec<String> {
 }
 
 /// The bytes a client receives for an event: its JSON, or one key of it.
-fn render_event(config: &Config, event: rmpv::Value) -> Bytes {
+fn render_event(settings: &RespSettings, event: rmpv::Value) -> Bytes {
     let json = to_json(event);
-    if let Some(key) = &config.channels_unwrap {
+    if let Some(key) = &settings.channels_unwrap {
         match json.get(key) {
             Some(serde_json::Value::String(s)) => return Bytes::from(s.clone()),
             Some(other) => return Bytes::from(other.to_string()),

@@ -75,10 +75,9 @@ pub const MAX_AUTH_FAILURES: u32 = 10;
 
 /// The decoder limits of an authenticated connection.
 fn limits(env: &Env) -> Limits {
-    let config = &env.config;
     Limits {
-        max_bulk_len: config.max_payload.max(MIN_BULK),
-        max_frame_len: config.max_command_bytes,
+        max_bulk_len: env.max_payload.max(MIN_BULK),
+        max_frame_len: env.settings.max_command_bytes,
         ..Limits::default()
     }
 }
@@ -132,7 +131,7 @@ pub async fn serve(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    let sockets = Arc::new(Semaphore::new(env.config.max_resp_connections));
+    let sockets = Arc::new(Semaphore::new(env.settings.max_connections));
     let mut next_id: u64 = 0;
     loop {
         let (mut stream, peer) = tokio::select! {
@@ -204,13 +203,13 @@ async fn run(
     } else {
         pre_auth_limits()
     });
-    let mut auth_deadline = Instant::now() + env.config.resp_auth_timeout;
+    let mut auth_deadline = Instant::now() + env.settings.auth_timeout;
     let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     loop {
-        let idle = env.config.resp_idle_timeout.map(|t| Instant::now() + t);
+        let idle = env.settings.idle_timeout.map(|t| Instant::now() + t);
         let deadline = if session.authenticated() {
             idle
         } else {
@@ -297,7 +296,7 @@ async fn run(
                 (true, false) => {
                     // RESET on a password node: back to the pre-AUTH bounds.
                     decoder.set_limits(pre_auth_limits());
-                    auth_deadline = Instant::now() + env.config.resp_auth_timeout;
+                    auth_deadline = Instant::now() + env.settings.auth_timeout;
                 }
                 _ => {}
             }

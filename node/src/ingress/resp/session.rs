@@ -15,7 +15,7 @@ use switchboard_proto::resp::{Frame, Version};
 use super::command::{Command, Name, ParseError};
 use super::guard::{AuthThrottle, UNAUTHENTICATED_SHARE, Unauthenticated};
 use super::{channels, cmd};
-use crate::config::Config;
+use crate::config::{Config, RespSettings};
 use crate::metrics::Metrics;
 use crate::router::Publish;
 use crate::secrets::Secrets;
@@ -29,7 +29,11 @@ pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// What every session of the shim shares.
 #[derive(Debug)]
 pub struct Env {
-    pub config: Arc<Config>,
+    /// This node's id (`INFO`, `CLIENT`).
+    pub node: u64,
+    pub settings: RespSettings,
+    /// The largest payload a publish may carry.
+    pub max_payload: usize,
     pub metrics: Arc<Metrics>,
     pub secrets: Arc<Secrets>,
     pub started: Instant,
@@ -41,10 +45,12 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, secrets: Arc<Secrets>) -> Self {
-        let unauthenticated = config.max_resp_connections / UNAUTHENTICATED_SHARE;
+    pub fn new(config: &Config, metrics: Arc<Metrics>, secrets: Arc<Secrets>) -> Self {
+        let unauthenticated = config.resp.max_connections / UNAUTHENTICATED_SHARE;
         Env {
-            config,
+            node: config.node_id,
+            settings: config.resp.clone(),
+            max_payload: config.max_payload,
             metrics,
             secrets,
             started: Instant::now(),
@@ -233,7 +239,7 @@ impl Session {
             Name::Publish | Name::Spublish | Name::Pubsub => {
                 cmd::pubsub::run(self, &command, publish).await
             }
-            _ => channels::run(&self.env.config, &command, publish).await,
+            _ => channels::run(&self.env.settings, &command, publish).await,
         };
         (reply, Next::Continue)
     }

@@ -111,7 +111,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let sockets = Arc::new(Semaphore::new(
-        ingress.config.max_connections + EXTRA_SOCKETS,
+        ingress.settings.max_connections + EXTRA_SOCKETS,
     ));
     loop {
         let permit = tokio::select! {
@@ -195,7 +195,7 @@ async fn handle<S: Stream>(
         }
     };
     ingress.metrics.http_requests.inc();
-    let is_ws_path = ingress.config.ws_paths.contains(&req.path);
+    let is_ws_path = ingress.settings.paths.contains(&req.path);
     match req.path.as_str() {
         "/healthz" => http::health().write(&mut stream).await?,
         "/readyz" => http::readiness(&ingress.health).write(&mut stream).await?,
@@ -243,7 +243,7 @@ async fn handle<S: Stream>(
                 stream,
                 leftover,
                 Role::Server,
-                Some(ws_config(ingress.config.max_frame_size)),
+                Some(ws_config(ingress.settings.max_frame_size)),
             )
             .await;
             return Ok(websocket(ws, req, peer, ingress).await);
@@ -271,7 +271,7 @@ async fn close<S: Stream>(ws: &mut Ws<S>, code: CloseCode, reason: &str) {
 }
 
 fn origin_allowed(ingress: &Ingress, req: &Request) -> bool {
-    let allowed = &ingress.config.allowed_origins;
+    let allowed = &ingress.settings.allowed_origins;
     if allowed.is_empty() {
         return true;
     }
@@ -336,7 +336,7 @@ async fn websocket<S: Stream>(
         }
     };
     // Every connection is in its user group, so the user id must make a valid group name.
-    let user_group = ingress.config.user_group_of(&identity.user);
+    let user_group = ingress.settings.user_group_of(&identity.user);
     if user_group.len() > MAX_GROUP_NAME {
         metrics.auth_failures.inc();
         return refuse(
@@ -346,7 +346,7 @@ async fn websocket<S: Stream>(
         )
         .await;
     }
-    if metrics.connections.get() as usize >= ingress.config.max_connections {
+    if metrics.connections.get() as usize >= ingress.settings.max_connections {
         metrics.connections_rejected_full.inc();
         return refuse(ws, CloseCode::TryAgainLater, "node full").await;
     }
@@ -358,8 +358,8 @@ async fn websocket<S: Stream>(
     let (id, connection) = ingress.ids.next();
     let (outlet, inbox) = OutletInner::new(
         id,
-        ingress.config.client_queue,
-        ingress.config.client_queue_bytes,
+        ingress.settings.client_queue,
+        ingress.settings.client_queue_bytes,
         positions,
     );
     let refused = ingress.hub.connect(
@@ -371,7 +371,7 @@ async fn websocket<S: Stream>(
     for (group, reason) in refused {
         debug!(%connection, %group, %reason, "token group not joined");
     }
-    let node = ingress.config.node_id;
+    let node = ingress.node;
     ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
         node,
         connection: connection.clone(),

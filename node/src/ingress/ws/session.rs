@@ -143,7 +143,7 @@ impl<S: Stream> Session<S> {
             let ingress = session.ingress.clone();
             ingress.hub.disconnect(session.outlet.id);
             ingress.presence.push(PresenceOp::Disconnect {
-                node: ingress.config.node_id,
+                node: ingress.node,
                 connection: session.connection.clone(),
             });
             lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
@@ -182,7 +182,7 @@ impl<S: Stream> Session<S> {
         let timer = tokio::time::sleep_until(last_heard + KEEPALIVE);
         tokio::pin!(timer);
         loop {
-            let expiry = match self.ingress.config.token_expiry {
+            let expiry = match self.ingress.settings.token_expiry {
                 TokenExpiry::Close => expiry_instant(self.identity.exp),
                 TokenExpiry::ConnectOnly => expiry_instant(u64::MAX),
             };

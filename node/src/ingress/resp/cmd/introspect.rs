@@ -17,7 +17,7 @@ pub fn info(session: &Session, publish: &dyn Publish) -> Frame {
     let text = format!(
         "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nswitchboard_version:{}\r\nswitchboard_node_id:{}\r\nuptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nwebsocket_connections:{}\r\n\r\n# Stats\r\npubsub_channels:{}\r\ntotal_commands_processed:{}\r\nmessages_published:{}\r\n\r\n# Replication\r\nrole:master\r\n\r\n# Keyspace\r\n",
         env!("CARGO_PKG_VERSION"),
-        env.config.node_id,
+        env.node,
         env.started.elapsed().as_secs(),
         metrics.resp_connections.get(),
         metrics.connections.get(),

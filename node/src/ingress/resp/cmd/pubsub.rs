@@ -28,15 +28,15 @@ async fn publish_one(
     let Ok(channel) = std::str::from_utf8(channel) else {
         return Frame::Error("ERR group names must be UTF-8".into());
     };
-    let config = &session.env.config;
-    if payload.len() > config.max_payload {
+    let env = &session.env;
+    if payload.len() > env.max_payload {
         return Frame::Error(format!(
             "ERR payload of {} bytes exceeds --max-payload {}",
             payload.len(),
-            config.max_payload
+            env.max_payload
         ));
     }
-    let (group, payload) = channels::from_pubsub_layer(config, channel, payload);
+    let (group, payload) = channels::from_pubsub_layer(&env.settings, channel, payload);
     match publish.publish(group, payload).await {
         Ok(routed) => Frame::Integer(routed.routed as i64),
         // A history group whose owner could not take it: the publisher may retry.

@@ -87,14 +87,10 @@ impl Publish for FakePublisher {
 fn session(configure: impl FnOnce(&mut Config)) -> Session {
     let dir = std::env::temp_dir().join(format!("sb-resp-session-{}", std::process::id()));
     let mut config = Config::for_tests(dir);
-    config.jwt = crate::config::JwtKey::Secret("s".into());
+    config.credentials.jwt = crate::config::JwtKey::Secret("s".into());
     configure(&mut config);
     let secrets = Secrets::load(&config).expect("secrets");
-    let env = Env::new(
-        Arc::new(config),
-        Arc::new(Metrics::default()),
-        Arc::new(secrets),
-    );
+    let env = Env::new(&config, Arc::new(Metrics::default()), Arc::new(secrets));
     Session::new(7, Arc::new(env))
 }
 
@@ -226,7 +222,7 @@ async fn discard_drops_the_queue() {
 #[tokio::test]
 async fn a_password_shim_answers_noauth_until_auth() {
     let p = FakePublisher::default();
-    let mut s = session(|c| c.resp_password = Some("pw".into()));
+    let mut s = session(|c| c.credentials.resp_password = Some("pw".into()));
     assert!(error_starts(
         &run(&mut s, &p, &[b"PUBLISH", b"a", b"1"]).await,
         "NOAUTH"
@@ -270,7 +266,7 @@ async fn a_password_shim_answers_noauth_until_auth() {
 #[tokio::test]
 async fn hello_3_switches_to_resp3_and_can_authenticate() {
     let p = FakePublisher::default();
-    let mut s = session(|c| c.resp_password = Some("pw".into()));
+    let mut s = session(|c| c.credentials.resp_password = Some("pw".into()));
     match run(
         &mut s,
         &p,
@@ -390,7 +386,7 @@ async fn an_absurd_numkeys_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn the_pubsub_layer_channel_maps_to_its_group_and_the_event_to_json() {
     let p = FakePublisher::with(&[("room", 1)]);
-    let mut s = session(|c| c.channels_unwrap = Some("message".into()));
+    let mut s = session(|c| c.resp.channels_unwrap = Some("message".into()));
     let event = msgpack(vec![("type", "chat".into()), ("message", "hi".into())]);
     assert_eq!(
         run(&mut s, &p, &[b"PUBLISH", b"asgi__group__room", &event]).await,
