@@ -367,7 +367,7 @@ async fn an_oversized_frame_gets_1009() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_reads_is_closed_as_a_slow_consumer_with_bounded_memory() {
+async fn a_client_that_never_reads_is_closed_as_a_slow_consumer_once_its_queue_is_full() {
     let node = TestNode::start(|c| c.ws.client_queue = 8).await;
     let mut slow = connect(&node, &simplejwt_token(77)).await;
     wait_group(&node, "user_77", 1).await;

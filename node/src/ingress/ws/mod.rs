@@ -10,6 +10,7 @@
 pub mod caps;
 pub mod follow;
 pub mod session;
+pub mod state;
 pub mod tracks;
 
 use std::sync::Arc;

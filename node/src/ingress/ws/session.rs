@@ -9,7 +9,6 @@
 //! `subscribe` with `since` recovers through the group's owner: the `subscribed` answer,
 //! then the missed messages, then whatever arrived meanwhile, nothing twice.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,29 +19,28 @@ use switchboard_proto::client::{ClientOp, CloseCode, ErrorCode, ServerReply};
 use switchboard_proto::peer::{Position, PresenceOp};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use super::follow::Follow;
-use super::tracks::{Gap, Route, Tracks};
+use super::state::{
+    End, Incoming, Recovered, SessionState, Timeout, error, gap, slow_consumer, text,
+};
+use super::tracks::{Gap, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::broker::Permissions;
 use crate::config::TokenExpiry;
 use crate::history::HistoryError;
 use crate::history::Recovery;
-use crate::hub::{Encoded, Inbox, Outbound, Outlet, Positioned};
+use crate::hub::{Inbox, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
 use crate::presence::events::EventId;
 use crate::sync::lock;
 
-/// How often an idle connection is pinged; one that has sent nothing for two intervals
-/// is dropped as dead.
-const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Most queued messages written per flush.
 const WRITE_BATCH: usize = 64;
 
-/// How a session ended.
 /// Runs its closure when dropped, however the scope ends.
 struct Release<F: FnMut()>(F);
 
@@ -50,23 +48,6 @@ impl<F: FnMut()> Drop for Release<F> {
     fn drop(&mut self) {
         (self.0)()
     }
-}
-
-#[derive(Debug)]
-pub enum End {
-    /// We close with this code and reason.
-    Close(CloseCode, String),
-    /// The client closed, or the socket failed: nothing more to send.
-    Gone,
-}
-
-/// A recovery the client asked for.
-#[derive(Debug)]
-struct Asked {
-    group: String,
-    /// `None`: a fresh subscription, which only learns where the group stands.
-    since: Option<Position>,
-    id: Option<u64>,
 }
 
 type Answer = BoxFuture<'static, Result<Recovery, HistoryError>>;
@@ -81,10 +62,9 @@ pub struct Session<S: Stream> {
     /// Its cluster-wide id, as the presence registry knows it.
     connection: String,
     peer_ip: IpAddr,
-    /// What this connection delivered of each history group (positioned connections).
-    tracks: Tracks,
-    /// Recoveries asked, oldest first; the first one's answer is `in_flight`.
-    asked: VecDeque<Asked>,
+    /// The session's decisions: timers, positions, recoveries (no IO).
+    state: SessionState,
+    /// The answer of the recovery the state handed out, awaited.
     in_flight: Option<Answer>,
     /// The users whose presence events this connection follows, if any.
     follow: Option<Box<Follow>>,
@@ -95,8 +75,7 @@ impl<S: Stream> std::fmt::Debug for Session<S> {
         f.debug_struct("Session")
             .field("connection", &self.connection)
             .field("user", &self.identity.user)
-            .field("tracks", &self.tracks)
-            .field("asked", &self.asked)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +92,7 @@ impl<S: Stream> Session<S> {
         connection: String,
         peer_ip: IpAddr,
     ) -> Self {
+        let expires = expiry(&ingress, &identity);
         Session {
             ws,
             ingress,
@@ -121,8 +101,7 @@ impl<S: Stream> Session<S> {
             identity,
             connection,
             peer_ip,
-            tracks,
-            asked: VecDeque::new(),
+            state: SessionState::new(Instant::now(), expires, tracks),
             in_flight: None,
             follow: None,
         }
@@ -163,8 +142,6 @@ impl<S: Stream> Session<S> {
     async fn run(&mut self) -> End {
         // Grown on first use: an idle connection keeps no batch buffer.
         let mut batch = Vec::new();
-        let mut last_heard = Instant::now();
-        let mut pinged = false;
         // The futures that wait the connection's whole life are made once, not on every
         // turn of the loop: re-arming them for every batch (registering in the shared
         // drain token's waiter list, in the timer wheel) is what a fan-out round paid
@@ -179,16 +156,10 @@ impl<S: Stream> Session<S> {
             .clone()
             .cancelled_owned();
         tokio::pin!(drained);
-        let timer = tokio::time::sleep_until(last_heard + KEEPALIVE);
+        let timer = tokio::time::sleep_until(self.state.poll_timeout());
         tokio::pin!(timer);
         loop {
-            let expiry = match self.ingress.settings.token_expiry {
-                TokenExpiry::Close => expiry_instant(self.identity.exp),
-                TokenExpiry::ConnectOnly => expiry_instant(u64::MAX),
-            };
-            let keepalive = last_heard + if pinged { 2 * KEEPALIVE } else { KEEPALIVE };
-            let due = self.tracks.next_due();
-            let wake = due.map_or(expiry.min(keepalive), |d| d.min(expiry).min(keepalive));
+            let wake = self.state.poll_timeout();
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }
@@ -223,61 +194,43 @@ impl<S: Stream> Session<S> {
                     }
                 }
                 frame = self.ws.next() => {
-                    last_heard = Instant::now();
-                    pinged = false;
-                    match frame {
-                        None => return End::Gone,
-                        Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = Box::pin(self.on_op(text.as_str())).await {
-                                return end;
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            let reply = error(ErrorCode::BadRequest, "binary frames carry no ops; send JSON text", None);
-                            if let Err(end) = Box::pin(self.reply(&reply)).await {
-                                return end;
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) => return End::Gone,
-                        Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
-                        Some(Err(WsError::Capacity(e))) => {
-                            self.ingress.metrics.frames_too_large.inc();
-                            return End::Close(CloseCode::TooBig, format!("frame too large: {e}"));
-                        }
-                        Some(Err(WsError::Utf8(_))) => {
-                            self.ingress.metrics.protocol_violations.inc();
-                            return End::Close(CloseCode::InvalidPayload, "text frame is not UTF-8".into());
-                        }
-                        Some(Err(WsError::Protocol(e))) => {
-                            self.ingress.metrics.protocol_violations.inc();
-                            return End::Close(CloseCode::ProtocolError, format!("protocol error: {e}"));
-                        }
-                        Some(Err(_)) => return End::Gone,
+                    let result = match self.state.handle_frame(Instant::now(), frame) {
+                        Incoming::Op(text) => Box::pin(self.on_op(&text)).await,
+                        Incoming::Reply(reply) => Box::pin(self.reply(&reply)).await,
+                        Incoming::End(end) => Err(end),
+                        Incoming::Nothing => Ok(()),
+                    };
+                    if let Err(end) = result {
+                        return self.count(end);
                     }
                 }
                 _ = &mut timer => {
-                    let now = Instant::now();
-                    if due.is_some_and(|d| d <= now) {
-                        let released = self.tracks.release_due(now);
-                        if let Err(end) = Box::pin(self.write_positioned(released)).await {
-                            return end;
-                        }
-                        continue;
-                    }
-                    if now >= expiry {
-                        self.ingress.metrics.token_expiry_closes.inc();
-                        return End::Close(CloseCode::Unauthorized, AuthError::Expired.to_string());
-                    }
-                    if pinged {
-                        return End::Gone; // nothing heard for two keepalive intervals
-                    }
-                    pinged = true;
-                    if Box::pin(self.send(Message::Ping(Default::default()))).await.is_err() {
-                        return End::Gone;
+                    let result = match self.state.handle_timeout(Instant::now()) {
+                        Timeout::Release(released) => Box::pin(self.write_positioned(released)).await,
+                        Timeout::Ping => Box::pin(self.send(Message::Ping(Default::default()))).await,
+                        Timeout::End(end) => Err(end),
+                        Timeout::Nothing => Ok(()),
+                    };
+                    if let Err(end) = result {
+                        return self.count(end);
                     }
                 }
             }
         }
+    }
+
+    /// Counts a close the state decided in its metric.
+    fn count(&self, end: End) -> End {
+        let metrics = &self.ingress.metrics;
+        match &end {
+            End::Close(CloseCode::TooBig, _) => metrics.frames_too_large.inc(),
+            End::Close(CloseCode::InvalidPayload | CloseCode::ProtocolError, _) => {
+                metrics.protocol_violations.inc()
+            }
+            End::Close(CloseCode::Unauthorized, _) => metrics.token_expiry_closes.inc(),
+            _ => {}
+        }
+        end
     }
 
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<(), End> {
@@ -292,17 +245,7 @@ impl<S: Stream> Session<S> {
         let bytes: usize = batch.iter().map(Outbound::len).sum();
         let outlet = self.outlet.clone();
         let _release = Release(move || outlet.written(bytes));
-        let mut frames = Vec::with_capacity(batch.len());
-        for item in batch.drain(..) {
-            match item {
-                Outbound::Frame(message) => frames.push(message),
-                Outbound::Positioned(p) => match self.tracks.route(p.clone()) {
-                    Route::Write(p) => frames.push(p.frame.clone()),
-                    Route::Held | Route::Duplicate => {}
-                    Route::Gap => return Err(gap(&p.group)),
-                },
-            }
-        }
+        let frames = self.state.route_batch(batch)?;
         self.write_frames(frames).await?;
         self.ingress
             .metrics
@@ -366,8 +309,7 @@ impl<S: Stream> Session<S> {
         if matches!(reply, ServerReply::Error { .. }) {
             self.ingress.metrics.client_op_errors.inc();
         }
-        let text = serde_json::to_string(reply).unwrap_or_default();
-        self.send(Message::Text(text.into())).await
+        self.send(text(reply)).await
     }
 
     async fn on_op(&mut self, text: &str) -> Result<(), End> {
@@ -411,7 +353,7 @@ impl<S: Stream> Session<S> {
         // A held group the client subscribed to: what waited goes out after the answer.
         match released {
             Some(group) if ok => {
-                let messages = self.tracks.release(&group);
+                let messages = self.state.release(&group);
                 self.write_positioned(messages).await
             }
             _ => Ok(()),
@@ -498,10 +440,10 @@ impl<S: Stream> Session<S> {
         }
         let history = self.ingress.router.keeps_history(&group);
         if history {
-            self.tracks.recovering(&group);
+            self.state.recovering(&group);
         }
         if let Err(reply) = self.join(&group, id) {
-            let released = self.tracks.release(&group);
+            let released = self.state.release(&group);
             self.reply(&reply).await?;
             return self.write_positioned(released).await;
         }
@@ -516,86 +458,33 @@ impl<S: Stream> Session<S> {
             };
             return self.reply(&reply).await;
         }
-        self.asked.push_back(Asked { group, since, id });
+        self.state.ask(group, since, id);
         self.start_recovery();
         Ok(())
     }
 
-    /// Sends the oldest recovery asked to the owner, if none is in flight.
+    /// Asks the owner for the recovery the state hands out, if any.
     fn start_recovery(&mut self) {
-        if self.in_flight.is_some() {
-            return;
-        }
-        let Some(asked) = self.asked.front() else {
+        let Some((group, since)) = self.state.poll_recovery() else {
             return;
         };
         let router = self.ingress.router.clone();
-        let (group, since) = (asked.group.clone(), asked.since);
         self.in_flight = Some(Box::pin(async move { router.recover(&group, since).await }));
     }
 
-    /// The owner answered the oldest recovery: `subscribed`, the missed messages, then
-    /// what arrived meanwhile.
+    /// The owner answered the recovery in flight: what the state makes of it is written
+    /// (`subscribed`, the missed messages, what arrived meanwhile), then the session
+    /// closes if it says so.
     async fn recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Result<(), End> {
-        let Some(asked) = self.asked.pop_front() else {
-            return Ok(());
-        };
-        // The router asked the owner again for as long as a takeover takes: the client
-        // recovers later or elsewhere rather than being told `recovered: false` about
-        // messages that are still held.
-        if let Err(e) = &answer
-            && !matches!(e, HistoryError::Stopped)
-        {
-            return Err(End::Close(
-                CloseCode::TryAgainLater,
-                format!(
-                    "history of {} unavailable: {e}; reconnect and recover",
-                    asked.group
-                ),
-            ));
+        if let Err(e) = &answer {
+            debug!(connection = %self.connection, error = %e, "recovery failed");
         }
-        let group = asked.group;
-        let fresh = asked.since.is_none();
-        let (recovered, entries, top) = match answer {
-            Ok(r) => (
-                r.recovered,
-                r.entries,
-                Some(Position {
-                    epoch: r.epoch,
-                    offset: r.top,
-                }),
-            ),
-            Err(e) => {
-                tracing::debug!(%group, error = %e, "recovery failed");
-                (false, Vec::new(), None)
-            }
-        };
-        // A gap after the recovered messages: they still go out (the client's position
-        // moves on), then the connection closes with 4009.
-        let (stands, after, gapped) = match self.tracks.recovered(&group, top, fresh) {
-            Ok((stands, after)) => (stands, after, false),
-            Err(Gap) => (top, Vec::new(), true),
-        };
-        let reply = ServerReply::Subscribed {
-            group: group.clone(),
-            recovered: (!fresh).then_some(recovered),
-            epoch: stands.map(|p| p.epoch),
-            offset: stands.map(|p| p.offset),
-            id: asked.id,
-        };
-        let mut frames = vec![Message::Text(
-            serde_json::to_string(&reply).unwrap_or_default().into(),
-        )];
-        for entry in entries {
-            let encoded = Encoded::with_position(entry.payload, entry.position);
-            frames.push(encoded.positioned_frame(&group).frame.clone());
-        }
-        frames.extend(after.iter().map(|p| p.frame.clone()));
+        let Recovered { frames, then } = self.state.handle_recovered(answer);
         self.write_frames(frames).await?;
-        if gapped {
-            return Err(gap(&group));
+        match then {
+            Some(end) => Err(end),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Joins `group`, or the error reply.
@@ -676,6 +565,7 @@ impl<S: Stream> Session<S> {
                             ),
                         );
                         let exp = identity.exp;
+                        self.state.set_expiry(expiry(&ingress, &identity));
                         // Without the `presence` claim now, only the own user is followed.
                         if !identity.presence_any
                             && let Some(follow) = &mut self.follow
@@ -705,19 +595,12 @@ impl<S: Stream> Session<S> {
     }
 }
 
-/// The close of a positioned connection that cannot be given a gap-free sequence.
-fn gap(group: &str) -> End {
-    End::Close(
-        CloseCode::InsufficientState,
-        format!("missed messages in {group}: reconnect and recover"),
-    )
-}
-
-fn error(code: ErrorCode, message: &str, id: Option<u64>) -> ServerReply {
-    ServerReply::Error {
-        code,
-        message: message.to_owned(),
-        id,
+/// When a session of `identity` must close: its token's `exp` under `--token-expiry
+/// close`, never under connect-only.
+fn expiry(ingress: &Ingress, identity: &Identity) -> Option<Instant> {
+    match ingress.settings.token_expiry {
+        TokenExpiry::Close => Some(expiry_instant(identity.exp)),
+        TokenExpiry::ConnectOnly => None,
     }
 }
 
@@ -727,9 +610,4 @@ fn expiry_instant(exp: u64) -> Instant {
     // Far enough to never fire, without overflowing Instant arithmetic.
     let left = exp.saturating_sub(now).min(10 * 365 * 24 * 3600);
     Instant::now() + Duration::from_secs(left)
-}
-
-/// How a connection whose queue overflowed ends.
-fn slow_consumer(code: CloseCode) -> End {
-    End::Close(code, "slow consumer: outbound queue overflowed".into())
 }

@@ -1,0 +1,325 @@
+//! The decisions of one WebSocket session, with no socket and no clock: what a frame
+//! from the client means, when the session's one timer fires and what it does then
+//! (release held messages, close at token expiry, ping, give up on a silent client),
+//! how published messages go through the positions kept ([`Tracks`]), and what a
+//! recovery's answer becomes (the `subscribed` reply, the missed messages, what arrived
+//! meanwhile, or the close that says why not).
+//!
+//! Call order, as quinn-proto's `Connection`: the driver ([`super::session`]) feeds
+//! what happened (`handle_frame`, `handle_timeout`, `handle_recovered`, `ask`), acts on
+//! what each returns, sleeps until [`SessionState::poll_timeout`] and starts the
+//! recovery [`SessionState::poll_recovery`] hands out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_proto::client::{CloseCode, ErrorCode, ServerReply};
+use switchboard_proto::peer::Position;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::tracks::{Gap, Route, Tracks};
+use crate::auth::AuthError;
+use crate::history::{HistoryError, Recovery};
+use crate::hub::{Encoded, Outbound, Positioned};
+
+/// How often an idle connection is pinged; one that has sent nothing for two intervals
+/// is dropped as dead.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// How a session ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// We close with this code and reason.
+    Close(CloseCode, String),
+    /// The client closed, or the socket failed: nothing more to send.
+    Gone,
+}
+
+/// What a frame from the client asks of the driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A JSON op to answer.
+    Op(String),
+    /// A reply to send, and nothing else.
+    Reply(ServerReply),
+    /// The session is over.
+    End(End),
+    /// Nothing (a ping or pong: tungstenite answers pings itself).
+    Nothing,
+}
+
+/// What the timer's firing asks of the driver.
+#[derive(Debug)]
+pub enum Timeout {
+    /// Held messages whose wait is over, to write (or the gap they found).
+    Release(Result<Vec<Arc<Positioned>>, Gap>),
+    /// Send a ping.
+    Ping,
+    /// The session is over.
+    End(End),
+    /// Nothing is due yet (the timer was early).
+    Nothing,
+}
+
+/// A recovery the client asked for.
+#[derive(Debug)]
+struct Asked {
+    group: String,
+    /// `None`: a fresh subscription, which only learns where the group stands.
+    since: Option<Position>,
+    id: Option<u64>,
+}
+
+/// A recovery's answer, made into frames: the `subscribed` reply, the missed messages,
+/// then what arrived meanwhile; `then` closes the session after them (a gap after the
+/// recovered messages: the client's position still moves on).
+#[derive(Debug)]
+pub struct Recovered {
+    pub frames: Vec<Message>,
+    pub then: Option<End>,
+}
+
+/// One session's decisions. See the module header.
+#[derive(Debug)]
+pub struct SessionState {
+    /// When the token expires and the session must close (`--token-expiry close`).
+    expires: Option<Instant>,
+    last_heard: Instant,
+    pinged: bool,
+    /// What this connection delivered of each history group (positioned connections).
+    tracks: Tracks,
+    /// Recoveries asked, oldest first; the first one is in flight when `in_flight`.
+    asked: VecDeque<Asked>,
+    in_flight: bool,
+}
+
+impl SessionState {
+    /// A session that starts at `now`, closing at `expires` if given.
+    pub fn new(now: Instant, expires: Option<Instant>, tracks: Tracks) -> Self {
+        SessionState {
+            expires,
+            last_heard: now,
+            pinged: false,
+            tracks,
+            asked: VecDeque::new(),
+            in_flight: false,
+        }
+    }
+
+    /// A refreshed token moves the expiry.
+    pub fn set_expiry(&mut self, expires: Option<Instant>) {
+        self.expires = expires;
+    }
+
+    /// When the driver must call [`SessionState::handle_timeout`]: the first of a held
+    /// group's release, the token's expiry and the keepalive.
+    pub fn poll_timeout(&self) -> Instant {
+        let keepalive = self.last_heard
+            + if self.pinged {
+                2 * KEEPALIVE
+            } else {
+                KEEPALIVE
+            };
+        [self.tracks.next_due(), self.expires]
+            .into_iter()
+            .flatten()
+            .fold(keepalive, Instant::min)
+    }
+
+    /// The timer fired at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Timeout {
+        if self.tracks.next_due().is_some_and(|due| due <= now) {
+            return Timeout::Release(self.tracks.release_due(now));
+        }
+        if self.expires.is_some_and(|at| at <= now) {
+            return Timeout::End(End::Close(
+                CloseCode::Unauthorized,
+                AuthError::Expired.to_string(),
+            ));
+        }
+        let keepalive = self.last_heard
+            + if self.pinged {
+                2 * KEEPALIVE
+            } else {
+                KEEPALIVE
+            };
+        if now < keepalive {
+            return Timeout::Nothing;
+        }
+        if self.pinged {
+            return Timeout::End(End::Gone); // nothing heard for two keepalive intervals
+        }
+        self.pinged = true;
+        Timeout::Ping
+    }
+
+    /// A frame (or the stream's end, or an error) arrived from the client at `now`.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        frame: Option<Result<Message, WsError>>,
+    ) -> Incoming {
+        self.last_heard = now;
+        self.pinged = false;
+        match frame {
+            None | Some(Ok(Message::Close(_))) => Incoming::End(End::Gone),
+            Some(Ok(Message::Text(text))) => Incoming::Op(text.as_str().to_owned()),
+            Some(Ok(Message::Binary(_))) => Incoming::Reply(error(
+                ErrorCode::BadRequest,
+                "binary frames carry no ops; send JSON text",
+                None,
+            )),
+            Some(Ok(_)) => Incoming::Nothing,
+            Some(Err(WsError::Capacity(e))) => Incoming::End(End::Close(
+                CloseCode::TooBig,
+                format!("frame too large: {e}"),
+            )),
+            Some(Err(WsError::Utf8(_))) => Incoming::End(End::Close(
+                CloseCode::InvalidPayload,
+                "text frame is not UTF-8".into(),
+            )),
+            Some(Err(WsError::Protocol(e))) => Incoming::End(End::Close(
+                CloseCode::ProtocolError,
+                format!("protocol error: {e}"),
+            )),
+            Some(Err(_)) => Incoming::End(End::Gone),
+        }
+    }
+
+    /// Published messages taken from the queue, as the frames to write: a positioned
+    /// one goes through its group's track (held while it recovers, dropped when seen),
+    /// and a gap ends the session.
+    pub fn route_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<Vec<Message>, End> {
+        let mut frames = Vec::with_capacity(batch.len());
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Frame(message) => frames.push(message),
+                Outbound::Positioned(p) => match self.tracks.route(p.clone()) {
+                    Route::Write(p) => frames.push(p.frame.clone()),
+                    Route::Held | Route::Duplicate => {}
+                    Route::Gap => return Err(gap(&p.group)),
+                },
+            }
+        }
+        Ok(frames)
+    }
+
+    /// The client subscribed to `group` (the answer is written): what its track held
+    /// goes out after it.
+    pub fn release(&mut self, group: &str) -> Result<Vec<Arc<Positioned>>, Gap> {
+        self.tracks.release(group)
+    }
+
+    /// A subscription to a history group that recovers: its messages wait for the
+    /// answer.
+    pub fn recovering(&mut self, group: &str) {
+        self.tracks.recovering(group);
+    }
+
+    /// Asks to recover `group` after `since` (or, without, to learn where it stands);
+    /// answered in the order asked.
+    pub fn ask(&mut self, group: String, since: Option<Position>, id: Option<u64>) {
+        self.asked.push_back(Asked { group, since, id });
+    }
+
+    /// The recovery to start now, if none is in flight: (group, since).
+    pub fn poll_recovery(&mut self) -> Option<(String, Option<Position>)> {
+        if self.in_flight {
+            return None;
+        }
+        let asked = self.asked.front()?;
+        self.in_flight = true;
+        Some((asked.group.clone(), asked.since))
+    }
+
+    /// The answer to the recovery in flight. A failure other than the node stopping
+    /// closes with 1013: the router asked again for as long as a takeover takes, so the
+    /// client recovers later or elsewhere rather than being told `recovered: false`
+    /// about messages that are still held.
+    pub fn handle_recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Recovered {
+        self.in_flight = false;
+        let Some(asked) = self.asked.pop_front() else {
+            return Recovered {
+                frames: Vec::new(),
+                then: None,
+            };
+        };
+        if let Err(e) = &answer
+            && !matches!(e, HistoryError::Stopped)
+        {
+            return Recovered {
+                frames: Vec::new(),
+                then: Some(End::Close(
+                    CloseCode::TryAgainLater,
+                    format!(
+                        "history of {} unavailable: {e}; reconnect and recover",
+                        asked.group
+                    ),
+                )),
+            };
+        }
+        let group = asked.group;
+        let fresh = asked.since.is_none();
+        let (recovered, entries, top) = match answer {
+            Ok(r) => (
+                r.recovered,
+                r.entries,
+                Some(Position {
+                    epoch: r.epoch,
+                    offset: r.top,
+                }),
+            ),
+            Err(_) => (false, Vec::new(), None),
+        };
+        let (stands, after, then) = match self.tracks.recovered(&group, top, fresh) {
+            Ok((stands, after)) => (stands, after, None),
+            Err(Gap) => (top, Vec::new(), Some(gap(&group))),
+        };
+        let reply = ServerReply::Subscribed {
+            group: group.clone(),
+            recovered: (!fresh).then_some(recovered),
+            epoch: stands.map(|p| p.epoch),
+            offset: stands.map(|p| p.offset),
+            id: asked.id,
+        };
+        let mut frames = vec![text(&reply)];
+        for entry in entries {
+            let encoded = Encoded::with_position(entry.payload, entry.position);
+            frames.push(encoded.positioned_frame(&group).frame.clone());
+        }
+        frames.extend(after.iter().map(|p| p.frame.clone()));
+        Recovered { frames, then }
+    }
+}
+
+/// A reply as a text frame.
+pub fn text(reply: &ServerReply) -> Message {
+    Message::Text(serde_json::to_string(reply).unwrap_or_default().into())
+}
+
+/// The close of a positioned connection that cannot be given a gap-free sequence.
+pub fn gap(group: &str) -> End {
+    End::Close(
+        CloseCode::InsufficientState,
+        format!("missed messages in {group}: reconnect and recover"),
+    )
+}
+
+/// An error reply.
+pub fn error(code: ErrorCode, message: &str, id: Option<u64>) -> ServerReply {
+    ServerReply::Error {
+        code,
+        message: message.to_owned(),
+        id,
+    }
+}
+
+/// How a connection whose queue overflowed ends.
+pub fn slow_consumer(code: CloseCode) -> End {
+    End::Close(code, "slow consumer: outbound queue overflowed".into())
+}
+
+#[cfg(test)]
+mod tests;
