@@ -6,8 +6,8 @@
 
 use switchboard_proto::peer::{Forward, History, Interest, NodeId, PeerMessage, Route};
 
+use super::dial::DialOutcome;
 use super::frame::FrameError;
-use super::peers::DialOutcome;
 use super::session::{CloseReason, HandshakeError};
 
 /// Why a session ended, or could not start.

@@ -19,6 +19,7 @@
 //! removed?), health (majority) and the lifecycle; nothing above.
 
 pub mod auth;
+pub mod dial;
 pub mod dispatch;
 pub mod forward;
 pub mod frame;

@@ -34,8 +34,9 @@ use tracing::{debug, warn};
 pub use link::{FORWARD_OVERHEAD, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 pub use rows::ClusterMetrics;
 
+use super::dial::{DialBackoff, DialOutcome};
 use super::forward::{Listings, Lookups};
-use super::peers::{DialBackoff, DialOutcome, MemberView, PeerTable};
+use super::peers::{MemberView, PeerTable};
 use super::routes::{Holders, Routes};
 use super::rpc::RpcInbox;
 use super::session::CloseReason;

@@ -36,7 +36,7 @@ use super::http::{self, Request, Response};
 use crate::auth::AuthError;
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
-use crate::hub::OutletInner;
+use crate::hub::ClientQueue;
 use crate::sync::lock;
 use session::Session;
 
@@ -357,7 +357,7 @@ async fn websocket<S: Stream>(
         return refuse(ws, CloseCode::TryAgainLater, over.reason()).await;
     }
     let (id, connection) = ingress.ids.next();
-    let (outlet, inbox) = OutletInner::new(
+    let (outlet, inbox) = ClientQueue::new(
         id,
         ingress.settings.client_queue,
         ingress.settings.client_queue_bytes,

@@ -1,32 +1,19 @@
-//! The hub: this node's subscription table behind its lock, and the local half of the
-//! publish path.
-//!
-//! - [`Outlet`]: the hub's handle on one WebSocket connection, its bounded outbound queue
-//!   and a way to have it closed.
-//! - [`Encoded`]: a published message encoded once, shared by every recipient.
-//! - [`Hub`]: the [`Broker`] behind a short-held `RwLock`. A publish takes the read lock
-//!   only to clone the group's fan-out slice (see [`Broker::fanout`]) and fans out after
-//!   releasing it, so a connect, a subscribe or a gossip round never waits behind a fan-out
-//!   to 10 000 sockets. Introspection copies names out and filters outside the lock.
-//!
-//! The cluster-wide publish (local fan-out plus forwarding to peers) is `crate::router`'s;
-//! the hub knows nothing of peers.
+//! One connection's outbound queue ([`ClientQueue`], shared as an [`Outlet`]) and its
+//! receiving end ([`Inbox`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use base64::Engine;
-use bytes::Bytes;
-use switchboard_proto::client::{CloseCode, ServerReply};
-use switchboard_proto::peer::Position;
+use switchboard_proto::client::CloseCode;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permissions};
-use crate::metrics::{Metrics, Row};
-use crate::sync::{lock, read, write};
+use super::Encoded;
+use super::encoded::Positioned;
+use crate::broker::ConnId;
+use crate::sync::lock;
 
 /// What a connection's queue carries.
 #[derive(Debug, Clone)]
@@ -53,14 +40,6 @@ impl Outbound {
     }
 }
 
-/// A published message framed for positioned connections.
-#[derive(Debug)]
-pub struct Positioned {
-    pub group: String,
-    pub position: Option<Position>,
-    pub frame: Message,
-}
-
 /// The hub's handle on one WebSocket connection: its outbound queue, bounded in messages
 /// and in payload bytes, and a way for whoever finds the queue full to have the
 /// connection closed.
@@ -72,7 +51,7 @@ pub struct Positioned {
 /// once drained. Producers (the publish path, any thread) push; the connection's task
 /// drains through its [`Inbox`].
 #[derive(Debug)]
-pub struct OutletInner {
+pub struct ClientQueue {
     pub id: ConnId,
     /// The connection asked for `?positions=1`: messages come as JSON `message` frames.
     pub positions: bool,
@@ -86,7 +65,7 @@ pub struct OutletInner {
     max_bytes: usize,
     close: Notify,
     close_code: AtomicU16,
-    /// Wakes publishers waiting for room (see [`OutletInner::offer_within`]) when the
+    /// Wakes publishers waiting for room (see [`ClientQueue::offer_within`]) when the
     /// connection's task has written a batch; only when some wait.
     room: Notify,
     room_waiters: AtomicUsize,
@@ -124,13 +103,13 @@ pub enum Offer {
 }
 
 /// Cheap to clone; the broker keeps one per group the connection is in.
-pub type Outlet = Arc<OutletInner>;
+pub type Outlet = Arc<ClientQueue>;
 
-impl OutletInner {
+impl ClientQueue {
     /// A new outlet and the receiving end of its queue: at most `capacity` messages and
     /// `max_bytes` payload bytes (one message is always taken into an empty queue).
     pub fn new(id: ConnId, capacity: usize, max_bytes: usize, positions: bool) -> (Outlet, Inbox) {
-        let outlet = Arc::new(OutletInner {
+        let outlet = Arc::new(ClientQueue {
             id,
             positions,
             queue: Mutex::new(Queue::default()),
@@ -207,7 +186,7 @@ impl OutletInner {
         }
     }
 
-    /// Offers a message as [`OutletInner::offer`] does, but when the queue is full waits
+    /// Offers a message as [`ClientQueue::offer`] does, but when the queue is full waits
     /// (until `deadline`) for the connection's task to write and make room: a client that
     /// is slower than its publishers paces them instead of overflowing. `Full` only when
     /// the deadline passed, or a close was requested meanwhile.
@@ -347,300 +326,19 @@ impl Drop for Inbox {
     }
 }
 
-/// A published message, encoded once: every plain recipient gets a clone of the same
-/// frame, which shares the payload bytes; positioned recipients share one JSON frame,
-/// made on first need.
-#[derive(Debug)]
-pub struct Encoded {
-    raw: Message,
-    position: Option<Position>,
-    positioned: OnceLock<Arc<Positioned>>,
-}
-
-impl Encoded {
-    /// A text frame when the payload is UTF-8, a binary frame otherwise.
-    pub fn new(payload: Bytes) -> Self {
-        let raw = match Utf8Bytes::try_from(payload.clone()) {
-            Ok(text) => Message::Text(text),
-            Err(_) => Message::Binary(payload),
-        };
-        Encoded {
-            raw,
-            position: None,
-            positioned: OnceLock::new(),
-        }
-    }
-
-    /// A message of a history group, at `position`.
-    pub fn with_position(payload: Bytes, position: Position) -> Self {
-        let mut encoded = Encoded::new(payload);
-        encoded.position = Some(position);
-        encoded
-    }
-
-    /// Whether the frame is a text frame (the payload is UTF-8).
-    pub fn is_text(&self) -> bool {
-        matches!(self.raw, Message::Text(_))
-    }
-
-    /// The message's position, in a history group.
-    pub fn position(&self) -> Option<Position> {
-        self.position
-    }
-
-    /// The JSON `message` frame positioned connections get.
-    pub fn positioned_frame(&self, group: &str) -> Arc<Positioned> {
-        self.positioned
-            .get_or_init(|| {
-                let (data, b64data) = match &self.raw {
-                    Message::Text(text) => (Some(text.as_str().to_owned()), None),
-                    other => (
-                        None,
-                        Some(
-                            base64::engine::general_purpose::STANDARD
-                                .encode(other.clone().into_data()),
-                        ),
-                    ),
-                };
-                let frame = ServerReply::Message {
-                    group: group.to_owned(),
-                    data,
-                    b64data,
-                    epoch: self.position.map(|p| p.epoch),
-                    offset: self.position.map(|p| p.offset),
-                };
-                let text = serde_json::to_string(&frame).unwrap_or_default();
-                Arc::new(Positioned {
-                    group: group.to_owned(),
-                    position: self.position,
-                    frame: Message::Text(text.into()),
-                })
-            })
-            .clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.raw.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
-    }
-}
-
-/// A batch of interest changes: the version it brings the table to, and each changed
-/// group with its new local count (0 = gone).
-pub type InterestDelta = (u64, Vec<(String, u32)>);
-/// The whole interest: its version, and every group with its local count.
-pub type InterestSnapshot = (u64, BTreeMap<String, u32>);
-
-/// See the module header.
-#[derive(Debug)]
-pub struct Hub {
-    broker: RwLock<Broker<Outlet>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Hub {
-    pub fn new(limits: BrokerLimits, metrics: Arc<Metrics>) -> Self {
-        Hub {
-            broker: RwLock::new(Broker::new(limits)),
-            metrics,
-        }
-    }
-
-    /// Registers a connection in its user group and its token's groups; returns the
-    /// groups it could not join, with why.
-    pub fn connect(
-        &self,
-        outlet: &Outlet,
-        user: &str,
-        user_group: &str,
-        permissions: Permissions,
-    ) -> Vec<(String, JoinError)> {
-        write(&self.broker).connect(outlet.id, outlet.clone(), user, user_group, permissions)
-    }
-
-    /// Joins a connection to a group its token permits.
-    pub fn join(&self, outlet: &Outlet, group: &str) -> Result<(), JoinError> {
-        write(&self.broker).join(outlet.id, outlet.clone(), group)
-    }
-
-    /// Takes a connection out of a group.
-    pub fn leave(&self, id: ConnId, group: &str) -> Result<(), LeaveError> {
-        write(&self.broker).leave(id, group)
-    }
-
-    /// Forgets a connection.
-    pub fn disconnect(&self, id: ConnId) {
-        write(&self.broker).disconnect(id);
-    }
-
-    /// Replaces a connection's permissions (token refresh): it leaves the groups the new
-    /// token no longer permits and joins the new token's groups. Returns (left, joined).
-    pub fn refresh(&self, outlet: &Outlet, permissions: Permissions) -> (Vec<String>, Vec<String>) {
-        write(&self.broker).refresh(outlet.id, outlet.clone(), permissions)
-    }
-
-    /// Whether the connection may ask about `user`'s presence.
-    pub fn may_query_presence(&self, id: ConnId, user: &str) -> bool {
-        read(&self.broker).may_query_presence(id, user)
-    }
-
-    /// Delivers `message` to every local connection in `group`; returns the number of
-    /// connections it was routed to. A connection whose queue is full is closed as a slow
-    /// consumer (4008) rather than allowed to grow without bound.
-    pub fn publish_local(&self, group: &str, message: &Encoded) -> usize {
-        // One pointer copied under the lock; the fan-out runs without it.
-        let Some(recipients) = read(&self.broker).fanout(group) else {
-            return 0;
-        };
-        let started = Instant::now();
-        let mut delivered = 0u64;
-        let mut dropped = 0u64;
-        for outlet in recipients.iter() {
-            match outlet.offer(group, message) {
-                Offer::Queued => delivered += 1,
-                Offer::Full => {
-                    dropped += 1;
-                    self.cut(outlet);
-                }
-                // The connection is on its way out; it unregisters itself.
-                Offer::Closed => {}
-            }
-        }
-        self.account(started.elapsed(), delivered, dropped, message);
-        recipients.len()
-    }
-
-    /// A client whose queue is full (and stays full) is closed as a slow consumer:
-    /// counted once, when first asked; it sees 4008 after what was already queued.
-    fn cut(&self, outlet: &Outlet) {
-        if outlet.request_close(CloseCode::SlowConsumer) {
-            self.metrics.slow_consumer_closes.inc();
-        }
-    }
-
-    /// One publish's figures: the fan-out round's time, deliveries and drops.
-    fn account(
-        &self,
-        fanned: std::time::Duration,
-        delivered: u64,
-        dropped: u64,
-        message: &Encoded,
-    ) {
-        self.metrics.fanout_seconds.observe(fanned);
-        self.metrics.messages_delivered.add(delivered);
-        self.metrics
-            .bytes_delivered
-            .add(delivered * message.len() as u64);
-        if dropped > 0 {
-            self.metrics.messages_dropped.add(dropped);
-        }
-    }
-
-    /// Delivers `message` to every local connection in `group` as
-    /// [`Hub::publish_local`] does, but a connection whose queue is full is waited for
-    /// (all of them together, for at most `patience`) before it is closed as a slow
-    /// consumer: the caller (a publisher, or a peer's stream of forwards) is slowed down
-    /// to the pace of its slowest client instead of cutting clients that merely lag.
-    pub async fn publish_paced(
-        &self,
-        group: &str,
-        message: &Encoded,
-        patience: std::time::Duration,
-    ) -> usize {
-        let Some(recipients) = read(&self.broker).fanout(group) else {
-            return 0;
-        };
-        let started = Instant::now();
-        let mut delivered = 0u64;
-        let mut full = Vec::new();
-        for outlet in recipients.iter() {
-            match outlet.offer(group, message) {
-                Offer::Queued => delivered += 1,
-                Offer::Full if !outlet.close_is_requested() => full.push(outlet),
-                Offer::Full | Offer::Closed => {}
-            }
-        }
-        let fanned = started.elapsed();
-        let mut dropped = 0u64;
-        if !full.is_empty() {
-            let deadline = tokio::time::Instant::now() + patience;
-            for outlet in full {
-                match outlet.offer_within(group, message, deadline).await {
-                    Offer::Queued => delivered += 1,
-                    Offer::Full => {
-                        dropped += 1;
-                        self.cut(outlet);
-                    }
-                    Offer::Closed => {}
-                }
-            }
-            self.metrics.paced_publishes.inc();
-        }
-        self.account(fanned, delivered, dropped, message);
-        recipients.len()
-    }
-
-    /// How many local connections are in `group`.
-    pub fn group_size(&self, group: &str) -> usize {
-        read(&self.broker).group_size(group)
-    }
-
-    /// Every group with a local connection (unsorted), copied out of the table.
-    pub fn group_names(&self) -> Vec<Arc<str>> {
-        read(&self.broker).group_names()
-    }
-
-    /// Number of local connections.
-    pub fn connection_count(&self) -> usize {
-        read(&self.broker).connection_count()
-    }
-
-    /// Number of groups with a local connection.
-    pub fn group_count(&self) -> usize {
-        read(&self.broker).group_count()
-    }
-
-    /// Collects the interest changes since the last call (and the whole interest when
-    /// `full`), and hands them to `send` under the table's lock, so that what `send`
-    /// queues goes out in version order. `send` must not block.
-    pub fn gossip_round<F>(&self, full: bool, send: F)
-    where
-        F: FnOnce(Option<InterestDelta>, Option<InterestSnapshot>),
-    {
-        let mut broker = write(&self.broker);
-        let changes = broker.take_interest_changes();
-        let snapshot = full.then(|| broker.interest_snapshot());
-        send(changes, snapshot);
-    }
-
-    /// Hands the whole interest to `send` under the table's lock, so that no delta can be
-    /// queued between the snapshot and its sending. `send` must not block.
-    pub fn with_interest<F: FnOnce(InterestSnapshot)>(&self, send: F) {
-        let broker = read(&self.broker);
-        send(broker.interest_snapshot());
-    }
-
-    /// The hub's gauges.
-    pub fn rows(&self) -> Vec<Row> {
-        vec![Row::gauge(
-            "groups",
-            "Groups with at least one connection on this node.",
-            self.group_count() as u64,
-        )]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{BrokerLimits, Permissions};
+    use crate::hub::Hub;
+    use crate::metrics::Metrics;
+    use bytes::Bytes;
     use std::time::Duration;
+    use switchboard_proto::peer::Position;
 
     #[test]
     fn an_outlet_is_bounded_in_bytes_and_gives_them_back_when_written() {
-        let (outlet, mut rx) = OutletInner::new(1, 100, 10, false);
+        let (outlet, mut rx) = ClientQueue::new(1, 100, 10, false);
         let six = Encoded::new(Bytes::from_static(b"123456"));
         assert_eq!(outlet.offer("g", &six), Offer::Queued);
         assert_eq!(outlet.offer("g", &six), Offer::Full, "12 bytes > 10");
@@ -666,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_queue_is_bounded_in_messages_and_holds_no_memory_once_drained() {
-        let (outlet, mut rx) = OutletInner::new(1, 100, 1 << 20, false);
+        let (outlet, mut rx) = ClientQueue::new(1, 100, 1 << 20, false);
         let m = Encoded::new(Bytes::from_static(b"x"));
         for _ in 0..100 {
             assert_eq!(outlet.offer("g", &m), Offer::Queued);
@@ -695,7 +393,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_publisher_waits_for_room_and_a_stuck_client_is_cut_at_the_deadline() {
-        let (outlet, mut rx) = OutletInner::new(1, 2, 1 << 20, false);
+        let (outlet, mut rx) = ClientQueue::new(1, 2, 1 << 20, false);
         let m = Encoded::new(Bytes::from_static(b"x"));
         assert_eq!(outlet.offer("g", &m), Offer::Queued);
         assert_eq!(outlet.offer("g", &m), Offer::Queued);
@@ -732,7 +430,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(BrokerLimits::default(), metrics.clone());
         let join = |id: u64| {
-            let (outlet, rx) = OutletInner::new(id, 1, 1 << 20, false);
+            let (outlet, rx) = ClientQueue::new(id, 1, 1 << 20, false);
             let perms = Permissions::new(std::iter::empty::<String>(), false);
             assert!(
                 hub.connect(&outlet, &format!("{id}"), "g", perms)
@@ -765,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_connection_is_woken_by_the_first_message_and_takes_all_of_them() {
-        let (outlet, mut rx) = OutletInner::new(1, 100, 1 << 20, false);
+        let (outlet, mut rx) = ClientQueue::new(1, 100, 1 << 20, false);
         let m = Encoded::new(Bytes::from_static(b"x"));
         let pusher = outlet.clone();
         let push = tokio::spawn(async move {
@@ -790,7 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_request_wakes_every_waiter_even_one_that_waits_for_the_whole_life() {
-        let (outlet, _rx) = OutletInner::new(1, 8, 1 << 20, false);
+        let (outlet, _rx) = ClientQueue::new(1, 8, 1 << 20, false);
         // The connection's loop waits for its whole life; a blocked write waits too.
         let lifelong = outlet.close_requested();
         tokio::pin!(lifelong);
@@ -812,7 +510,7 @@ mod tests {
     fn a_full_queue_closes_the_slow_consumer_once() {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(BrokerLimits::default(), metrics.clone());
-        let (outlet, _rx) = OutletInner::new(1, 2, 1 << 20, false);
+        let (outlet, _rx) = ClientQueue::new(1, 2, 1 << 20, false);
         hub.connect(&outlet, "7", "user_7", Permissions::default());
         let m = Encoded::new(Bytes::from_static(b"hi"));
         for _ in 0..5 {
@@ -826,8 +524,8 @@ mod tests {
     #[test]
     fn positioned_connections_get_one_json_frame_with_the_position() {
         let hub = Hub::new(BrokerLimits::default(), Arc::new(Metrics::default()));
-        let (plain, mut plain_rx) = OutletInner::new(1, 8, 1 << 20, false);
-        let (positioned, mut positioned_rx) = OutletInner::new(2, 8, 1 << 20, true);
+        let (plain, mut plain_rx) = ClientQueue::new(1, 8, 1 << 20, false);
+        let (positioned, mut positioned_rx) = ClientQueue::new(2, 8, 1 << 20, true);
         hub.connect(&plain, "1", "user_1", Permissions::new(["news"], false));
         hub.connect(
             &positioned,

@@ -1,0 +1,331 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use switchboard_proto::peer::PresenceOp;
+
+use super::*;
+use crate::presence::tests::record;
+use crate::presence::{Command, Replica};
+
+fn batch(replica: &mut Replica, index: u64, ops: Vec<PresenceOp>) -> Vec<Event> {
+    let mut events = Vec::new();
+    let command = Command::PresenceAt { ops, at_ms: 1000 };
+    replica.apply_noting(command, index, &mut events);
+    events
+}
+
+fn kinds(events: &[Event]) -> Vec<(String, Kind, &str)> {
+    events
+        .iter()
+        .map(|e| (e.id.to_string(), e.kind, e.connection.as_str()))
+        .collect()
+}
+
+fn id(index: u64, ordinal: u32) -> String {
+    EventId { index, ordinal }.to_string()
+}
+
+fn disconnect(node: NodeId, connection: &str) -> PresenceOp {
+    PresenceOp::Disconnect {
+        node,
+        connection: connection.into(),
+    }
+}
+
+#[test]
+fn a_user_comes_online_and_goes_offline() {
+    let mut r = Replica::default();
+    let e = batch(&mut r, 3, vec![PresenceOp::Connect(record(2, "2-1", "u"))]);
+    assert_eq!(
+        kinds(&e),
+        [
+            (id(3, 0), Kind::Join, "2-1"),
+            (id(3, 1), Kind::Online, "2-1")
+        ]
+    );
+    assert_eq!(e[0].at, 1000);
+    let e = batch(&mut r, 4, vec![PresenceOp::Connect(record(3, "3-1", "u"))]);
+    assert_eq!(kinds(&e), [(id(4, 0), Kind::Join, "3-1")]);
+    let e = batch(&mut r, 5, vec![disconnect(2, "2-1")]);
+    assert_eq!(kinds(&e), [(id(5, 0), Kind::Leave, "2-1")]);
+    let e = batch(&mut r, 6, vec![disconnect(3, "3-1")]);
+    assert_eq!(
+        kinds(&e),
+        [
+            (id(6, 0), Kind::Leave, "3-1"),
+            (id(6, 1), Kind::Offline, "3-1")
+        ]
+    );
+    assert_eq!(e[1].reason, None);
+}
+
+#[test]
+fn a_batch_committed_twice_gives_its_events_once() {
+    let mut r = Replica::default();
+    let ops = vec![
+        PresenceOp::Connect(record(1, "1-1", "u")),
+        PresenceOp::Connect(record(1, "1-2", "v")),
+        disconnect(1, "1-1"),
+    ];
+    let first = batch(&mut r, 7, ops.clone());
+    // "u" came and went inside the batch: nothing; "v" joined.
+    assert_eq!(
+        kinds(&first),
+        [
+            (id(7, 0), Kind::Join, "1-2"),
+            (id(7, 1), Kind::Online, "1-2")
+        ]
+    );
+    assert!(
+        batch(&mut r, 8, ops).is_empty(),
+        "a retried batch changes nothing"
+    );
+}
+
+#[test]
+fn a_resync_over_unchanged_connections_gives_nothing_and_a_lost_one_leaves() {
+    let mut r = Replica::default();
+    batch(
+        &mut r,
+        1,
+        vec![
+            PresenceOp::Connect(record(2, "2-1", "u")),
+            PresenceOp::Connect(record(2, "2-2", "v")),
+        ],
+    );
+    let same = PresenceOp::ResyncNode {
+        node: 2,
+        connections: vec![record(2, "2-1", "u"), record(2, "2-2", "v")],
+    };
+    assert!(batch(&mut r, 2, vec![same]).is_empty());
+    let fewer = PresenceOp::ResyncNode {
+        node: 2,
+        connections: vec![record(2, "2-2", "v")],
+    };
+    let e = batch(&mut r, 3, vec![fewer]);
+    assert_eq!(
+        kinds(&e),
+        [
+            (id(3, 0), Kind::Leave, "2-1"),
+            (id(3, 1), Kind::Offline, "2-1")
+        ]
+    );
+    assert!(e.iter().all(|e| e.reason == Some(Reason::NodeDown)));
+}
+
+#[test]
+fn a_purge_leaves_every_connection_of_the_node_with_node_down() {
+    let mut r = Replica::default();
+    batch(
+        &mut r,
+        1,
+        vec![
+            PresenceOp::Connect(record(1, "1-1", "u")),
+            PresenceOp::Connect(record(2, "2-1", "u")),
+            PresenceOp::Connect(record(2, "2-2", "v")),
+        ],
+    );
+    let e = batch(&mut r, 2, vec![PresenceOp::PurgeNode { node: 2 }]);
+    assert_eq!(
+        kinds(&e),
+        [
+            (id(2, 0), Kind::Leave, "2-1"),
+            (id(2, 1), Kind::Leave, "2-2"),
+            (id(2, 2), Kind::Offline, "2-2"),
+        ]
+    );
+    assert!(e.iter().all(|e| e.reason == Some(Reason::NodeDown)));
+    let mut events = Vec::new();
+    r.apply_noting(Command::Remove(1), 3, &mut events);
+    assert_eq!(
+        kinds(&events),
+        [
+            (id(3, 0), Kind::Leave, "1-1"),
+            (id(3, 1), Kind::Offline, "1-1")
+        ]
+    );
+    assert_eq!(events[0].reason, Some(Reason::Removed));
+    assert_eq!(
+        events[0].at, 1000,
+        "an unstamped entry keeps the last stamp"
+    );
+}
+
+#[test]
+fn events_serialize_as_the_contract_says() {
+    let mut r = Replica::default();
+    batch(&mut r, 1, vec![PresenceOp::Connect(record(2, "2-1", "42"))]);
+    let e = batch(&mut r, 9, vec![PresenceOp::PurgeNode { node: 2 }]);
+    assert_eq!(
+        serde_json::to_string(&e[0]).expect("serializable"),
+        r#"{"id":"9-0","type":"leave","user":"42","node":2,"connection":"2-1","at":1000,"reason":"node_down"}"#
+    );
+    assert_eq!("9-0".parse::<EventId>(), Ok(e[0].id));
+    for bad in [
+        "",
+        "9",
+        "9-",
+        "-1",
+        "a-1",
+        "1-b",
+        "1-2-3",
+        "18446744073709551616-0",
+    ] {
+        assert!(bad.parse::<EventId>().is_err(), "{bad}");
+    }
+}
+
+fn event(index: u64, ordinal: u32, user: &str) -> Event {
+    Event {
+        id: EventId { index, ordinal },
+        kind: Kind::Join,
+        user: user.into(),
+        node: 1,
+        connection: format!("1-{index}"),
+        at: 0,
+        reason: None,
+    }
+}
+
+#[test]
+fn the_ring_keeps_the_newest_and_tells_a_reader_behind_it() {
+    let mut ring = Ring::new(3, usize::MAX, EventId::default());
+    ring.push((1..=5).map(|i| event(i, 0, if i % 2 == 0 { "a" } else { "b" })));
+    assert_eq!(ring.len(), 3);
+    assert_eq!(
+        ring.floor(),
+        EventId {
+            index: 2,
+            ordinal: 0
+        }
+    );
+    assert_eq!(
+        ring.after(
+            EventId {
+                index: 1,
+                ordinal: 0
+            },
+            10,
+            |_| true
+        ),
+        Read::Behind
+    );
+    let Read::Events(found, seen) = ring.after(ring.floor(), 10, |_| true) else {
+        panic!("not behind");
+    };
+    assert_eq!(found.len(), 3);
+    assert_eq!(
+        seen,
+        EventId {
+            index: 5,
+            ordinal: 0
+        }
+    );
+    // Filtered, and bounded: the reader has seen up to the last one returned.
+    let Read::Events(found, seen) = ring.after(ring.floor(), 1, |e| e.user == "b") else {
+        panic!("not behind");
+    };
+    assert_eq!(found, vec![event(3, 0, "b")]);
+    assert_eq!(
+        seen,
+        EventId {
+            index: 3,
+            ordinal: 0
+        }
+    );
+    // A cursor from the future waits for events after it.
+    let future = EventId {
+        index: 9,
+        ordinal: 0,
+    };
+    assert_eq!(
+        ring.after(future, 10, |_| true),
+        Read::Events(vec![], future)
+    );
+    // A snapshot: everything up to entry 20 is in the state, nothing is kept.
+    ring.restart_at(EventId::after_entry(20));
+    assert_eq!(
+        ring.after(
+            EventId {
+                index: 20,
+                ordinal: 1
+            },
+            10,
+            |_| true
+        ),
+        Read::Behind
+    );
+    assert!(
+        matches!(ring.after(EventId::after_entry(20), 10, |_| true), Read::Events(v, _) if v.is_empty())
+    );
+}
+
+#[test]
+fn the_ring_is_bounded_in_bytes() {
+    let one = event(1, 0, "u").size();
+    let mut ring = Ring::new(1000, one * 2, EventId::default());
+    ring.push((1..=9).map(|i| event(i, 0, "u")));
+    assert_eq!(ring.len(), 2);
+    assert!(ring.bytes() <= one * 2);
+    let mut none = Ring::new(0, usize::MAX, EventId::default());
+    none.push([event(1, 0, "u")]);
+    assert!(none.is_empty());
+    assert_eq!(none.after(EventId::default(), 10, |_| true), Read::Behind);
+}
+
+fn op() -> impl Strategy<Value = PresenceOp> {
+    let node = 1..4u64;
+    let conn = 0..4u8;
+    let user = prop::sample::select(vec!["a", "b", "c"]);
+    prop_oneof![
+        4 => (node.clone(), conn.clone(), user.clone())
+            .prop_map(|(n, c, u)| PresenceOp::Connect(record(n, &format!("{n}-{c}"), u))),
+        3 => (node.clone(), conn.clone())
+            .prop_map(|(n, c)| disconnect(n, &format!("{n}-{c}"))),
+        1 => node.clone().prop_map(|node| PresenceOp::PurgeNode { node }),
+        1 => (node, prop::collection::vec((conn, user), 0..3)).prop_map(|(n, cs)| {
+            PresenceOp::ResyncNode {
+                node: n,
+                connections: cs
+                    .into_iter()
+                    .map(|(c, u)| record(n, &format!("{n}-{c}"), u))
+                    .collect(),
+            }
+        }),
+    ]
+}
+
+proptest! {
+    /// Replaying the events from empty rebuilds the registry: every connection and
+    /// who is online; ids strictly increase; no event repeats a state.
+    #[test]
+    fn replaying_the_events_reproduces_the_registry(
+        batches in prop::collection::vec(prop::collection::vec(op(), 0..6), 1..30),
+    ) {
+        let mut r = Replica::default();
+        let mut conns: BTreeMap<(NodeId, String), String> = BTreeMap::new();
+        let mut online: BTreeSet<String> = BTreeSet::new();
+        let mut last = EventId::default();
+        for (i, ops) in batches.into_iter().enumerate() {
+            for e in batch(&mut r, i as u64 + 1, ops) {
+                prop_assert!(e.id > last);
+                last = e.id;
+                let key = (e.node, e.connection.clone());
+                match e.kind {
+                    Kind::Join => prop_assert!(conns.insert(key, e.user.clone()).is_none()),
+                    Kind::Leave => prop_assert_eq!(conns.remove(&key), Some(e.user.clone())),
+                    Kind::Online => prop_assert!(online.insert(e.user.clone())),
+                    Kind::Offline => prop_assert!(online.remove(&e.user)),
+                }
+            }
+            let expected: BTreeMap<_, _> = r
+                .presence
+                .records()
+                .map(|c| ((c.node, c.connection.clone()), c.user.clone()))
+                .collect();
+            prop_assert_eq!(&conns, &expected);
+            let users: BTreeSet<String> = expected.values().cloned().collect();
+            prop_assert_eq!(&online, &users);
+        }
+    }
+}
