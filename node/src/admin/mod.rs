@@ -50,6 +50,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::health::Health;
 use crate::hub::Hub;
+use crate::ingress::accept::{Listener, tls_handshake};
 use crate::ingress::http::percent_decode;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -63,8 +64,6 @@ use crate::tls::ServerTls;
 const MAX_ADMIN_CONNECTIONS: usize = 256;
 /// Longest a client may take to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept, instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything the admin API reads, built once by the node's wiring.
 #[derive(Debug, Clone)]
@@ -142,42 +141,23 @@ pub fn spawn(
                     }
                 };
                 let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+                let listener = Listener::new(listener, shutdown, "admin");
                 loop {
-                    let permit = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        permit = slots.clone().acquire_owned() => match permit {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
+                    let Some(permit) = listener.slot(&slots).await else {
+                        break;
                     };
-                    let stream = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(e) => {
-                                debug!(error = %e, "admin accept failed");
-                                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                                continue;
-                            }
-                        }
+                    let Some((stream, _)) = listener.accept().await else {
+                        break;
                     };
                     let (view, tls) = (view.clone(), tls.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
                         match tls {
                             None => serve_connection(stream, view, false).await,
-                            Some(tls) => {
-                                match tokio::time::timeout(
-                                    HEAD_TIMEOUT,
-                                    tls.acceptor().accept(stream),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(stream)) => serve_connection(stream, view, true).await,
-                                    Ok(Err(e)) => debug!(error = %e, "admin TLS handshake failed"),
-                                    Err(_) => debug!("admin TLS handshake timed out"),
-                                }
-                            }
+                            Some(tls) => match tls_handshake(&tls, stream).await {
+                                Ok(stream) => serve_connection(stream, view, true).await,
+                                Err(e) => debug!(error = %e, "admin connection refused"),
+                            },
                         }
                     });
                 }

@@ -5,6 +5,7 @@
 //! [`Ingress`] is what the WebSocket side needs of the layers below; the RESP side needs
 //! only its [`resp::Env`] and the router's `Publish`.
 
+pub mod accept;
 pub mod http;
 pub mod resp;
 pub mod ws;

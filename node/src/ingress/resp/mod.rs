@@ -43,10 +43,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub use session::{Env, Next, Session};
 
+use super::accept::Listener;
 use crate::metrics::Metrics;
 use crate::router::Publish;
 use crate::sync::lock;
@@ -58,8 +59,6 @@ const OUT_KEEP: usize = 1024 * 1024;
 /// Smallest bulk-string limit, whatever `--max-payload` says: clients send longer
 /// arguments than payloads (channels_redis's scripts).
 const MIN_BULK: usize = 64 * 1024;
-/// Pause after a failed accept (EMFILE and friends), instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Before `AUTH` on a password node, as Redis limits unauthenticated clients: at most
 /// this many arguments...
 pub const PRE_AUTH_MAX_ARGS: usize = 10;
@@ -133,18 +132,8 @@ pub async fn serve(
 ) {
     let sockets = Arc::new(Semaphore::new(env.settings.max_connections));
     let mut next_id: u64 = 0;
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed on the RESP port");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    let listener = Listener::new(listener, stop.clone(), "RESP");
+    while let Some((mut stream, peer)) = listener.accept().await {
         let Ok(permit) = sockets.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let _ = stream
@@ -158,7 +147,6 @@ pub async fn serve(
         let (publish, stop) = (publish.clone(), stop.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            let _ = stream.set_nodelay(true);
             let _open = Open::new(session.env.metrics.clone());
             if let Err(e) = run(session, stream, peer.ip(), &*publish, stop).await {
                 debug!(%peer, error = %e, "RESP connection ended with an error");

@@ -29,9 +29,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Ingress;
+use super::accept::{Listener, tls_handshake};
 use super::http::{self, Request, Response};
 use crate::auth::AuthError;
 use crate::broker::{ConnId, Permissions};
@@ -49,8 +50,6 @@ const MAX_GROUP_NAME: usize = crate::broker::MAX_GROUP_NAME;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest we wait for the client's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause after a failed accept (EMFILE and friends), instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// tungstenite's buffers, sized for 100k connections per node (see [`ws_config`]). The
 /// read buffer is allocated, and zero-filled, for every connection's whole life: 256
 /// bytes hold a typical client op in one read (a `refresh` with its token takes two or
@@ -114,43 +113,23 @@ pub async fn serve(
     let sockets = Arc::new(Semaphore::new(
         ingress.settings.max_connections + EXTRA_SOCKETS,
     ));
+    let listener = Listener::new(listener, stop, "WebSocket");
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            permit = sockets.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let Some(permit) = listener.slot(&sockets).await else {
+            break;
         };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed on the WebSocket port");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = listener.accept().await else {
+            break;
         };
         let ingress = ingress.clone();
         let connections = tracker.clone();
         tracker.spawn(async move {
-            let _ = stream.set_nodelay(true);
             let result = match &ingress.tls {
                 None => accept(stream, peer, &ingress, permit, &connections).await,
-                Some(tls) => {
-                    // The TLS handshake counts against the head's time limit.
-                    match tokio::time::timeout(http::HEAD_TIMEOUT, tls.acceptor().accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            accept(stream, peer, &ingress, permit, &connections).await
-                        }
-                        Ok(Err(e)) => Err(e.into()),
-                        Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
-                    }
-                }
+                Some(tls) => match tls_handshake(tls, stream).await {
+                    Ok(stream) => accept(stream, peer, &ingress, permit, &connections).await,
+                    Err(e) => Err(e.into()),
+                },
             };
             if let Err(e) = result {
                 debug!(%peer, error = %e, "WebSocket connection ended with an error");
