@@ -260,7 +260,7 @@ impl Node {
             router: router.clone(),
             ids: ingress::ws::ConnIds::new(config.node_id, boot),
         });
-        let resp_env = Arc::new(ingress::resp::Env::new(
+        let resp_env = Arc::new(ingress::resp::Shim::new(
             &config,
             metrics.clone(),
             secrets.clone(),

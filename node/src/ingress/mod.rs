@@ -3,7 +3,7 @@
 //! API use ([`http`]).
 //!
 //! [`Ingress`] is what the WebSocket side needs of the layers below; the RESP side needs
-//! only its [`resp::Env`] and the router's `Publish`.
+//! only its [`resp::Shim`] and the router's `Publish`.
 
 pub mod accept;
 pub mod http;

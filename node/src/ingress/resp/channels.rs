@@ -18,7 +18,7 @@
 use bytes::Bytes;
 use switchboard_proto::resp::Frame;
 
-use super::command::{Command, Name};
+use super::command::{Command, Name, arity};
 use crate::config::RespSettings;
 use crate::router::Publish;
 
@@ -57,7 +57,10 @@ pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publi
     match command.name() {
         Name::Zrange => {
             let group_key = format!("{}:group:", settings.channels_prefix);
-            let key = String::from_utf8_lossy(&args[1]);
+            let [_, key, ..] = args.as_slice() else {
+                return arity("zrange");
+            };
+            let key = String::from_utf8_lossy(key);
             match key.strip_prefix(group_key.as_str()) {
                 Some(group) if publish.subscribers(group).await > 0 => {
                     Frame::Array(vec![Frame::Bulk(Bytes::from(format!(
@@ -99,38 +102,64 @@ pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publi
     }
 }
 
-/// `EVAL <group_send script> n keys... messages... capacities... now expiry`.
+/// What an `EVAL` of channels_redis asks, parsed from its arguments.
+#[derive(Debug, PartialEq)]
+enum Eval<'a> {
+    /// `group_send`: one message per key (the keys themselves are Redis's, not ours).
+    GroupSend { messages: &'a [Bytes] },
+    /// `flush` (deletes every key under the prefix) or the receive path's cleanup
+    /// (restores a backup queue): both return nothing in Redis, and nothing is what they
+    /// would find here.
+    Nothing,
+}
+
+impl<'a> Eval<'a> {
+    /// `EVAL <script> <numkeys> <key>... <arg>...` (the name first); the error is what
+    /// Redis (or this shim, for a script it does not run) answers.
+    fn parse(args: &'a [Bytes]) -> Result<Eval<'a>, Frame> {
+        let [_, script, nkeys, rest @ ..] = args else {
+            return Err(arity("eval"));
+        };
+        let Some(nkeys) = std::str::from_utf8(nkeys)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return Err(Frame::Error(
+                "ERR value is not an integer or out of range".into(),
+            ));
+        };
+        // As Redis: the keys must be among the arguments.
+        if nkeys > rest.len() {
+            return Err(Frame::Error(
+                "ERR Number of keys can't be greater than number of args".into(),
+            ));
+        }
+        let script = String::from_utf8_lossy(script);
+        let is_flush = script.contains("redis.call('keys'") && script.contains("'del'");
+        let is_cleanup = script.contains("WITHSCORES") && script.contains("redis.call('DEL'");
+        if is_flush || is_cleanup {
+            return Ok(Eval::Nothing);
+        }
+        let is_group_send = script.contains("ZADD") && script.contains("over_capacity");
+        // group_send passes one message per key after the keys (then capacities and times).
+        match rest.get(nkeys..2 * nkeys) {
+            Some(messages) if is_group_send => Ok(Eval::GroupSend { messages }),
+            _ => Err(Frame::Error(
+                "ERR EVAL of this script is not supported: Switchboard runs only \
+                 channels_redis's group_send, flush and cleanup scripts"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// `EVAL`: a `group_send` publishes each message to the groups its event names.
 async fn eval(settings: &RespSettings, args: &[Bytes], publish: &dyn Publish) -> Frame {
-    let Some(nkeys) = args
-        .get(2)
-        .and_then(|n| std::str::from_utf8(n).ok())
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return Frame::Error("ERR value is not an integer or out of range".into());
+    let messages = match Eval::parse(args) {
+        Ok(Eval::GroupSend { messages }) => messages,
+        Ok(Eval::Nothing) => return Frame::Null,
+        Err(e) => return e,
     };
-    // As Redis: the keys must be among the arguments.
-    if nkeys > args.len() - 3 {
-        return Frame::Error("ERR Number of keys can't be greater than number of args".into());
-    }
-    let script = String::from_utf8_lossy(args.get(1).map(|a| a.as_ref()).unwrap_or_default());
-    // channels_redis's other scripts work on keys that do not exist here: `flush` deletes
-    // every key under the prefix, the receive path restores a backup queue. Both return
-    // nothing in Redis, and nothing is what they would find.
-    let is_flush = script.contains("redis.call('keys'") && script.contains("'del'");
-    let is_cleanup = script.contains("WITHSCORES") && script.contains("redis.call('DEL'");
-    if is_flush || is_cleanup {
-        return Frame::Null;
-    }
-    let is_group_send = script.contains("ZADD") && script.contains("over_capacity");
-    // group_send passes one message per key after the keys (then capacities and times).
-    if !is_group_send || args.len() - 3 - nkeys < nkeys {
-        return Frame::Error(
-            "ERR EVAL of this script is not supported: Switchboard runs only channels_redis's \
-             group_send, flush and cleanup scripts"
-                .into(),
-        );
-    }
-    let messages = &args[3 + nkeys..3 + 2 * nkeys];
     for message in messages {
         // The core layer prefixes 12 random bytes; a layer configured without them works too.
         let Some(mut event) = decode_event(message, &[CORE_RANDOM_PREFIX, 0]) else {
@@ -288,6 +317,43 @@ mod tests {
         assert_eq!(
             to_json(value),
             serde_json::json!({"n": 5, "f": 1.5, "b": [255], "l": [true, null]})
+        );
+    }
+
+    #[test]
+    fn an_eval_parses_into_what_channels_redis_asks() {
+        let args = |items: &[&str]| -> Vec<Bytes> {
+            items.iter().map(|s| Bytes::from(s.to_string())).collect()
+        };
+        let group_send = "local over_capacity = 0 ... redis.call('ZADD', ...)";
+        let send = args(&[
+            "EVAL", group_send, "2", "k1", "k2", "m1", "m2", "100", "100", "0", "86400",
+        ]);
+        match Eval::parse(&send) {
+            Ok(Eval::GroupSend { messages }) => assert_eq!(messages, &send[5..7]),
+            other => panic!("{other:?}"),
+        }
+        let flush = args(&[
+            "EVAL",
+            "local keys = redis.call('keys', ...) redis.call('del', ...)",
+            "0",
+        ]);
+        assert_eq!(Eval::parse(&flush), Ok(Eval::Nothing));
+        let not_a_number = args(&["EVAL", group_send, "x"]);
+        assert!(
+            matches!(Eval::parse(&not_a_number), Err(Frame::Error(e)) if e.contains("not an integer"))
+        );
+        let too_many_keys = args(&["EVAL", group_send, "3", "k1", "k2"]);
+        assert!(
+            matches!(Eval::parse(&too_many_keys), Err(Frame::Error(e)) if e.contains("greater than"))
+        );
+        let missing_messages = args(&["EVAL", group_send, "2", "k1", "k2", "m1"]);
+        assert!(
+            matches!(Eval::parse(&missing_messages), Err(Frame::Error(e)) if e.contains("not supported"))
+        );
+        let other_script = args(&["EVAL", "return 1", "0"]);
+        assert!(
+            matches!(Eval::parse(&other_script), Err(Frame::Error(e)) if e.contains("not supported"))
         );
     }
 }

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-pub use session::{Env, Next, Session};
+pub use session::{Next, Session, Shim};
 
 use super::accept::Listener;
 use crate::metrics::Metrics;
@@ -73,7 +73,7 @@ const LINGER_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_AUTH_FAILURES: u32 = 10;
 
 /// The decoder limits of an authenticated connection.
-fn limits(env: &Env) -> Limits {
+fn limits(env: &Shim) -> Limits {
     Limits {
         max_bulk_len: env.max_payload.max(MIN_BULK),
         max_frame_len: env.settings.max_command_bytes,
@@ -111,7 +111,7 @@ impl Drop for Open {
 /// A connection's place among the unauthenticated ones, given back when it
 /// authenticates or closes.
 struct Waiting<'a> {
-    env: &'a Env,
+    env: &'a Shim,
     ticket: u64,
 }
 
@@ -125,7 +125,7 @@ impl Drop for Waiting<'_> {
 /// client is answered Redis's `max number of clients reached` and closed.
 pub async fn serve(
     listener: TcpListener,
-    env: Arc<Env>,
+    env: Arc<Shim>,
     publish: Arc<dyn Publish>,
     tracker: TaskTracker,
     stop: CancellationToken,

@@ -26,9 +26,10 @@ pub const MAX_QUEUED: usize = 10_000;
 /// Most bytes (all arguments) one MULTI may queue.
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
-/// What every session of the shim shares.
+/// The RESP shim: what every one of its sessions shares (settings, metrics, secrets, the
+/// AUTH throttle and the unauthenticated connections).
 #[derive(Debug)]
-pub struct Env {
+pub struct Shim {
     /// This node's id (`INFO`, `CLIENT`).
     pub node: u64,
     pub settings: RespSettings,
@@ -44,10 +45,10 @@ pub struct Env {
     pub unauthenticated: Mutex<Unauthenticated<CancellationToken>>,
 }
 
-impl Env {
+impl Shim {
     pub fn new(config: &Config, metrics: Arc<Metrics>, secrets: Arc<Secrets>) -> Self {
         let unauthenticated = config.resp.max_connections / UNAUTHENTICATED_SHARE;
-        Env {
+        Shim {
             node: config.node_id,
             settings: config.resp.clone(),
             max_payload: config.max_payload,
@@ -77,7 +78,7 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Session {
     pub(super) id: u64,
-    pub(super) env: Arc<Env>,
+    pub(super) env: Arc<Shim>,
     pub(super) version: Version,
     pub(super) authenticated: bool,
     pub(super) name: Option<Bytes>,
@@ -95,7 +96,7 @@ pub struct Session {
 
 impl Session {
     /// A new session; `id` is what `CLIENT ID` answers.
-    pub fn new(id: u64, env: Arc<Env>) -> Self {
+    pub fn new(id: u64, env: Arc<Shim>) -> Self {
         let authenticated = !env.needs_auth();
         Session {
             id,

@@ -20,10 +20,16 @@ pub fn run(session: &mut Session, command: &Command) -> Frame {
             [message] => Frame::Bulk(message.clone()),
             _ => arity("ping"),
         },
-        Name::Echo => Frame::Bulk(rest[0].clone()),
+        Name::Echo => match rest {
+            [message] => Frame::Bulk(message.clone()),
+            _ => arity("echo"),
+        },
         Name::Auth => auth(session, rest),
         Name::Hello => hello(session, rest),
-        Name::Select => select(&rest[0]),
+        Name::Select => match rest {
+            [index] => select(index),
+            _ => arity("select"),
+        },
         Name::Client => client(session, rest),
         _ => Frame::Error("ERR not a connection command".into()),
     }

@@ -12,9 +12,10 @@ use crate::router::Publish;
 pub async fn run(session: &Session, command: &Command, publish: &dyn Publish) -> Frame {
     let rest = command.rest();
     match command.name() {
-        Name::Publish | Name::Spublish => {
-            publish_one(session, &rest[0], rest[1].clone(), publish).await
-        }
+        Name::Publish | Name::Spublish => match rest {
+            [channel, payload] => publish_one(session, channel, payload.clone(), publish).await,
+            _ => arity(command.spec.text),
+        },
         _ => pubsub(rest, publish).await,
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use switchboard_proto::peer::NodeId;
 use switchboard_proto::resp::{Frame, Version};
 
-use super::{Env, Next, Session};
+use super::{Next, Session, Shim};
 use crate::config::Config;
 use crate::history::HistoryError;
 use crate::metrics::Metrics;
@@ -90,7 +90,7 @@ fn session(configure: impl FnOnce(&mut Config)) -> Session {
     config.credentials.jwt = crate::config::JwtKey::Secret("s".into());
     configure(&mut config);
     let secrets = Secrets::load(&config).expect("secrets");
-    let env = Env::new(&config, Arc::new(Metrics::default()), Arc::new(secrets));
+    let env = Shim::new(&config, Arc::new(Metrics::default()), Arc::new(secrets));
     Session::new(7, Arc::new(env))
 }
 
