@@ -25,7 +25,10 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// recognised), owners refuse with a typed [`Refusal`], `Leaving` announces a drain, the
 /// hello carries the binary's version, and interest goes to the holders of each group's
 /// bucket, which answer [`Route`] lookups.
-pub const PEER_PROTOCOL_VERSION: u32 = 5;
+/// 6: a full interest sync says which assignments of the holders its sender followed
+/// (`Interest::Full::holders`), and a route answer whether the holder has every peer's
+/// interest since its bucket moved (`Route::Answer::settled`).
+pub const PEER_PROTOCOL_VERSION: u32 = 6;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,6 +145,10 @@ pub enum Interest {
         version: u64,
         /// Group name and number of local connections in it.
         groups: Vec<(String, u32)>,
+        /// The generation of the bucket assignments the sender followed to choose what
+        /// to send (the receiver holds every bucket it gained by then: its interest of
+        /// the sender is complete for them).
+        holders: u64,
     },
     /// A change since `base_version`; a receiver whose known version differs asks for
     /// a full sync instead of applying it.
@@ -230,6 +237,10 @@ pub enum Route {
         group: String,
         nodes: Option<Vec<(NodeId, u32)>>,
         lease_ms: u64,
+        /// False while the holder has not heard every connected peer's interest since
+        /// the group's bucket moved to it: the route may miss subscribers, so the asker
+        /// sends to every peer (and does not cache it).
+        settled: bool,
     },
     /// From the holder that granted a lease on `group` to `node`, to the other holder:
     /// push `node` the group's new routes too.
@@ -419,12 +430,16 @@ mod tests {
             proptest::collection::vec(forward(), 0..4).prop_map(PeerMessage::Forward),
             (
                 any::<u64>(),
-                proptest::collection::vec((".{0,10}", any::<u32>()), 0..8)
+                proptest::collection::vec((".{0,10}", any::<u32>()), 0..8),
+                any::<u64>()
             )
-                .prop_map(|(version, groups)| PeerMessage::Interest(Interest::Full {
-                    version,
-                    groups
-                })),
+                .prop_map(|(version, groups, holders)| PeerMessage::Interest(
+                    Interest::Full {
+                        version,
+                        groups,
+                        holders
+                    }
+                )),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|body| PeerMessage::Raft {
                 body: Bytes::from(body),
             }),
@@ -440,13 +455,15 @@ mod tests {
                 any::<u64>(),
                 ".{0,20}",
                 proptest::option::of(nodes()),
-                any::<u64>()
+                any::<u64>(),
+                any::<bool>()
             )
-                .prop_map(|(id, group, nodes, lease_ms)| Route::Answer {
+                .prop_map(|(id, group, nodes, lease_ms, settled)| Route::Answer {
                     id,
                     group,
                     nodes,
-                    lease_ms
+                    lease_ms,
+                    settled
                 }),
             (".{0,20}", nodes()).prop_map(|(group, nodes)| Route::Update { group, nodes }),
             (".{0,20}", any::<u64>()).prop_map(|(group, node)| Route::Lease { group, node }),

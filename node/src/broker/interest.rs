@@ -95,7 +95,9 @@ impl RemoteInterest {
     /// it may have changed (a holder pushes their new routes to the nodes caching them).
     pub fn apply(&mut self, node: NodeId, update: Interest) -> Result<Vec<String>, NeedFullSync> {
         match update {
-            Interest::Full { version, groups } => {
+            Interest::Full {
+                version, groups, ..
+            } => {
                 let mut touched: Vec<String> = self
                     .peers
                     .get(&node)
@@ -234,6 +236,7 @@ mod tests {
         Interest::Full {
             version,
             groups: groups.iter().map(|(g, c)| (g.to_string(), *c)).collect(),
+            holders: 0,
         }
     }
 

@@ -55,6 +55,16 @@ impl Targets {
     }
 }
 
+/// A holder's answer to a lookup.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The nodes with subscribers, and how many each has.
+    pub nodes: Nodes,
+    /// Whether the holder has every connected peer's interest since the bucket moved
+    /// to it (`Route::Answer::settled`).
+    pub settled: bool,
+}
+
 /// Lookups waiting for a holder's answer.
 #[derive(Debug, Default)]
 pub struct Lookups {
@@ -66,7 +76,7 @@ pub struct Lookups {
 struct Pending {
     group: String,
     asked: Instant,
-    waiters: Vec<oneshot::Sender<Option<Nodes>>>,
+    waiters: Vec<oneshot::Sender<Option<Answer>>>,
 }
 
 /// Listings waiting for the peers' answers.
@@ -88,7 +98,9 @@ impl Cluster {
                     .collect()
             }),
         };
-        let settling = routes.settling(now, group);
+        // A held group whose bucket this node gained before every peer's interest in it
+        // came: its route may miss subscribers.
+        let settling = routes.settling(now, group) || (to_ask.is_none() && !routes.complete(group));
         match (known, to_ask) {
             (Some(nodes), _) if settling => Targets::Everyone(nodes),
             (Some(nodes), _) => Targets::Known(nodes),
@@ -101,12 +113,15 @@ impl Cluster {
     pub async fn resolve(&self, group: &str) -> Targets {
         match self.targets(group) {
             Targets::Ask(holders) => match self.ask_holders(group, holders).await {
-                // Asked within a move: the counts are the holder's, the message goes to
-                // every peer all the same.
-                Some(nodes) if lock(&self.routes).settling(Instant::now(), group) => {
-                    Targets::Everyone(nodes)
+                // Asked within a move (as this node saw it, or as the holder still hears
+                // of it): the counts are the holder's, the message goes to every peer all
+                // the same.
+                Some(answer)
+                    if !answer.settled || lock(&self.routes).settling(Instant::now(), group) =>
+                {
+                    Targets::Everyone(answer.nodes)
                 }
-                Some(nodes) => Targets::Known(nodes),
+                Some(answer) => Targets::Known(answer.nodes),
                 None => Targets::Everyone(Vec::new()),
             },
             known => known,
@@ -139,15 +154,16 @@ impl Cluster {
 
     /// Asks `holders` in turn for `group`'s route: the peers with subscribers (and how
     /// many); `None` when no holder answered.
-    async fn ask_holders(&self, group: &str, holders: Vec<NodeId>) -> Option<Nodes> {
+    async fn ask_holders(&self, group: &str, holders: Vec<NodeId>) -> Option<Answer> {
         for holder in holders {
             if !self.connected_to(holder) {
                 continue;
             }
             let answer = self.ask_route(holder, group);
-            if let Ok(Ok(Some(nodes))) = tokio::time::timeout(LOOKUP_TIMEOUT, answer).await {
+            if let Ok(Ok(Some(mut answer))) = tokio::time::timeout(LOOKUP_TIMEOUT, answer).await {
                 self.metrics.route_lookups.inc();
-                return Some(nodes.into_iter().filter(|(n, _)| *n != self.node).collect());
+                answer.nodes.retain(|(n, _)| *n != self.node);
+                return Some(answer);
             }
         }
         self.metrics.route_lookup_failures.inc();
@@ -155,7 +171,7 @@ impl Cluster {
     }
 
     /// Asks `holder` for `group`'s route (or joins a question already asked).
-    fn ask_route(&self, holder: NodeId, group: &str) -> oneshot::Receiver<Option<Nodes>> {
+    fn ask_route(&self, holder: NodeId, group: &str) -> oneshot::Receiver<Option<Answer>> {
         let (tx, rx) = oneshot::channel();
         let mut lookups = lock(&self.lookups);
         if let Some(id) = lookups.by_group.get(group).copied()
@@ -185,9 +201,10 @@ impl Cluster {
         rx
     }
 
-    /// A holder's answer (or none: `nodes` `None`) to lookup `id`: cached for `lease`
-    /// from when it was asked, and handed to every waiter.
-    pub(super) fn answered(&self, id: u64, nodes: Option<Nodes>, lease: Duration) {
+    /// A holder's answer (or none: `answer` `None`) to lookup `id`: cached for `lease`
+    /// from when it was asked (a holder gives none while unsettled), and handed to every
+    /// waiter.
+    pub(super) fn answered(&self, id: u64, answer: Option<Answer>, lease: Duration) {
         let Some(pending) = ({
             let mut lookups = lock(&self.lookups);
             let pending = lookups.pending.remove(&id);
@@ -198,13 +215,16 @@ impl Cluster {
         }) else {
             return;
         };
-        if let Some(nodes) = &nodes {
-            lock(&self.routes)
-                .cache
-                .put(pending.asked, &pending.group, nodes.clone(), lease);
+        if let Some(answer) = &answer {
+            lock(&self.routes).cache.put(
+                pending.asked,
+                &pending.group,
+                answer.nodes.clone(),
+                lease,
+            );
         }
         for waiter in pending.waiters {
-            let _ = waiter.send(nodes.clone());
+            let _ = waiter.send(answer.clone());
         }
     }
 
@@ -234,10 +254,19 @@ impl Cluster {
     pub(super) fn on_route(&self, peer: NodeId, message: Route) {
         match message {
             Route::Lookup { id, group } => {
-                let (nodes, lease, replica) = {
+                let (nodes, lease, replica, settled) = {
                     let mut routes = lock(&self.routes);
+                    let settled = routes.complete(&group);
                     match routes.holders.to_ask(&group) {
-                        Some(_) => (None, Duration::ZERO, None),
+                        Some(_) => (None, Duration::ZERO, None, true),
+                        // Some peer's interest in the moved bucket has not come yet: the
+                        // asker sends to everyone, and asks again next time.
+                        None if !settled => (
+                            Some(self.held_route(&group, true)),
+                            Duration::ZERO,
+                            None,
+                            false,
+                        ),
                         None => {
                             let lease = routes.leases.grant(Instant::now(), &group, peer);
                             let replica = routes
@@ -251,7 +280,7 @@ impl Cluster {
                                     }
                                 })
                                 .filter(|_| !lease.is_zero());
-                            (Some(self.held_route(&group, true)), lease, replica)
+                            (Some(self.held_route(&group, true)), lease, replica, true)
                         }
                     }
                 };
@@ -269,6 +298,7 @@ impl Cluster {
                     group,
                     nodes,
                     lease_ms: lease.as_millis() as u64,
+                    settled,
                 };
                 self.send(peer, PeerMessage::Route(answer));
             }
@@ -276,8 +306,13 @@ impl Cluster {
                 id,
                 nodes,
                 lease_ms,
+                settled,
                 ..
-            } => self.answered(id, nodes, Duration::from_millis(lease_ms)),
+            } => self.answered(
+                id,
+                nodes.map(|nodes| Answer { nodes, settled }),
+                Duration::from_millis(lease_ms),
+            ),
             Route::Update { group, nodes } => lock(&self.routes).cache.update(&group, nodes),
             Route::Lease { group, node } => {
                 let mut routes = lock(&self.routes);
@@ -310,6 +345,19 @@ impl Cluster {
     /// to the nodes whose lease on it runs.
     pub(super) fn push_routes(&self, groups: impl IntoIterator<Item = String>) {
         let now = Instant::now();
+        {
+            let mut routes = lock(&self.routes);
+            if routes.ahead() {
+                // A peer that followed newer assignments no longer tells this node of the
+                // buckets it is losing: cachers keep their routes until it catches up.
+                let leased: Vec<String> = groups
+                    .into_iter()
+                    .filter(|g| !routes.leases.cachers(now, g).is_empty())
+                    .collect();
+                routes.defer(leased);
+                return;
+            }
+        }
         for group in groups {
             let cachers = lock(&self.routes).leases.cachers(now, &group);
             if cachers.is_empty() {

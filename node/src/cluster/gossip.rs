@@ -18,6 +18,7 @@ use switchboard_proto::peer::{Interest, NodeId, PeerMessage};
 
 use super::mesh::{Cluster, Link};
 use crate::hub::Hub;
+use crate::sync::lock;
 
 /// How often changes in local interest are gossiped.
 pub const GOSSIP: Duration = Duration::from_millis(10);
@@ -32,13 +33,15 @@ pub const INTEREST_CHUNK_BYTES: usize = 1024 * 1024;
 const ENTRY_OVERHEAD: usize = 16;
 
 /// The messages that carry `groups` at `version`, each at most `max_bytes` of entries:
-/// the first a `Full` (with `full`) or a `Delta` from `version - 1`, the rest `Delta`s
-/// from `version` to `version`, which a receiver holding `version` applies in order. A
-/// lost middle part is repaired by the next full sync ([`FULL_SYNC`]).
+/// the first a `Full` (with `full`, saying the `holders` generation followed to choose
+/// them) or a `Delta` from `version - 1`, the rest `Delta`s from `version` to `version`,
+/// which a receiver holding `version` applies in order. A lost middle part is repaired by
+/// the next full sync ([`FULL_SYNC`]).
 pub fn chunked(
     version: u64,
     groups: Vec<(String, u32)>,
     full: bool,
+    holders: u64,
     max_bytes: usize,
 ) -> Vec<PeerMessage> {
     let mut parts: Vec<Vec<(String, u32)>> = vec![Vec::new()];
@@ -62,6 +65,7 @@ pub fn chunked(
                 (0, true) => Interest::Full {
                     version,
                     groups: part,
+                    holders,
                 },
                 (0, false) => Interest::Delta {
                     base_version: version - 1,
@@ -87,7 +91,13 @@ pub fn send_full(cluster: &Cluster, hub: &Hub, peer: NodeId, link: &Link) {
             .into_iter()
             .filter(|(g, _)| holders.holds(peer, g))
             .collect();
-        for message in chunked(version, groups, true, INTEREST_CHUNK_BYTES) {
+        for message in chunked(
+            version,
+            groups,
+            true,
+            holders.generation(),
+            INTEREST_CHUNK_BYTES,
+        ) {
             link.send(message);
         }
     });
@@ -116,6 +126,7 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
                         version,
                         part,
                         false,
+                        holders.generation(),
                         INTEREST_CHUNK_BYTES,
                     ));
                 }
@@ -132,6 +143,7 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
                         version,
                         part,
                         true,
+                        holders.generation(),
                         INTEREST_CHUNK_BYTES,
                     ));
                 }
@@ -143,6 +155,11 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
             }
         });
         cluster.push_routes(held);
+        if moved {
+            // Routes that changed while a peer was ahead of this node, now that it is not.
+            let deferred = lock(&cluster.routes).take_deferred();
+            cluster.push_routes(deferred);
+        }
         if full {
             last_full = Instant::now();
         }
@@ -172,7 +189,7 @@ mod tests {
     #[test]
     fn a_large_interest_goes_in_bounded_parts_that_add_up_to_the_whole() {
         let all = groups(5000);
-        let messages = chunked(7, all.clone(), true, 1000);
+        let messages = chunked(7, all.clone(), true, 0, 1000);
         assert!(messages.len() > 50, "{} parts", messages.len());
         for m in &messages {
             let bytes = m.encode().expect("encodes").len();
@@ -192,13 +209,14 @@ mod tests {
                 Interest::Full {
                     version: 7,
                     groups: all,
+                    holders: 0,
                 },
             )
             .expect("applies");
         assert_eq!(table(&parts), table(&whole));
         assert_eq!(parts.version_of(2), 7);
         // The next delta follows the parts as it follows a whole full sync.
-        let next = chunked(8, vec![("user_0".into(), 0)], false, 1000);
+        let next = chunked(8, vec![("user_0".into(), 0)], false, 0, 1000);
         for m in next {
             let PeerMessage::Interest(update) = m else {
                 panic!("not interest");
@@ -207,6 +225,6 @@ mod tests {
         }
         assert_eq!(parts.count("user_0"), 0);
         // Nothing at all is still one (empty) full sync.
-        assert_eq!(chunked(3, Vec::new(), true, 1000).len(), 1);
+        assert_eq!(chunked(3, Vec::new(), true, 0, 1000).len(), 1);
     }
 }

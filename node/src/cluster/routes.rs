@@ -11,7 +11,7 @@
 //!
 //! Pure: the time is passed in. The driver is `super::mesh`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,11 @@ use crate::history::{Assignments, BUCKETS, Epoch, bucket_of};
 /// may use the route.
 pub const ROUTE_LEASE: Duration = Duration::from_secs(30);
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
-/// How long after a bucket's holders changed a publish to its groups goes to every peer:
-/// the new holders may not have every node's interest yet (each node sends it when it has
-/// applied the change, within a Raft apply delay of the others).
+/// How long after a bucket's holders changed (as this node applied it) a publish to its
+/// groups goes to every peer, whatever the holders answer. The guarantee does not rest
+/// on it: a holder says whether it has every peer's interest since the move
+/// ([`Routes::complete`]), and the asker sends to everyone until it does; this only
+/// spares the lookups of the first moments (test_scale passes with it at 0).
 pub const MOVE_SETTLE: Duration = Duration::from_secs(2);
 /// Routes one node caches at most (about 100 bytes each with one node); past it, a
 /// lookup's answer is used once and not kept.
@@ -215,6 +217,16 @@ pub struct Routes {
     pub leases: Leases,
     /// When each bucket's holders last changed, as this node followed it.
     moved_at: Vec<Option<Instant>>,
+    /// For each bucket this node holds, the generation of the assignments by which it
+    /// gained it: it has a peer's whole interest for it once that peer sent a full sync
+    /// chosen with that generation or a later one.
+    gained: Vec<Epoch>,
+    /// Each connected peer, and the assignments' generation it last chose a full sync
+    /// with (`None` before its first on this session).
+    peers: HashMap<NodeId, Option<Epoch>>,
+    /// Groups whose route changed while a peer had followed newer assignments than this
+    /// node: pushed once this node follows them too (see [`Routes::ahead`]).
+    deferred: HashSet<String>,
 }
 
 impl Routes {
@@ -224,6 +236,9 @@ impl Routes {
             cache: RouteCache::default(),
             leases: Leases::default(),
             moved_at: vec![None; usize::from(BUCKETS)],
+            gained: vec![0; usize::from(BUCKETS)],
+            peers: HashMap::new(),
+            deferred: HashSet::new(),
         }
     }
 
@@ -244,8 +259,74 @@ impl Routes {
                 *at = Some(now);
             }
         }
+        for bucket in 0..BUCKETS {
+            let me = self.holders.me;
+            if next.holds_bucket(me, bucket) && !self.holders.holds_bucket(me, bucket) {
+                self.gained[usize::from(bucket)] = next.generation();
+            }
+        }
         self.holders = next.clone();
         Some(next)
+    }
+
+    /// A session with `peer` started: its interest is unknown until its first full sync.
+    pub fn connected(&mut self, peer: NodeId) {
+        self.peers.insert(peer, None);
+    }
+
+    /// `peer` sent a full sync of its interest chosen with the assignments of generation
+    /// `holders`.
+    pub fn followed(&mut self, peer: NodeId, holders: Epoch) {
+        if let Some(at) = self.peers.get_mut(&peer) {
+            *at = Some(at.map_or(holders, |at| at.max(holders)));
+        }
+    }
+
+    /// `peer`'s session ended (or it went silent): what it told is forgotten with its
+    /// interest, and nothing more is awaited from it.
+    pub fn forget_peer(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
+    }
+
+    /// Whether this node, a holder of `group`, has the whole interest of every connected
+    /// peer for it: each sent a full sync chosen with the assignments by which this node
+    /// gained the group's bucket or later ones, and none with assignments newer than
+    /// this node's (such a peer no longer tells this node of buckets it is about to
+    /// lose). Until then a route it gives (or uses) may miss subscribers: a publish goes
+    /// to every peer.
+    pub fn complete(&self, group: &str) -> bool {
+        let gained = self.gained[usize::from(bucket_of(group))];
+        let mine = self.holders.generation();
+        self.peers
+            .values()
+            .all(|at| at.is_some_and(|at| at >= gained && at <= mine))
+    }
+
+    /// Whether some peer followed newer assignments than this node: the interest it
+    /// sends leaves out the buckets this node is about to lose, so the routes this node
+    /// would push now could drop its subscribers.
+    pub fn ahead(&self) -> bool {
+        let mine = self.holders.generation();
+        self.peers.values().any(|at| at.is_some_and(|at| at > mine))
+    }
+
+    /// Keeps `groups` (leased ones) to push once no peer is ahead of this node; past
+    /// [`MAX_LEASES`] groups the rest are dropped (their cachers' leases run out).
+    pub fn defer(&mut self, groups: impl IntoIterator<Item = String>) {
+        for group in groups {
+            if self.deferred.len() >= MAX_LEASES {
+                break;
+            }
+            self.deferred.insert(group);
+        }
+    }
+
+    /// The groups deferred, once no peer is ahead of this node any more.
+    pub fn take_deferred(&mut self) -> Vec<String> {
+        if self.ahead() {
+            return Vec::new();
+        }
+        self.deferred.drain().collect()
     }
 
     /// Whether `group`'s bucket changed holders within [`MOVE_SETTLE`] of `now` (a
@@ -289,10 +370,18 @@ impl Holders {
             .flatten()
     }
 
+    /// Whether `node` holds `bucket`'s interest (every node does for an unassigned one).
+    pub fn holds_bucket(&self, node: NodeId, bucket: u16) -> bool {
+        self.table
+            .get(usize::from(bucket))
+            .copied()
+            .flatten()
+            .is_none_or(|(owner, replica)| owner == node || replica == Some(node))
+    }
+
     /// Whether `node` holds `group`'s interest (every node does for an unassigned bucket).
     pub fn holds(&self, node: NodeId, group: &str) -> bool {
-        self.of(group)
-            .is_none_or(|(owner, replica)| owner == node || replica == Some(node))
+        self.holds_bucket(node, bucket_of(group))
     }
 
     /// Whether this node holds `group`'s interest.
@@ -499,5 +588,85 @@ mod tests {
                 holders.table[usize::from(b)].is_some_and(|(o, r)| o == 4 || r == Some(4));
             assert_eq!(moved[usize::from(b)], held_by_4, "bucket {b}");
         }
+    }
+
+    #[test]
+    fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
+        let t0 = Instant::now();
+        let four = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
+        let three = [1, 2, 3].into_iter().map(|n| (n, 100 + n)).collect();
+        let mut map = Assignments::default();
+        map.apply(&map.plan(&four, |_| true), 7);
+        let mut routes = Routes::new(1);
+        routes.follow(t0, &map).expect("new assignments");
+        for peer in [2, 3, 4] {
+            routes.connected(peer);
+        }
+        assert!(
+            !routes.complete("user_1"),
+            "no full sync yet on these sessions"
+        );
+        for peer in [2, 3, 4] {
+            routes.followed(peer, 7);
+        }
+        // A group node 1 holds since generation 7, and one it gains when node 4 leaves.
+        let held = (0..2000)
+            .map(|i| format!("user_{i}"))
+            .find(|g| routes.holders.mine(g))
+            .expect("one held");
+        assert!(routes.complete(&held));
+        map.apply(&map.plan(&three, |_| true), 8);
+        routes.forget_peer(4);
+        let before = routes.holders.clone();
+        routes.follow(t0, &map).expect("node 4 left");
+        let gained = (0..2000)
+            .map(|i| format!("user_{i}"))
+            .find(|g| routes.holders.mine(g) && !before.mine(g))
+            .expect("a group whose bucket moved to node 1");
+        assert!(routes.complete(&held), "kept buckets stay complete");
+        assert!(!routes.complete(&gained), "nobody followed 8 yet");
+        routes.followed(2, 8);
+        assert!(!routes.complete(&gained), "node 3 lags behind the log");
+        routes.followed(3, 6);
+        assert!(
+            !routes.complete(&gained),
+            "an older full sync counts for nothing"
+        );
+        routes.followed(3, 8);
+        assert!(routes.complete(&gained));
+        // A peer that reconnects is waited for until its first full sync; one that is
+        // gone is not.
+        routes.connected(3);
+        assert!(!routes.complete(&gained));
+        routes.forget_peer(3);
+        assert!(
+            routes.complete(&gained),
+            "a peer not connected is not waited for"
+        );
+        routes.followed(5, 1);
+        assert!(
+            routes.complete(&gained),
+            "a full sync from no session counts for nothing"
+        );
+        // Node 2 follows generation 9 before this node: every group is incomplete here,
+        // and route pushes wait until this node follows 9 too.
+        routes.connected(3);
+        routes.followed(3, 8);
+        routes.followed(2, 9);
+        assert!(routes.ahead());
+        assert!(
+            !routes.complete(&held),
+            "a peer ahead leaves out what this node loses"
+        );
+        routes.defer(vec![held.clone()]);
+        assert!(
+            routes.take_deferred().is_empty(),
+            "not while a peer is ahead"
+        );
+        map.apply(&map.plan(&four, |_| true), 9);
+        routes.follow(t0, &map).expect("generation 9");
+        assert!(!routes.ahead());
+        assert_eq!(routes.take_deferred(), vec![held.clone()]);
+        assert!(routes.take_deferred().is_empty());
     }
 }

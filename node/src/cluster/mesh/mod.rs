@@ -403,6 +403,7 @@ impl Cluster {
             for (id, link) in &tick.expired {
                 warn!(peer = id, "peer silent for --node-timeout: marked down");
                 write(&self.remote).remove_node(*id);
+                lock(&self.routes).forget_peer(*id);
                 CloseReason::Ended.close(link.connection());
             }
             if !tick.expired.is_empty() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use switchboard_proto::peer::{MAX_PEER_MESSAGE, NodeId, PeerMessage};
+use switchboard_proto::peer::{Interest, MAX_PEER_MESSAGE, NodeId, PeerMessage};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
@@ -100,6 +100,7 @@ impl Cluster {
         self.update_majority();
         // The peer's interest starts from its full sync on this session.
         write(&self.remote).remove_node(peer);
+        lock(&self.routes).connected(peer);
         gossip::send_full(&self, &self.deps.hub, peer, &link);
         // Everyone learns of the newcomer (and it of everyone), so the mesh closes even
         // when nodes joined through different seeds at different times.
@@ -128,6 +129,7 @@ impl Cluster {
             .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
         if lock(&self.table).on_session_end(peer, session) {
             write(&self.remote).remove_node(peer);
+            lock(&self.routes).forget_peer(peer);
             info!(peer, "peer disconnected");
             self.update_majority();
         }
@@ -151,6 +153,9 @@ impl Cluster {
                     }
                 }
                 Control::Interest(update) => {
+                    if let Interest::Full { holders, .. } = &update {
+                        lock(&self.routes).followed(peer, *holders);
+                    }
                     let applied = write(&self.remote).apply(peer, update);
                     match applied {
                         Ok(touched) => self.push_routes(touched),
