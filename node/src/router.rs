@@ -155,7 +155,7 @@ impl Router {
     /// whether the message may have been delivered ([`HistoryError::OutcomeUnknown`]) or
     /// surely was not ([`HistoryError::NotPublished`], safe to retry).
     async fn publish_history(&self, group: &str, payload: Bytes) -> Result<Routed, HistoryError> {
-        let text = std::str::from_utf8(&payload).is_ok();
+        let text = crate::hub::is_text(&payload);
         let id = self.historian.publish_id();
         let start = tokio::time::Instant::now();
         let deadline = start + self.patience;

@@ -27,8 +27,14 @@ pub struct Encoded {
     positioned: OnceLock<Arc<Positioned>>,
 }
 
+/// Whether a payload goes out as a text frame: it is UTF-8 (else binary). The one rule,
+/// for the frames made here and for the `text` flag history entries carry.
+pub fn is_text(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload).is_ok()
+}
+
 impl Encoded {
-    /// A text frame when the payload is UTF-8, a binary frame otherwise.
+    /// A text frame when the payload is UTF-8 ([`is_text`]), a binary frame otherwise.
     pub fn new(payload: Bytes) -> Self {
         let raw = match Utf8Bytes::try_from(payload.clone()) {
             Ok(text) => Message::Text(text),

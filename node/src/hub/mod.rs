@@ -26,7 +26,7 @@ use crate::sync::{read, write};
 mod encoded;
 mod queue;
 
-pub use encoded::{Encoded, Positioned};
+pub use encoded::{Encoded, Positioned, is_text};
 pub use queue::{ClientQueue, Inbox, Offer, Outbound, Outlet, SLOW_CONSUMER_PATIENCE};
 
 /// A batch of interest changes: the version it brings the table to, and each changed
