@@ -29,7 +29,7 @@ def test_the_tree_imports_one_way_only():
 
 def test_an_import_up_a_layer_fails(tmp_path):
     root = copy_tree(tmp_path)
-    hub = root / "node" / "src" / "hub.rs"
+    hub = root / "node" / "src" / "hub" / "mod.rs"
     hub.write_text(hub.read_text() + "\nfn upward() { let _ = crate::router::Router::new; }\n")
     result = run(root)
     assert result.returncode == 1
@@ -47,7 +47,7 @@ def test_a_grouped_import_within_a_layer_from_below_fails(tmp_path):
 
 def test_comments_are_not_imports(tmp_path):
     root = copy_tree(tmp_path)
-    hub = root / "node" / "src" / "hub.rs"
+    hub = root / "node" / "src" / "hub" / "mod.rs"
     hub.write_text(hub.read_text() + "\n// see crate::admin for who reads this\n")
     assert run(root).returncode == 0
 
