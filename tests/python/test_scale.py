@@ -9,7 +9,7 @@ import asyncio
 import signal
 import threading
 
-from conftest import CLUSTER_SECRET, mint, up_members, wait_until
+from conftest import CLUSTER_SECRET, Node, mint, up_members, wait_until
 from positions import client, holders_of, settled
 from wsclient import connect, recv
 
@@ -52,11 +52,33 @@ async def receive_all(subscribers, sent, timeout=30):
     return got
 
 
-async def finish(publisher, subscribers, when):
+def incomplete(nodes):
+    """Routes the nodes gave or used before their holder had every peer's interest in a
+    moved bucket (those messages went to every peer)."""
+    total = 0
+    for node in nodes:
+        status, body = Node.http(node.admin, "/metrics")
+        assert status == 200, body
+        line = next(l for l in body.splitlines() if l.startswith("switchboard_routes_incomplete_total "))
+        total += int(line.split()[1])
+    return total
+
+
+async def finish(publisher, subscribers, nodes, when):
     """Twenty more rounds `when`, then the publisher stops, and every subscriber has
-    received exactly what was sent to its group, in order."""
+    received exactly what was sent to its group, in order. Before it stops, the move is
+    over for routing too: ten rounds go by with no route incomplete on any of `nodes`
+    (publishes go by the holders' routes again, not to every peer)."""
     at = publisher.rounds()
     wait_until(lambda: publisher.rounds() >= at + 20, what=f"publishing {when}")
+
+    def quiet():
+        before, start = incomplete(nodes), publisher.rounds()
+        wait_until(lambda: publisher.rounds() >= start + 10, what="ten rounds")
+        return incomplete(nodes) == before
+
+    wait_until(quiet, timeout=30, what=f"every route complete again {when}")
+    print(f"routes incomplete during the move ({when}): {incomplete(nodes)}")
     publisher.stop.set()
     await asyncio.to_thread(publisher.join, 30)
     assert not publisher.is_alive()
@@ -102,7 +124,7 @@ def test_subscribers_receive_everything_while_a_node_joins_and_leaves(start_clus
             wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=20, what="node 4 gone")
         wait_until(lambda: all(4 not in (holders_of(a, g)["owner"], holders_of(a, g)["replica"])
                                for g in groups), timeout=30, what="buckets back on nodes 1-3")
-        await finish(publisher, subscribers, "after node 4 left")
+        await finish(publisher, subscribers, [a, b, c], "after node 4 left")
         return sum(len(s) for s in publisher.sent.values()), len(moved)
 
     total, moved = asyncio.run(scenario())
@@ -130,6 +152,6 @@ def test_subscribers_receive_everything_while_the_groups_owner_is_killed(start_c
         c.proc.wait(timeout=10)
         wait_until(lambda: all(holders_of(a, g)["owner"] != 3 for g in groups), timeout=20,
                    what="the replicas taking over")
-        await finish(publisher, subscribers, "after the takeover")
+        await finish(publisher, subscribers, [a, b], "after the takeover")
 
     asyncio.run(scenario())

@@ -100,7 +100,11 @@ impl Cluster {
         };
         // A held group whose bucket this node gained before every peer's interest in it
         // came: its route may miss subscribers.
-        let settling = routes.settling(now, group) || (to_ask.is_none() && !routes.complete(group));
+        let incomplete = to_ask.is_none() && !routes.complete(group);
+        if incomplete {
+            self.metrics.routes_incomplete.inc();
+        }
+        let settling = routes.settling(now, group) || incomplete;
         match (known, to_ask) {
             (Some(nodes), _) if settling => Targets::Everyone(nodes),
             (Some(nodes), _) => Targets::Known(nodes),
@@ -119,6 +123,9 @@ impl Cluster {
                 Some(answer)
                     if !answer.settled || lock(&self.routes).settling(Instant::now(), group) =>
                 {
+                    if !answer.settled {
+                        self.metrics.routes_incomplete.inc();
+                    }
                     Targets::Everyone(answer.nodes)
                 }
                 Some(answer) => Targets::Known(answer.nodes),

@@ -20,6 +20,7 @@ pub struct ClusterMetrics {
     pub route_lookups: Counter,
     pub route_lookup_failures: Counter,
     pub paced_forwards: Counter,
+    pub routes_incomplete: Counter,
 }
 
 impl Cluster {
@@ -111,6 +112,11 @@ impl Cluster {
                 "paced_forwards_total",
                 "Publishes that waited for room in a peer's queue of forwards (the peer reads slower than this node publishes).",
                 m.paced_forwards.get(),
+            ),
+            Row::counter(
+                "routes_incomplete_total",
+                "Routes a holder gave (or used itself) before it had every peer's interest in the group's moved bucket: the message went to every peer.",
+                m.routes_incomplete.get(),
             ),
             Row::counter(
                 "route_lookups_total",
