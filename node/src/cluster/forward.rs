@@ -455,8 +455,7 @@ impl Cluster {
                 .is_some_and(|ago| ago < FORWARD_LIVENESS);
             if alive && link.forward_within(message, payload.len(), deadline).await {
                 routed += count as usize;
-                self.metrics.forwarded_messages.inc();
-                self.metrics.forwarded_bytes.add(payload.len() as u64);
+                self.forwarded(payload.len());
             } else {
                 self.metrics.peer_queue_drops.inc();
             }
@@ -506,6 +505,12 @@ impl Cluster {
         routed
     }
 
+    /// Counts a forward of `bytes` queued for a peer.
+    fn forwarded(&self, bytes: usize) {
+        self.metrics.forwarded_messages.inc();
+        self.metrics.forwarded_bytes.add(bytes as u64);
+    }
+
     /// Queues one `Forward` for each of `targets` that has room; returns the connections
     /// it was routed to on those, and the targets without room (with their message).
     #[allow(clippy::type_complexity)]
@@ -537,8 +542,7 @@ impl Cluster {
             match link.try_forward(message, payload.len()) {
                 Ok(()) => {
                     routed += *count as usize;
-                    self.metrics.forwarded_messages.inc();
-                    self.metrics.forwarded_bytes.add(payload.len() as u64);
+                    self.forwarded(payload.len());
                 }
                 Err(message) => blocked.push((*node, *count, link.clone(), *message)),
             }

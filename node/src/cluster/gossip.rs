@@ -155,11 +155,10 @@ pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
             }
         });
         cluster.push_routes(held);
-        if moved {
-            // Routes that changed while a peer was ahead of this node, now that it is not.
-            let deferred = lock(&cluster.routes).take_deferred();
-            cluster.push_routes(deferred);
-        }
+        // Routes that changed while a peer was ahead of this node, once none is (this
+        // node followed, or the peer ahead is gone).
+        let deferred = lock(&cluster.routes).take_deferred();
+        cluster.push_routes(deferred);
         if full {
             last_full = Instant::now();
         }

@@ -259,8 +259,8 @@ impl Routes {
                 *at = Some(now);
             }
         }
+        let me = self.holders.me;
         for bucket in 0..BUCKETS {
-            let me = self.holders.me;
             if next.holds_bucket(me, bucket) && !self.holders.holds_bucket(me, bucket) {
                 self.gained[usize::from(bucket)] = next.generation();
             }
@@ -321,7 +321,8 @@ impl Routes {
         }
     }
 
-    /// The groups deferred, once no peer is ahead of this node any more.
+    /// The groups deferred, once no peer is ahead of this node any more (it followed
+    /// their assignments, or the peer ahead is gone).
     pub fn take_deferred(&mut self) -> Vec<String> {
         if self.ahead() {
             return Vec::new();
@@ -364,18 +365,16 @@ impl Holders {
 
     /// The owner and replica of `group`'s bucket, if assigned.
     pub fn of(&self, group: &str) -> Option<(NodeId, Option<NodeId>)> {
-        self.table
-            .get(usize::from(bucket_of(group)))
-            .copied()
-            .flatten()
+        self.of_bucket(bucket_of(group))
+    }
+
+    fn of_bucket(&self, bucket: u16) -> Option<(NodeId, Option<NodeId>)> {
+        self.table.get(usize::from(bucket)).copied().flatten()
     }
 
     /// Whether `node` holds `bucket`'s interest (every node does for an unassigned one).
     pub fn holds_bucket(&self, node: NodeId, bucket: u16) -> bool {
-        self.table
-            .get(usize::from(bucket))
-            .copied()
-            .flatten()
+        self.of_bucket(bucket)
             .is_none_or(|(owner, replica)| owner == node || replica == Some(node))
     }
 

@@ -185,7 +185,7 @@ settings! {
     user_group: String = "user_{user_id}".into();
     /// Comma-separated WebSocket paths [default: /ws/notifications/].
     #[arg(env = "SWITCHBOARD_WS_PATH", value_delimiter = ',')]
-    ws_path: Vec<String> = vec!["/ws/notifications/".into()];
+    ws_path: Vec<String> = vec![super::DEFAULT_WS_PATH.into()];
     /// Log format: text or json [default: text]. The level comes from RUST_LOG (default info).
     #[arg(env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
     log_format: LogFormat = LogFormat::Text;

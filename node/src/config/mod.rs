@@ -23,6 +23,9 @@ pub use resolve::{
     parse_history,
 };
 
+/// The WebSocket path served when `--ws-path` names none (the old deployment's).
+pub const DEFAULT_WS_PATH: &str = "/ws/notifications/";
+
 /// Presence events a node keeps by default (`--presence-events`).
 pub const DEFAULT_PRESENCE_EVENTS: usize = 65_536;
 

@@ -84,7 +84,7 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
     let (derived_ws, max_resp_connections) = derive_capacity(open_files);
     let mut paths = non_empty(s.ws_path);
     if paths.is_empty() {
-        paths.push("/ws/notifications/".into());
+        paths.push(DEFAULT_WS_PATH.into());
     }
     if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
         return Err(ConfigError::Invalid(format!(

@@ -27,8 +27,9 @@ pub struct Encoded {
     positioned: OnceLock<Arc<Positioned>>,
 }
 
-/// Whether a payload goes out as a text frame: it is UTF-8 (else binary). The one rule,
-/// for the frames made here and for the `text` flag history entries carry.
+/// Whether a payload goes out as a text frame: it is UTF-8 (else binary). The rule
+/// [`Encoded::new`] applies (validating once, as it makes the frame), for the `text` flag
+/// history entries carry.
 pub fn is_text(payload: &[u8]) -> bool {
     std::str::from_utf8(payload).is_ok()
 }

@@ -296,6 +296,13 @@ impl Cluster {
             .collect()
     }
 
+    /// Forgets what `peer` told (its interest, the assignments it followed): its session
+    /// ended, or it went silent.
+    fn forget_peer(&self, peer: NodeId) {
+        write(&self.remote).remove_node(peer);
+        lock(&self.routes).forget_peer(peer);
+    }
+
     /// Whether this node is in touch with a majority of the members it knows now.
     pub fn in_majority(&self) -> bool {
         lock(&self.table).in_majority()
@@ -402,8 +409,7 @@ impl Cluster {
             }
             for (id, link) in &tick.expired {
                 warn!(peer = id, "peer silent for --node-timeout: marked down");
-                write(&self.remote).remove_node(*id);
-                lock(&self.routes).forget_peer(*id);
+                self.forget_peer(*id);
                 CloseReason::Ended.close(link.connection());
             }
             if !tick.expired.is_empty() {

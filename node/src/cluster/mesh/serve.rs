@@ -128,8 +128,7 @@ impl Cluster {
         self.ended_tx
             .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
         if lock(&self.table).on_session_end(peer, session) {
-            write(&self.remote).remove_node(peer);
-            lock(&self.routes).forget_peer(peer);
+            self.forget_peer(peer);
             info!(peer, "peer disconnected");
             self.update_majority();
         }

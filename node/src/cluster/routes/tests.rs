@@ -225,4 +225,10 @@ fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
     assert!(!routes.ahead());
     assert_eq!(routes.take_deferred(), vec![held.clone()]);
     assert!(routes.take_deferred().is_empty());
+    // A peer ahead that goes away holds nothing back either.
+    routes.followed(2, 10);
+    routes.defer(vec![held.clone()]);
+    assert!(routes.take_deferred().is_empty(), "node 2 is ahead");
+    routes.forget_peer(2);
+    assert_eq!(routes.take_deferred(), vec![held.clone()]);
 }

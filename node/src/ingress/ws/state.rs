@@ -116,16 +116,22 @@ impl SessionState {
     /// When the driver must call [`SessionState::handle_timeout`]: the first of a held
     /// group's release, the token's expiry and the keepalive.
     pub fn poll_timeout(&self) -> Instant {
-        let keepalive = self.last_heard
-            + if self.pinged {
-                2 * KEEPALIVE
-            } else {
-                KEEPALIVE
-            };
+        let keepalive = self.keepalive_due();
         [self.tracks.next_due(), self.expires]
             .into_iter()
             .flatten()
             .fold(keepalive, Instant::min)
+    }
+
+    /// When the keepalive acts: a ping one interval after the last frame heard, then the
+    /// end one more interval later.
+    fn keepalive_due(&self) -> Instant {
+        self.last_heard
+            + if self.pinged {
+                2 * KEEPALIVE
+            } else {
+                KEEPALIVE
+            }
     }
 
     /// The timer fired at `now`.
@@ -139,12 +145,7 @@ impl SessionState {
                 AuthError::Expired.to_string(),
             ));
         }
-        let keepalive = self.last_heard
-            + if self.pinged {
-                2 * KEEPALIVE
-            } else {
-                KEEPALIVE
-            };
+        let keepalive = self.keepalive_due();
         if now < keepalive {
             return Timeout::Nothing;
         }
