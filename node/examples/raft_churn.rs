@@ -69,7 +69,7 @@ async fn main() {
                 let node = queue.node();
                 let mut next = 0u64;
                 while Instant::now() < stop {
-                    if queue.len() >= QUEUED {
+                    if queue.queued() >= QUEUED {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
@@ -101,7 +101,7 @@ async fn main() {
     // Everything queued commits, and every replica agrees.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let queued: usize = nodes.iter().map(|n| n.presence_queue().len()).sum();
+        let queued: usize = nodes.iter().map(|n| n.presence_queue().queued()).sum();
         let first = nodes[0].replica().read().clone();
         let same = nodes.iter().all(|n| *n.replica().read() == first);
         if queued == 0 && same {

@@ -169,7 +169,10 @@ impl Node {
         };
         let hub = Arc::new(Hub::new(limits, metrics.clone()));
         // 3: presence.
-        let queue = Arc::new(PresenceQueue::new(config.node_id));
+        let queue = Arc::new(PresenceQueue::new(
+            config.node_id,
+            config.cluster.presence_shards,
+        ));
         let replica = Arc::new(SharedReplica::new(config.presence_events));
         // 4: the mesh, which hands Raft's streams to an inbox.
         let (rpc_inbox, rpc_outbox) = cluster::rpc::inbox();
@@ -193,18 +196,20 @@ impl Node {
         }
         let config = Arc::new(config);
         // 5: Raft, over the mesh.
+        let raft_settings = RaftSettings {
+            node_id: config.node_id,
+            group: raft::CONTROL,
+            data_dir: config.data_dir.clone(),
+            node_timeout: config.cluster.node_timeout,
+            max_voters: config.cluster.max_voters,
+            may_bootstrap: config.cluster.seeds.is_empty(),
+            advertised: cluster.advertised_addr(),
+            incarnation,
+            boot,
+            presence: config.cluster.presence_shards == 0,
+        };
         let (consensus, known_members) = Consensus::start(
-            RaftSettings {
-                node_id: config.node_id,
-                group: raft::CONTROL,
-                data_dir: config.data_dir.clone(),
-                node_timeout: config.cluster.node_timeout,
-                max_voters: config.cluster.max_voters,
-                may_bootstrap: config.cluster.seeds.is_empty(),
-                advertised: cluster.advertised_addr(),
-                incarnation,
-                boot,
-            },
+            raft_settings.clone(),
             cluster.clone(),
             replica.clone(),
             queue.clone(),
@@ -215,7 +220,28 @@ impl Node {
         // Raft RPCs from peers, each served by the group it names.
         let groups = Arc::new(raft::Groups::default());
         groups.insert(consensus.clone());
-        tokio::spawn(raft::network::serve(groups, rpc_outbox));
+        tokio::spawn(raft::network::serve(groups.clone(), rpc_outbox));
+        // 5b: presence shards, when presence is sharded.
+        let shards = match config.cluster.presence_shards {
+            0 => None,
+            count => Some(
+                raft::Shards::start(raft::ShardsDeps {
+                    count,
+                    settings: raft_settings,
+                    transport: cluster.clone(),
+                    groups,
+                    control: consensus.clone(),
+                    queue: queue.clone(),
+                    lifecycle: lifecycle.clone(),
+                    presence_events: config.presence_events,
+                })
+                .await?,
+            ),
+        };
+        let presence = raft::Presence {
+            control: consensus.clone(),
+            shards,
+        };
         // 6: the historian.
         let historian = historian::Historian::start(
             historian::HistorianDeps {
@@ -257,6 +283,7 @@ impl Node {
             hub: hub.clone(),
             presence: queue.clone(),
             replica: replica.clone(),
+            presence_reads: presence.clone(),
             router: router.clone(),
             ids: ingress::ws::ConnIds::new(config.node_id, boot),
         });
@@ -277,6 +304,7 @@ impl Node {
             router: router.clone(),
             cluster: cluster.clone(),
             consensus,
+            presence,
         };
         let admin = admin::spawn(admin, view.clone(), admin_tls.clone())?;
 
@@ -452,9 +480,16 @@ async fn hand_over(view: &NodeView) {
             .count();
         let pending = view.router.historian().metrics.pending.get();
         let others = view.cluster.members().iter().any(|m| m.up && !m.leaving);
-        if !others || (held == 0 && pending == 0) {
-            if held > 0 {
+        // Without a Raft leader no bucket can be reassigned: waiting would not help.
+        let can_move = view.consensus.has_leader();
+        if !others || !can_move || (held == 0 && pending == 0) {
+            if held > 0 && !others {
                 info!(buckets = held, "no other node to hand history over to");
+            } else if held > 0 {
+                warn!(
+                    buckets = held,
+                    "no Raft leader to hand history over through"
+                );
             }
             return;
         }
@@ -479,7 +514,14 @@ async fn leave(view: &NodeView) {
     // At least one flush: it waits for a flush the writer has in flight (which took the
     // last ops off the queue), then commits what is left.
     loop {
-        let flushed = tokio::time::timeout_at(deadline, consensus.flush_presence()).await;
+        let flushed = match &view.presence.shards {
+            Some(shards) => tokio::time::timeout_at(deadline, shards.flush_all())
+                .await
+                .map(|_| ()),
+            None => tokio::time::timeout_at(deadline, consensus.flush_presence())
+                .await
+                .map(|_| ()),
+        };
         if flushed.is_err() || consensus.queue_is_empty() {
             break;
         }

@@ -194,6 +194,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// The connection already has as many groups as the server allows.
     TooManyGroups,
+    /// The cluster cannot answer now (the user's presence shard is unreachable); retry.
+    Unavailable,
 }
 
 /// WebSocket close codes the server uses. The 4xxx codes are application codes.

@@ -28,7 +28,9 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// 6: a full interest sync says which assignments of the holders its sender followed
 /// (`Interest::Full::holders`), and a route answer whether the holder has every peer's
 /// interest since its bucket moved (`Route::Answer::settled`).
-pub const PEER_PROTOCOL_VERSION: u32 = 6;
+/// 7: the hello carries the node's presence shard count (nodes that disagree are
+/// refused), and presence may live in shard Raft groups.
+pub const PEER_PROTOCOL_VERSION: u32 = 7;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -177,6 +179,8 @@ pub enum PeerMessage {
         resp_addr: String,
         /// The version of the `switchboard` binary it runs (for `members`).
         version: String,
+        /// Its `--presence-shards`: nodes of one cluster must agree on it.
+        presence_shards: u16,
     },
     /// Liveness and round-trip time; answered by `HeartbeatAck` with the same `sent_micros`.
     /// It also says how loaded the sender is (for `members` and the admin page).

@@ -180,9 +180,15 @@ def up_members(node):
 
 
 def formed(node, voters):
-    """Whether `node` is ready, knows a leader, and has exactly `voters` as Raft voters."""
+    """Whether `node` is ready, knows a leader, and has exactly `voters` as Raft voters
+    (and, when presence is sharded, every shard its 3 voters, or all of `voters`, and the
+    node hosting exactly the shards it votes in, each with a leader known)."""
     status = node.cli("status")
-    return status["ready"] and status["leader"] is not None and status["raft"]["voters"] == voters
+    shards = (status.get("presence_shards") or {}).get("shards", [])
+    return (status["ready"] and status["leader"] is not None and status["raft"]["voters"] == voters
+            and all(len(s["voters"]) == min(len(voters), 3) for s in shards)
+            and all((status["id"] in s["voters"]) == (s["hosted"] is not None) for s in shards)
+            and all(s["hosted"] is None or s["hosted"]["leader"] is not None for s in shards))
 
 
 CLUSTER_SECRET = "python-suite-cluster-secret"
@@ -213,8 +219,8 @@ def start_cluster(start_node):
 def start_node():
     nodes = []
 
-    def start(*flags):
-        n = Node(*flags)
+    def start(*flags, **kwargs):
+        n = Node(*flags, **kwargs)
         nodes.append(n)
         return n
 
@@ -232,7 +238,8 @@ def stop_all(nodes):
             if n.proc.poll() is None:
                 n.proc.kill()
                 n.proc.wait(timeout=10)
-            failures.append(str(e))
+            tail = "\n".join(n.log_tail[-15:])
+            failures.append(f"{e}; its log ends with:\n{tail}")
     assert not failures, "; ".join(failures)
 
 

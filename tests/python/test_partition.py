@@ -118,9 +118,14 @@ def test_a_partitioned_node_is_not_ready_and_converges_after_healing(hosts):
             wait_until(lambda i=i: readyz_inside(hosts, i) == "200", what=f"node {i} ready")
             wait_until(lambda i=i: members_up(i) == [1, 2, 3], what=f"node {i} meshed")
 
+        def voter(i):
+            status = admin_inside(hosts, i, "/v1/status")
+            shards = (status.get("presence_shards") or {}).get("shards", [])
+            # With --presence-shards (SWITCHBOARD_PRESENCE_SHARDS), every shard on all three.
+            return status["raft"]["voters"] == [1, 2, 3] and all(len(s["voters"]) == 3 for s in shards)
+
         for i in (1, 2, 3):
-            wait_until(lambda i=i: admin_inside(hosts, i, "/v1/status")["raft"]["voters"] == [1, 2, 3],
-                       what=f"node {i} a voter")
+            wait_until(lambda i=i: voter(i), what=f"node {i} a voter")
 
         hosts.cut(3)
         wait_until(lambda: readyz_inside(hosts, 3) == "503", what="the cut-off node not ready")

@@ -14,20 +14,28 @@
 //! on a blocking thread, not on the admin runtime.
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::select_all;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde_json::json;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{NodeView, Reply, json_reply};
-use crate::presence::events::{EventId, Read, reset_json};
+use crate::presence::events::{
+    Cursor, Event, EventId, Origin, Read, event_json, reset_json, reset_json_in,
+};
+use crate::presence::shards::Shard;
+use crate::raft::network::Events;
+use crate::raft::shards::{Feed, Shards};
 
 /// Event streams served at once by one node; more are answered 503.
 pub const MAX_EVENT_STREAMS: usize = 64;
@@ -37,6 +45,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Events read from the ring per look.
 const READ_BATCH: usize = 512;
+/// Batches read from one shard per look (the rest at the next).
+const MAX_READS_PER_SHARD: usize = 64;
 /// Chunks buffered between the stream task and the socket.
 const STREAM_BUFFER: usize = 4;
 /// A chunk is sent once it holds this many bytes.
@@ -50,10 +60,32 @@ pub fn open_streams() -> usize {
 }
 
 /// Where a stream starts, from the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Start {
-    pub since: Option<EventId>,
+    pub since: Option<Since>,
     pub follow: bool,
+}
+
+/// A resume position as the reader gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// `<log index>-<n>`: a position in the one registry.
+    Id(EventId),
+    /// `<shard>:<log index>-<n>,…`: a position in each shard.
+    Cursor(Cursor),
+}
+
+impl std::str::FromStr for Since {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Since, String> {
+        let s = crate::ingress::http::percent_decode(s);
+        if s.contains(':') {
+            Ok(Since::Cursor(s.parse()?))
+        } else {
+            Ok(Since::Id(s.parse()?))
+        }
+    }
 }
 
 impl Start {
@@ -108,22 +140,57 @@ pub async fn serve(view: &NodeView, start: Start) -> Reply {
             &json!({ "error": format!("{MAX_EVENT_STREAMS} event streams already open on this node") }),
         );
     };
-    // A position from another node that this one has not reached yet: wait for it (as
-    // a linearizable read does) rather than answer with less than is there.
-    if let Some(since) = start.since
-        && since.index > view.replica.newest_event().index
-    {
-        let _ = view.consensus.caught_up(since.index).await;
-    }
-    // From the present means from now, not from whenever the task first runs.
-    let start = Start {
-        since: start
-            .since
-            .or(start.follow.then(|| view.replica.newest_event())),
-        ..start
-    };
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(stream(view.clone(), start, tx, permit));
+    match (&view.presence.shards, start.since) {
+        (None, Some(Since::Cursor(_))) => {
+            return json_reply(
+                400,
+                &json!({ "error": "presence is not sharded on this cluster: resume with <log index>-<n>" }),
+            );
+        }
+        (Some(_), Some(Since::Id(_))) => {
+            return json_reply(
+                400,
+                &json!({ "error": "presence is sharded on this cluster: resume with <shard>:<log index>-<n>,… (the id: of the last event)" }),
+            );
+        }
+        (Some(shards), Some(Since::Cursor(cursor))) => {
+            tokio::spawn(stream_sharded(
+                view.clone(),
+                shards.clone(),
+                Some(cursor),
+                start.follow,
+                tx,
+                permit,
+            ));
+        }
+        (Some(shards), None) => {
+            tokio::spawn(stream_sharded(
+                view.clone(),
+                shards.clone(),
+                None,
+                start.follow,
+                tx,
+                permit,
+            ));
+        }
+        (None, since) => {
+            let since = match since {
+                Some(Since::Id(id)) => Some(id),
+                _ => None,
+            };
+            // A position from another node that this one has not reached yet: wait for it
+            // (as a linearizable read does) rather than answer with less than is there.
+            if let Some(since) = since
+                && since.index > view.replica.newest_event().index
+            {
+                let _ = view.consensus.caught_up(since.index).await;
+            }
+            // From the present means from now, not from whenever the task first runs.
+            let since = since.or(start.follow.then(|| view.replica.newest_event()));
+            tokio::spawn(stream(view.clone(), since, start.follow, tx, permit));
+        }
+    }
     let mut response = hyper::Response::new(Chunks(rx).boxed());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -139,13 +206,14 @@ pub async fn serve(view: &NodeView, start: Start) -> Reply {
 /// One stream, until the reader leaves or the node shuts down; `_slot` is given back then.
 async fn stream(
     view: NodeView,
-    start: Start,
+    since: Option<EventId>,
+    follow: bool,
     tx: mpsc::Sender<Bytes>,
     _slot: SemaphorePermit<'static>,
 ) {
     let shutdown = view.lifecycle.shutdown_token().clone();
     let mut newest = view.replica.subscribe();
-    let mut cursor = start.since.unwrap_or_default();
+    let mut cursor = since.unwrap_or_default();
     let mut out = String::from(": switchboard presence events\nretry: 1000\n\n");
     loop {
         newest.borrow_and_update();
@@ -182,7 +250,7 @@ async fn stream(
         if !out.is_empty() && !send(&tx, &mut out, &shutdown).await {
             return;
         }
-        if !start.follow {
+        if !follow {
             return;
         }
         tokio::select! {
@@ -194,8 +262,156 @@ async fn stream(
     }
 }
 
+/// One stream of a sharded registry: every shard's events, each shard followed through
+/// its feed, with the reader's position in every shard as each event's `id:` (so that
+/// `Last-Event-ID` resumes them all). A shard the reader has no position in starts from
+/// the present when following, else from what it keeps; a shard behind which the reader
+/// fell gets a `reset` of that shard (`"shard": k`: it replaces that shard's users only).
+/// `follow=0` reads each shard until it has nothing more, then ends.
+async fn stream_sharded(
+    view: NodeView,
+    shards: Arc<Shards>,
+    since: Option<Cursor>,
+    follow: bool,
+    tx: mpsc::Sender<Bytes>,
+    _slot: SemaphorePermit<'static>,
+) {
+    let shutdown = view.lifecycle.shutdown_token().clone();
+    let mut out = String::from(": switchboard presence events (sharded)\nretry: 1000\n\n");
+    let resuming = since.is_some();
+    let mut cursor = since.unwrap_or_default();
+    if !resuming && follow {
+        // From the present: each shard's newest position.
+        for shard in 0..shards.count() {
+            if let Ok(Events::After(_, newest)) = shards
+                .events(shard, Origin::Now, None, 0, Duration::ZERO)
+                .await
+            {
+                cursor.0.insert(shard, newest);
+            }
+        }
+    }
+    if !follow {
+        for shard in 0..shards.count() {
+            for _ in 0..MAX_READS_PER_SHARD {
+                let at = cursor.0.get(&shard).copied().unwrap_or_default();
+                let read = shards
+                    .events(shard, Origin::After(at), None, READ_BATCH, Duration::ZERO)
+                    .await;
+                match read {
+                    Ok(Events::After(events, seen)) => {
+                        let done = events.is_empty();
+                        write_events(
+                            &mut out,
+                            &mut cursor,
+                            shard,
+                            events.into_iter().map(Into::into),
+                            seen,
+                        );
+                        if done {
+                            break;
+                        }
+                    }
+                    Ok(Events::Reset(at, records)) => {
+                        cursor.0.insert(shard, at);
+                        push_cursor_event(
+                            &mut out,
+                            &cursor,
+                            &reset_json_in(Some(shard), at, None, &records),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, ": shard {shard} unreachable: {e}\n");
+                        break;
+                    }
+                }
+                if out.len() >= CHUNK_BYTES && !send(&tx, &mut out, &shutdown).await {
+                    return;
+                }
+            }
+        }
+        let _ = send(&tx, &mut out, &shutdown).await;
+        return;
+    }
+    let mut feeds: Vec<(Shard, Arc<Feed>, watch::Receiver<EventId>)> = (0..shards.count())
+        .map(|shard| {
+            let feed = shards.feed(shard, cursor.0.get(&shard).copied());
+            let seen = feed.subscribe();
+            (shard, feed, seen)
+        })
+        .collect();
+    loop {
+        for (shard, feed, seen) in &mut feeds {
+            seen.borrow_and_update();
+            let shard = *shard;
+            for _ in 0..MAX_READS_PER_SHARD {
+                let at = cursor.0.get(&shard).copied().unwrap_or_default();
+                match feed.events_after(at, READ_BATCH, |_| true) {
+                    Read::Behind => {
+                        let reset = shards
+                            .events(shard, Origin::Reset, None, 0, Duration::ZERO)
+                            .await;
+                        if let Ok(Events::Reset(at, records)) = reset {
+                            cursor.0.insert(shard, at);
+                            push_cursor_event(
+                                &mut out,
+                                &cursor,
+                                &reset_json_in(Some(shard), at, None, &records),
+                            );
+                        }
+                        break;
+                    }
+                    Read::Events(events, upto) => {
+                        let more = events.len() == READ_BATCH;
+                        write_events(&mut out, &mut cursor, shard, events.into_iter(), upto);
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                if out.len() >= CHUNK_BYTES && !send(&tx, &mut out, &shutdown).await {
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() && !send(&tx, &mut out, &shutdown).await {
+            return;
+        }
+        let changed = select_all(
+            feeds
+                .iter_mut()
+                .map(|(_, _, seen)| Box::pin(seen.changed())),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            _ = changed => {}
+            _ = tokio::time::sleep(HEARTBEAT) => out.push_str(": keepalive\n\n"),
+        }
+    }
+}
+
+/// Writes a shard's events, each with the cursor after it, and moves the cursor to `seen`.
+fn write_events(
+    out: &mut String,
+    cursor: &mut Cursor,
+    shard: Shard,
+    events: impl Iterator<Item = Event>,
+    seen: EventId,
+) {
+    for event in events {
+        cursor.0.insert(shard, event.id);
+        push_cursor_event(out, cursor, &event_json(&event, Some(shard)));
+    }
+    let at = cursor.0.entry(shard).or_default();
+    *at = (*at).max(seen);
+}
+
+fn push_cursor_event(out: &mut String, cursor: &Cursor, data: &str) {
+    let _ = write!(out, "id: {cursor}\ndata: {data}\n\n");
+}
+
 fn push_event(out: &mut String, id: EventId, data: &str) {
-    use std::fmt::Write;
     let _ = write!(out, "id: {id}\ndata: {data}\n\n");
 }
 
@@ -215,7 +431,7 @@ mod tests {
 
     #[test]
     fn starts_parse_from_the_query_and_the_header() {
-        let id = |index, ordinal| Some(EventId { index, ordinal });
+        let id = |index, ordinal| Some(Since::Id(EventId { index, ordinal }));
         assert_eq!(
             Start::parse("", None),
             Ok(Start {
@@ -235,5 +451,34 @@ mod tests {
         assert!(Start::parse("since=12", None).is_err());
         assert!(Start::parse("follow=maybe", None).is_err());
         assert!(Start::parse("", Some("x-1")).is_err());
+        let cursor = Cursor(
+            [
+                (
+                    0,
+                    EventId {
+                        index: 4,
+                        ordinal: 1,
+                    },
+                ),
+                (
+                    3,
+                    EventId {
+                        index: 9,
+                        ordinal: 0,
+                    },
+                ),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            Start::parse("since=0%3A4-1%2C3%3A9-0", None).map(|s| s.since),
+            Ok(Some(Since::Cursor(cursor.clone())))
+        );
+        assert_eq!(cursor.to_string(), "0:4-1,3:9-0");
+        assert_eq!(
+            Start::parse("", Some("0:4-1,3:9-0")).map(|s| s.since),
+            Ok(Some(Since::Cursor(cursor)))
+        );
+        assert!(Start::parse("since=1:2", None).is_err());
     }
 }

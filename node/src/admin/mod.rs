@@ -27,7 +27,7 @@ pub mod publish;
 pub mod ui;
 mod views;
 
-pub use views::{group, members, metrics, presence, status};
+pub use views::{group, members, metrics, status};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub struct NodeView {
     pub router: Arc<Router>,
     pub cluster: Arc<Cluster>,
     pub consensus: Arc<Consensus>,
+    /// Presence reads (the control replica, or the shards).
+    pub presence: crate::raft::Presence,
 }
 
 impl NodeView {
@@ -326,14 +328,19 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
         ),
         Route::Status => json_reply(200, &status(view)),
         Route::Members => json_reply(200, &json!({ "members": members(view) })),
-        Route::Presence(user) if linearizable => match view.consensus.linearizable().await {
-            Ok(()) => json_reply(200, &presence(view, &user)),
-            Err(e) => json_reply(
+        Route::Presence(user) => match view.presence.of(&user, linearizable).await {
+            Ok(connections) => {
+                json_reply(200, &json!({ "user": user, "connections": connections }))
+            }
+            Err(e) if linearizable => json_reply(
                 503,
                 &json!({ "error": format!("no linearizable read now: {e}") }),
             ),
+            Err(e) => json_reply(
+                503,
+                &json!({ "error": format!("presence shard unreachable: {e}") }),
+            ),
         },
-        Route::Presence(user) => json_reply(200, &presence(view, &user)),
         Route::PresenceEvents => {
             let last_event_id = req
                 .headers()

@@ -63,7 +63,10 @@ pub async fn metrics(view: &NodeView) -> String {
         events::open_streams() as u64,
     ));
     rows.extend(view.cluster.rows());
-    rows.extend(view.consensus.rows());
+    rows.extend(view.consensus.rows(view.presence.entries()));
+    if let Some(shards) = &view.presence.shards {
+        rows.extend(shards.rows());
+    }
     rows.extend(historian.rows());
     let mut text = String::with_capacity(8192);
     crate::metrics::render(&mut text, &rows);
@@ -91,7 +94,8 @@ pub fn status(view: &NodeView) -> serde_json::Value {
         "members_up": up,
         "connections": view.hub.connection_count(),
         "groups": view.hub.group_count(),
-        "presence_entries": view.replica.len(),
+        "presence_entries": view.presence.entries(),
+        "presence_shards": view.presence.shards.as_ref().map(|s| s.status()),
         "presence_events": presence_events(view),
         "raft": raft,
         "uptime_secs": view.lifecycle.started().elapsed().as_secs(),
@@ -234,11 +238,6 @@ fn members_seen(view: &NodeView, raft: &RaftStatus) -> serde_json::Value {
     }
     list.sort_by_key(|m| m["id"].as_u64());
     serde_json::Value::Array(list)
-}
-
-/// `switchboard presence USER`.
-pub fn presence(view: &NodeView, user: &str) -> serde_json::Value {
-    json!({ "user": user, "connections": view.replica.presence_of(user) })
 }
 
 /// `switchboard group NAME`.

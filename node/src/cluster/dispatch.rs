@@ -30,7 +30,7 @@ pub enum SessionError {
 impl SessionError {
     /// What the end of a dialed session means for the next dial: a refusal (either
     /// side's: the secret, a removed member, another incarnation, the protocol version,
-    /// our own id) will likely happen again and backs off longest; a handshake that broke
+    /// our own id, another presence shard count) will likely happen again and backs off longest; a handshake that broke
     /// off is an unreachable address; anything after a session ran redials soon.
     pub fn dial_outcome(&self) -> DialOutcome {
         match self {
@@ -38,7 +38,8 @@ impl SessionError {
             SessionError::Handshake(
                 HandshakeError::NotProven { .. }
                 | HandshakeError::SameNodeId(_)
-                | HandshakeError::Version { .. },
+                | HandshakeError::Version { .. }
+                | HandshakeError::PresenceShards { .. },
             ) => DialOutcome::Refused,
             SessionError::Handshake(e)
                 if e.closed_with()
@@ -253,6 +254,11 @@ mod tests {
             },
             HandshakeError::SameNodeId(addr),
             HandshakeError::Version { node: 2, theirs: 4 },
+            HandshakeError::PresenceShards {
+                node: 2,
+                theirs: 8,
+                ours: 0,
+            },
         ] {
             assert_eq!(SessionError::from(e).dial_outcome(), DialOutcome::Refused);
         }

@@ -88,6 +88,15 @@ pub enum HandshakeError {
     /// The peer speaks another protocol version.
     #[error("peer {node} speaks peer protocol {theirs}, this node {PEER_PROTOCOL_VERSION}")]
     Version { node: NodeId, theirs: u32 },
+    /// The peer splits presence into another number of shards (`--presence-shards`).
+    #[error(
+        "peer {node} runs with --presence-shards {theirs}, this node with --presence-shards {ours}: every node of a cluster needs the same"
+    )]
+    PresenceShards {
+        node: NodeId,
+        theirs: u16,
+        ours: u16,
+    },
     /// The stream failed.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -211,11 +220,25 @@ async fn exchange(
             ws_addr,
             resp_addr,
             version,
+            presence_shards,
         } if node == peer => {
             if protocol != PEER_PROTOCOL_VERSION {
                 return Err(HandshakeError::Version {
                     node,
                     theirs: protocol,
+                });
+            }
+            let ours = match hello {
+                PeerMessage::Hello {
+                    presence_shards, ..
+                } => *presence_shards,
+                _ => 0,
+            };
+            if presence_shards != ours {
+                return Err(HandshakeError::PresenceShards {
+                    node,
+                    theirs: presence_shards,
+                    ours,
                 });
             }
             Ok(Handshaken {

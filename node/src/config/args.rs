@@ -250,6 +250,12 @@ settings! {
     /// Most Raft voters; further members replicate as learners [default: 5].
     #[arg(env = "SWITCHBOARD_MAX_VOTERS")]
     max_voters: usize = 5;
+    /// Presence registries: 0 keeps one in the control Raft group, which every member
+    /// replicates; S > 0 splits it by user over S Raft groups of 3 voters each, so a node
+    /// holds only the shards it votes in. Every node of a cluster must give the same
+    /// value [default: 0].
+    #[arg(env = "SWITCHBOARD_PRESENCE_SHARDS")]
+    presence_shards: u16 = 0;
     /// Groups that keep history: PATTERN=SIZE[,TTL] rules, comma-separated
     /// (`user_*=100,10m,room_*=50`); clients recover what they missed from it.
     #[arg(env = "SWITCHBOARD_HISTORY")]

@@ -119,6 +119,8 @@ pub struct ClusterSettings {
     /// Silence after which a peer counts as down.
     pub node_timeout: Duration,
     pub max_voters: usize,
+    /// `--presence-shards`: 0, or the number of presence shards (one Raft group each).
+    pub presence_shards: u16,
 }
 
 /// What the WebSocket port accepts and how its clients are served.
@@ -178,6 +180,10 @@ pub struct HistoryRule {
     pub size: usize,
     pub ttl: Option<Duration>,
 }
+
+/// The most presence shards `--presence-shards` may ask for (each is a Raft group of 3
+/// voters; a node hosts about 3·S/N of them).
+pub const MAX_PRESENCE_SHARDS: u16 = 256;
 
 /// The most messages one group may keep.
 pub const MAX_HISTORY_SIZE: usize = 100_000;

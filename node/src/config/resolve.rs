@@ -152,6 +152,14 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
                 s.node_timeout_ms as usize,
             )? as u64),
             max_voters: positive("max-voters", s.max_voters)?,
+            presence_shards: match s.presence_shards {
+                n if n > MAX_PRESENCE_SHARDS => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--presence-shards {n}: at most {MAX_PRESENCE_SHARDS}"
+                    )));
+                }
+                n => n,
+            },
         },
         ws: WsSettings {
             paths,

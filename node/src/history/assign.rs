@@ -52,7 +52,13 @@ fn mix(mut x: u64) -> u64 {
 /// `members` ranked for `bucket`, best first (rendezvous hashing: each member's weight is a
 /// hash of it and the bucket).
 pub fn rank(bucket: u16, members: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
-    let salt = mix(u64::from(bucket));
+    rank_salted(u64::from(bucket), members)
+}
+
+/// `members` ranked for `key`, best first (the rendezvous ranking of [`rank`], for keys
+/// other than buckets).
+pub fn rank_salted(key: u64, members: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+    let salt = mix(key);
     let mut ranked: Vec<(u64, NodeId)> = members.into_iter().map(|m| (mix(m ^ salt), m)).collect();
     ranked.sort_unstable_by(|a, b| b.cmp(a));
     ranked.into_iter().map(|(_, m)| m).collect()

@@ -40,6 +40,8 @@ pub struct Ingress {
     pub hub: Arc<Hub>,
     pub presence: Arc<PresenceQueue>,
     pub replica: Arc<SharedReplica>,
+    /// Presence reads (the control replica, or the user's shard).
+    pub presence_reads: crate::raft::Presence,
     /// History (recovery) goes through the router.
     pub router: Arc<Router>,
     pub ids: ws::ConnIds,

@@ -89,6 +89,11 @@ impl Batcher {
         self.fence = 1;
     }
 
+    /// Whether `connection` is one of this node's live connections here.
+    pub fn holds(&self, connection: &str) -> bool {
+        self.live.contains_key(connection)
+    }
+
     /// Number of live connections on this node.
     pub fn live(&self) -> usize {
         self.live.len()

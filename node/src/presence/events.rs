@@ -17,10 +17,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_proto::peer::{ConnectionRecord, NodeId};
 
 use super::Registry;
+use super::shards::Shard;
 
 /// Where an event stands in the Raft log. Ordered by (index, ordinal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,8 +67,102 @@ impl Serialize for EventId {
     }
 }
 
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EventId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a stream starts in a shard (or the one registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Origin {
+    /// At the present: no events, only the position.
+    Now,
+    /// With the current state (a `reset`) and its position.
+    Reset,
+    /// After this position.
+    After(EventId),
+}
+
+/// A presence event's id in a sharded registry: `<shard>:<log index>-<n>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardEventId {
+    pub shard: Shard,
+    pub id: EventId,
+}
+
+impl fmt::Display for ShardEventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.shard, self.id)
+    }
+}
+
+impl FromStr for ShardEventId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ShardEventId, String> {
+        let bad =
+            || format!("'{s}' is not a sharded event id (<shard>:<log index>-<n>, e.g. 3:42-0)");
+        let (shard, id) = s.trim().split_once(':').ok_or_else(bad)?;
+        Ok(ShardEventId {
+            shard: shard.parse().map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Where a reader of several shards stands: its position in each (a shard it has no
+/// position in starts from the beginning of what that shard keeps). Written
+/// `<shard>:<index>-<n>,…` in shard order: the `id:` of every Server-Sent Event, so that
+/// `Last-Event-ID` resumes every shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor(pub std::collections::BTreeMap<Shard, EventId>);
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (shard, id)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{shard}:{id}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cursor, String> {
+        let mut cursor = Cursor::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let ShardEventId { shard, id } = part.parse()?;
+            cursor.0.insert(shard, id);
+        }
+        Ok(cursor)
+    }
+}
+
+/// An event's JSON, its id prefixed with its shard when the registry is sharded.
+pub fn event_json(event: &Event, shard: Option<Shard>) -> String {
+    match shard {
+        None => serde_json::to_string(event).unwrap_or_default(),
+        Some(shard) => {
+            let mut value = serde_json::to_value(event).unwrap_or_default();
+            value["id"] = ShardEventId {
+                shard,
+                id: event.id,
+            }
+            .to_string()
+            .into();
+            value.to_string()
+        }
+    }
+}
+
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A connection appeared.
@@ -81,7 +176,7 @@ pub enum Kind {
 }
 
 /// Why a connection went, when it was not its own disconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Its node died, restarted, or drained: the cluster purged its connections.
@@ -326,6 +421,17 @@ impl Ring {
 /// A `reset` event: the state at `id` (every connection, or one user's), after which the
 /// reader continues with the events after `id`.
 pub fn reset_json(id: EventId, user: Option<&str>, records: &[ConnectionRecord]) -> String {
+    reset_json_in(None, id, user, records)
+}
+
+/// A `reset` event of one shard (`shard`: when the registry is sharded, the id carries
+/// it and the event says it: the state replaces only that shard's users').
+pub fn reset_json_in(
+    shard: Option<Shard>,
+    id: EventId,
+    user: Option<&str>,
+    records: &[ConnectionRecord],
+) -> String {
     #[derive(Serialize)]
     struct Connection<'a> {
         user: &'a str,
@@ -335,16 +441,22 @@ pub fn reset_json(id: EventId, user: Option<&str>, records: &[ConnectionRecord])
     }
     #[derive(Serialize)]
     struct Reset<'a> {
-        id: EventId,
+        id: String,
         #[serde(rename = "type")]
         kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shard: Option<Shard>,
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<&'a str>,
         connections: Vec<Connection<'a>>,
     }
     let reset = Reset {
-        id,
+        id: match shard {
+            Some(shard) => ShardEventId { shard, id }.to_string(),
+            None => id.to_string(),
+        },
         kind: "reset",
+        shard,
         user,
         connections: records
             .iter()

@@ -6,6 +6,7 @@
 //! - [`claims`]: idempotency keys of HTTP publishes, kept in the replica.
 //! - [`events`]: presence events derived from what each committed entry changed, and the
 //!   bounded ring that keeps the newest.
+//! - [`shards`]: which shard a user's presence lives in, and each shard's voters.
 //! - [`replica`]: what the cluster agreed on (registry + removed members), its Raft
 //!   commands, and the read side every other part uses.
 //!
@@ -18,6 +19,7 @@ pub mod events;
 pub mod queue;
 pub mod registry;
 pub mod replica;
+pub mod shards;
 
 use std::time::Duration;
 

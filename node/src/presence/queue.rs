@@ -1,8 +1,15 @@
-//! [`PresenceQueue`]: the [`Batcher`] behind its lock, and the bell that wakes the
-//! presence writer. Connection tasks push; the writer (in the Raft layer) takes.
+//! [`PresenceQueue`]: one [`Batcher`] per presence shard behind its lock, and the bell
+//! that wakes that shard's writer. Connection tasks push; the writers (in the Raft layer)
+//! take.
 //!
-//! The lock is held for a push or a take, never across an `.await`; the writer is woken
-//! ([`PresenceQueue::notified`]) when a batch fills up or a resync is queued, and
+//! A node whose presence is not sharded (`--presence-shards 0`) has one batcher, taken by
+//! the control group's writer. With S shards there are S: an op goes to the batcher of
+//! its user's shard ([`super::shards::shard_of`]), a `Disconnect` to the batcher that holds
+//! the connection, a purge of this node to every batcher. Each shard's ops stay in order
+//! and a shard whose writes fail holds up no other.
+//!
+//! A lock is held for a push or a take, never across an `.await`; a writer is woken
+//! ([`PresenceQueue::notified`]) when its batch fills up or a resync is queued, and
 //! otherwise takes what is there every flush interval.
 
 use std::sync::Mutex;
@@ -10,24 +17,31 @@ use std::sync::Mutex;
 use switchboard_proto::peer::{NodeId, PresenceOp};
 use tokio::sync::Notify;
 
+use super::shards::{Shard, shard_of};
 use super::{Batcher, MAX_BATCH};
 use crate::sync::lock;
+
+/// One shard's batch and bell.
+#[derive(Debug, Default)]
+struct Slot {
+    batcher: Mutex<Batcher>,
+    bell: Notify,
+}
 
 /// See the module header.
 #[derive(Debug)]
 pub struct PresenceQueue {
     node: NodeId,
-    batcher: Mutex<Batcher>,
-    bell: Notify,
+    /// One per shard (one when presence is not sharded).
+    slots: Vec<Slot>,
 }
 
 impl PresenceQueue {
-    /// The queue of node `node`.
-    pub fn new(node: NodeId) -> Self {
+    /// The queue of node `node`, for `shards` presence shards (0: not sharded).
+    pub fn new(node: NodeId, shards: u16) -> Self {
         PresenceQueue {
             node,
-            batcher: Mutex::new(Batcher::default()),
-            bell: Notify::new(),
+            slots: (0..shards.max(1)).map(|_| Slot::default()).collect(),
         }
     }
 
@@ -36,57 +50,144 @@ impl PresenceQueue {
         self.node
     }
 
+    /// The number of batches (shards, or 1).
+    pub fn shards(&self) -> Shard {
+        self.slots.len() as Shard
+    }
+
+    fn slot(&self, shard: Shard) -> &Slot {
+        &self.slots[usize::from(shard) % self.slots.len()]
+    }
+
     /// Queues a change; it is committed within the flush interval (at once when the batch
     /// is full).
     pub fn push(&self, op: PresenceOp) {
-        let full = lock(&self.batcher).push(op);
+        let shard = match &op {
+            PresenceOp::Connect(record) => shard_of(&record.user, self.shards()),
+            PresenceOp::Disconnect { connection, .. } => (0..self.shards())
+                .find(|&s| lock(&self.slot(s).batcher).holds(connection))
+                .unwrap_or(0),
+            PresenceOp::PurgeNode { .. } | PresenceOp::ResyncNode { .. } => {
+                for slot in &self.slots {
+                    lock(&slot.batcher).push(op.clone());
+                    slot.bell.notify_one();
+                }
+                return;
+            }
+        };
+        let slot = self.slot(shard);
+        let full = lock(&slot.batcher).push(op);
         if full {
-            self.bell.notify_one();
+            slot.bell.notify_one();
         }
     }
 
-    /// Queues the removal of every connection of this node (a drain) and wakes the writer.
+    /// Queues the removal of every connection of this node (a drain) and wakes the writers.
     pub fn purge_self(&self) {
         self.push(PresenceOp::PurgeNode { node: self.node });
-        self.bell.notify_one();
     }
 
-    /// Takes the queued changes in order, at most [`MAX_BATCH`] (one Raft entry).
-    pub fn take(&self) -> Vec<PresenceOp> {
-        lock(&self.batcher).take_at_most(MAX_BATCH)
+    /// Takes `shard`'s queued changes in order, at most [`MAX_BATCH`] (one Raft entry).
+    pub fn take(&self, shard: Shard) -> Vec<PresenceOp> {
+        lock(&self.slot(shard).batcher).take_at_most(MAX_BATCH)
     }
 
-    /// Puts changes that could not be committed back in front of the queue, in order.
-    pub fn requeue(&self, ops: Vec<PresenceOp>) {
-        lock(&self.batcher).requeue(ops);
+    /// Puts `shard`'s changes that could not be committed back in front of its queue, in
+    /// order.
+    pub fn requeue(&self, shard: Shard, ops: Vec<PresenceOp>) {
+        lock(&self.slot(shard).batcher).requeue(ops);
     }
 
-    /// Number of changes waiting.
-    pub fn len(&self) -> usize {
-        lock(&self.batcher).len()
+    /// Number of `shard`'s changes waiting.
+    pub fn len(&self, shard: Shard) -> usize {
+        lock(&self.slot(shard).batcher).len()
     }
 
-    /// Whether no change is waiting.
+    /// Number of changes waiting, in every shard.
+    pub fn queued(&self) -> usize {
+        self.slots.iter().map(|s| lock(&s.batcher).len()).sum()
+    }
+
+    /// Whether no change is waiting, in any shard.
     pub fn is_empty(&self) -> bool {
-        lock(&self.batcher).is_empty()
+        self.slots.iter().all(|s| lock(&s.batcher).is_empty())
     }
 
-    /// This node's live connection count, if no change is queued (both read under one
-    /// lock, so they agree).
-    pub fn settled_live(&self) -> Option<usize> {
-        let batcher = lock(&self.batcher);
+    /// This node's live connection count in `shard`, if none of its changes is queued
+    /// (both read under one lock, so they agree).
+    pub fn settled_live(&self, shard: Shard) -> Option<usize> {
+        let batcher = lock(&self.slot(shard).batcher);
         batcher.is_empty().then(|| batcher.live())
     }
 
-    /// Replaces what is queued by a re-registration of every live connection of this
-    /// node, and wakes the writer.
-    pub fn resync(&self) {
-        lock(&self.batcher).resync(self.node);
-        self.bell.notify_one();
+    /// This node's live connections, in every shard.
+    pub fn live(&self) -> usize {
+        self.slots.iter().map(|s| lock(&s.batcher).live()).sum()
     }
 
-    /// Resolves when the writer is asked to flush early.
-    pub async fn notified(&self) {
-        self.bell.notified().await
+    /// Replaces what `shard` has queued by a re-registration of every live connection of
+    /// this node in it, and wakes its writer.
+    pub fn resync(&self, shard: Shard) {
+        let slot = self.slot(shard);
+        lock(&slot.batcher).resync(self.node);
+        slot.bell.notify_one();
+    }
+
+    /// Resolves when `shard`'s writer is asked to flush early.
+    pub async fn notified(&self, shard: Shard) {
+        self.slot(shard).bell.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presence::tests::record;
+
+    #[test]
+    fn each_op_goes_to_its_users_shard_and_a_purge_to_every_shard() {
+        let q = PresenceQueue::new(1, 4);
+        let users: Vec<String> = (0..40).map(|u| u.to_string()).collect();
+        for (i, user) in users.iter().enumerate() {
+            q.push(PresenceOp::Connect(record(1, &format!("1-{i}"), user)));
+        }
+        let mut seen = 0;
+        for shard in 0..4 {
+            let ops = q.take(shard);
+            for op in &ops {
+                let PresenceOp::Connect(r) = op else {
+                    panic!("{op:?}")
+                };
+                assert_eq!(shard_of(&r.user, 4), shard);
+            }
+            seen += ops.len();
+        }
+        assert_eq!(seen, 40);
+        assert_eq!(q.live(), 40);
+        // A disconnect finds the shard that holds its connection.
+        let shard = shard_of("7", 4);
+        q.push(PresenceOp::Disconnect {
+            node: 1,
+            connection: "1-7".into(),
+        });
+        assert_eq!(q.len(shard), 1);
+        assert_eq!(q.settled_live(shard), None);
+        assert_eq!(q.live(), 39);
+        q.take(shard);
+        // A purge goes to every shard, and empties the live lists.
+        q.purge_self();
+        for shard in 0..4 {
+            assert_eq!(q.take(shard), vec![PresenceOp::PurgeNode { node: 1 }]);
+            assert_eq!(q.settled_live(shard), Some(0));
+        }
+    }
+
+    #[test]
+    fn an_unsharded_queue_has_one_batch() {
+        let q = PresenceQueue::new(2, 0);
+        assert_eq!(q.shards(), 1);
+        q.push(PresenceOp::Connect(record(2, "2-a", "u")));
+        q.push(PresenceOp::Connect(record(2, "2-b", "v")));
+        assert_eq!(q.take(0).len(), 2);
     }
 }

@@ -19,6 +19,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 use super::Registry;
 use super::claims::{Claimer, Claims};
 use super::events::{Change as Noted, Event, EventId, Read, Reason, Ring, derive};
+use super::shards::Shard;
 use super::{DEFAULT_PRESENCE_EVENTS, MAX_EVENT_RING_BYTES};
 use crate::history::{Assignments, assign::Change};
 use crate::sync::{read, write};
@@ -49,6 +50,11 @@ pub enum Command {
     /// A batch of presence changes, stamped with the writing node's clock (the `at` of
     /// the presence events it produces). Replaces `Presence` since peer protocol 4.
     PresenceAt { ops: Vec<PresenceOp>, at_ms: u64 },
+    /// Presence shard `shard`'s Raft group has these voters now (written by its leader
+    /// once a membership change committed, and by the control leader that creates the
+    /// shard): a node hosts the shards it votes in or is placed in, and asks these
+    /// voters for the shards it does not host. Since peer protocol 7.
+    ShardFormed { shard: Shard, voters: Vec<NodeId> },
 }
 
 /// See the module header.
@@ -65,6 +71,8 @@ pub struct Replica {
     /// The latest clock stamp committed (Unix ms): the `at` of events from entries that
     /// carry no stamp of their own.
     pub clock_ms: u64,
+    /// The voters of each presence shard formed so far (control group only).
+    pub shards: BTreeMap<Shard, Vec<NodeId>>,
 }
 
 impl Replica {
@@ -110,6 +118,10 @@ impl Replica {
                 at_ms,
             } => self.claims.claim(&keys, claimer, at_ms),
             Command::Release { keys, claimer } => self.claims.release(&keys, claimer),
+            Command::ShardFormed { shard, voters } => {
+                self.shards.insert(shard, voters);
+                1
+            }
         };
         events.extend(derive(index, at, changes, &self.presence));
         n
@@ -149,6 +161,15 @@ impl Replica {
     pub fn with_claims(mut self, claims: Claims, clock_ms: u64) -> Replica {
         self.claims = claims;
         self.clock_ms = clock_ms;
+        self
+    }
+
+    /// This replica with these presence shards' voters (a snapshot).
+    pub fn with_shards(
+        mut self,
+        shards: impl IntoIterator<Item = (Shard, Vec<NodeId>)>,
+    ) -> Replica {
+        self.shards = shards.into_iter().collect();
         self
     }
 }
@@ -307,6 +328,11 @@ impl SharedReplica {
     /// Connections registered for `node`.
     pub fn node_connections(&self, node: NodeId) -> usize {
         self.read().presence.node_connections(node)
+    }
+
+    /// The voters of presence shard `shard`, as last recorded (empty: not formed yet).
+    pub fn shard_voters(&self, shard: Shard) -> Vec<NodeId> {
+        self.read().shards.get(&shard).cloned().unwrap_or_default()
     }
 }
 

@@ -53,7 +53,7 @@ impl RaftCounters {
             ),
             Row::gauge(
                 "presence_entries",
-                "Connections in the presence registry, cluster-wide.",
+                "Connections in the presence registries this node holds: every one, or those of the presence shards it hosts.",
                 presence_entries as u64,
             ),
             Row::counter(

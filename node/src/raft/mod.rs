@@ -2,6 +2,7 @@
 //!
 //! Parts, bottom-up:
 //! - [`codec`]: the one encoding of everything stored or sent, with decode limits.
+//! - [`snapshot`]: the replica as a snapshot carries it (every format written so far).
 //! - [`store`]: log, vote and snapshots on disk in `<data-dir>/raft/`; the state machine
 //!   applies `presence::Command`s to the shared replica.
 //! - [`steward`]: the housekeeping decisions (add, promote, purge, resync, drain), pure.
@@ -9,20 +10,28 @@
 //!   the node, an in-memory router in tests), and openraft's network traits over it.
 //! - [`consensus`]: [`Consensus`], the Raft node and the drivers around it.
 //! - [`writer`]: the presence writer.
+//! - [`shards`]: presence split over several Raft groups (`--presence-shards`): hosting,
+//!   each shard's steward and writer, reads from the user's shard.
 //! - [`metrics`]: the counters and their rows.
 //!
 //! Raft keeps presence and membership only; published messages never go through it.
+//! Group 0 (the control group) holds membership, removals, incarnations, history
+//! assignments, idempotency keys and the shards' voters; presence is in it too unless it
+//! is sharded.
 
 pub mod codec;
 pub mod consensus;
 pub mod metrics;
 pub mod network;
+pub mod shards;
+pub mod snapshot;
 pub mod steward;
 pub mod store;
 pub mod writer;
 
 pub use consensus::{Consensus, RaftSettings, RaftStatus, WriteError};
 pub use network::{CONTROL, GroupId, Transport};
+pub use shards::{Shards, ShardsDeps};
 
 use crate::presence::Command;
 use switchboard_proto::peer::NodeId;
@@ -65,3 +74,48 @@ impl Groups {
 
 #[cfg(test)]
 mod tests;
+
+/// Presence reads, wherever presence lives: the control group's replica, or the user's
+/// shard (`--presence-shards`).
+#[derive(Debug, Clone)]
+pub struct Presence {
+    pub control: std::sync::Arc<Consensus>,
+    pub shards: Option<std::sync::Arc<Shards>>,
+}
+
+impl Presence {
+    /// Every live connection of `user`, cluster-wide, ordered by node then connection;
+    /// `linearizable`: every change committed before the call is seen.
+    pub async fn of(
+        &self,
+        user: &str,
+        linearizable: bool,
+    ) -> Result<Vec<switchboard_proto::client::PresenceEntry>, WriteError> {
+        let records = match &self.shards {
+            Some(shards) => shards.presence_of(user, linearizable).await?,
+            None => {
+                if linearizable {
+                    self.control.linearizable().await?;
+                }
+                self.control.replica().read().presence.user(user)
+            }
+        };
+        Ok(records
+            .into_iter()
+            .map(|r| switchboard_proto::client::PresenceEntry {
+                node: r.node,
+                connection: r.connection,
+                connected_at: r.connected_at,
+            })
+            .collect())
+    }
+
+    /// Connections this node's replicas hold: every one cluster-wide, or those of the
+    /// shards it hosts.
+    pub fn entries(&self) -> usize {
+        match &self.shards {
+            Some(shards) => shards.hosted_connections(),
+            None => self.control.replica().len(),
+        }
+    }
+}

@@ -24,7 +24,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use switchboard_proto::peer::{MAX_PEER_MESSAGE, NodeId, PeerMessage};
+use switchboard_proto::peer::{ConnectionRecord, MAX_PEER_MESSAGE, NodeId, PeerMessage};
 use tracing::debug;
 
 use super::codec::{CodecError, decode_rpc, encode};
@@ -32,6 +32,7 @@ use super::steward::PeerState;
 use super::{Command, Groups, TypeConfig, WriteError};
 use crate::cluster::frame::{read_frame, write_frame};
 use crate::cluster::{Cluster, RpcOutbox, RpcStream};
+use crate::presence::events::{Event, EventId, Kind, Origin, Reason};
 
 /// A Raft group of this process. Group [`CONTROL`] is the one every member is in
 /// (membership, removals, incarnations, history assignments, idempotency keys, and today
@@ -60,6 +61,26 @@ pub enum Rpc {
     ReadIndex,
     /// `switchboard remove ID` asked on a follower.
     Remove(NodeId),
+    /// A user's connections, from a member of the user's presence shard (after a read
+    /// index when `linearizable`), for a node that does not host the shard.
+    Presence {
+        user: String,
+        linearizable: bool,
+    },
+    /// How many connections of `node` the shard holds once the member applied log index
+    /// `applied` (the asker's last write): whether it must resync.
+    Count {
+        node: NodeId,
+        applied: u64,
+    },
+    /// Up to `max` presence events from `from` (of `user` only, when given), waiting up
+    /// to `wait_ms` for one: a node that does not host a shard follows it this way.
+    Events {
+        from: Origin,
+        user: Option<String>,
+        max: u32,
+        wait_ms: u32,
+    },
 }
 
 /// The answer to an [`Rpc`] of the same name.
@@ -75,6 +96,20 @@ pub enum Reply {
     Remove(Result<(), WriteError>),
     /// The node asked hosts no such group (not, or no longer, a member of it).
     NotHere(GroupId),
+    Presence(Result<Vec<ConnectionRecord>, WriteError>),
+    Count(Result<u64, WriteError>),
+    Events(Result<Events, WriteError>),
+}
+
+/// A shard's events as a member answers [`Rpc::Events`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Events {
+    /// The events after the position asked (none: nothing new within the wait), and the
+    /// position the asker has now seen up to (past events it filtered out).
+    After(Vec<WireEvent>, EventId),
+    /// The position asked is older than what the member keeps: its current state (the
+    /// user's connections, or every connection) and the position it stands at.
+    Reset(EventId, Vec<ConnectionRecord>),
 }
 
 /// Why a call failed before any reply.
@@ -145,6 +180,47 @@ pub async fn answer(groups: &Groups, peer: NodeId, body: &[u8]) -> Result<Bytes,
         None => Reply::NotHere(group),
     };
     Ok(Bytes::from(encode(&reply)?))
+}
+
+/// A presence event as it travels between nodes (the JSON form leaves out what is
+/// absent, which a binary encoding cannot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub id: EventId,
+    pub kind: Kind,
+    pub user: String,
+    pub node: NodeId,
+    pub connection: String,
+    pub at: u64,
+    pub reason: Option<Reason>,
+}
+
+impl From<Event> for WireEvent {
+    fn from(e: Event) -> WireEvent {
+        WireEvent {
+            id: e.id,
+            kind: e.kind,
+            user: e.user,
+            node: e.node,
+            connection: e.connection,
+            at: e.at,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<WireEvent> for Event {
+    fn from(e: WireEvent) -> Event {
+        Event {
+            id: e.id,
+            kind: e.kind,
+            user: e.user,
+            node: e.node,
+            connection: e.connection,
+            at: e.at,
+            reason: e.reason,
+        }
+    }
 }
 
 // ----- the mesh as the transport -----

@@ -22,14 +22,12 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use serde::{Deserialize, Serialize};
-use switchboard_proto::peer::{ConnectionRecord, NodeId};
+use switchboard_proto::peer::NodeId;
 
 use super::codec::{decode_stored as decode, encode};
+use super::snapshot::{restore, snapshot_of};
 use super::{Entry, TypeConfig};
-use crate::history::{Assignment, Assignments};
-use crate::presence::claims::{Claimer, Claims};
-use crate::presence::{Replica, SharedReplica};
+use crate::presence::SharedReplica;
 use crate::sync::lock;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -42,94 +40,6 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 fn any(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(format!("{e:#}"))
-}
-
-/// The replica as a snapshot carries it.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    connections: Vec<ConnectionRecord>,
-    removed: Vec<NodeId>,
-    incarnations: Vec<(NodeId, u64)>,
-    assignments: Vec<(u16, Assignment)>,
-    claims: Vec<(String, u64, Claimer)>,
-    clock_ms: u64,
-}
-
-/// A snapshot written before presence events (no clock).
-#[derive(Deserialize)]
-struct SnapshotBodyV3 {
-    connections: Vec<ConnectionRecord>,
-    removed: Vec<NodeId>,
-    incarnations: Vec<(NodeId, u64)>,
-    assignments: Vec<(u16, Assignment)>,
-    claims: Vec<(String, u64, Claimer)>,
-}
-
-/// A snapshot written before idempotency claims.
-#[derive(Deserialize)]
-struct SnapshotBodyV2 {
-    connections: Vec<ConnectionRecord>,
-    removed: Vec<NodeId>,
-    incarnations: Vec<(NodeId, u64)>,
-    assignments: Vec<(u16, Assignment)>,
-}
-
-/// A snapshot written before incarnations and history (peer protocol 2).
-#[derive(Deserialize)]
-struct SnapshotBodyV1 {
-    connections: Vec<ConnectionRecord>,
-    removed: Vec<NodeId>,
-}
-
-/// The replica as snapshot bytes.
-fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
-    Ok(encode(&SnapshotBody {
-        connections: replica.presence.records().collect(),
-        removed: replica.removed.iter().copied().collect(),
-        incarnations: replica.incarnations.iter().map(|(n, i)| (*n, *i)).collect(),
-        assignments: replica.assignments.iter().map(|(b, a)| (b, *a)).collect(),
-        claims: replica.claims.entries(),
-        clock_ms: replica.clock_ms,
-    })?)
-}
-
-/// A replica from snapshot bytes (either format).
-fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
-    if let Ok(body) = decode::<SnapshotBody>(bytes) {
-        return Ok(Replica::from_parts(
-            body.connections,
-            body.removed,
-            body.incarnations,
-            Assignments::from_entries(body.assignments),
-        )
-        .with_claims(Claims::from_entries(body.claims), body.clock_ms));
-    }
-    if let Ok(v3) = decode::<SnapshotBodyV3>(bytes) {
-        return Ok(Replica::from_parts(
-            v3.connections,
-            v3.removed,
-            v3.incarnations,
-            Assignments::from_entries(v3.assignments),
-        )
-        .with_claims(Claims::from_entries(v3.claims), 0));
-    }
-    if let Ok(v2) = decode::<SnapshotBodyV2>(bytes) {
-        return Ok(Replica::from_parts(
-            v2.connections,
-            v2.removed,
-            v2.incarnations,
-            Assignments::from_entries(v2.assignments),
-        ));
-    }
-    match decode::<SnapshotBodyV1>(bytes) {
-        Ok(old) => Ok(Replica::from_parts(
-            old.connections,
-            old.removed,
-            [],
-            Assignments::default(),
-        )),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Runs blocking storage work off the async workers.
@@ -519,10 +429,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::tests::record;
-    use crate::presence::{Command, Replica};
     use openraft::testing::{StoreBuilder, Suite};
-    use switchboard_proto::peer::PresenceOp;
 
     /// Removes a test store's directory when dropped.
     struct TempDir(PathBuf);
@@ -561,37 +468,5 @@ mod tests {
     #[test]
     fn openraft_storage_suite_passes() {
         Suite::test_all(Builder).expect("openraft's storage suite");
-    }
-
-    #[test]
-    fn a_snapshot_restores_the_same_replica() {
-        let mut r = Replica::default();
-        r.apply_test(Command::Presence(vec![
-            PresenceOp::Connect(record(1, "1-a", "u")),
-            PresenceOp::Connect(record(3, "3-a", "v")),
-            PresenceOp::Connect(record(3, "3-b", "u")),
-        ]));
-        r.apply_test(Command::Remove(9));
-        r.apply_test(Command::Bind {
-            node: 1,
-            incarnation: 11,
-        });
-        let restored = restore(&snapshot_of(&r).expect("encodes")).expect("decodes");
-        assert_eq!(restored, r);
-        assert!(restore(b"\xff\xff garbage").is_err());
-        // A snapshot of the format before incarnations still restores.
-        #[derive(Serialize)]
-        struct Old {
-            connections: Vec<ConnectionRecord>,
-            removed: Vec<NodeId>,
-        }
-        let old = encode(&Old {
-            connections: r.presence.records().collect(),
-            removed: vec![9],
-        })
-        .expect("encodes");
-        let restored = restore(&old).expect("the old format decodes");
-        assert_eq!(restored.presence, r.presence);
-        assert!(restored.incarnations.is_empty());
     }
 }

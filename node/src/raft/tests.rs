@@ -107,7 +107,7 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
         crate::clock::unix_micros()
     ));
     let replica = Arc::new(SharedReplica::default());
-    let queue = Arc::new(PresenceQueue::new(id));
+    let queue = Arc::new(PresenceQueue::new(id, 0));
     let lifecycle = Arc::new(Lifecycle::default());
     let health = Arc::new(Health::new(lifecycle.clone()));
     let transport = Arc::new(Endpoint {
@@ -125,6 +125,7 @@ async fn start(router: &Arc<Router>, id: NodeId, bootstrap: bool) -> TestNode {
             advertised: format!("mem:{id}"),
             incarnation: id * 1000,
             boot: id,
+            presence: true,
         },
         transport,
         replica.clone(),

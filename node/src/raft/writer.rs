@@ -27,7 +27,7 @@ impl Consensus {
     /// go back to the front of the queue, so nothing is lost and order is kept.
     pub async fn flush_presence(&self) -> Result<usize, WriteError> {
         let _one_at_a_time = self.flushing.lock().await;
-        let ops = self.queue.take();
+        let ops = self.queue.take(0);
         if ops.is_empty() {
             return Ok(0);
         }
@@ -45,7 +45,7 @@ impl Consensus {
             }
             Err(e) => {
                 self.counters.write_failures.inc();
-                self.queue.requeue(ops);
+                self.queue.requeue(0, ops);
                 Err(e)
             }
         }
@@ -64,11 +64,11 @@ pub async fn run(consensus: Arc<Consensus>) {
             RETRY_STEP * failures.min(RETRY_STEPS)
         };
         // A backlog of full batches goes out back to back.
-        let backlog = failures == 0 && queue.len() >= MAX_BATCH;
+        let backlog = failures == 0 && queue.len(0) >= MAX_BATCH;
         if !backlog {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = queue.notified() => {}
+                _ = queue.notified(0) => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }

@@ -132,6 +132,7 @@ impl Cluster {
             ws_addr: config.listen.advertised(config.listen.ws),
             resp_addr: config.listen.advertised(config.listen.resp),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            presence_shards: config.cluster.presence_shards,
         };
         let table = PeerTable::new(
             config.node_id,
@@ -356,22 +357,22 @@ impl Cluster {
                     tokio::time::sleep(HEARTBEAT).await;
                     continue;
                 }
-                let outcome = match cluster.connect(&addr).await {
+                let (outcome, reason) = match cluster.connect(&addr).await {
                     Ok(conn) => match cluster.clone().session(conn, Some(&addr)).await {
-                        Ok(()) => DialOutcome::Session,
+                        Ok(()) => (DialOutcome::Session, String::new()),
                         Err(e) => {
                             debug!(%addr, error = %e, "peer session ended");
-                            e.dial_outcome()
+                            (e.dial_outcome(), e.to_string())
                         }
                     },
                     Err(e) => {
                         debug!(%addr, error = %e, "cannot reach peer");
-                        DialOutcome::Unreachable
+                        (DialOutcome::Unreachable, e.to_string())
                     }
                 };
                 let delay = backoff.after(outcome);
                 if outcome == DialOutcome::Refused && backoff.warn() {
-                    warn!(%addr, retry_in = ?delay, "peer refused this node (or was refused); retrying with backoff");
+                    warn!(%addr, retry_in = ?delay, error = %reason, "peer refused this node (or was refused); retrying with backoff");
                 }
                 tokio::time::sleep(delay).await;
             }

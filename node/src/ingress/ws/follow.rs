@@ -1,13 +1,23 @@
 //! A connection's presence subscriptions (`presence_subscribe`): which users it follows,
-//! and for each the event id it has seen up to. Sans-IO: the session asks for what is
-//! pending when the replica's newest event changes, and writes the frames it gets.
+//! and for each the event id it has seen up to. The session asks for what is pending
+//! when the events it follows move, and writes the frames it gets.
+//!
+//! - [`Follow`]: presence in the one registry; reads this node's replica (sans-IO).
+//! - [`ShardedFollow`]: presence in shards; each user's events come from its shard's
+//!   feed (`crate::raft::shards::feeds`), and a reset from the shard itself.
+//! - [`Followed`]: either, as the session holds it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use futures_util::future::select_all;
 use tokio::sync::watch;
 
 use crate::presence::SharedReplica;
-use crate::presence::events::{EventId, Read, reset_json};
+use crate::presence::events::{EventId, Origin, Read, event_json, reset_json, reset_json_in};
+use crate::presence::shards::Shard;
+use crate::raft::network::Events;
+use crate::raft::shards::{Feed, Shards};
 
 /// Users one connection may follow at once.
 pub const MAX_FOLLOWED_USERS: usize = 32;
@@ -117,6 +127,277 @@ impl Follow {
         }
     }
 }
+
+/// Why a user could not be followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowError {
+    /// The connection follows [`MAX_FOLLOWED_USERS`] already.
+    TooMany(String),
+    /// The user's shard cannot be read now.
+    Unavailable(String),
+    /// `since` is not a position of the user's shard.
+    BadSince(String),
+}
+
+/// The users one connection follows, in the one registry or in shards.
+#[derive(Debug)]
+pub enum Followed {
+    One(Follow),
+    Sharded(ShardedFollow),
+}
+
+impl Followed {
+    /// Follows `user` from `since` (an event id as the client gave it), or from now with
+    /// a reset. Returns the frames owed (to the users followed already, then the new
+    /// one's), which go out whether or not the user could be followed.
+    pub async fn add(
+        &mut self,
+        replica: &SharedReplica,
+        user: String,
+        since: Option<&str>,
+    ) -> (Vec<String>, Result<(), FollowError>) {
+        match self {
+            Followed::One(follow) => {
+                let mut frames = follow.pending(replica);
+                let since = match since.map(|s| s.parse::<EventId>()).transpose() {
+                    Ok(since) => since,
+                    Err(e) => return (frames, Err(FollowError::BadSince(e))),
+                };
+                match follow.add(replica, user, since) {
+                    Ok(reset) => frames.extend(reset),
+                    Err(e) => return (frames, Err(FollowError::TooMany(e))),
+                }
+                frames.extend(follow.pending(replica));
+                (frames, Ok(()))
+            }
+            Followed::Sharded(follow) => {
+                let mut frames = follow.pending().await;
+                match follow.add(user, since).await {
+                    Ok(reset) => {
+                        frames.extend(reset);
+                        // What the shard's feed holds already after the position.
+                        frames.extend(follow.pending().await);
+                        (frames, Ok(()))
+                    }
+                    Err(e) => (frames, Err(e)),
+                }
+            }
+        }
+    }
+
+    /// Stops following `user`; whether it was followed.
+    pub fn remove(&mut self, user: &str) -> bool {
+        match self {
+            Followed::One(f) => f.remove(user),
+            Followed::Sharded(f) => f.remove(user),
+        }
+    }
+
+    /// Stops following anyone but `user`.
+    pub fn retain_only(&mut self, user: &str) {
+        match self {
+            Followed::One(f) => f.retain_only(user),
+            Followed::Sharded(f) => f.retain_only(user),
+        }
+    }
+
+    /// Whether nobody is followed.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Followed::One(f) => f.is_empty(),
+            Followed::Sharded(f) => f.is_empty(),
+        }
+    }
+
+    /// Waits until the events followed move; false if they never will.
+    pub async fn changed(&mut self) -> bool {
+        match self {
+            Followed::One(f) => f.changed().await,
+            Followed::Sharded(f) => f.changed().await,
+        }
+    }
+
+    /// The frames owed to the users followed, oldest first.
+    pub async fn pending(&mut self, replica: &SharedReplica) -> Vec<String> {
+        match self {
+            Followed::One(f) => f.pending(replica),
+            Followed::Sharded(f) => f.pending().await,
+        }
+    }
+}
+
+/// Users followed in a sharded registry: each with its shard and the position it was
+/// sent up to, and the feeds of those shards.
+pub struct ShardedFollow {
+    shards: Arc<Shards>,
+    users: BTreeMap<String, (Shard, EventId)>,
+    feeds: BTreeMap<Shard, (Arc<Feed>, watch::Receiver<EventId>)>,
+}
+
+impl std::fmt::Debug for ShardedFollow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedFollow")
+            .field("users", &self.users)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardedFollow {
+    pub fn new(shards: Arc<Shards>) -> ShardedFollow {
+        ShardedFollow {
+            shards,
+            users: BTreeMap::new(),
+            feeds: BTreeMap::new(),
+        }
+    }
+
+    /// Follows `user` from `since` (`<shard>:<index>-<n>` or `<index>-<n>`, a position of
+    /// the user's shard), or from now with a reset frame of the user's connections.
+    async fn add(&mut self, user: String, since: Option<&str>) -> Result<Vec<String>, FollowError> {
+        if !self.users.contains_key(&user) && self.users.len() >= MAX_FOLLOWED_USERS {
+            return Err(FollowError::TooMany(format!(
+                "a connection follows at most {MAX_FOLLOWED_USERS} users' presence"
+            )));
+        }
+        let shard = self.shards.shard_of(&user);
+        let since = match since {
+            None => None,
+            Some(text) => Some(match text.split_once(':') {
+                Some(_) => {
+                    let id: crate::presence::events::ShardEventId =
+                        text.parse().map_err(FollowError::BadSince)?;
+                    if id.shard != shard {
+                        return Err(FollowError::BadSince(format!(
+                            "'{text}' is a position of shard {}; user {user}'s presence is in shard {shard}",
+                            id.shard
+                        )));
+                    }
+                    id.id
+                }
+                None => text.parse().map_err(FollowError::BadSince)?,
+            }),
+        };
+        let shards = self.shards.clone();
+        self.feeds.entry(shard).or_insert_with(|| {
+            let feed = shards.feed(shard, since);
+            let seen = feed.subscribe();
+            (feed, seen)
+        });
+        match since {
+            Some(since) => {
+                self.users.insert(user, (shard, since));
+                Ok(Vec::new())
+            }
+            None => {
+                let (at, frame) = self
+                    .reset(shard, &user)
+                    .await
+                    .map_err(FollowError::Unavailable)?;
+                self.users.insert(user, (shard, at));
+                Ok(vec![frame])
+            }
+        }
+    }
+
+    /// `user`'s connections now, as a reset frame, and its position.
+    async fn reset(&self, shard: Shard, user: &str) -> Result<(EventId, String), String> {
+        let reset = self
+            .shards
+            .events(
+                shard,
+                Origin::Reset,
+                Some(user),
+                0,
+                std::time::Duration::ZERO,
+            )
+            .await;
+        match reset {
+            Ok(Events::Reset(at, records)) => Ok((
+                at,
+                frame(&reset_json_in(Some(shard), at, Some(user), &records)),
+            )),
+            Ok(Events::After(..)) => Err("the shard answered without its state".into()),
+            Err(e) => Err(format!("presence unavailable now: {e}")),
+        }
+    }
+
+    fn remove(&mut self, user: &str) -> bool {
+        let removed = self.users.remove(user).is_some();
+        self.drop_unused_feeds();
+        removed
+    }
+
+    fn retain_only(&mut self, user: &str) {
+        self.users.retain(|u, _| u == user);
+        self.drop_unused_feeds();
+    }
+
+    fn drop_unused_feeds(&mut self) {
+        let users = &self.users;
+        self.feeds
+            .retain(|shard, _| users.values().any(|(s, _)| s == shard));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    async fn changed(&mut self) -> bool {
+        if self.feeds.is_empty() {
+            return false;
+        }
+        let waits = self
+            .feeds
+            .values_mut()
+            .map(|(_, seen)| Box::pin(seen.changed()));
+        let (result, _, _) = select_all(waits).await;
+        result.is_ok()
+    }
+
+    /// The frames owed: each user's events after its position, or a reset when its
+    /// shard's feed no longer has them.
+    async fn pending(&mut self) -> Vec<String> {
+        for (_, seen) in self.feeds.values_mut() {
+            seen.borrow_and_update();
+        }
+        let mut frames = Vec::new();
+        let users: Vec<String> = self.users.keys().cloned().collect();
+        for user in users {
+            // Bounded: a user's events come READ_BATCH at a time, at most this many times
+            // per look (the rest at the next).
+            for _ in 0..MAX_BATCHES_PER_LOOK {
+                let Some(&(shard, seen)) = self.users.get(&user) else {
+                    break;
+                };
+                let Some((feed, _)) = self.feeds.get(&shard) else {
+                    break;
+                };
+                match feed.events_after(seen, READ_BATCH, |e| e.user == user) {
+                    Read::Behind => {
+                        if let Ok((at, frame)) = self.reset(shard, &user).await {
+                            frames.push(frame);
+                            self.users.insert(user.clone(), (shard, at));
+                        }
+                        break;
+                    }
+                    Read::Events(events, upto) => {
+                        for event in &events {
+                            frames.push(frame(&event_json(event, Some(shard))));
+                        }
+                        self.users.insert(user.clone(), (shard, upto));
+                        if events.len() < READ_BATCH {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        frames
+    }
+}
+
+/// Batches of one user's events written per look.
+const MAX_BATCHES_PER_LOOK: usize = 16;
 
 /// A `presence_event` frame around an event's JSON.
 fn frame(event: &str) -> String {

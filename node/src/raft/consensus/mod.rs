@@ -9,6 +9,7 @@
 //!   writer (`super::writer`), the steward driver (builds a `View`, carries out the
 //!   `Steward`'s actions), and the health reporter (is a leader that can commit known?).
 
+mod reads;
 mod stewarding;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use switchboard_proto::peer::NodeId;
 use tracing::{info, warn};
@@ -65,6 +66,10 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 const REMOVAL_NOTICE_WAIT: Duration = Duration::from_secs(2);
 /// Longest the steward waits for one membership change (a learner added, a promotion).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a member holds an [`Rpc::Events`] open waiting for a new event.
+pub const MAX_EVENTS_WAIT: Duration = Duration::from_secs(10);
+/// Most events one [`Rpc::Events`] reply carries (about 150 bytes each).
+pub const MAX_EVENTS_PER_REPLY: usize = 1024;
 
 /// Why a write (or a Raft-backed read) did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -125,20 +130,26 @@ pub struct RaftSettings {
     pub incarnation: u64,
     /// This process's boot id.
     pub boot: u64,
+    /// Whether this group's writer commits the presence queue and its steward resyncs
+    /// and purges presence: the control group when presence is not sharded (a shard's
+    /// presence is driven by `super::shards`).
+    pub presence: bool,
 }
 
 /// See the module header.
 pub struct Consensus {
     pub raft: Raft<TypeConfig>,
-    node: NodeId,
+    pub(super) node: NodeId,
     group: GroupId,
     incarnation: u64,
     boot: u64,
-    transport: Arc<dyn Transport>,
-    node_timeout: Duration,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) node_timeout: Duration,
     max_voters: usize,
     pub(super) replica: Arc<SharedReplica>,
     pub(super) queue: Arc<PresenceQueue>,
+    /// See [`RaftSettings::presence`].
+    pub(super) presence: bool,
     pub(super) lifecycle: Arc<Lifecycle>,
     /// Serialises presence flushes (the writer loop and the final one at shutdown).
     pub(super) flushing: tokio::sync::Mutex<()>,
@@ -205,6 +216,7 @@ impl Consensus {
             max_voters: settings.max_voters,
             replica,
             queue,
+            presence: settings.presence,
             lifecycle,
             flushing: tokio::sync::Mutex::new(()),
             last_written: AtomicU64::new(0),
@@ -247,10 +259,12 @@ impl Consensus {
             {
                 warn!("this single-voter node did not become leader within {SINGLE_LEADER_WAIT:?}");
             }
-            info!(elapsed = ?started.elapsed(), "leader of a single-voter cluster");
+            info!(group = settings.group, elapsed = ?started.elapsed(), "leader of a single-voter group");
             // History buckets are assigned before the node serves, so that the first
             // publish to a history group finds an owner.
-            consensus.assign_history().await;
+            if settings.group == CONTROL {
+                consensus.assign_history().await;
+            }
         }
         Ok((consensus, known))
     }
@@ -260,7 +274,9 @@ impl Consensus {
     /// process's [`super::Groups`], served by `network::serve`.)
     pub fn spawn(self: &Arc<Self>, health: Arc<Health>) {
         health.set_leader(self.has_leader());
-        tokio::spawn(writer::run(self.clone()));
+        if self.presence {
+            tokio::spawn(writer::run(self.clone()));
+        }
         tokio::spawn(self.clone().steward());
         tokio::spawn(self.clone().report_health(health));
     }
@@ -268,6 +284,22 @@ impl Consensus {
     /// The group this is.
     pub fn group(&self) -> GroupId {
         self.group
+    }
+
+    /// This group's replica.
+    pub fn replica(&self) -> &Arc<SharedReplica> {
+        &self.replica
+    }
+
+    /// Makes a new group of this one node (a presence shard the control leader created).
+    pub async fn initialize_alone(&self, advertised: &str) -> anyhow::Result<()> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        self.raft
+            .initialize(BTreeMap::from([(self.node, BasicNode::new(advertised))]))
+            .await?;
+        Ok(())
     }
 
     /// This node's Raft view.
@@ -385,48 +417,6 @@ impl Consensus {
             })
     }
 
-    /// The log index a read must see: the leader's read index, confirmed with a quorum.
-    async fn read_index(&self) -> Result<u64, WriteError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let leader = f.leader_id.ok_or(WriteError::NoLeader)?;
-                match self
-                    .ask_leader(leader, Rpc::ReadIndex, READ_INDEX_TIMEOUT)
-                    .await?
-                {
-                    Reply::ReadIndex(result) => result,
-                    _ => Err(WriteError::UnexpectedReply),
-                }
-            }
-            Err(e) => Err(WriteError::Raft(e.to_string())),
-        }
-    }
-
-    /// Waits until this node's replica reflects every write committed before the call
-    /// (a read index confirmed by the leader with a quorum), so that a read that
-    /// follows is linearizable.
-    pub async fn linearizable(&self) -> Result<(), WriteError> {
-        let index = self.read_index().await?;
-        self.applied(index, "read index").await
-    }
-
-    /// Waits (at most [`READ_INDEX_TIMEOUT`]) until this node applied log index `index`:
-    /// a reader resuming from a position another node gave it.
-    pub async fn caught_up(&self, index: u64) -> Result<(), WriteError> {
-        self.applied(index, "a resume position").await
-    }
-
-    /// Waits (at most [`READ_INDEX_TIMEOUT`]) until this node applied log index `index`.
-    async fn applied(&self, index: u64, why: &str) -> Result<(), WriteError> {
-        self.raft
-            .wait(Some(READ_INDEX_TIMEOUT))
-            .applied_index_at_least(Some(index), why)
-            .await
-            .map(|_| ())
-            .map_err(|e| WriteError::Raft(format!("replica did not catch up: {e}")))
-    }
-
     /// Claims idempotency keys for a new request of this node (see
     /// `crate::presence::claims`): committed through the leader, then read from this
     /// node's replica once applied. For each key, whether this request holds it (false:
@@ -537,12 +527,37 @@ impl Consensus {
                 }
                 Reply::Remove(Box::pin(self.remove(id)).await)
             }
+            Rpc::Presence { user, linearizable } => Reply::Presence(
+                async {
+                    if linearizable {
+                        self.linearizable().await?;
+                    }
+                    Ok(self.replica.read().presence.user(&user))
+                }
+                .await,
+            ),
+            Rpc::Count { node, applied } => Reply::Count(
+                self.caught_up(applied)
+                    .await
+                    .map(|()| self.replica.node_connections(node) as u64),
+            ),
+            Rpc::Events {
+                from,
+                user,
+                max,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_EVENTS_WAIT);
+                let max = (max as usize).min(MAX_EVENTS_PER_REPLY);
+                Reply::Events(Ok(self.events(from, user.as_deref(), max, wait).await))
+            }
         }
     }
 
     /// The Raft layer's rows in `/metrics`.
-    pub fn rows(&self) -> Vec<Row> {
-        self.counters.rows(&self.status(), self.replica.len())
+    /// `presence_entries`: the connections this node's replicas hold.
+    pub fn rows(&self, presence_entries: usize) -> Vec<Row> {
+        self.counters.rows(&self.status(), presence_entries)
     }
 
     /// Keeps `health` told whether a leader that can commit is known: on every change of

@@ -91,11 +91,14 @@ impl Consensus {
     /// This node's live connections and what the replica holds for it, when settled:
     /// not draining, nothing queued, no write in flight, and its last write applied here.
     fn settled(&self, applied: u64) -> Option<(usize, usize)> {
+        if !self.presence {
+            return None;
+        }
         let _writer_idle = self.flushing.try_lock().ok()?;
         if self.lifecycle.draining() || applied < self.last_written.load(Ordering::Acquire) {
             return None;
         }
-        let live = self.queue.settled_live()?;
+        let live = self.queue.settled_live(0)?;
         Some((live, self.replica.node_connections(self.node)))
     }
 
@@ -109,7 +112,7 @@ impl Consensus {
                 if let Some((live, registered)) = view.settled {
                     info!(registered, live, "re-registering this node's connections");
                 }
-                self.queue.resync();
+                self.queue.resync(0);
                 self.counters.resyncs.inc();
             }
             Action::Bind { node, incarnation } => {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
-use super::follow::Follow;
+use super::follow::{Follow, FollowError, Followed, ShardedFollow};
 use super::state::{
     End, Incoming, Recovered, SessionState, Timeout, error, gap, slow_consumer, text,
 };
@@ -36,7 +36,6 @@ use crate::history::HistoryError;
 use crate::history::Recovery;
 use crate::hub::{Inbox, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
-use crate::presence::events::EventId;
 use crate::sync::lock;
 
 /// Most queued messages written per flush.
@@ -68,7 +67,7 @@ pub struct Session<S: Stream> {
     /// The answer of the recovery the state handed out, awaited.
     in_flight: Option<Answer>,
     /// The users whose presence events this connection follows, if any.
-    follow: Option<Box<Follow>>,
+    follow: Option<Box<Followed>>,
 }
 
 impl<S: Stream> std::fmt::Debug for Session<S> {
@@ -378,34 +377,32 @@ impl<S: Stream> Session<S> {
             );
             return self.reply(&reply).await;
         }
-        let since = match since.map(|s| s.parse::<EventId>()).transpose() {
-            Ok(since) => since,
-            Err(e) => return self.reply(&error(ErrorCode::BadRequest, &e, id)).await,
-        };
         let replica = &self.ingress.replica;
-        let follow = self
-            .follow
-            .get_or_insert_with(|| Box::new(Follow::new(replica)));
-        // What the users followed already are owed goes out before the new one's reset.
-        let mut frames = follow.pending(replica);
-        match follow.add(replica, user.clone(), since) {
-            Ok(reset) => frames.extend(reset),
-            Err(e) => {
-                let frames = frames
-                    .into_iter()
-                    .map(|f| Message::Text(f.into()))
-                    .collect();
-                self.write_frames(frames).await?;
-                return self.reply(&error(ErrorCode::TooManyGroups, &e, id)).await;
-            }
+        let follow = self.follow.get_or_insert_with(|| {
+            Box::new(match &self.ingress.presence_reads.shards {
+                Some(shards) => Followed::Sharded(ShardedFollow::new(shards.clone())),
+                None => Followed::One(Follow::new(replica)),
+            })
+        });
+        let (frames, added) = follow.add(replica, user.clone(), since.as_deref()).await;
+        if follow.is_empty() {
+            self.follow = None;
         }
-        frames.extend(follow.pending(replica));
-        let reply = ServerReply::PresenceSubscribed { user, id };
-        self.reply(&reply).await?;
         let frames = frames
             .into_iter()
             .map(|f| Message::Text(f.into()))
             .collect();
+        if let Err(e) = added {
+            self.write_frames(frames).await?;
+            let (code, text) = match e {
+                FollowError::TooMany(text) => (ErrorCode::TooManyGroups, text),
+                FollowError::BadSince(text) => (ErrorCode::BadRequest, text),
+                FollowError::Unavailable(text) => (ErrorCode::Unavailable, text),
+            };
+            return self.reply(&error(code, &text, id)).await;
+        }
+        let reply = ServerReply::PresenceSubscribed { user, id };
+        self.reply(&reply).await?;
         self.write_frames(frames).await
     }
 
@@ -414,7 +411,7 @@ impl<S: Stream> Session<S> {
         let Some(follow) = self.follow.as_mut() else {
             return Ok(());
         };
-        let frames = follow.pending(&self.ingress.replica);
+        let frames = follow.pending(&self.ingress.replica).await;
         let frames = frames
             .into_iter()
             .map(|f| Message::Text(f.into()))

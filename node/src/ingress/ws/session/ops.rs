@@ -52,12 +52,18 @@ impl<S: Stream> Session<S> {
                         id,
                     );
                 }
-                // Cluster-wide, from this node's replica of the registry.
-                let connections = ingress.replica.presence_of(&user);
-                ServerReply::Presence {
-                    user,
-                    connections,
-                    id,
+                // Cluster-wide: this node's replica of the registry, or the user's shard.
+                match ingress.presence_reads.of(&user, false).await {
+                    Ok(connections) => ServerReply::Presence {
+                        user,
+                        connections,
+                        id,
+                    },
+                    Err(e) => error(
+                        ErrorCode::Unavailable,
+                        &format!("presence unavailable now: {e}"),
+                        id,
+                    ),
                 }
             }
             ClientOp::PresenceUnsubscribe { user, .. } => {
