@@ -41,11 +41,11 @@ pub async fn metrics(view: &NodeView) -> String {
         "WebSocket connections this node takes at most (--max-connections, or derived).",
         view.config.ws.max_connections as u64,
     ));
-    let (kept, bytes, _) = view.replica.ring_stats();
+    let (derived, kept, bytes) = view.presence.event_stats();
     rows.push(crate::metrics::Row::counter(
         "presence_events_total",
-        "Presence events derived from committed entries (the same on every node).",
-        view.replica.events_derived(),
+        "Presence events derived from committed entries (the same on every node holding the same registry or shards).",
+        derived,
     ));
     rows.push(crate::metrics::Row::gauge(
         "presence_events_kept",
@@ -123,6 +123,16 @@ pub fn status(view: &NodeView) -> serde_json::Value {
 
 /// What this node keeps of the presence events.
 fn presence_events(view: &NodeView) -> serde_json::Value {
+    if view.presence.shards.is_some() {
+        // Per shard: each hosted shard's newest event is in `presence_shards`.
+        let (_, kept, bytes) = view.presence.event_stats();
+        return json!({
+            "kept": kept,
+            "bytes": bytes,
+            "capacity": view.config.presence_events,
+            "streams": events::open_streams(),
+        });
+    }
     let (kept, bytes, after) = view.replica.ring_stats();
     json!({
         "kept": kept,

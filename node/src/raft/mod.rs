@@ -110,6 +110,19 @@ impl Presence {
             .collect())
     }
 
+    /// Presence events this node derived since it started, and the events (and bytes)
+    /// its rings keep: the control group's, plus the shards' it hosts.
+    pub fn event_stats(&self) -> (u64, usize, usize) {
+        let control = self.control.replica();
+        let (kept, bytes, _) = control.ring_stats();
+        let mut stats = (control.events_derived(), kept, bytes);
+        if let Some(shards) = &self.shards {
+            let (derived, kept, bytes) = shards.event_stats();
+            stats = (stats.0 + derived, stats.1 + kept, stats.2 + bytes);
+        }
+        stats
+    }
+
     /// Connections this node's replicas hold: every one cluster-wide, or those of the
     /// shards it hosts.
     pub fn entries(&self) -> usize {

@@ -6,6 +6,12 @@
 //! On restart the state machine starts from the snapshot and openraft re-applies the
 //! log entries after it, up to the saved commit index.
 //!
+//! redb caches the pages it reads and writes in memory, 1 GiB by default: a log that
+//! takes every presence change would keep most of what it ever wrote there, on every
+//! node that replicates it. The cache is bounded to [`LOG_CACHE_BYTES`]: Raft reads
+//! back only recent entries (a follower catching up), and a miss is a read from the
+//! operating system's page cache.
+//!
 //! openraft's own storage test suite (`openraft::testing::Suite`) runs against this
 //! store (see the tests below).
 
@@ -29,6 +35,10 @@ use super::snapshot::{restore, snapshot_of};
 use super::{Entry, TypeConfig};
 use crate::presence::SharedReplica;
 use crate::sync::lock;
+
+/// Memory redb may use to cache one Raft log's pages (per group: the control group and
+/// each presence shard this node hosts).
+pub const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -60,7 +70,9 @@ impl LogStore {
     pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("log.redb");
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(&path)
             .map_err(|e| anyhow::anyhow!("cannot open the Raft log {}: {e}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;

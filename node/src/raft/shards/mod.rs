@@ -364,6 +364,18 @@ impl Shards {
         self.queue.is_empty()
     }
 
+    /// Presence events the shards this node hosts derived since it started, and the
+    /// events (and bytes) their rings keep.
+    pub fn event_stats(&self) -> (u64, usize, usize) {
+        self.hosted_groups()
+            .iter()
+            .map(|c| {
+                let (kept, bytes, _) = c.replica().ring_stats();
+                (c.replica().events_derived(), kept, bytes)
+            })
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    }
+
     /// Connections registered in the shards this node hosts.
     pub fn hosted_connections(&self) -> usize {
         self.hosted_groups().iter().map(|c| c.replica().len()).sum()
@@ -381,6 +393,7 @@ impl Shards {
                         "leader": st.leader,
                         "last_applied": st.last_applied,
                         "connections": c.replica().len(),
+                        "newest_event": format!("{shard}:{}", c.replica().newest_event()),
                     })
                 });
                 serde_json::json!({
