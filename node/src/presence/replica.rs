@@ -206,9 +206,15 @@ impl SharedReplica {
     /// An empty replica whose ring keeps the newest `events` presence events (and at most
     /// [`MAX_EVENT_RING_BYTES`]).
     pub fn new(events: usize) -> SharedReplica {
+        SharedReplica::bounded(events, MAX_EVENT_RING_BYTES)
+    }
+
+    /// An empty replica whose ring keeps the newest `events` presence events, and at most
+    /// `bytes` of them (a presence shard's share of the node's bounds).
+    pub fn bounded(events: usize, bytes: usize) -> SharedReplica {
         SharedReplica {
             state: RwLock::default(),
-            events: RwLock::new(Ring::new(events, MAX_EVENT_RING_BYTES, EventId::default())),
+            events: RwLock::new(Ring::new(events, bytes, EventId::default())),
             newest: watch::Sender::new(EventId::default()),
             derived: AtomicU64::new(0),
         }

@@ -43,7 +43,7 @@ use super::steward::STEWARD_INTERVAL;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Row;
 use crate::presence::shards::{Shard, group_of, placement, shard_of};
-use crate::presence::{Command, PresenceQueue, SharedReplica};
+use crate::presence::{Command, MAX_EVENT_RING_BYTES, PresenceQueue, SharedReplica};
 use crate::sync::{read, write};
 pub use feeds::Feed;
 pub use steward::{ShardAction, ShardSteward, ShardView};
@@ -73,7 +73,8 @@ pub struct ShardsDeps {
     pub control: Arc<Consensus>,
     pub queue: Arc<PresenceQueue>,
     pub lifecycle: Arc<Lifecycle>,
-    /// `--presence-events`: each shard's ring keeps this many.
+    /// `--presence-events`: the node's shards keep this many between them (each its
+    /// share).
     pub presence_events: usize,
 }
 
@@ -305,7 +306,13 @@ impl Shards {
             presence: true,
             ..self.settings.clone()
         };
-        let replica = Arc::new(SharedReplica::new(self.presence_events));
+        // Each shard keeps its share of the node's bounds, so that a node hosting every
+        // shard keeps no more events than `--presence-events` says.
+        let shares = usize::from(self.count.max(1));
+        let replica = Arc::new(SharedReplica::bounded(
+            self.presence_events.div_ceil(shares),
+            MAX_EVENT_RING_BYTES / shares,
+        ));
         let (consensus, _) = Consensus::start(
             settings,
             self.transport.clone(),
