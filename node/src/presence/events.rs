@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_proto::peer::{ConnectionRecord, NodeId};
@@ -191,11 +192,11 @@ pub struct Event {
     pub id: EventId,
     #[serde(rename = "type")]
     pub kind: Kind,
-    pub user: String,
+    pub user: Arc<str>,
     /// The connection's node (for `online`/`offline`: the connection that made the user
     /// come online or go offline).
     pub node: NodeId,
-    pub connection: String,
+    pub connection: Arc<str>,
     /// Unix milliseconds, from the committed entry (the same on every node).
     pub at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,11 +210,20 @@ impl Event {
     }
 }
 
+/// A connection as the registry noted it: its ids are the registry's own (shared), so
+/// the events derived from it hold no copy of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotedConnection {
+    pub node: NodeId,
+    pub user: Arc<str>,
+    pub connection: Arc<str>,
+}
+
 /// A record an entry added or removed, in the order the registry applied them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Added(ConnectionRecord),
-    Removed(ConnectionRecord, Option<Reason>),
+    Added(NotedConnection),
+    Removed(NotedConnection, Option<Reason>),
 }
 
 /// The events of the entry at log `index` (stamped `at`), from the changes it made;
@@ -225,12 +235,12 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
     }
     // Each connection's state before the entry's first change and after its last.
     type Net = (
-        Option<ConnectionRecord>,
-        Option<ConnectionRecord>,
+        Option<NotedConnection>,
+        Option<NotedConnection>,
         Option<Reason>,
     );
-    let mut order: Vec<(NodeId, String)> = Vec::new();
-    let mut net: HashMap<(NodeId, String), Net> = HashMap::new();
+    let mut order: Vec<(NodeId, Arc<str>)> = Vec::new();
+    let mut net: HashMap<(NodeId, Arc<str>), Net> = HashMap::new();
     for change in changes {
         let (record, added, reason) = match change {
             Change::Added(r) => (r, true, None),
@@ -251,8 +261,8 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
     }
     // Every leave comes before every join (a connection that changed user leaves the
     // old one first), each in the order the entry first touched the connection.
-    let mut leaves: Vec<(ConnectionRecord, Option<Reason>)> = Vec::new();
-    let mut joins: Vec<ConnectionRecord> = Vec::new();
+    let mut leaves: Vec<(NotedConnection, Option<Reason>)> = Vec::new();
+    let mut joins: Vec<NotedConnection> = Vec::new();
     for key in order {
         let Some((before, after, reason)) = net.remove(&key) else {
             continue;
@@ -277,7 +287,7 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
         *was_online = (after + *left).saturating_sub(*joined) > 0;
     }
     let mut events = Vec::with_capacity(leaves.len() + joins.len());
-    let mut push = |kind, record: &ConnectionRecord, reason| {
+    let mut push = |kind, record: &NotedConnection, reason| {
         events.push(Event {
             id: EventId {
                 index,
@@ -293,7 +303,7 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
     };
     for (record, reason) in &leaves {
         push(Kind::Leave, record, *reason);
-        if let Some((left, _, _)) = users.get_mut(record.user.as_str()) {
+        if let Some((left, _, _)) = users.get_mut(&*record.user) {
             *left -= 1;
             if *left == 0 && registry.user_connections(&record.user) == 0 {
                 push(Kind::Offline, record, *reason);
@@ -302,7 +312,7 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
     }
     for record in &joins {
         push(Kind::Join, record, None);
-        if let Some((_, joined, was_online)) = users.get_mut(record.user.as_str()) {
+        if let Some((_, joined, was_online)) = users.get_mut(&*record.user) {
             if !*was_online {
                 *was_online = true;
                 push(Kind::Online, record, None);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
-use super::events::{Change, Reason};
+use super::events::{Change, NotedConnection, Reason};
 
 /// One connection as the registry keeps it: its user is the key it is filed under, and
 /// its connection id is shared with the index by node.
@@ -96,14 +96,18 @@ impl Registry {
             .entry(node)
             .or_default()
             .insert(connection.clone(), user.clone());
+        if let Some(changes) = changes {
+            changes.push(Change::Added(NotedConnection {
+                node,
+                user: user.clone(),
+                connection: connection.clone(),
+            }));
+        }
         let held = Held {
             node,
             connection,
             connected_at: record.connected_at,
         };
-        if let Some(changes) = changes {
-            changes.push(Change::Added(record));
-        }
         let conns = self.by_user.entry(user).or_default();
         let at = conns
             .binary_search_by(|h| (h.node, &*h.connection).cmp(&(node, &*held.connection)))
@@ -134,7 +138,12 @@ impl Registry {
             {
                 let held = conns.remove(at);
                 if let Some(changes) = changes {
-                    changes.push(Change::Removed(held.record(&user), reason));
+                    let noted = NotedConnection {
+                        node,
+                        user: user.clone(),
+                        connection: held.connection,
+                    };
+                    changes.push(Change::Removed(noted, reason));
                 }
             }
             if conns.is_empty() {

@@ -200,9 +200,9 @@ impl From<Event> for WireEvent {
         WireEvent {
             id: e.id,
             kind: e.kind,
-            user: e.user,
+            user: e.user.to_string(),
             node: e.node,
-            connection: e.connection,
+            connection: e.connection.to_string(),
             at: e.at,
             reason: e.reason,
         }
@@ -214,9 +214,9 @@ impl From<WireEvent> for Event {
         Event {
             id: e.id,
             kind: e.kind,
-            user: e.user,
+            user: e.user.into(),
             node: e.node,
-            connection: e.connection,
+            connection: e.connection.into(),
             at: e.at,
             reason: e.reason,
         }

@@ -99,7 +99,7 @@ impl Follow {
             };
             let users = &self.users;
             let keep = |e: &crate::presence::events::Event| {
-                users.get(&e.user).is_some_and(|seen| e.id > *seen)
+                users.get(&*e.user).is_some_and(|seen| e.id > *seen)
             };
             match replica.events_after(oldest, READ_BATCH, keep) {
                 Read::Behind => {
@@ -372,7 +372,7 @@ impl ShardedFollow {
                 let Some((feed, _)) = self.feeds.get(&shard) else {
                     break;
                 };
-                match feed.events_after(seen, READ_BATCH, |e| e.user == user) {
+                match feed.events_after(seen, READ_BATCH, |e| *e.user == *user) {
                     Read::Behind => {
                         if let Ok((at, frame)) = self.reset(shard, &user).await {
                             frames.push(frame);

@@ -17,7 +17,7 @@ fn batch(replica: &mut Replica, index: u64, ops: Vec<PresenceOp>) -> Vec<Event> 
 fn kinds(events: &[Event]) -> Vec<(String, Kind, &str)> {
     events
         .iter()
-        .map(|e| (e.id.to_string(), e.kind, e.connection.as_str()))
+        .map(|e| (e.id.to_string(), e.kind, &*e.connection))
         .collect()
 }
 
@@ -181,7 +181,7 @@ fn event(index: u64, ordinal: u32, user: &str) -> Event {
         kind: Kind::Join,
         user: user.into(),
         node: 1,
-        connection: format!("1-{index}"),
+        connection: format!("1-{index}").into(),
         at: 0,
         reason: None,
     }
@@ -222,7 +222,7 @@ fn the_ring_keeps_the_newest_and_tells_a_reader_behind_it() {
         }
     );
     // Filtered, and bounded: the reader has seen up to the last one returned.
-    let Read::Events(found, seen) = ring.after(ring.floor(), 1, |e| e.user == "b") else {
+    let Read::Events(found, seen) = ring.after(ring.floor(), 1, |e| &*e.user == "b") else {
         panic!("not behind");
     };
     assert_eq!(found, vec![event(3, 0, "b")]);
@@ -310,12 +310,13 @@ proptest! {
             for e in batch(&mut r, i as u64 + 1, ops) {
                 prop_assert!(e.id > last);
                 last = e.id;
-                let key = (e.node, e.connection.clone());
+                let key = (e.node, e.connection.to_string());
+                let user = e.user.to_string();
                 match e.kind {
-                    Kind::Join => prop_assert!(conns.insert(key, e.user.clone()).is_none()),
-                    Kind::Leave => prop_assert_eq!(conns.remove(&key), Some(e.user.clone())),
-                    Kind::Online => prop_assert!(online.insert(e.user.clone())),
-                    Kind::Offline => prop_assert!(online.remove(&e.user)),
+                    Kind::Join => prop_assert!(conns.insert(key, user).is_none()),
+                    Kind::Leave => prop_assert_eq!(conns.remove(&key), Some(user)),
+                    Kind::Online => prop_assert!(online.insert(user)),
+                    Kind::Offline => prop_assert!(online.remove(&user)),
                 }
             }
             let expected: BTreeMap<_, _> = r

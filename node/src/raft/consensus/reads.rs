@@ -74,7 +74,7 @@ impl Consensus {
         let mut newest = self.replica.subscribe();
         loop {
             newest.borrow_and_update();
-            let keep = |e: &Event| user.is_none_or(|u| e.user == u);
+            let keep = |e: &Event| user.is_none_or(|u| &*e.user == u);
             match self.replica.events_after(after, max, keep) {
                 Read::Behind => {
                     let (at, records) = self.replica.reset(user);
