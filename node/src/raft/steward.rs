@@ -106,13 +106,66 @@ pub enum Action {
     Assign(Vec<Change>),
 }
 
+/// Since when each node holding presence has been seen down, counted from when it was
+/// last heard of: a leader purges a node down for the node timeout. Kept by the control
+/// group's steward and by each presence shard's.
+#[derive(Debug, Default)]
+pub struct DownClock {
+    since: HashMap<NodeId, Instant>,
+}
+
+impl DownClock {
+    /// Forgets every node (this node stopped leading).
+    pub fn clear(&mut self) {
+        self.since.clear();
+    }
+
+    /// Whether `node` (a holder of presence) has been down for `timeout` at `now`; a node
+    /// up is forgotten.
+    pub fn down_for(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        node: NodeId,
+        peers: &[PeerState],
+    ) -> bool {
+        let peer = peers.iter().find(|p| p.id == node);
+        if peer.is_some_and(|p| p.up) {
+            self.since.remove(&node);
+            return false;
+        }
+        let since = *self.since.entry(node).or_insert_with(|| {
+            // Silent for a while already? Count from when it was last heard of.
+            peer.and_then(|p| p.last_seen)
+                .and_then(|ago| now.checked_sub(ago))
+                .unwrap_or(now)
+        });
+        now.saturating_duration_since(since) >= timeout
+    }
+
+    /// Forgets the nodes that are up now.
+    pub fn forget_up(&mut self, peers: &[PeerState]) {
+        self.since
+            .retain(|id, _| !peers.iter().any(|p| p.id == *id && p.up));
+    }
+}
+
+/// Each follower's matched log index, from a leader's Raft metrics.
+pub fn matched(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> BTreeMap<NodeId, u64> {
+    m.replication
+        .iter()
+        .flatten()
+        .filter_map(|(id, l)| l.map(|l| (*id, l.index)))
+        .collect()
+}
+
 /// See the module header.
 #[derive(Debug)]
 pub struct Steward {
     node_timeout: Duration,
     max_voters: usize,
-    /// Since when each node holding presence has been seen down (leader only).
-    down_since: HashMap<NodeId, Instant>,
+    /// When each node holding presence went down (leader only).
+    down: DownClock,
     mismatches: u32,
     removed_noticed: bool,
     /// Since when each bucket has been in its current epoch (leader only).
@@ -124,7 +177,7 @@ impl Steward {
         Steward {
             node_timeout,
             max_voters,
-            down_since: HashMap::new(),
+            down: DownClock::default(),
             mismatches: 0,
             removed_noticed: false,
             epoch_since: HashMap::new(),
@@ -158,7 +211,7 @@ impl Steward {
         if view.leader == Some(view.me) {
             self.lead(now, view, &mut actions);
         } else {
-            self.down_since.clear();
+            self.down.clear();
             self.epoch_since.clear();
         }
         actions
@@ -203,21 +256,13 @@ impl Steward {
                 actions.push(Action::Promote(*id));
             }
         }
-        self.down_since.retain(|id, _| !up.contains(id));
+        self.down.forget_up(&view.peers);
         for &node in &view.presence_holders {
-            if node == view.me || up.contains(&node) {
-                continue;
-            }
-            let since = *self.down_since.entry(node).or_insert_with(|| {
-                // Silent for a while already? Count from when it was last heard of.
-                view.peers
-                    .iter()
-                    .find(|p| p.id == node)
-                    .and_then(|p| p.last_seen)
-                    .and_then(|ago| now.checked_sub(ago))
-                    .unwrap_or(now)
-            });
-            if now.saturating_duration_since(since) >= self.node_timeout {
+            if node != view.me
+                && self
+                    .down
+                    .down_for(now, self.node_timeout, node, &view.peers)
+            {
                 actions.push(Action::Purge(node));
             }
         }

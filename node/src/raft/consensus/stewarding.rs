@@ -75,12 +75,7 @@ impl Consensus {
             learners: membership.learner_ids().collect(),
             changing: membership.get_joint_config().len() != 1,
             last_log_index: m.last_log_index.unwrap_or(0),
-            matched: m
-                .replication
-                .iter()
-                .flatten()
-                .filter_map(|(id, l)| l.map(|l| (*id, l.index)))
-                .collect(),
+            matched: crate::raft::steward::matched(&m),
             peers: self.transport.peers(),
             removed,
             presence_holders,

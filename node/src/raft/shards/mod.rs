@@ -209,19 +209,6 @@ impl Shards {
         })
     }
 
-    /// The control group's members that may vote in shards: voters and learners, less
-    /// the removed.
-    fn members(&self) -> BTreeSet<NodeId> {
-        let m = self.control.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let removed = self.control.replica.read().removed.clone();
-        membership
-            .voter_ids()
-            .chain(membership.learner_ids())
-            .filter(|id| !removed.contains(id))
-            .collect()
-    }
-
     /// As the control leader: records this node as the one voter of every shard that has
     /// no record yet (a new cluster), for [`Self::host`] to open and initialise them.
     /// Whether it created any.
@@ -258,7 +245,7 @@ impl Shards {
     /// neither: the shard's leader has converged without it, so it is no voter of it
     /// (at most a learner the leader is about to drop). A voter never loses its log.
     async fn host(&self) {
-        let members = self.members();
+        let members = members(&self.control);
         let recorded = self.control.replica.read().shards.clone();
         for shard in 0..self.count {
             let Some(voters) = recorded.get(&shard) else {
@@ -433,4 +420,17 @@ impl Shards {
             ),
         ]
     }
+}
+
+/// The control group's members that may vote in shards: voters and learners, less the
+/// removed.
+fn members(control: &Consensus) -> BTreeSet<NodeId> {
+    let m = control.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let removed = control.replica.read().removed.clone();
+    membership
+        .voter_ids()
+        .chain(membership.learner_ids())
+        .filter(|id| !removed.contains(id))
+        .collect()
 }

@@ -14,12 +14,12 @@
 //! - **Purge**: a node holding presence in the shard that was removed, or has been down
 //!   for `--node-timeout-ms`, has its presence purged, every tick until it is gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use switchboard_proto::peer::NodeId;
 
-use crate::raft::steward::{CATCH_UP_MARGIN, PeerState};
+use crate::raft::steward::{CATCH_UP_MARGIN, DownClock, PeerState};
 
 /// What a shard's steward looks at.
 #[derive(Debug, Clone)]
@@ -64,15 +64,15 @@ pub enum ShardAction {
 #[derive(Debug)]
 pub struct ShardSteward {
     node_timeout: Duration,
-    /// Since when each node holding presence has been seen down (leader only).
-    down_since: HashMap<NodeId, Instant>,
+    /// When each node holding presence went down (leader only).
+    down: DownClock,
 }
 
 impl ShardSteward {
     pub fn new(node_timeout: Duration) -> ShardSteward {
         ShardSteward {
             node_timeout,
-            down_since: HashMap::new(),
+            down: DownClock::default(),
         }
     }
 
@@ -80,7 +80,7 @@ impl ShardSteward {
     pub fn tick(&mut self, now: Instant, view: &ShardView) -> Vec<ShardAction> {
         let mut actions = Vec::new();
         if view.leader != Some(view.me) {
-            self.down_since.clear();
+            self.down.clear();
             return actions;
         }
         if !view.changing {
@@ -131,25 +131,14 @@ impl ShardSteward {
     }
 
     fn purge(&mut self, now: Instant, view: &ShardView, actions: &mut Vec<ShardAction>) {
-        let up: BTreeSet<NodeId> = view.peers.iter().filter(|p| p.up).map(|p| p.id).collect();
-        self.down_since.retain(|id, _| !up.contains(id));
+        self.down.forget_up(&view.peers);
         for &node in &view.holders {
-            if view.removed.contains(&node) {
-                actions.push(ShardAction::Purge(node));
-                continue;
-            }
-            if node == view.me || up.contains(&node) {
-                continue;
-            }
-            let since = *self.down_since.entry(node).or_insert_with(|| {
-                view.peers
-                    .iter()
-                    .find(|p| p.id == node)
-                    .and_then(|p| p.last_seen)
-                    .and_then(|ago| now.checked_sub(ago))
-                    .unwrap_or(now)
-            });
-            if now.saturating_duration_since(since) >= self.node_timeout {
+            let due = view.removed.contains(&node)
+                || (node != view.me
+                    && self
+                        .down
+                        .down_for(now, self.node_timeout, node, &view.peers));
+            if due {
                 actions.push(ShardAction::Purge(node));
             }
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::{BasicNode, ChangeMembers};
-use switchboard_proto::peer::{NodeId, PresenceOp};
+use switchboard_proto::peer::PresenceOp;
 use tracing::{info, warn};
 
 use super::{MEMBERSHIP_TIMEOUT, ShardAction, ShardSteward, ShardView};
@@ -39,19 +39,12 @@ pub(super) async fn run(consensus: Arc<Consensus>, shard: Shard, control: Arc<Co
 fn shard_view(consensus: &Consensus, shard: Shard, control: &Consensus) -> ShardView {
     let m = consensus.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
-    let (removed, recorded, members) = {
+    let members = super::members(control);
+    let (removed, recorded) = {
         let replica = control.replica.read();
-        let cm = control.raft.metrics().borrow().clone();
-        let cmem = cm.membership_config.membership();
-        let members: Vec<NodeId> = cmem
-            .voter_ids()
-            .chain(cmem.learner_ids())
-            .filter(|id| !replica.removed.contains(id))
-            .collect();
         (
             replica.removed.clone(),
             replica.shards.get(&shard).cloned().unwrap_or_default(),
-            members,
         )
     };
     ShardView {
@@ -61,12 +54,7 @@ fn shard_view(consensus: &Consensus, shard: Shard, control: &Consensus) -> Shard
         learners: membership.learner_ids().collect(),
         changing: membership.get_joint_config().len() != 1,
         last_log_index: m.last_log_index.unwrap_or(0),
-        matched: m
-            .replication
-            .iter()
-            .flatten()
-            .filter_map(|(id, l)| l.map(|l| (*id, l.index)))
-            .collect(),
+        matched: crate::raft::steward::matched(&m),
         placement: placement(shard, members),
         recorded,
         peers: consensus.transport.peers(),

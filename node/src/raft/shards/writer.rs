@@ -19,17 +19,12 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Shards;
+use crate::presence::MAX_BATCH;
 use crate::presence::shards::Shard;
-use crate::presence::{Command, FLUSH_INTERVAL, MAX_BATCH};
 use crate::raft::WriteError;
 use crate::raft::steward::MISMATCHES_BEFORE_RESYNC;
+use crate::raft::writer::{WARN_EVERY, flush_batch, pause};
 
-/// The pause after `failures` failed flushes in a row grows by this much, up to
-/// [`RETRY_STEPS`] steps.
-const RETRY_STEP: Duration = Duration::from_millis(50);
-const RETRY_STEPS: u32 = 4;
-/// After the first failure, one warning every this many failures in a row.
-const WARN_EVERY: u32 = 100;
 /// How often the writer compares what the shard holds for this node with the truth.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -39,29 +34,15 @@ impl Shards {
     pub async fn flush(&self, shard: Shard) -> Result<usize, WriteError> {
         let slot = &self.slots[usize::from(shard)];
         let _one_at_a_time = slot.flushing.lock().await;
-        let ops = self.queue.take(shard);
-        if ops.is_empty() {
-            return Ok(0);
-        }
-        let n = ops.len();
-        let stamped = Command::PresenceAt {
-            ops: ops.clone(),
-            at_ms: crate::clock::unix_millis(),
-        };
         let counters = &self.control.counters;
-        match self.write(shard, stamped).await {
-            Ok(index) => {
-                slot.last_written.fetch_max(index, Ordering::AcqRel);
-                counters.writes.inc();
-                counters.presence_ops.add(n as u64);
-                Ok(n)
-            }
-            Err(e) => {
-                counters.write_failures.inc();
-                self.queue.requeue(shard, ops);
-                Err(e)
-            }
-        }
+        flush_batch(
+            &self.queue,
+            shard,
+            counters,
+            &slot.last_written,
+            |command| self.write(shard, command),
+        )
+        .await
     }
 
     /// One look at whether `shard` holds exactly this node's live connections in it;
@@ -89,11 +70,7 @@ pub async fn run(shards: Arc<Shards>, shard: Shard) {
     let mut mismatches = 0u32;
     let mut next_look = Instant::now() + LOOK_EVERY;
     loop {
-        let pause = if failures == 0 {
-            FLUSH_INTERVAL
-        } else {
-            RETRY_STEP * failures.min(RETRY_STEPS)
-        };
+        let pause = pause(failures);
         // A backlog of full batches goes out back to back.
         let backlog = failures == 0 && queue.len(shard) >= MAX_BATCH;
         if !backlog {
