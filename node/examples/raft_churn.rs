@@ -76,14 +76,16 @@ async fn main() {
                     for _ in 0..256 {
                         queue.push(PresenceOp::Connect(ConnectionRecord {
                             node,
-                            connection: format!("{node}-bench-{next}"),
+                            connection: format!("{node}-be7c4-{next}"),
                             user: format!("u{}", next % 5000),
                             connected_at: next,
                         }));
                         if next >= LIVE {
-                            queue.push(PresenceOp::Disconnect {
+                            let gone = next - LIVE;
+                            queue.push(PresenceOp::Leave {
                                 node,
-                                connection: format!("{node}-bench-{}", next - LIVE),
+                                connection: format!("{node}-be7c4-{gone}"),
+                                user: format!("u{}", gone % 5000),
                             });
                         }
                         next += 1;

@@ -30,14 +30,17 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// interest since its bucket moved (`Route::Answer::settled`).
 /// 7: the hello carries the node's presence shard count (nodes that disagree are
 /// refused), and presence may live in shard Raft groups.
-pub const PEER_PROTOCOL_VERSION: u32 = 7;
+/// 8: a connection's end names its user ([`PresenceOp::Leave`]): the registry keeps no
+/// index by connection, and the end goes to the user's shard.
+pub const PEER_PROTOCOL_VERSION: u32 = 8;
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConnectionRecord {
     /// The node holding the connection.
     pub node: NodeId,
-    /// Connection id, unique in the cluster (`<node>-<counter>` in practice).
+    /// Connection id, unique in the cluster (`<node>-<boot hex>-<counter>` in practice),
+    /// and naming one user for its whole life.
     pub connection: String,
     /// The authenticated user id (the token's `user_id`, else `sub`), as a string.
     pub user: String,
@@ -51,7 +54,9 @@ pub struct ConnectionRecord {
 pub enum PresenceOp {
     /// A connection was accepted.
     Connect(ConnectionRecord),
-    /// A connection ended.
+    /// A connection ended. Written before peer protocol 8 (it names no user: a registry
+    /// replaying such ops builds an index by connection for them); [`PresenceOp::Leave`]
+    /// since.
     Disconnect { node: NodeId, connection: String },
     /// Every connection of a node is gone (the node died, drained or restarted).
     PurgeNode { node: NodeId },
@@ -59,6 +64,13 @@ pub enum PresenceOp {
     ResyncNode {
         node: NodeId,
         connections: Vec<ConnectionRecord>,
+    },
+    /// A connection of `user` ended. Since peer protocol 8 (a new variant at the end, so
+    /// logs written before still decode).
+    Leave {
+        node: NodeId,
+        connection: String,
+        user: String,
     },
 }
 

@@ -26,22 +26,27 @@ pub struct Batcher {
 
 impl Batcher {
     /// Queues an op; returns true when the batch is full and should be flushed now.
-    /// A `Disconnect` that cancels a `Connect` still in the batch removes both, so a
+    /// A `Leave` that cancels a `Connect` still in the batch removes both, so a
     /// connection that lives shorter than a flush costs the registry nothing.
     pub fn push(&mut self, op: PresenceOp) -> bool {
+        let mut ended = None;
         match &op {
             PresenceOp::Connect(record) => {
                 self.live.insert(record.connection.clone(), record.clone());
             }
-            PresenceOp::Disconnect { connection, .. } => {
+            PresenceOp::Leave {
+                node, connection, ..
+            }
+            | PresenceOp::Disconnect { node, connection } => {
                 self.live.remove(connection);
+                ended = Some((*node, connection));
             }
             PresenceOp::PurgeNode { .. } => self.live.clear(),
             PresenceOp::ResyncNode { .. } => {}
         }
-        if let PresenceOp::Disconnect { node, connection } = &op
+        if let Some((node, connection)) = ended
             && let Some(at) = self.pending[self.fence..].iter().rposition(|p| {
-                matches!(p, PresenceOp::Connect(r) if r.node == *node && r.connection == *connection)
+                matches!(p, PresenceOp::Connect(r) if r.node == node && r.connection == *connection)
             }) {
                 self.pending.remove(self.fence + at);
                 return false;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_proto::peer::{ConnectionRecord, NodeId};
 
 use super::Registry;
+use super::connection::ConnectionId;
 use super::shards::Shard;
 
 /// Where an event stands in the Raft log. Ordered by (index, ordinal).
@@ -196,27 +197,19 @@ pub struct Event {
     /// The connection's node (for `online`/`offline`: the connection that made the user
     /// come online or go offline).
     pub node: NodeId,
-    pub connection: Arc<str>,
+    pub connection: ConnectionId,
     /// Unix milliseconds, from the committed entry (the same on every node).
     pub at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
 }
 
-impl Event {
-    /// Bytes this event holds, for the ring's account.
-    pub fn size(&self) -> usize {
-        std::mem::size_of::<Event>() + self.user.len() + self.connection.len()
-    }
-}
-
-/// A connection as the registry noted it: its ids are the registry's own (shared), so
-/// the events derived from it hold no copy of them.
+/// A connection as the registry noted it: its user id is the registry's own (shared),
+/// so the events derived from it hold no copy of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotedConnection {
-    pub node: NodeId,
     pub user: Arc<str>,
-    pub connection: Arc<str>,
+    pub connection: ConnectionId,
 }
 
 /// A record an entry added or removed, in the order the registry applied them.
@@ -239,14 +232,14 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
         Option<NotedConnection>,
         Option<Reason>,
     );
-    let mut order: Vec<(NodeId, Arc<str>)> = Vec::new();
-    let mut net: HashMap<(NodeId, Arc<str>), Net> = HashMap::new();
+    let mut order: Vec<ConnectionId> = Vec::new();
+    let mut net: HashMap<ConnectionId, Net> = HashMap::new();
     for change in changes {
         let (record, added, reason) = match change {
             Change::Added(r) => (r, true, None),
             Change::Removed(r, reason) => (r, false, reason),
         };
-        let key = (record.node, record.connection.clone());
+        let key = record.connection.clone();
         let entry = net.entry(key.clone()).or_insert_with(|| {
             order.push(key);
             let before = (!added).then(|| record.clone());
@@ -295,7 +288,7 @@ pub fn derive(index: u64, at: u64, changes: Vec<Change>, registry: &Registry) ->
             },
             kind,
             user: record.user.clone(),
-            node: record.node,
+            node: record.connection.node(),
             connection: record.connection.clone(),
             at,
             reason,
@@ -333,10 +326,19 @@ pub enum Read {
     Behind,
 }
 
+/// The fewest slots a ring grows by at once.
+const RING_GROWTH_MIN: usize = 64;
+
 /// The newest events, bounded in count and bytes. See the module header.
+///
+/// A `join` directly followed by its user's `online` (or a `leave` by its `offline`), as
+/// [`derive`] writes them, is kept as one [`Kept`]: a connection's arrival or departure
+/// costs the ring one slot, whether or not it changed its user's status.
 #[derive(Debug)]
 pub struct Ring {
-    events: VecDeque<Event>,
+    kept: VecDeque<Kept>,
+    /// Events kept (a pair counts two).
+    count: usize,
     capacity: usize,
     max_bytes: usize,
     bytes: usize,
@@ -344,12 +346,94 @@ pub struct Ring {
     floor: EventId,
 }
 
+/// One event, or a `join`/`leave` and the `online`/`offline` right after it.
+#[derive(Debug, Clone)]
+struct Kept {
+    id: EventId,
+    kind: Kind,
+    /// Followed by `online` (a `join`) or `offline` (a `leave`) at the next ordinal.
+    then: bool,
+    reason: Option<Reason>,
+    user: Arc<str>,
+    connection: ConnectionId,
+    at: u64,
+}
+
+impl Kept {
+    fn new(event: Event) -> Kept {
+        Kept {
+            id: event.id,
+            kind: event.kind,
+            then: false,
+            reason: event.reason,
+            user: event.user,
+            connection: event.connection,
+            at: event.at,
+        }
+    }
+
+    /// Whether `event` is the `online`/`offline` that completes this one.
+    fn completed_by(&self, event: &Event) -> bool {
+        let follows = matches!(
+            (self.kind, event.kind),
+            (Kind::Join, Kind::Online) | (Kind::Leave, Kind::Offline)
+        );
+        follows
+            && !self.then
+            && event.id.index == self.id.index
+            && Some(event.id.ordinal) == self.id.ordinal.checked_add(1)
+            && event.user == self.user
+            && event.connection == self.connection
+            && event.at == self.at
+            && event.reason == self.reason
+    }
+
+    fn events(&self) -> usize {
+        1 + usize::from(self.then)
+    }
+
+    fn last(&self) -> EventId {
+        EventId {
+            index: self.id.index,
+            ordinal: self.id.ordinal + u32::from(self.then),
+        }
+    }
+
+    /// Bytes this holds, for the ring's account.
+    fn size(&self) -> usize {
+        std::mem::size_of::<Kept>() + self.user.len() + self.connection.heap_bytes()
+    }
+
+    /// The events this stands for, in order.
+    fn expand(&self) -> impl Iterator<Item = Event> + '_ {
+        let event = |id, kind| Event {
+            id,
+            kind,
+            user: self.user.clone(),
+            node: self.connection.node(),
+            connection: self.connection.clone(),
+            at: self.at,
+            reason: self.reason,
+        };
+        let second = self.then.then(|| {
+            let kind = if self.kind == Kind::Join {
+                Kind::Online
+            } else {
+                Kind::Offline
+            };
+            event(self.last(), kind)
+        });
+        std::iter::once(event(self.id, self.kind)).chain(second)
+    }
+}
+
 impl Ring {
     /// An empty ring of at most `capacity` events and `max_bytes`, holding everything after
     /// `floor`.
     pub fn new(capacity: usize, max_bytes: usize, floor: EventId) -> Ring {
         Ring {
-            events: VecDeque::new(),
+            kept: VecDeque::new(),
+            count: 0,
             capacity,
             max_bytes,
             bytes: 0,
@@ -361,28 +445,44 @@ impl Ring {
     pub fn push(&mut self, events: impl IntoIterator<Item = Event>) {
         for event in events {
             debug_assert!(event.id > self.newest(), "events arrive in log order");
-            self.bytes += event.size();
-            self.events.push_back(event);
-            while self.events.len() > self.capacity || self.bytes > self.max_bytes {
-                let Some(old) = self.events.pop_front() else {
+            self.count += 1;
+            match self.kept.back_mut() {
+                Some(last) if last.completed_by(&event) => last.then = true,
+                _ => {
+                    let kept = Kept::new(event);
+                    self.bytes += kept.size();
+                    if self.kept.len() == self.kept.capacity() {
+                        // A quarter more, not twice: while it fills, the ring is much of
+                        // what a hosted connection costs, and doubling would leave up to
+                        // half of it unused.
+                        self.kept
+                            .reserve_exact((self.kept.len() / 4).max(RING_GROWTH_MIN));
+                    }
+                    self.kept.push_back(kept);
+                }
+            }
+            while self.count > self.capacity || self.bytes > self.max_bytes {
+                let Some(old) = self.kept.pop_front() else {
                     break;
                 };
+                self.count -= old.events();
                 self.bytes -= old.size();
-                self.floor = old.id;
+                self.floor = old.last();
             }
         }
     }
 
     /// Forgets every event: the state jumped to `floor` (a snapshot was installed).
     pub fn restart_at(&mut self, floor: EventId) {
-        self.events.clear();
+        self.kept.clear();
+        self.count = 0;
         self.bytes = 0;
         self.floor = floor;
     }
 
     /// The position of the newest event (or where the ring starts, if empty).
     pub fn newest(&self) -> EventId {
-        self.events.back().map_or(self.floor, |e| e.id)
+        self.kept.back().map_or(self.floor, Kept::last)
     }
 
     /// The position every kept event comes after.
@@ -392,12 +492,12 @@ impl Ring {
 
     /// Events kept.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.count
     }
 
     /// Whether no event is kept.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.count == 0
     }
 
     /// Bytes the kept events hold.
@@ -410,17 +510,19 @@ impl Ring {
         if cursor < self.floor {
             return Read::Behind;
         }
-        let start = self.events.partition_point(|e| e.id <= cursor);
+        let start = self.kept.partition_point(|k| k.last() <= cursor);
         let mut found = Vec::new();
         let mut seen = self.newest().max(cursor);
-        for event in self.events.range(start..) {
+        let events = self.kept.range(start..).flat_map(Kept::expand);
+        for event in events.filter(|e| e.id > cursor) {
             if found.len() == max {
                 break;
             }
-            if keep(event) {
-                found.push(event.clone());
+            if keep(&event) {
+                let id = event.id;
+                found.push(event);
                 if found.len() == max {
-                    seen = event.id;
+                    seen = id;
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Presence: who is connected where, cluster-wide.
 //!
 //! - [`registry`]: the registry, a deterministic state machine over `PresenceOp`s.
+//! - [`connection`]: connection ids as the registry and the events keep them (numbers).
 //! - [`batcher`]: ops waiting to be committed, and this node's live connections.
 //! - [`queue`]: the batcher behind its lock, with the bell that wakes the writer.
 //! - [`claims`]: idempotency keys of HTTP publishes, kept in the replica.
@@ -15,6 +16,7 @@
 
 pub mod batcher;
 pub mod claims;
+pub mod connection;
 pub mod events;
 pub mod queue;
 pub mod registry;

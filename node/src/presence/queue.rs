@@ -4,8 +4,8 @@
 //!
 //! A node whose presence is not sharded (`--presence-shards 0`) has one batcher, taken by
 //! the control group's writer. With S shards there are S: an op goes to the batcher of
-//! its user's shard ([`super::shards::shard_of`]), a `Disconnect` to the batcher that holds
-//! the connection, a purge of this node to every batcher. Each shard's ops stay in order
+//! its user's shard ([`super::shards::shard_of`]), a connection's `Connect` and `Leave`
+//! alike, a purge of this node to every batcher. Each shard's ops stay in order
 //! and a shard whose writes fail holds up no other.
 //!
 //! A lock is held for a push or a take, never across an `.await`; a writer is woken
@@ -64,6 +64,7 @@ impl PresenceQueue {
     pub fn push(&self, op: PresenceOp) {
         let shard = match &op {
             PresenceOp::Connect(record) => shard_of(&record.user, self.shards()),
+            PresenceOp::Leave { user, .. } => shard_of(user, self.shards()),
             PresenceOp::Disconnect { connection, .. } => (0..self.shards())
                 .find(|&s| lock(&self.slot(s).batcher).holds(connection))
                 .unwrap_or(0),
@@ -164,11 +165,12 @@ mod tests {
         }
         assert_eq!(seen, 40);
         assert_eq!(q.live(), 40);
-        // A disconnect finds the shard that holds its connection.
+        // A connection's end goes to its user's shard, as did its start.
         let shard = shard_of("7", 4);
-        q.push(PresenceOp::Disconnect {
+        q.push(PresenceOp::Leave {
             node: 1,
             connection: "1-7".into(),
+            user: "7".into(),
         });
         assert_eq!(q.len(shard), 1);
         assert_eq!(q.settled_live(shard), None);

@@ -7,21 +7,20 @@ use std::sync::Arc;
 
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
+use super::connection::ConnectionId;
 use super::events::{Change, NotedConnection, Reason};
 
-/// One connection as the registry keeps it: its user is the key it is filed under, and
-/// its connection id is shared with the index by node.
+/// One connection as the registry keeps it: its user is the key it is filed under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Held {
-    node: NodeId,
-    connection: Arc<str>,
+    connection: ConnectionId,
     connected_at: u64,
 }
 
 impl Held {
     fn record(&self, user: &str) -> ConnectionRecord {
         ConnectionRecord {
-            node: self.node,
+            node: self.connection.node(),
             connection: self.connection.to_string(),
             user: user.to_owned(),
             connected_at: self.connected_at,
@@ -29,19 +28,94 @@ impl Held {
     }
 }
 
+/// A user's connections, sorted by connection id: most users hold one, kept in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Conns {
+    One(Held),
+    Many(Vec<Held>),
+}
+
+impl Conns {
+    fn as_slice(&self) -> &[Held] {
+        match self {
+            Conns::One(held) => std::slice::from_ref(held),
+            Conns::Many(held) => held,
+        }
+    }
+
+    /// Files `held`, replacing the connection's earlier record (returned).
+    fn insert(&mut self, held: Held) -> Option<Held> {
+        let at = self
+            .as_slice()
+            .binary_search_by(|h| h.connection.cmp(&held.connection));
+        match (at, &mut *self) {
+            (Ok(_), Conns::One(old)) => Some(std::mem::replace(old, held)),
+            (Ok(at), Conns::Many(all)) => Some(std::mem::replace(&mut all[at], held)),
+            (Err(at), Conns::One(old)) => {
+                let mut all = Vec::with_capacity(2);
+                all.push(old.clone());
+                all.insert(at, held);
+                *self = Conns::Many(all);
+                None
+            }
+            (Err(at), Conns::Many(all)) => {
+                all.insert(at, held);
+                None
+            }
+        }
+    }
+
+    /// Removes the connections `gone` picks, in order; returns them. `self` may be left
+    /// empty (a `Many` of none), for the caller to drop.
+    fn remove_where(&mut self, gone: impl Fn(&Held) -> bool) -> Vec<Held> {
+        match self {
+            Conns::One(held) if gone(held) => {
+                let held = held.clone();
+                *self = Conns::Many(Vec::new());
+                vec![held]
+            }
+            Conns::One(_) => Vec::new(),
+            Conns::Many(all) => {
+                let (out, kept): (Vec<Held>, Vec<Held>) = all.drain(..).partition(|h| gone(h));
+                *self = match <[Held; 1]>::try_from(kept) {
+                    Ok([one]) => Conns::One(one),
+                    Err(kept) => Conns::Many(kept),
+                };
+                out
+            }
+        }
+    }
+}
+
 /// Who is connected where. See the module header.
 ///
-/// Every node holds every connection of the cluster here, so this is most of what a
-/// remote connection costs a node: each user id and connection id is held once (an
-/// `Arc<str>` shared by both indexes), not once per index and record.
+/// Every replica of a shard (or of the one registry) holds its connections here, so this
+/// is most of what a remote connection costs a node: per connection one table slot (its
+/// user's, with the connection in place when it is the user's only one) and the user id
+/// once. Connection ids are numbers ([`ConnectionId`]); there is no index by connection,
+/// since a connection's end names its user ([`PresenceOp::Leave`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Registry {
-    /// A user's connections, sorted by (node, connection). A small vector: users hold a
-    /// handful of connections, and a B-tree node per user would cost over 1 KiB.
-    by_user: HashMap<Arc<str>, Vec<Held>>,
-    /// Each node's connections and their users (a node with none has no entry).
-    by_node: BTreeMap<NodeId, HashMap<Arc<str>, Arc<str>>>,
+    by_user: HashMap<Arc<str>, Conns>,
+    /// Each node's number of connections (a node with none has no entry).
+    per_node: BTreeMap<NodeId, usize>,
+    legacy: Legacy,
 }
+
+/// Connection → user, for the `Disconnect`s of logs written before peer protocol 8 (they
+/// name no user): built at the first one, kept up to date while they come, dropped at
+/// the first `Leave`. Replaying such a log costs one pass over the registry, not one per
+/// op. Not part of the registry's value (equal registries may differ in it).
+#[derive(Debug, Default, Clone)]
+struct Legacy(Option<HashMap<ConnectionId, Arc<str>>>);
+
+impl PartialEq for Legacy {
+    fn eq(&self, _: &Legacy) -> bool {
+        true
+    }
+}
+
+impl Eq for Legacy {}
 
 impl Registry {
     /// Applies one op. Ops that refer to unknown connections are no-ops, so replaying a
@@ -55,8 +129,27 @@ impl Registry {
     pub fn apply_noting(&mut self, op: PresenceOp, changes: &mut Option<&mut Vec<Change>>) {
         match op {
             PresenceOp::Connect(record) => self.insert(record, changes),
+            PresenceOp::Leave {
+                node,
+                connection,
+                user,
+            } => {
+                self.legacy.0 = None;
+                self.remove(&user, node, &connection, changes);
+            }
             PresenceOp::Disconnect { node, connection } => {
-                self.remove(node, &connection, None, changes)
+                let by_user = &self.by_user;
+                let index = self.legacy.0.get_or_insert_with(|| {
+                    let all = by_user.iter().flat_map(|(user, conns)| {
+                        let held = conns.as_slice().iter();
+                        held.map(|h| (h.connection.clone(), user.clone()))
+                    });
+                    all.collect()
+                });
+                let user = index.get(&ConnectionId::new(node, &connection)).cloned();
+                if let Some(user) = user {
+                    self.remove(&user, node, &connection, changes);
+                }
             }
             PresenceOp::PurgeNode { node } => self.purge(node, Reason::NodeDown, changes),
             PresenceOp::ResyncNode { node, connections } => {
@@ -79,90 +172,112 @@ impl Registry {
     }
 
     fn insert(&mut self, record: ConnectionRecord, changes: &mut Option<&mut Vec<Change>>) {
-        let node = record.node;
-        if self
-            .by_node
-            .get(&node)
-            .is_some_and(|conns| conns.contains_key(record.connection.as_str()))
-        {
-            self.remove(node, &record.connection, None, changes);
-        }
+        let connection = ConnectionId::new(record.node, &record.connection);
         let user: Arc<str> = match self.by_user.get_key_value(record.user.as_str()) {
             Some((user, _)) => user.clone(),
             None => Arc::from(record.user.as_str()),
         };
-        let connection: Arc<str> = Arc::from(record.connection.as_str());
-        self.by_node
-            .entry(node)
-            .or_default()
-            .insert(connection.clone(), user.clone());
-        if let Some(changes) = changes {
-            changes.push(Change::Added(NotedConnection {
-                node,
-                user: user.clone(),
-                connection: connection.clone(),
-            }));
-        }
         let held = Held {
-            node,
-            connection,
+            connection: connection.clone(),
             connected_at: record.connected_at,
         };
-        let conns = self.by_user.entry(user).or_default();
-        let at = conns
-            .binary_search_by(|h| (h.node, &*h.connection).cmp(&(node, &*held.connection)))
-            .unwrap_or_else(|at| at);
-        conns.insert(at, held);
+        let replaced = match self.by_user.get_mut(&user) {
+            Some(conns) => conns.insert(held),
+            None => {
+                self.by_user.insert(user.clone(), Conns::One(held));
+                None
+            }
+        };
+        if replaced.is_none() {
+            *self.per_node.entry(record.node).or_default() += 1;
+        }
+        if let Some(index) = &mut self.legacy.0 {
+            index.insert(connection.clone(), user.clone());
+        }
+        if let Some(changes) = changes {
+            if let Some(old) = replaced {
+                changes.push(Change::Removed(noted(&user, old), None));
+            }
+            changes.push(Change::Added(NotedConnection { user, connection }));
+        }
     }
 
     fn remove(
         &mut self,
+        user: &str,
         node: NodeId,
         connection: &str,
+        changes: &mut Option<&mut Vec<Change>>,
+    ) {
+        let Some((user, _)) = self.by_user.get_key_value(user) else {
+            return;
+        };
+        let user = user.clone();
+        let Some(conns) = self.by_user.get_mut(&user) else {
+            return;
+        };
+        let gone = conns.remove_where(|h| h.connection.is(node, connection));
+        self.forget(&user, gone, None, changes);
+    }
+
+    /// Drops what was removed from `user`'s connections: the counts, the user if it has
+    /// none left, and notes each.
+    fn forget(
+        &mut self,
+        user: &Arc<str>,
+        gone: Vec<Held>,
         reason: Option<Reason>,
         changes: &mut Option<&mut Vec<Change>>,
     ) {
-        let Some(of_node) = self.by_node.get_mut(&node) else {
-            return;
-        };
-        let Some(user) = of_node.remove(connection) else {
-            return;
-        };
-        if of_node.is_empty() {
-            self.by_node.remove(&node);
+        if self
+            .by_user
+            .get(user)
+            .is_some_and(|c| c.as_slice().is_empty())
+        {
+            self.by_user.remove(user);
         }
-        if let Some(conns) = self.by_user.get_mut(&*user) {
-            if let Some(at) = conns
-                .iter()
-                .position(|h| h.node == node && &*h.connection == connection)
-            {
-                let held = conns.remove(at);
-                if let Some(changes) = changes {
-                    let noted = NotedConnection {
-                        node,
-                        user: user.clone(),
-                        connection: held.connection,
-                    };
-                    changes.push(Change::Removed(noted, reason));
+        for held in gone {
+            if let Some(index) = &mut self.legacy.0 {
+                index.remove(&held.connection);
+            }
+            let node = held.connection.node();
+            if let Some(count) = self.per_node.get_mut(&node) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_node.remove(&node);
                 }
             }
-            if conns.is_empty() {
-                self.by_user.remove(&*user);
+            if let Some(changes) = changes {
+                changes.push(Change::Removed(noted(user, held), reason));
             }
         }
     }
 
+    /// Removes every connection of `node`, in connection order, so that every node notes
+    /// the same changes in the same order. Looks through every user: purges are rare (a
+    /// node down, drained or removed).
     fn purge(&mut self, node: NodeId, reason: Reason, changes: &mut Option<&mut Vec<Change>>) {
-        let mut connections: Vec<Arc<str>> = self
-            .by_node
-            .get(&node)
-            .map(|conns| conns.keys().cloned().collect())
-            .unwrap_or_default();
-        // In connection order, so that every node notes the same changes in the same
-        // order.
-        connections.sort_unstable();
-        for connection in connections {
-            self.remove(node, &connection, Some(reason), changes);
+        if !self.per_node.contains_key(&node) {
+            return;
+        }
+        let mut gone: Vec<(ConnectionId, Arc<str>)> = self
+            .by_user
+            .iter()
+            .flat_map(|(user, conns)| {
+                let of_node = conns
+                    .as_slice()
+                    .iter()
+                    .filter(|h| h.connection.node() == node);
+                of_node.map(|h| (h.connection.clone(), user.clone()))
+            })
+            .collect();
+        gone.sort_unstable();
+        for (connection, user) in gone {
+            let Some(conns) = self.by_user.get_mut(&user) else {
+                continue;
+            };
+            let removed = conns.remove_where(|h| h.connection == connection);
+            self.forget(&user, removed, Some(reason), changes);
         }
     }
 
@@ -170,33 +285,33 @@ impl Registry {
     pub fn user(&self, user: &str) -> Vec<ConnectionRecord> {
         self.by_user
             .get(user)
-            .map(|conns| conns.iter().map(|h| h.record(user)).collect())
+            .map(|conns| conns.as_slice().iter().map(|h| h.record(user)).collect())
             .unwrap_or_default()
     }
 
     /// Nodes with at least one registered connection.
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.by_node.keys().copied()
+        self.per_node.keys().copied()
     }
 
     /// Number of connections registered for `node`.
     pub fn node_connections(&self, node: NodeId) -> usize {
-        self.by_node.get(&node).map_or(0, HashMap::len)
+        self.per_node.get(&node).copied().unwrap_or(0)
     }
 
     /// Number of connections registered, cluster-wide.
     pub fn len(&self) -> usize {
-        self.by_node.values().map(HashMap::len).sum()
+        self.per_node.values().sum()
     }
 
     /// Whether no connection is registered.
     pub fn is_empty(&self) -> bool {
-        self.by_node.is_empty()
+        self.per_node.is_empty()
     }
 
     /// Number of live connections of `user`.
     pub fn user_connections(&self, user: &str) -> usize {
-        self.by_user.get(user).map_or(0, Vec::len)
+        self.by_user.get(user).map_or(0, |c| c.as_slice().len())
     }
 
     /// Number of distinct users connected.
@@ -208,6 +323,13 @@ impl Registry {
     pub fn records(&self) -> impl Iterator<Item = ConnectionRecord> + '_ {
         self.by_user
             .iter()
-            .flat_map(|(user, conns)| conns.iter().map(|h| h.record(user)))
+            .flat_map(|(user, conns)| conns.as_slice().iter().map(|h| h.record(user)))
+    }
+}
+
+fn noted(user: &Arc<str>, held: Held) -> NotedConnection {
+    NotedConnection {
+        user: user.clone(),
+        connection: held.connection,
     }
 }

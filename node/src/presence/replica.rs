@@ -178,6 +178,7 @@ fn op_node(op: &PresenceOp) -> NodeId {
     match op {
         PresenceOp::Connect(r) => r.node,
         PresenceOp::Disconnect { node, .. }
+        | PresenceOp::Leave { node, .. }
         | PresenceOp::PurgeNode { node }
         | PresenceOp::ResyncNode { node, .. } => *node,
     }

@@ -40,6 +40,39 @@ fn connect_disconnect_and_purge() {
 }
 
 #[test]
+fn a_leave_names_its_user_and_ids_of_any_form_round_trip() {
+    let mut r = Registry::default();
+    r.apply(PresenceOp::Connect(record(1, "1-18f3a-1", "42")));
+    r.apply(PresenceOp::Connect(record(1, "1-18f3a-2", "42")));
+    r.apply(PresenceOp::Connect(record(1, "made-up", "7")));
+    assert_eq!(
+        r.user("42"),
+        vec![record(1, "1-18f3a-1", "42"), record(1, "1-18f3a-2", "42")]
+    );
+    assert_eq!(r.user("7"), vec![record(1, "made-up", "7")]);
+    let leave = |connection: &str, user: &str| PresenceOp::Leave {
+        node: 1,
+        connection: connection.into(),
+        user: user.into(),
+    };
+    // Naming another user (or node) finds nothing.
+    r.apply(leave("1-18f3a-1", "7"));
+    r.apply(PresenceOp::Leave {
+        node: 2,
+        connection: "1-18f3a-1".into(),
+        user: "42".into(),
+    });
+    assert_eq!((r.len(), r.users()), (3, 2));
+    r.apply(leave("1-18f3a-1", "42"));
+    assert_eq!(r.user("42"), vec![record(1, "1-18f3a-2", "42")]);
+    r.apply(leave("made-up", "7"));
+    assert_eq!((r.len(), r.users(), r.node_connections(1)), (1, 1, 1));
+    let mut records: Vec<_> = r.records().collect();
+    records.sort_by(|a, b| a.connection.cmp(&b.connection));
+    assert_eq!(records, vec![record(1, "1-18f3a-2", "42")]);
+}
+
+#[test]
 fn resync_replaces_a_nodes_connections_only() {
     let mut r = Registry::default();
     r.apply(PresenceOp::Connect(record(1, "1-1", "a")));

@@ -32,6 +32,7 @@ use super::steward::PeerState;
 use super::{Command, Groups, TypeConfig, WriteError};
 use crate::cluster::frame::{read_frame, write_frame};
 use crate::cluster::{Cluster, RpcOutbox, RpcStream};
+use crate::presence::connection::ConnectionId;
 use crate::presence::events::{Event, EventId, Kind, Origin, Reason};
 
 /// A Raft group of this process. Group [`CONTROL`] is the one every member is in
@@ -216,7 +217,7 @@ impl From<WireEvent> for Event {
             kind: e.kind,
             user: e.user.into(),
             node: e.node,
-            connection: e.connection.into(),
+            connection: ConnectionId::new(e.node, &e.connection),
             at: e.at,
             reason: e.reason,
         }

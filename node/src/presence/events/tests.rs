@@ -14,10 +14,10 @@ fn batch(replica: &mut Replica, index: u64, ops: Vec<PresenceOp>) -> Vec<Event> 
     events
 }
 
-fn kinds(events: &[Event]) -> Vec<(String, Kind, &str)> {
+fn kinds(events: &[Event]) -> Vec<(String, Kind, String)> {
     events
         .iter()
-        .map(|e| (e.id.to_string(), e.kind, &*e.connection))
+        .map(|e| (e.id.to_string(), e.kind, e.connection.to_string()))
         .collect()
 }
 
@@ -25,6 +25,16 @@ fn id(index: u64, ordinal: u32) -> String {
     EventId { index, ordinal }.to_string()
 }
 
+/// The end of `connection`, as nodes write it since peer protocol 8 (its user named).
+fn leave(node: NodeId, connection: &str, user: &str) -> PresenceOp {
+    PresenceOp::Leave {
+        node,
+        connection: connection.into(),
+        user: user.into(),
+    }
+}
+
+/// The end of `connection`, as nodes wrote it before peer protocol 8.
 fn disconnect(node: NodeId, connection: &str) -> PresenceOp {
     PresenceOp::Disconnect {
         node,
@@ -39,21 +49,21 @@ fn a_user_comes_online_and_goes_offline() {
     assert_eq!(
         kinds(&e),
         [
-            (id(3, 0), Kind::Join, "2-1"),
-            (id(3, 1), Kind::Online, "2-1")
+            (id(3, 0), Kind::Join, "2-1".to_string()),
+            (id(3, 1), Kind::Online, "2-1".to_string())
         ]
     );
     assert_eq!(e[0].at, 1000);
     let e = batch(&mut r, 4, vec![PresenceOp::Connect(record(3, "3-1", "u"))]);
-    assert_eq!(kinds(&e), [(id(4, 0), Kind::Join, "3-1")]);
+    assert_eq!(kinds(&e), [(id(4, 0), Kind::Join, "3-1".to_string())]);
     let e = batch(&mut r, 5, vec![disconnect(2, "2-1")]);
-    assert_eq!(kinds(&e), [(id(5, 0), Kind::Leave, "2-1")]);
+    assert_eq!(kinds(&e), [(id(5, 0), Kind::Leave, "2-1".to_string())]);
     let e = batch(&mut r, 6, vec![disconnect(3, "3-1")]);
     assert_eq!(
         kinds(&e),
         [
-            (id(6, 0), Kind::Leave, "3-1"),
-            (id(6, 1), Kind::Offline, "3-1")
+            (id(6, 0), Kind::Leave, "3-1".to_string()),
+            (id(6, 1), Kind::Offline, "3-1".to_string())
         ]
     );
     assert_eq!(e[1].reason, None);
@@ -72,8 +82,8 @@ fn a_batch_committed_twice_gives_its_events_once() {
     assert_eq!(
         kinds(&first),
         [
-            (id(7, 0), Kind::Join, "1-2"),
-            (id(7, 1), Kind::Online, "1-2")
+            (id(7, 0), Kind::Join, "1-2".to_string()),
+            (id(7, 1), Kind::Online, "1-2".to_string())
         ]
     );
     assert!(
@@ -106,8 +116,8 @@ fn a_resync_over_unchanged_connections_gives_nothing_and_a_lost_one_leaves() {
     assert_eq!(
         kinds(&e),
         [
-            (id(3, 0), Kind::Leave, "2-1"),
-            (id(3, 1), Kind::Offline, "2-1")
+            (id(3, 0), Kind::Leave, "2-1".to_string()),
+            (id(3, 1), Kind::Offline, "2-1".to_string())
         ]
     );
     assert!(e.iter().all(|e| e.reason == Some(Reason::NodeDown)));
@@ -129,9 +139,9 @@ fn a_purge_leaves_every_connection_of_the_node_with_node_down() {
     assert_eq!(
         kinds(&e),
         [
-            (id(2, 0), Kind::Leave, "2-1"),
-            (id(2, 1), Kind::Leave, "2-2"),
-            (id(2, 2), Kind::Offline, "2-2"),
+            (id(2, 0), Kind::Leave, "2-1".to_string()),
+            (id(2, 1), Kind::Leave, "2-2".to_string()),
+            (id(2, 2), Kind::Offline, "2-2".to_string()),
         ]
     );
     assert!(e.iter().all(|e| e.reason == Some(Reason::NodeDown)));
@@ -140,8 +150,8 @@ fn a_purge_leaves_every_connection_of_the_node_with_node_down() {
     assert_eq!(
         kinds(&events),
         [
-            (id(3, 0), Kind::Leave, "1-1"),
-            (id(3, 1), Kind::Offline, "1-1")
+            (id(3, 0), Kind::Leave, "1-1".to_string()),
+            (id(3, 1), Kind::Offline, "1-1".to_string())
         ]
     );
     assert_eq!(events[0].reason, Some(Reason::Removed));
@@ -181,7 +191,7 @@ fn event(index: u64, ordinal: u32, user: &str) -> Event {
         kind: Kind::Join,
         user: user.into(),
         node: 1,
-        connection: format!("1-{index}").into(),
+        connection: ConnectionId::new(1, &format!("1-{index}")),
         at: 0,
         reason: None,
     }
@@ -262,7 +272,11 @@ fn the_ring_keeps_the_newest_and_tells_a_reader_behind_it() {
 
 #[test]
 fn the_ring_is_bounded_in_bytes() {
-    let one = event(1, 0, "u").size();
+    let one = {
+        let mut ring = Ring::new(1, usize::MAX, EventId::default());
+        ring.push([event(1, 0, "u")]);
+        ring.bytes()
+    };
     let mut ring = Ring::new(1000, one * 2, EventId::default());
     ring.push((1..=9).map(|i| event(i, 0, "u")));
     assert_eq!(ring.len(), 2);
@@ -273,22 +287,38 @@ fn the_ring_is_bounded_in_bytes() {
     assert_eq!(none.after(EventId::default(), 10, |_| true), Read::Behind);
 }
 
+/// The user of connection `c` of node `n`: a connection names one user for its life,
+/// and users hold several connections.
+fn user_of(n: u64, c: u8) -> &'static str {
+    ["a", "b", "c"][(usize::from(c) + n as usize) % 3]
+}
+
+/// Connection ids as nodes mint them, and others (kept as text).
+fn conn(n: u64, c: u8) -> String {
+    if c.is_multiple_of(2) {
+        format!("{n}-a-{c}")
+    } else {
+        format!("{n}-{c}")
+    }
+}
+
 fn op() -> impl Strategy<Value = PresenceOp> {
     let node = 1..4u64;
-    let conn = 0..4u8;
-    let user = prop::sample::select(vec!["a", "b", "c"]);
+    let c = 0..5u8;
     prop_oneof![
-        4 => (node.clone(), conn.clone(), user.clone())
-            .prop_map(|(n, c, u)| PresenceOp::Connect(record(n, &format!("{n}-{c}"), u))),
-        3 => (node.clone(), conn.clone())
-            .prop_map(|(n, c)| disconnect(n, &format!("{n}-{c}"))),
+        4 => (node.clone(), c.clone())
+            .prop_map(|(n, c)| PresenceOp::Connect(record(n, &conn(n, c), user_of(n, c)))),
+        3 => (node.clone(), c.clone())
+            .prop_map(|(n, c)| leave(n, &conn(n, c), user_of(n, c))),
+        1 => (node.clone(), c.clone())
+            .prop_map(|(n, c)| disconnect(n, &conn(n, c))),
         1 => node.clone().prop_map(|node| PresenceOp::PurgeNode { node }),
-        1 => (node, prop::collection::vec((conn, user), 0..3)).prop_map(|(n, cs)| {
+        1 => (node, prop::collection::vec(c, 0..3)).prop_map(|(n, cs)| {
             PresenceOp::ResyncNode {
                 node: n,
                 connections: cs
                     .into_iter()
-                    .map(|(c, u)| record(n, &format!("{n}-{c}"), u))
+                    .map(|c| record(n, &conn(n, c), user_of(n, c)))
                     .collect(),
             }
         }),
@@ -329,4 +359,55 @@ proptest! {
             prop_assert_eq!(&online, &users);
         }
     }
+}
+
+#[test]
+fn a_join_and_its_online_take_one_slot_and_read_back_as_two() {
+    let mut r = Replica::default();
+    let connect = |c: &str, u: &str| PresenceOp::Connect(record(2, c, u));
+    let e = batch(
+        &mut r,
+        3,
+        vec![connect("2-a-1", "u"), connect("2-a-2", "v")],
+    );
+    assert_eq!(
+        kinds(&e),
+        [
+            (id(3, 0), Kind::Join, "2-a-1".to_string()),
+            (id(3, 1), Kind::Online, "2-a-1".to_string()),
+            (id(3, 2), Kind::Join, "2-a-2".to_string()),
+            (id(3, 3), Kind::Online, "2-a-2".to_string())
+        ]
+    );
+    let mut ring = Ring::new(100, usize::MAX, EventId::default());
+    ring.push([e[0].clone()]);
+    let slot = ring.bytes();
+    ring.push(e[1..].iter().cloned());
+    assert_eq!(ring.len(), 4, "counted as events");
+    assert_eq!(ring.bytes(), 2 * slot, "two slots, not four");
+    let read = |ring: &Ring, after: EventId, max, keep: fn(&Event) -> bool| match ring
+        .after(after, max, keep)
+    {
+        Read::Events(found, seen) => (found, seen),
+        Read::Behind => panic!("behind"),
+    };
+    assert_eq!(
+        read(&ring, EventId::default(), 10, |_| true),
+        (e.clone(), e[3].id)
+    );
+    // A reader between a join and its online gets the online next.
+    assert_eq!(
+        read(&ring, e[0].id, 1, |_| true),
+        (vec![e[1].clone()], e[1].id)
+    );
+    assert_eq!(
+        read(&ring, e[0].id, 10, |e| e.kind == Kind::Online),
+        (vec![e[1].clone(), e[3].clone()], e[3].id)
+    );
+    // The bound counts events: three keep the newest pair only, whole.
+    let mut small = Ring::new(3, usize::MAX, EventId::default());
+    small.push(e.iter().cloned());
+    assert_eq!((small.len(), small.floor()), (2, e[1].id));
+    assert_eq!(read(&small, e[1].id, 10, |_| true).0, e[2..].to_vec());
+    assert_eq!(small.after(e[0].id, 10, |_| true), Read::Behind);
 }

@@ -121,9 +121,10 @@ impl<S: Stream> Session<S> {
             let outcome = session.run().await;
             let ingress = session.ingress.clone();
             ingress.hub.disconnect(session.outlet.id);
-            ingress.presence.push(PresenceOp::Disconnect {
+            ingress.presence.push(PresenceOp::Leave {
                 node: ingress.node,
                 connection: session.connection.clone(),
+                user: session.identity.user.clone(),
             });
             lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
             ingress.metrics.connections.dec();
