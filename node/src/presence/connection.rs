@@ -33,19 +33,31 @@ impl ConnectionId {
     }
 
     /// `text` read as `<node>-<boot hex>-<n>`, if it is exactly how a node would write it
-    /// (no leading zero, lower-case hex), so that it renders back to the same text.
+    /// (digits only, no leading zero, lower-case hex), so that it renders back to the same
+    /// text. Allocates nothing: it runs for every connection's end.
     fn minted(node: NodeId, text: &str) -> Option<ConnectionId> {
         let mut parts = text.split('-');
         let (written, boot, n) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || written.parse::<NodeId>().ok()? != node {
+        let canonical = |part: &str, digit: fn(&u8) -> bool| {
+            part.bytes().all(|b| digit(&b))
+                && !part.is_empty()
+                && (part.len() == 1 || !part.starts_with('0'))
+        };
+        let decimal = |b: &u8| b.is_ascii_digit();
+        let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if parts.next().is_some()
+            || !canonical(written, decimal)
+            || !canonical(boot, hex)
+            || !canonical(n, decimal)
+            || written.parse::<NodeId>().ok()? != node
+        {
             return None;
         }
-        let id = ConnectionId::Minted {
+        Some(ConnectionId::Minted {
             node,
             boot: u64::from_str_radix(boot, 16).ok()?,
             n: n.parse().ok()?,
-        };
-        (id.to_string() == text).then_some(id)
+        })
     }
 
     /// The node holding the connection.
@@ -84,7 +96,9 @@ impl fmt::Display for ConnectionId {
 }
 
 impl Ord for ConnectionId {
-    /// By node, then as the text (two minted ids of one process by their counter's text).
+    /// By node, then as the text. Two minted ids of one node compare their boot's and
+    /// counter's digits (the text's order, since `-` sorts before every digit), without
+    /// allocating: lists of a user's connections are kept sorted with it.
     fn cmp(&self, other: &Self) -> Ordering {
         use ConnectionId::Minted;
         match (self, other) {
@@ -95,8 +109,26 @@ impl Ord for ConnectionId {
                     boot: b,
                     n: m,
                 },
-            ) if node == o && boot == b => n.to_string().cmp(&m.to_string()),
+            ) if node == o => {
+                let (mut x, mut y) = ([0; 20], [0; 20]);
+                digits(*boot, 16, &mut x)
+                    .cmp(digits(*b, 16, &mut y))
+                    .then_with(|| digits(*n, 10, &mut x).cmp(digits(*m, 10, &mut y)))
+            }
             _ => (self.node(), self.to_string()).cmp(&(other.node(), other.to_string())),
+        }
+    }
+}
+
+/// `n`'s digits in base `radix` (10 or 16, lower case), as its text shows them.
+fn digits(mut n: u64, radix: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
+        if n == 0 {
+            return &buf[at..];
         }
     }
 }
@@ -149,12 +181,33 @@ mod tests {
 
     #[test]
     fn ordered_as_the_text_within_a_node() {
-        let mut ids: Vec<ConnectionId> = ["1-a-9", "1-a-10", "1-b-1", "1-x", "0-z"]
+        let mut ids: Vec<ConnectionId> = ["1-a-9", "1-a-10", "1-b-1", "1-ab-0", "1-x", "0-z"]
             .iter()
             .map(|t| ConnectionId::new(if t.starts_with('0') { 0 } else { 1 }, t))
             .collect();
         ids.sort();
         let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        assert_eq!(texts, ["0-z", "1-a-10", "1-a-9", "1-b-1", "1-x"]);
+        assert_eq!(texts, ["0-z", "1-a-10", "1-a-9", "1-ab-0", "1-b-1", "1-x"]);
+        // Every pair as its text compares.
+        for a in &ids {
+            for b in &ids {
+                let by_text = (a.node(), a.to_string()).cmp(&(b.node(), b.to_string()));
+                assert_eq!(a.cmp(b), by_text, "{a} {b}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Minted ids order as their texts, and read back from them.
+        #[test]
+        fn minted_ids_order_as_their_text(a in proptest::prelude::any::<(u64, u64)>(),
+                                          b in proptest::prelude::any::<(u64, u64)>()) {
+            let (x, y) = (
+                ConnectionId::Minted { node: 1, boot: a.0 >> (a.1 % 64), n: a.1 >> (a.0 % 64) },
+                ConnectionId::Minted { node: 1, boot: b.0 >> (b.1 % 64), n: b.1 >> (b.0 % 64) },
+            );
+            proptest::prop_assert_eq!(x.cmp(&y), x.to_string().cmp(&y.to_string()));
+            proptest::prop_assert_eq!(ConnectionId::new(1, &x.to_string()), x);
+        }
     }
 }
