@@ -65,23 +65,25 @@ impl Conns {
         }
     }
 
-    /// Removes the connections `gone` picks, in order; returns them. `self` may be left
-    /// empty (a `Many` of none), for the caller to drop.
-    fn remove_where(&mut self, gone: impl Fn(&Held) -> bool) -> Vec<Held> {
+    /// Takes `connection` out; returns it. `self` may be left empty (a `Many` of none,
+    /// which holds no allocation), for the caller to drop.
+    fn remove(&mut self, connection: &ConnectionId) -> Option<Held> {
         match self {
-            Conns::One(held) if gone(held) => {
+            Conns::One(held) if held.connection == *connection => {
                 let held = held.clone();
                 *self = Conns::Many(Vec::new());
-                vec![held]
+                Some(held)
             }
-            Conns::One(_) => Vec::new(),
+            Conns::One(_) => None,
             Conns::Many(all) => {
-                let (out, kept): (Vec<Held>, Vec<Held>) = all.drain(..).partition(|h| gone(h));
-                *self = match <[Held; 1]>::try_from(kept) {
-                    Ok([one]) => Conns::One(one),
-                    Err(kept) => Conns::Many(kept),
-                };
-                out
+                let at = all
+                    .binary_search_by(|h| h.connection.cmp(connection))
+                    .ok()?;
+                let held = all.remove(at);
+                if let [one] = all.as_slice() {
+                    *self = Conns::One(one.clone());
+                }
+                Some(held)
             }
         }
     }
@@ -216,19 +218,22 @@ impl Registry {
         let Some(conns) = self.by_user.get_mut(&user) else {
             return;
         };
-        let gone = conns.remove_where(|h| h.connection.is(node, connection));
+        let gone = conns.remove(&ConnectionId::new(node, connection));
         self.forget(&user, gone, None, changes);
     }
 
-    /// Drops what was removed from `user`'s connections: the counts, the user if it has
-    /// none left, and notes each.
+    /// Drops what was removed from `user`'s connections: the user if it has none left,
+    /// the count, and notes it.
     fn forget(
         &mut self,
         user: &Arc<str>,
-        gone: Vec<Held>,
+        gone: Option<Held>,
         reason: Option<Reason>,
         changes: &mut Option<&mut Vec<Change>>,
     ) {
+        let Some(held) = gone else {
+            return;
+        };
         if self
             .by_user
             .get(user)
@@ -236,20 +241,18 @@ impl Registry {
         {
             self.by_user.remove(user);
         }
-        for held in gone {
-            if let Some(index) = &mut self.legacy.0 {
-                index.remove(&held.connection);
+        if let Some(index) = &mut self.legacy.0 {
+            index.remove(&held.connection);
+        }
+        let node = held.connection.node();
+        if let Some(count) = self.per_node.get_mut(&node) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_node.remove(&node);
             }
-            let node = held.connection.node();
-            if let Some(count) = self.per_node.get_mut(&node) {
-                *count -= 1;
-                if *count == 0 {
-                    self.per_node.remove(&node);
-                }
-            }
-            if let Some(changes) = changes {
-                changes.push(Change::Removed(noted(user, held), reason));
-            }
+        }
+        if let Some(changes) = changes {
+            changes.push(Change::Removed(noted(user, held), reason));
         }
     }
 
@@ -276,7 +279,7 @@ impl Registry {
             let Some(conns) = self.by_user.get_mut(&user) else {
                 continue;
             };
-            let removed = conns.remove_where(|h| h.connection == connection);
+            let removed = conns.remove(&connection);
             self.forget(&user, removed, Some(reason), changes);
         }
     }
