@@ -177,6 +177,18 @@ pub enum Kind {
     Offline,
 }
 
+impl Kind {
+    /// The user's status change that may follow this connection change in an entry
+    /// (`online` after a `join`, `offline` after a `leave`).
+    fn then_status(self) -> Option<Kind> {
+        match self {
+            Kind::Join => Some(Kind::Online),
+            Kind::Leave => Some(Kind::Offline),
+            Kind::Online | Kind::Offline => None,
+        }
+    }
+}
+
 /// Why a connection went, when it was not its own disconnect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -374,11 +386,7 @@ impl Kept {
 
     /// Whether `event` is the `online`/`offline` that completes this one.
     fn completed_by(&self, event: &Event) -> bool {
-        let follows = matches!(
-            (self.kind, event.kind),
-            (Kind::Join, Kind::Online) | (Kind::Leave, Kind::Offline)
-        );
-        follows
+        self.kind.then_status() == Some(event.kind)
             && !self.then
             && event.id.index == self.id.index
             && Some(event.id.ordinal) == self.id.ordinal.checked_add(1)
@@ -415,14 +423,11 @@ impl Kept {
             at: self.at,
             reason: self.reason,
         };
-        let second = self.then.then(|| {
-            let kind = if self.kind == Kind::Join {
-                Kind::Online
-            } else {
-                Kind::Offline
-            };
-            event(self.last(), kind)
-        });
+        let second = self
+            .kind
+            .then_status()
+            .filter(|_| self.then)
+            .map(|kind| event(self.last(), kind));
         std::iter::once(event(self.id, self.kind)).chain(second)
     }
 }

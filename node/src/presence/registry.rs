@@ -137,20 +137,19 @@ impl Registry {
                 user,
             } => {
                 self.legacy.0 = None;
-                self.remove(&user, node, &connection, changes);
+                let connection = ConnectionId::new(node, &connection);
+                self.remove(&user, &connection, None, changes);
             }
             PresenceOp::Disconnect { node, connection } => {
                 let by_user = &self.by_user;
                 let index = self.legacy.0.get_or_insert_with(|| {
-                    let all = by_user.iter().flat_map(|(user, conns)| {
-                        let held = conns.as_slice().iter();
-                        held.map(|h| (h.connection.clone(), user.clone()))
-                    });
-                    all.collect()
+                    held(by_user)
+                        .map(|(user, h)| (h.connection.clone(), user.clone()))
+                        .collect()
                 });
-                let user = index.get(&ConnectionId::new(node, &connection)).cloned();
-                if let Some(user) = user {
-                    self.remove(&user, node, &connection, changes);
+                let connection = ConnectionId::new(node, &connection);
+                if let Some(user) = index.get(&connection).cloned() {
+                    self.remove(&user, &connection, None, changes);
                 }
             }
             PresenceOp::PurgeNode { node } => self.purge(node, Reason::NodeDown, changes),
@@ -204,11 +203,13 @@ impl Registry {
         }
     }
 
+    /// Takes `connection` out of `user`'s connections (the user too if it has none
+    /// left), and notes it with `reason`.
     fn remove(
         &mut self,
         user: &str,
-        node: NodeId,
-        connection: &str,
+        connection: &ConnectionId,
+        reason: Option<Reason>,
         changes: &mut Option<&mut Vec<Change>>,
     ) {
         let Some((user, _)) = self.by_user.get_key_value(user) else {
@@ -218,28 +219,11 @@ impl Registry {
         let Some(conns) = self.by_user.get_mut(&user) else {
             return;
         };
-        let gone = conns.remove(&ConnectionId::new(node, connection));
-        self.forget(&user, gone, None, changes);
-    }
-
-    /// Drops what was removed from `user`'s connections: the user if it has none left,
-    /// the count, and notes it.
-    fn forget(
-        &mut self,
-        user: &Arc<str>,
-        gone: Option<Held>,
-        reason: Option<Reason>,
-        changes: &mut Option<&mut Vec<Change>>,
-    ) {
-        let Some(held) = gone else {
+        let Some(held) = conns.remove(connection) else {
             return;
         };
-        if self
-            .by_user
-            .get(user)
-            .is_some_and(|c| c.as_slice().is_empty())
-        {
-            self.by_user.remove(user);
+        if conns.as_slice().is_empty() {
+            self.by_user.remove(&user);
         }
         if let Some(index) = &mut self.legacy.0 {
             index.remove(&held.connection);
@@ -252,7 +236,7 @@ impl Registry {
             }
         }
         if let Some(changes) = changes {
-            changes.push(Change::Removed(noted(user, held), reason));
+            changes.push(Change::Removed(noted(&user, held), reason));
         }
     }
 
@@ -263,24 +247,13 @@ impl Registry {
         if !self.per_node.contains_key(&node) {
             return;
         }
-        let mut gone: Vec<(ConnectionId, Arc<str>)> = self
-            .by_user
-            .iter()
-            .flat_map(|(user, conns)| {
-                let of_node = conns
-                    .as_slice()
-                    .iter()
-                    .filter(|h| h.connection.node() == node);
-                of_node.map(|h| (h.connection.clone(), user.clone()))
-            })
+        let mut gone: Vec<(ConnectionId, Arc<str>)> = held(&self.by_user)
+            .filter(|(_, h)| h.connection.node() == node)
+            .map(|(user, h)| (h.connection.clone(), user.clone()))
             .collect();
         gone.sort_unstable();
         for (connection, user) in gone {
-            let Some(conns) = self.by_user.get_mut(&user) else {
-                continue;
-            };
-            let removed = conns.remove(&connection);
-            self.forget(&user, removed, Some(reason), changes);
+            self.remove(&user, &connection, Some(reason), changes);
         }
     }
 
@@ -324,10 +297,15 @@ impl Registry {
 
     /// Every record, for a snapshot.
     pub fn records(&self) -> impl Iterator<Item = ConnectionRecord> + '_ {
-        self.by_user
-            .iter()
-            .flat_map(|(user, conns)| conns.as_slice().iter().map(|h| h.record(user)))
+        held(&self.by_user).map(|(user, h)| h.record(user))
     }
+}
+
+/// Every connection held, with its user.
+fn held(by_user: &HashMap<Arc<str>, Conns>) -> impl Iterator<Item = (&Arc<str>, &Held)> {
+    by_user
+        .iter()
+        .flat_map(|(user, conns)| conns.as_slice().iter().map(move |h| (user, h)))
 }
 
 fn noted(user: &Arc<str>, held: Held) -> NotedConnection {

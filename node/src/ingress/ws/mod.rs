@@ -38,6 +38,7 @@ use crate::auth::AuthError;
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
 use crate::hub::ClientQueue;
+use crate::presence::connection::ConnectionId;
 use crate::sync::lock;
 use session::Session;
 
@@ -85,7 +86,12 @@ impl ConnIds {
     /// A new connection id.
     pub fn next(&self) -> (ConnId, String) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        (id, format!("{}-{:x}-{id}", self.node, self.boot))
+        let minted = ConnectionId::Minted {
+            node: self.node,
+            boot: self.boot,
+            n: id,
+        };
+        (id, minted.to_string())
     }
 }
 
