@@ -83,11 +83,15 @@ pub struct Identity {
     pub presence_any: bool,
     /// `exp`, Unix seconds.
     pub exp: u64,
+    /// `iat`, Unix seconds (0 without one): a revocation refuses tokens issued before it.
+    pub iat: u64,
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
     exp: Option<u64>,
+    #[serde(default, deserialize_with = "seconds")]
+    iat: u64,
     user_id: Option<serde_json::Value>,
     sub: Option<serde_json::Value>,
     token_type: Option<String>,
@@ -209,6 +213,7 @@ impl Verifier {
             groups: claims.groups,
             presence_any: claims.presence,
             exp: claims.exp.ok_or(AuthError::NoExpiry)?,
+            iat: claims.iat,
         })
     }
 }
@@ -241,6 +246,16 @@ impl Verifier {
             }
         }
     }
+}
+
+/// A NumericDate (RFC 7519): a number of seconds, perhaps with a fraction (dropped);
+/// anything else counts as none.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .unwrap_or(0))
 }
 
 /// A user id from a JSON number or a non-empty string.

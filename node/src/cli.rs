@@ -90,14 +90,15 @@ fn tls_stream(
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
-/// Connects to the admin API and sends a request head with no body; returns the stream
-/// to read the answer from, and whether it is TLS.
+/// Connects to the admin API and sends a request (its body JSON, when not empty);
+/// returns the stream to read the answer from, and whether it is TLS.
 fn send_head(
     target: &Target,
     method: &str,
     path: &str,
     version: &str,
     timeout: Duration,
+    body: &[u8],
 ) -> anyhow::Result<(Box<dyn Read>, bool)> {
     let (tls, admin) = match target.admin.strip_prefix("https://") {
         Some(rest) => (true, rest),
@@ -126,23 +127,42 @@ fn send_head(
         .as_ref()
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let head = format!(
-        "{method} {path} {version}\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-    );
+    let kind = if body.is_empty() {
+        ""
+    } else {
+        "content-type: application/json\r\n"
+    };
+    let mut request = format!(
+        "{method} {path} {version}\r\nhost: {admin}\r\n{auth}{kind}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     if tls {
         let mut stream = tls_stream(tcp, host.trim_matches(['[', ']']), target.ca.as_ref())?;
-        stream.write_all(head.as_bytes())?;
+        stream.write_all(&request)?;
         Ok((Box::new(stream), true))
     } else {
         let mut stream = tcp;
-        stream.write_all(head.as_bytes())?;
+        stream.write_all(&request)?;
         Ok((Box::new(stream), false))
     }
 }
 
 /// Sends one request to the admin API; returns the status and the parsed JSON body.
 pub fn request(target: &Target, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
-    let (stream, tls) = send_head(target, method, path, "HTTP/1.1", TIMEOUT)?;
+    request_with(target, method, path, &[])
+}
+
+/// Sends one request with a JSON `body` to the admin API; returns the status and the
+/// parsed JSON answer.
+pub fn request_with(
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Value)> {
+    let (stream, tls) = send_head(target, method, path, "HTTP/1.1", TIMEOUT, body)?;
     let mut raw = Vec::new();
     let read = stream.take(MAX_ANSWER).read_to_end(&mut raw);
     // A TLS peer that closes without close_notify ends the read with an error after the
@@ -190,7 +210,18 @@ fn dechunk(mut body: &str) -> String {
 
 /// Runs a request and fails with the server's reason on a non-2xx status.
 fn call(admin: &Target, method: &str, path: &str) -> anyhow::Result<Value> {
-    let (status, body) = request(admin, method, path)?;
+    call_with(admin, method, path, None)
+}
+
+/// [`call`] with a JSON body.
+fn call_with(
+    admin: &Target,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let (status, body) = request_with(admin, method, path, &bytes)?;
     if !(200..300).contains(&status) {
         let reason = body
             .get("error")
@@ -389,6 +420,97 @@ pub fn remove(admin: &Target, id: u64, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `switchboard disconnect USER`: closes the user's sockets (or one connection's, with
+/// `connection`) on every node with `code` (4000-4999) and `reason`.
+pub fn disconnect(
+    admin: &Target,
+    user: Option<&str>,
+    connection: Option<&str>,
+    code: Option<u16>,
+    reason: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut body = target_body(user, connection)?;
+    if let Some(code) = code {
+        body["code"] = code.into();
+    }
+    if let Some(reason) = reason {
+        body["reason"] = reason.into();
+    }
+    let v = call_with(admin, "POST", "/v1/disconnect", Some(&body))?;
+    print(&v, json, |v| {
+        format!(
+            "{} connection(s) closed{}\n",
+            field(v, "disconnected"),
+            unreachable(v)
+        )
+    });
+    Ok(())
+}
+
+/// `switchboard subscribe|unsubscribe USER GROUP`: the user's live sockets (or one
+/// connection) join or leave `group`, cluster-wide.
+pub fn subscription(
+    admin: &Target,
+    subscribe: bool,
+    user: Option<&str>,
+    connection: Option<&str>,
+    group: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut body = target_body(user, connection)?;
+    body["group"] = group.into();
+    let (path, key, verb) = if subscribe {
+        ("/v1/subscribe", "subscribed", "joined")
+    } else {
+        ("/v1/unsubscribe", "unsubscribed", "left")
+    };
+    let v = call_with(admin, "POST", path, Some(&body))?;
+    print(&v, json, |v| {
+        format!(
+            "{} connection(s) {verb} {group}{}\n",
+            field(v, key),
+            unreachable(v)
+        )
+    });
+    Ok(())
+}
+
+/// `switchboard revoke USER`: refuses the user's tokens issued before `before` (now by
+/// default) on every node, and closes its open sockets with 4001.
+pub fn revoke(admin: &Target, user: &str, before: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({ "user": user });
+    if let Some(before) = before {
+        body["before"] = before.into();
+    }
+    let v = call_with(admin, "POST", "/v1/revoke", Some(&body))?;
+    print(&v, json, |v| {
+        format!(
+            "tokens of user {user} issued before {} refused until {}; {} connection(s) closed{}\n",
+            field(v, "before"),
+            field(v, "until"),
+            field(v, "disconnected"),
+            unreachable(v)
+        )
+    });
+    Ok(())
+}
+
+fn target_body(user: Option<&str>, connection: Option<&str>) -> anyhow::Result<Value> {
+    match (user, connection) {
+        (Some(user), None) => Ok(serde_json::json!({ "user": user })),
+        (None, Some(connection)) => Ok(serde_json::json!({ "connection": connection })),
+        _ => bail!("give a user id, or --connection ID"),
+    }
+}
+
+fn unreachable(v: &Value) -> String {
+    match v.get("unreachable") {
+        Some(nodes) => format!(" (nodes {nodes} did not answer)"),
+        None => String::new(),
+    }
+}
+
 /// `switchboard presence-events`: the presence events the node keeps after `since` (or
 /// all it keeps), then, with `follow`, every new one as it is committed. Asked over
 /// HTTP/1.0 so that the stream needs no de-chunking: it ends when the connection does.
@@ -404,7 +526,7 @@ pub fn presence_events(
     }
     // Heartbeats come every 15 s: three missed mean the node is gone.
     let timeout = if follow { 3 * HEARTBEAT } else { TIMEOUT };
-    let (stream, tls) = send_head(admin, "GET", &path, "HTTP/1.0", timeout)?;
+    let (stream, tls) = send_head(admin, "GET", &path, "HTTP/1.0", timeout, &[])?;
     let mut reader = std::io::BufReader::new(stream.take(u64::MAX));
     let mut line = String::new();
     reader.read_line(&mut line)?;

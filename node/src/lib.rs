@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod cli;
 pub mod clock;
@@ -101,6 +102,8 @@ pub struct Node {
     presence: Arc<PresenceQueue>,
     /// The TLS configurations to reload on SIGHUP.
     tls: Vec<ServerTls>,
+    /// What ended connections still owe the backend (with `--backend-url`).
+    outbox: Option<Arc<ingress::ws::outbox::Outbox>>,
 }
 
 impl Node {
@@ -265,6 +268,17 @@ impl Node {
             metrics.clone(),
             config.cluster.node_timeout,
         ));
+        // 1 (used by 8): the backend bridge, when there is one.
+        let backend = match &config.backend {
+            Some(settings) => Some(Arc::new(
+                backend::Backend::new(settings.clone(), secrets.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        };
+        let outbox = backend
+            .as_ref()
+            .map(|b| Arc::new(ingress::ws::outbox::Outbox::new(b.clone())));
         // 8: ingress.
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
@@ -286,6 +300,9 @@ impl Node {
             presence_reads: presence.clone(),
             router: router.clone(),
             ids: ingress::ws::ConnIds::new(config.node_id, boot),
+            listen: config.listen.ws,
+            backend: backend.clone(),
+            outbox: outbox.clone(),
         });
         let resp_env = Arc::new(ingress::resp::Shim::new(
             &config,
@@ -305,10 +322,12 @@ impl Node {
             cluster: cluster.clone(),
             consensus,
             presence,
+            backend: backend.clone(),
         };
         let admin = admin::spawn(admin, view.clone(), admin_tls.clone())?;
 
         tokio::spawn(leave_after_drain(view.clone()));
+        tokio::spawn(ingress::ws::enforce_revocations(ingress.clone()));
         tokio::spawn(ingress::ws::serve(
             ws,
             ingress,
@@ -337,6 +356,10 @@ impl Node {
         if let Some(peer) = addrs.peer {
             info!(addr = %peer, seeds = ?config.cluster.seeds, "peer endpoint listening (QUIC)");
         }
+        if let Some(backend) = &backend {
+            let endpoint = backend.endpoint();
+            info!(backend = %format!("http://{}{}", endpoint.authority, endpoint.path), "backend bridge: connects, client frames and disconnects go to the project's consumer");
+        }
         let dev_token = match &secrets.dev_jwt_secret {
             Some(secret) => Some(auth::mint_hs256(
                 secret.as_bytes(),
@@ -355,6 +378,7 @@ impl Node {
             dev_token,
             presence: queue,
             tls: ws_tls.into_iter().chain(admin_tls).collect(),
+            outbox,
         })
     }
 
@@ -437,6 +461,7 @@ impl Node {
         self.stop_accepting.cancel();
         self.tracker.close();
         let grace = view.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()
@@ -445,6 +470,15 @@ impl Node {
                 remaining = self.tracker.len(),
                 "shutdown grace period over; dropping the remaining connections"
             );
+        }
+        if let Some(outbox) = &self.outbox {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !outbox.wait(left).await {
+                warn!(
+                    pending = outbox.pending(),
+                    "shutdown grace period over with disconnect calls to the backend not made"
+                );
+            }
         }
         leave(view).await;
         view.lifecycle.shut_down();

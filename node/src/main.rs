@@ -80,6 +80,55 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Close a user's sockets (or one connection's) on every node, with a close code.
+    Disconnect {
+        /// The user whose sockets to close.
+        #[arg(required_unless_present = "connection")]
+        user_id: Option<String>,
+        /// One connection instead (its id, or its channel name switchboard.conn!ID).
+        #[arg(long, conflicts_with = "user_id")]
+        connection: Option<String>,
+        /// The close code the clients see: 4000-4999 [default: 4000].
+        #[arg(long)]
+        code: Option<u16>,
+        /// The close reason the clients see.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Have a user's live sockets (or one connection) join a group, cluster-wide.
+    Subscribe {
+        /// USER GROUP, or GROUP alone with --connection.
+        #[arg(num_args = 1..=2, required = true, value_names = ["USER", "GROUP"])]
+        args: Vec<String>,
+        /// One connection instead of a user's (its id, or its channel name).
+        #[arg(long)]
+        connection: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Have a user's live sockets (or one connection) leave a group, cluster-wide.
+    Unsubscribe {
+        /// USER GROUP, or GROUP alone with --connection.
+        #[arg(num_args = 1..=2, required = true, value_names = ["USER", "GROUP"])]
+        args: Vec<String>,
+        /// One connection instead of a user's (its id, or its channel name).
+        #[arg(long)]
+        connection: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Refuse a user's tokens issued before a time, on every node (at connect and
+    /// refresh), and close its open sockets with 4001.
+    Revoke {
+        user_id: String,
+        /// Unix seconds: tokens issued (`iat`) before it are refused [default: now].
+        #[arg(long)]
+        before: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Stop accepting, close clients with 1012 so they reconnect elsewhere, and leave.
     Drain(AdminArgs),
     /// Remove a member for good.
@@ -141,6 +190,43 @@ fn main() -> ExitCode {
         Command::Group { name, admin } => admin
             .target()
             .and_then(|t| cli::group(&t, &name, admin.json)),
+        Command::Disconnect {
+            user_id,
+            connection,
+            code,
+            reason,
+            admin,
+        } => admin.target().and_then(|t| {
+            cli::disconnect(
+                &t,
+                user_id.as_deref(),
+                connection.as_deref(),
+                code,
+                reason.as_deref(),
+                admin.json,
+            )
+        }),
+        Command::Subscribe {
+            args,
+            connection,
+            admin,
+        } => admin
+            .target()
+            .and_then(|t| subscription(&t, true, &args, connection, admin.json)),
+        Command::Unsubscribe {
+            args,
+            connection,
+            admin,
+        } => admin
+            .target()
+            .and_then(|t| subscription(&t, false, &args, connection, admin.json)),
+        Command::Revoke {
+            user_id,
+            before,
+            admin,
+        } => admin
+            .target()
+            .and_then(|t| cli::revoke(&t, &user_id, before, admin.json)),
         Command::Drain(a) => a.target().and_then(|t| cli::drain(&t, a.json)),
         Command::Probe { addr, path } => cli::probe(&addr, &path),
         Command::Remove { node_id, admin } => admin
@@ -161,6 +247,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `subscribe`/`unsubscribe`: USER GROUP, or GROUP with --connection.
+fn subscription(
+    target: &cli::Target,
+    subscribe: bool,
+    args: &[String],
+    connection: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (user, group) = match (args, &connection) {
+        ([user, group], None) => (Some(user.as_str()), group),
+        ([group], Some(_)) => (None, group),
+        (_, None) => anyhow::bail!("give USER GROUP (or GROUP with --connection ID)"),
+        (_, Some(_)) => anyhow::bail!("with --connection, give only the GROUP"),
+    };
+    cli::subscription(target, subscribe, user, connection.as_deref(), group, json)
 }
 
 fn token(secret: &str, user: &str, ttl: &str, groups: &[String], json: bool) -> anyhow::Result<()> {

@@ -148,6 +148,19 @@ impl Row {
         }
     }
 
+    /// A counter with one value per value of `label`.
+    pub fn counter_by(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: Vec<(String, u64)>,
+    ) -> Row {
+        Row {
+            kind: Kind::Counter,
+            ..Row::gauge_by(name, help, label, values)
+        }
+    }
+
     /// A histogram of durations, exported in seconds.
     pub fn histogram(name: &'static str, help: &'static str, h: &Histogram) -> Row {
         Row {

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use switchboard_proto::peer::{NodeId, Position};
+use switchboard_proto::peer::{ConnAction, ConnTarget, NodeId, Position};
 
 use crate::broker::{Listed, MAX_PATTERN, list_matching};
-use crate::cluster::Cluster;
+use crate::cluster::{ActError, Cluster};
 
 use crate::historian::{self, Historian};
 use crate::history::{HistoryError, Recovery};
@@ -80,6 +80,18 @@ pub trait Publish: Send + Sync {
     fn subscribers<'a>(&'a self, group: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move { self.group_counts(group).await.iter().map(|(_, n)| n).sum() })
     }
+
+    /// Acts on connections wherever they are (see [`Router::act`]): how many it reached.
+    fn act(&self, target: ConnTarget, action: ConnAction)
+    -> BoxFuture<'_, Result<Acted, ActError>>;
+}
+
+/// What an act reached: connections, and the nodes that did not answer (whose
+/// connections it may have missed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acted {
+    pub reached: u32,
+    pub silent: Vec<NodeId>,
 }
 
 /// See the module header.
@@ -138,6 +150,25 @@ impl Router {
                     tokio::time::sleep(RECOVERY_RETRY).await;
                 }
                 result => return result,
+            }
+        }
+    }
+
+    /// Acts on connections cluster-wide: one connection, on the node its id names; or
+    /// every connection of a user, on every node (those that do not answer are listed).
+    pub async fn act(&self, target: ConnTarget, action: ConnAction) -> Result<Acted, ActError> {
+        match &target {
+            ConnTarget::Connection(id) => {
+                let node = crate::cluster::acts::node_of(id)?;
+                let reached = self.cluster.act_on(node, target, action).await?;
+                Ok(Acted {
+                    reached,
+                    silent: Vec::new(),
+                })
+            }
+            ConnTarget::User(_) => {
+                let (reached, silent) = self.cluster.act_everywhere(target, action).await;
+                Ok(Acted { reached, silent })
             }
         }
     }
@@ -233,6 +264,14 @@ impl Router {
 }
 
 impl Publish for Router {
+    fn act(
+        &self,
+        target: ConnTarget,
+        action: ConnAction,
+    ) -> BoxFuture<'_, Result<Acted, ActError>> {
+        Box::pin(Router::act(self, target, action))
+    }
+
     fn publish<'a>(
         &'a self,
         group: &'a str,

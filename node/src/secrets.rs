@@ -5,7 +5,8 @@
 //! - the JWT verifier (`--jwt-secret[-file]`, `--jwt-public-key`, or development mode);
 //! - the RESP password (`--resp-password[-file]`);
 //! - the admin tokens (`--admin-token`, `--admin-token-file`), with their scopes;
-//! - the cluster secret (`--cluster-secret[-file]`), for new peer sessions.
+//! - the cluster secret (`--cluster-secret[-file]`), for new peer sessions;
+//! - the backend secret (`--backend-secret[-file]`), for the next call to the bridge.
 //!
 //! Files the node writes itself (the development secret) are mode 0600, in a data dir
 //! of mode 0700.
@@ -144,6 +145,8 @@ pub struct Secrets {
     /// `None`: the admin API is open (a loopback-only admin port).
     pub admin: Reloadable<Option<AdminTokens>>,
     pub cluster: Reloadable<Vec<u8>>,
+    /// The key calls to the backend bridge are signed with (`--backend-secret`).
+    pub backend: Reloadable<Option<Vec<u8>>>,
     /// In development mode, the generated JWT secret.
     pub dev_jwt_secret: Option<String>,
 }
@@ -162,6 +165,9 @@ impl Secrets {
                 load_opt(&config.credentials.cluster_secret)?
                     .unwrap_or_default()
                     .into_bytes(),
+            ),
+            backend: Reloadable::new(
+                load_opt(&config.credentials.backend_secret)?.map(String::into_bytes),
             ),
             dev_jwt_secret: dev,
         })
@@ -185,6 +191,10 @@ impl Secrets {
         }
         match load_opt(&config.credentials.cluster_secret) {
             Ok(v) => self.cluster.set(v.unwrap_or_default().into_bytes()),
+            Err(e) => errors.push(e),
+        }
+        match load_opt(&config.credentials.backend_secret) {
+            Ok(v) => self.backend.set(v.map(String::into_bytes)),
             Err(e) => errors.push(e),
         }
         errors

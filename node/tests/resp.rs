@@ -316,7 +316,7 @@ async fn the_channels_pubsub_layer_protocol_reaches_the_group() {
         Frame::Integer(1)
     );
     assert!(
-        matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "unwrapped")
+        matches!(client.recv_timeout(DEADLINE).await.unwrap(), Incoming::Text(t) if t == "\"unwrapped\"")
     );
     node.shutdown().await;
 }

@@ -194,8 +194,13 @@ pub enum ErrorCode {
     InvalidToken,
     /// The connection already has as many groups as the server allows.
     TooManyGroups,
-    /// The cluster cannot answer now (the user's presence shard is unreachable); retry.
+    /// The cluster cannot answer now (the user's presence shard is unreachable, the
+    /// backend did not answer a frame in time); retry.
     Unavailable,
+    /// The connection sent frames to the backend faster than its budget allows
+    /// (`--backend-frames-per-sec`, `--backend-bytes-per-sec`) or while too many wait:
+    /// the frame was not sent; slow down.
+    RateLimited,
 }
 
 /// WebSocket close codes the server uses. The 4xxx codes are application codes.
@@ -209,6 +214,8 @@ pub enum CloseCode {
     ProtocolError = 1002,
     /// A text frame that is not UTF-8.
     InvalidPayload = 1007,
+    /// The client kept sending past its budget after being told (`rate_limited`).
+    PolicyViolation = 1008,
     /// A frame or message exceeded the server's maximum size.
     TooBig = 1009,
     /// An unexpected server error.
@@ -241,6 +248,7 @@ impl CloseCode {
             1000 => CloseCode::Normal,
             1002 => CloseCode::ProtocolError,
             1007 => CloseCode::InvalidPayload,
+            1008 => CloseCode::PolicyViolation,
             1009 => CloseCode::TooBig,
             1011 => CloseCode::InternalError,
             1012 => CloseCode::Restart,
@@ -334,6 +342,7 @@ mod tests {
             CloseCode::Normal,
             CloseCode::ProtocolError,
             CloseCode::InvalidPayload,
+            CloseCode::PolicyViolation,
             CloseCode::TooBig,
             CloseCode::InternalError,
             CloseCode::Restart,

@@ -5,8 +5,11 @@
 //! - [`client`]: the WebSocket client protocol: JSON ops, replies and close codes.
 //! - [`peer`]: the node-to-node envelope carried over QUIC, and the presence records
 //!   the cluster agrees on.
+//! - [`bridge`]: what a node sends the backend bridge for a connection's events, and
+//!   what the bridge answers.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod client;
 pub mod peer;
 pub mod resp;

@@ -32,7 +32,61 @@ pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// refused), and presence may live in shard Raft groups.
 /// 8: a connection's end names its user ([`PresenceOp::Leave`]): the registry keeps no
 /// index by connection, and the end goes to the user's shard.
-pub const PEER_PROTOCOL_VERSION: u32 = 8;
+/// 9: nodes act on each other's connections ([`PeerMessage::Conn`]: subscribe,
+/// unsubscribe, send to one connection, close), for Django's `group_add`,
+/// `channel_layer.send` and the admin API.
+pub const PEER_PROTOCOL_VERSION: u32 = 9;
+
+/// The prefix of a WebSocket connection's channel name, `switchboard.conn!<connection
+/// id>`: what the backend bridge gives a consumer as `self.channel_name`, and what
+/// channels_redis's `group_add`, `group_discard` and `send` name to reach that connection
+/// wherever it is in the cluster. The part up to `!` is what channels_redis takes as the
+/// Redis key of a process-local channel.
+pub const CONNECTION_CHANNEL: &str = "switchboard.conn!";
+
+/// The connection id a channel name names, if it is a connection's.
+pub fn connection_of_channel(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix(CONNECTION_CHANNEL)
+        .filter(|id| !id.is_empty())
+}
+
+/// Which connections a [`Conn::Act`] acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnTarget {
+    /// One connection, by its id (`<node>-<boot hex>-<n>`).
+    Connection(String),
+    /// Every connection of a user.
+    User(String),
+}
+
+/// What a [`Conn::Act`] does to the connections it targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnAction {
+    /// Join a group, whatever the connection's token permits (the server asks).
+    Subscribe(String),
+    /// Leave a group (never the connection's own user group).
+    Unsubscribe(String),
+    /// Deliver this payload to the connection alone, as a published message is.
+    Send { payload: Bytes, text: bool },
+    /// Close with this code and reason.
+    Close { code: u16, reason: String },
+    /// Close with 4001 those whose token was issued (`iat`, Unix seconds) before
+    /// `before`.
+    Revoke { before: u64 },
+}
+
+/// Acting on another node's connections. Requests carry an id their answer repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Conn {
+    Act {
+        id: u64,
+        target: ConnTarget,
+        action: ConnAction,
+    },
+    /// How many connections the action reached on the answering node.
+    Acted { id: u64, count: u32 },
+}
 
 /// One live WebSocket connection, as registered in the presence registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,6 +291,8 @@ pub enum PeerMessage {
     /// Routes: between a node that publishes to a group and the holders of the group's
     /// interest (the owner and replica of its bucket; see the node's `cluster::routes`).
     Route(Route),
+    /// Acting on the receiver's connections (since peer protocol 9).
+    Conn(Conn),
 }
 
 /// The route protocol. Requests carry an id their answer repeats.
@@ -383,6 +439,7 @@ impl PeerMessage {
             PeerMessage::History(_) => "History",
             PeerMessage::Leaving => "Leaving",
             PeerMessage::Route(_) => "Route",
+            PeerMessage::Conn(_) => "Conn",
         }
     }
 }
@@ -460,6 +517,34 @@ mod tests {
                 body: Bytes::from(body),
             }),
             route().prop_map(PeerMessage::Route),
+            conn().prop_map(PeerMessage::Conn),
+        ]
+    }
+
+    fn conn() -> impl Strategy<Value = Conn> {
+        let target = prop_oneof![
+            ".{0,20}".prop_map(ConnTarget::Connection),
+            ".{0,20}".prop_map(ConnTarget::User),
+        ];
+        let action = prop_oneof![
+            ".{0,20}".prop_map(ConnAction::Subscribe),
+            ".{0,20}".prop_map(ConnAction::Unsubscribe),
+            (proptest::collection::vec(any::<u8>(), 0..32), any::<bool>()).prop_map(
+                |(payload, text)| ConnAction::Send {
+                    payload: Bytes::from(payload),
+                    text
+                }
+            ),
+            (any::<u16>(), ".{0,20}").prop_map(|(code, reason)| ConnAction::Close { code, reason }),
+            any::<u64>().prop_map(|before| ConnAction::Revoke { before }),
+        ];
+        prop_oneof![
+            (any::<u64>(), target, action).prop_map(|(id, target, action)| Conn::Act {
+                id,
+                target,
+                action
+            }),
+            (any::<u64>(), any::<u32>()).prop_map(|(id, count)| Conn::Acted { id, count }),
         ]
     }
 

@@ -14,6 +14,7 @@ error is ignored), `CLIENT SETINFO LIB-NAME/LIB-VER`. Then
 
 import asyncio
 import json
+import re
 
 import django
 import msgpack
@@ -104,7 +105,8 @@ def test_channels_unwrap_sends_only_the_message(start_node, kind):
         node.wait_group("user_44", 1)
         layer = LAYERS[kind](node)
         await layer.group_send("user_44", {"type": "notify", "message": "just this"})
-        assert await recv(ws) == "just this"
+        # Exactly what the old consumer's send_json(event["message"]) sent: its JSON.
+        assert await recv(ws) == '"just this"'
         # Not a string: its JSON. No such key: the whole event.
         await layer.group_send("user_44", {"type": "notify", "message": {"title": "Hi", "id": 1}})
         assert json.loads(await recv(ws)) == {"title": "Hi", "id": 1}
@@ -163,9 +165,11 @@ def test_only_the_layers_channel_names_are_decoded(node):
 
 
 def test_the_rest_of_the_core_layer_answers_and_never_hangs(node):
-    """A Django web process also calls group_add/group_discard/send/flush; each answers as
-    an empty Redis would. Receiving on the layer is refused at once with an error (clients
-    receive over WebSocket), rather than blocking."""
+    """A Django web process also calls group_add/group_discard/send/flush. Groups hold
+    WebSocket connections here, so group_add and send of a channel that is not a
+    connection's (a worker's own new_channel()) answer an error that names the call,
+    never a silent OK; group_discard of it has nothing to remove; receiving is refused at
+    once (clients receive over WebSocket), rather than blocking."""
     async def scenario():
         ws = await connect(node.ws_url, mint(48))
         node.wait_group("user_48", 1)
@@ -175,9 +179,12 @@ def test_the_rest_of_the_core_layer_answers_and_never_hangs(node):
         async def within(coro):
             return await asyncio.wait_for(coro, 10)
 
-        await within(layer.group_add("user_48", channel))
-        await within(layer.send(channel, {"type": "direct"}))
-        await within(layer.send("plain.channel", {"type": "direct"}))
+        with pytest.raises(ResponseError, match=f"group_add of channel '{re.escape(channel)}'.*cannot be honoured"):
+            await within(layer.group_add("user_48", channel))
+        with pytest.raises(ResponseError, match=f"send to '{re.escape(channel)}' cannot be honoured"):
+            await within(layer.send(channel, {"type": "direct"}))
+        with pytest.raises(ResponseError, match="send to 'asgiplain.channel' cannot be honoured"):
+            await within(layer.send("plain.channel", {"type": "direct"}))
         await within(layer.group_discard("user_48", channel))
         with pytest.raises(ResponseError, match="BZPOPMIN"):
             await within(layer.receive(channel))

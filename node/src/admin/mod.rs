@@ -18,9 +18,13 @@
 //! | GET | /v1/groups/{name} | read | connections in the group, per node |
 //! | POST | /v1/publish | publish | publish to one group (JSON body; `publish`) |
 //! | POST | /v1/broadcast | publish | publish one payload to many groups |
+//! | POST | /v1/disconnect | publish | close a user's (or one connection's) sockets, cluster-wide |
+//! | POST | /v1/subscribe, /v1/unsubscribe | publish | a user's (or one connection's) live sockets join or leave a group |
+//! | POST | /v1/revoke | publish | refuse a user's tokens issued before a time, and close its sockets |
 //! | POST | /v1/drain | write | start draining this node |
 //! | POST | /v1/members/{id}/remove | write | remove a member for good |
 
+pub mod control;
 pub mod events;
 pub mod guard;
 pub mod publish;
@@ -78,6 +82,8 @@ pub struct NodeView {
     pub router: Arc<Router>,
     pub cluster: Arc<Cluster>,
     pub consensus: Arc<Consensus>,
+    /// The backend bridge, when `--backend-url` is set.
+    pub backend: Option<Arc<crate::backend::Backend>>,
     /// Presence reads (the control replica, or the shards).
     pub presence: crate::raft::Presence,
 }
@@ -202,6 +208,8 @@ pub enum Route {
     Remove(String),
     Publish,
     Broadcast,
+    /// Acting on live connections (`control`).
+    Control(control::Kind),
 }
 
 impl Route {
@@ -229,11 +237,16 @@ impl Route {
             ["v1", "drain"] if post => Route::Drain,
             ["v1", "publish"] if post => Route::Publish,
             ["v1", "broadcast"] if post => Route::Broadcast,
+            ["v1", "disconnect"] if post => Route::Control(control::Kind::Disconnect),
+            ["v1", "subscribe"] if post => Route::Control(control::Kind::Subscribe),
+            ["v1", "unsubscribe"] if post => Route::Control(control::Kind::Unsubscribe),
+            ["v1", "revoke"] if post => Route::Control(control::Kind::Revoke),
             ["v1", "members", id, "remove"] if post => Route::Remove(id.to_string()),
             ["healthz" | "readyz" | "metrics"]
             | [
                 "v1",
-                "status" | "members" | "drain" | "publish" | "broadcast",
+                "status" | "members" | "drain" | "publish" | "broadcast" | "disconnect"
+                | "subscribe" | "unsubscribe" | "revoke",
             ]
             | ["v1", "presence" | "groups", _]
             | ["v1", "members", _, "remove"] => return Err(405),
@@ -252,7 +265,7 @@ impl Route {
             | Route::PresenceEvents
             | Route::Group(_) => Some(Scope::Read),
             Route::Drain | Route::Remove(_) => Some(Scope::Write),
-            Route::Publish | Route::Broadcast => Some(Scope::Publish),
+            Route::Publish | Route::Broadcast | Route::Control(_) => Some(Scope::Publish),
         }
     }
 }
@@ -359,6 +372,7 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
         Route::Remove(id) => remove(view, &id).await,
         Route::Publish => publish::serve(view, req.into_body(), false).await,
         Route::Broadcast => publish::serve(view, req.into_body(), true).await,
+        Route::Control(kind) => control::serve(view, kind, req.into_body()).await,
     }
 }
 

@@ -15,6 +15,9 @@ pub async fn metrics(view: &NodeView) -> String {
     let historian = view.router.historian();
     let mut rows = view.metrics.rows();
     rows.extend(view.hub.rows());
+    if let Some(backend) = &view.backend {
+        rows.extend(backend.metrics.rows());
+    }
     rows.push(crate::metrics::Row::gauge_by(
         "build_info",
         "1, labelled with the version of the switchboard binary this node runs.",

@@ -288,6 +288,39 @@ impl<H: Clone> Broker<H> {
         Ok(())
     }
 
+    /// A connection's handle, found through its user group (which it is in for its
+    /// whole life): the connection needs no handle of its own.
+    pub fn handle_of(&self, id: ConnId) -> Option<H> {
+        let conn = self.connections.get(&id)?;
+        let members = self.groups.get(&conn.user_group)?;
+        members.find(id).map(|at| members.handles[at].clone())
+    }
+
+    /// The connections of `user` on this node. Looks through every connection: it serves
+    /// admin requests and revocations, which are rare.
+    pub fn connections_of(&self, user: &str) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.user == user)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// When the token a connection holds now was issued (Unix seconds).
+    pub fn issued_at(&self, id: ConnId) -> Option<u64> {
+        self.connections.get(&id).map(|c| c.permissions.issued())
+    }
+
+    /// Joins a connection to a group at the server's request (the backend's consumer, an
+    /// admin, Django's `group_add`): whatever its token permits, within the limits.
+    pub fn join_any(&mut self, id: ConnId, group: &str) -> Result<(), JoinError> {
+        let handle = self.handle_of(id).ok_or(JoinError::UnknownConnection)?;
+        self.join_unchecked(id, handle, group)
+    }
+
     /// Removes a connection from a group it joined.
     pub fn leave(&mut self, id: ConnId, group: &str) -> Result<(), LeaveError> {
         let conn = self

@@ -11,6 +11,9 @@ pub struct Permissions {
     exact: Vec<String>,
     prefixes: Vec<String>,
     presence_any: bool,
+    /// The token's `iat` (Unix seconds; 0 without one): a revocation closes the
+    /// connections whose token was issued before it.
+    issued_at: u64,
 }
 
 impl Permissions {
@@ -34,6 +37,17 @@ impl Permissions {
             }
         }
         permissions
+    }
+
+    /// The same permissions, from a token issued at `iat` (Unix seconds).
+    pub fn issued_at(mut self, iat: u64) -> Self {
+        self.issued_at = iat;
+        self
+    }
+
+    /// When the token was issued (Unix seconds; 0 when it did not say).
+    pub fn issued(&self) -> u64 {
+        self.issued_at
     }
 
     /// Whether a connection with these permissions may subscribe to `group`.

@@ -4,7 +4,7 @@
 //! and how a session's end steers the dial loop ([`SessionError::dial_outcome`]). The
 //! driver (`super::mesh`) reads frames, calls these, and does what they return.
 
-use switchboard_proto::peer::{Forward, History, Interest, NodeId, PeerMessage, Route};
+use switchboard_proto::peer::{Conn, Forward, History, Interest, NodeId, PeerMessage, Route};
 
 use super::dial::DialOutcome;
 use super::frame::FrameError;
@@ -115,6 +115,8 @@ pub enum Control {
     Peers(Vec<(NodeId, String)>),
     /// The peer drains.
     Leaving,
+    /// An act on this node's connections, or the answer to one of ours.
+    Conn(Conn),
 }
 
 /// What a message on `peer`'s control stream asks, at `now_micros` (Unix µs, for the
@@ -144,6 +146,7 @@ pub fn control(
         }
         PeerMessage::Peers(list) => Control::Peers(list),
         PeerMessage::Leaving => Control::Leaving,
+        PeerMessage::Conn(message) => Control::Conn(message),
         PeerMessage::Forward(_) => {
             return Err(violation(
                 "forwards on the control stream (they go on its data stream)",

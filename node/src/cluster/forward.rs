@@ -105,6 +105,11 @@ impl Cluster {
             self.metrics.routes_incomplete.inc();
         }
         let settling = routes.settling(now, group) || incomplete;
+        drop(routes);
+        let known = known.map(|mut nodes| {
+            self.hinted(group, &mut nodes);
+            nodes
+        });
         match (known, to_ask) {
             (Some(nodes), _) if settling => Targets::Everyone(nodes),
             (Some(nodes), _) => Targets::Known(nodes),
@@ -126,9 +131,14 @@ impl Cluster {
                     if !answer.settled {
                         self.metrics.routes_incomplete.inc();
                     }
-                    Targets::Everyone(answer.nodes)
+                    let mut nodes = answer.nodes;
+                    self.hinted(group, &mut nodes);
+                    Targets::Everyone(nodes)
                 }
-                Some(answer) => Targets::Known(answer.nodes),
+                Some(mut answer) => {
+                    self.hinted(group, &mut answer.nodes);
+                    Targets::Known(answer.nodes)
+                }
                 None => Targets::Everyone(Vec::new()),
             },
             known => known,

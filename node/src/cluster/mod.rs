@@ -14,10 +14,12 @@
 //! - [`gossip`]: interest deltas and full syncs, each to the holders of its groups.
 //! - [`mesh`]: [`Cluster`], the driver: endpoint, sessions, heartbeats.
 //! - [`forward`]: the publish path: targets, lookups, forwards, cluster-wide listings.
+//! - [`acts`]: acting on connections other nodes hold (subscribe, send, close).
 //!
 //! Depends on the hub (local delivery, local interest), the presence replica (is a peer
 //! removed?), health (majority) and the lifecycle; nothing above.
 
+pub mod acts;
 pub mod auth;
 pub mod dial;
 pub mod dispatch;
@@ -31,6 +33,7 @@ pub mod rpc;
 pub mod session;
 pub mod tls;
 
+pub use acts::{ACT_TIMEOUT, ActError};
 pub use forward::Targets;
 pub use mesh::{Cluster, ClusterMetrics, HistoryInbox, Link, MeshDeps};
 pub use peers::MemberView;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{LogFormat, TokenExpiry};
+use super::{BackendUnavailable, LogFormat, TokenExpiry};
 
 /// The type a setting has once resolved: its own with a default, else an `Option`.
 macro_rules! resolved {
@@ -269,4 +269,48 @@ settings! {
     /// 0 keeps none [default: 65536; at most 64 MiB of events whatever the count].
     #[arg(env = "SWITCHBOARD_PRESENCE_EVENTS")]
     presence_events: usize = super::DEFAULT_PRESENCE_EVENTS;
+    /// Where the Django project mounted the backend bridge (`switchboard_channels`), for
+    /// example http://127.0.0.1:8000/switchboard/: the node calls it for each
+    /// connection's connect (after the token check), each client frame that is not a
+    /// Switchboard op, and its disconnect. Unset: no calls.
+    #[arg(env = "SWITCHBOARD_BACKEND_URL")]
+    backend_url: String;
+    /// The key every call to the backend is signed with (the bridge's Django setting
+    /// SWITCHBOARD_BACKEND_SECRET); needed with --backend-url.
+    #[arg(env = "SWITCHBOARD_BACKEND_SECRET", hide_env_values = true)]
+    backend_secret: String;
+    /// File holding the backend secret (read at start and on SIGHUP).
+    #[arg(env = "SWITCHBOARD_BACKEND_SECRET_FILE")]
+    backend_secret_file: PathBuf;
+    /// Milliseconds a backend call may take, waiting for a slot included [default: 5000].
+    #[arg(env = "SWITCHBOARD_BACKEND_TIMEOUT_MS")]
+    backend_timeout_ms: u64 = 5000;
+    /// A connect the backend does not answer: refuse (close 1013, try again later) or
+    /// accept (the connection opens without the consumer's connect) [default: refuse].
+    #[arg(env = "SWITCHBOARD_BACKEND_UNAVAILABLE", value_enum)]
+    backend_unavailable: BackendUnavailable = BackendUnavailable::Refuse;
+    /// Backend calls this node makes at once; more wait (within their timeout)
+    /// [default: 256].
+    #[arg(env = "SWITCHBOARD_BACKEND_MAX_INFLIGHT")]
+    backend_max_inflight: usize = 256;
+    /// Frames a second one connection may send to the backend (one second's worth at
+    /// once); more get a `rate_limited` error [default: 20].
+    #[arg(env = "SWITCHBOARD_BACKEND_FRAMES_PER_SEC")]
+    backend_frames_per_sec: u32 = 20;
+    /// Bytes a second one connection may send to the backend [default: 65536].
+    #[arg(env = "SWITCHBOARD_BACKEND_BYTES_PER_SEC")]
+    backend_bytes_per_sec: u64 = 64 * 1024;
+    /// Connections whose disconnect call may wait for a backend that fails it (retried
+    /// with backoff); past it the oldest is given up, and counted [default: 100000].
+    #[arg(env = "SWITCHBOARD_BACKEND_MAX_PENDING")]
+    backend_max_pending: usize = 100_000;
+    /// Seconds a revocation (`switchboard revoke`) is kept after its time: give at least
+    /// the longest lifetime of the tokens you issue [default: 86400].
+    #[arg(env = "SWITCHBOARD_REVOCATION_TTL")]
+    revocation_ttl: u64 = 86_400;
+    /// Request headers a connection's scope carries to the backend, comma-separated
+    /// [default: host, origin, cookie, user-agent, authorization, x-forwarded-for,
+    /// x-forwarded-proto, x-real-ip, accept-language].
+    #[arg(env = "SWITCHBOARD_BACKEND_HEADERS", value_delimiter = ',')]
+    backend_headers: Vec<String> = super::DEFAULT_BACKEND_HEADERS.iter().map(|h| (*h).to_owned()).collect();
 }

@@ -29,6 +29,45 @@ pub const DEFAULT_WS_PATH: &str = "/ws/notifications/";
 /// Presence events a node keeps by default (`--presence-events`).
 pub const DEFAULT_PRESENCE_EVENTS: usize = 65_536;
 
+/// The request headers a connection's scope carries to the backend by default
+/// (`--backend-headers`): what Django middleware and consumers read.
+pub const DEFAULT_BACKEND_HEADERS: &[&str] = &[
+    "host",
+    "origin",
+    "cookie",
+    "user-agent",
+    "authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "accept-language",
+];
+
+/// What a connect does when the backend does not answer it (`--backend-unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendUnavailable {
+    /// Close with 1013 (try again later).
+    #[default]
+    Refuse,
+    /// Open the connection without the consumer's connect.
+    Accept,
+}
+
+/// The backend bridge (`--backend-*`).
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub unavailable: BackendUnavailable,
+    pub max_inflight: usize,
+    pub frames_per_sec: u32,
+    pub bytes_per_sec: u64,
+    pub max_pending: usize,
+    /// Header names, lower case.
+    pub headers: Vec<String>,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +114,10 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
     /// `--presence-events`: events kept in the ring.
     pub presence_events: usize,
+    /// `--backend-url` and its settings; `None` without one.
+    pub backend: Option<BackendSettings>,
+    /// `--revocation-ttl`: how long a revocation is kept after its time.
+    pub revocation_ttl: Duration,
 }
 
 /// Where the node listens, and how others name it.
@@ -99,6 +142,8 @@ pub struct Credentials {
     /// `--admin-token` (one token, every scope) or `--admin-token-file` (see
     /// `secrets::AdminTokens`).
     pub admin_tokens: Option<Secret>,
+    /// `--backend-secret[-file]`: what calls to the backend are signed with.
+    pub backend_secret: Option<Secret>,
 }
 
 /// Certificates of the node's TLS endpoints.

@@ -97,6 +97,44 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
             s.user_group
         )));
     }
+    let backend_secret =
+        Secret::from_pair("backend-secret", s.backend_secret, s.backend_secret_file)?;
+    let backend = match s
+        .backend_url
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+    {
+        None => None,
+        Some(url) => {
+            if backend_secret.is_none() {
+                return Err(ConfigError::Invalid(
+                    "--backend-url needs --backend-secret (or --backend-secret-file): the \
+                     bridge refuses unsigned calls"
+                        .into(),
+                ));
+            }
+            Some(BackendSettings {
+                url,
+                timeout: Duration::from_millis(positive(
+                    "backend-timeout-ms",
+                    s.backend_timeout_ms as usize,
+                )? as u64),
+                unavailable: s.backend_unavailable,
+                max_inflight: positive("backend-max-inflight", s.backend_max_inflight)?,
+                frames_per_sec: positive(
+                    "backend-frames-per-sec",
+                    s.backend_frames_per_sec as usize,
+                )? as u32,
+                bytes_per_sec: positive("backend-bytes-per-sec", s.backend_bytes_per_sec as usize)?
+                    as u64,
+                max_pending: positive("backend-max-pending", s.backend_max_pending)?,
+                headers: non_empty(s.backend_headers)
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            })
+        }
+    };
     let node_id = s.node_id;
     Ok(Config {
         node_id,
@@ -130,6 +168,7 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
                 s.resp_password_file,
             )?,
             admin_tokens: Secret::from_pair("admin-token", s.admin_token, s.admin_token_file)?,
+            backend_secret,
         },
         tls: TlsSettings {
             ws: tls_pair("tls", s.tls_cert, s.tls_key)?,
@@ -198,6 +237,8 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
         max_payload,
         admin_hosts: non_empty(s.admin_hosts),
         presence_events: s.presence_events,
+        backend,
+        revocation_ttl: seconds("revocation-ttl", s.revocation_ttl)?,
     })
 }
 

@@ -13,15 +13,15 @@
 //! The cluster-wide publish (local fan-out plus forwarding to peers) is `crate::router`'s;
 //! the hub knows nothing of peers.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use switchboard_proto::client::CloseCode;
 
 use crate::broker::{Broker, BrokerLimits, ConnId, JoinError, LeaveError, Permissions};
 use crate::metrics::{Metrics, Row};
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 
 mod encoded;
 mod queue;
@@ -35,11 +35,41 @@ pub type InterestDelta = (u64, Vec<(String, u32)>);
 /// The whole interest: its version, and every group with its local count.
 pub type InterestSnapshot = (u64, BTreeMap<String, u32>);
 
+/// Which local connections [`Hub::act`] acts on.
+#[derive(Debug, Clone, Copy)]
+pub enum Local<'a> {
+    Connection(ConnId),
+    User(&'a str),
+}
+
+/// What [`Hub::act`] does to them (the server asks: an admin, Django, the backend).
+#[derive(Debug, Clone, Copy)]
+pub enum Act<'a> {
+    /// Join a group, whatever the token permits.
+    Join(&'a str),
+    /// Leave a group (never the user group).
+    Leave(&'a str),
+    /// Deliver a message to the connection alone; `label` names it on a positioned
+    /// connection's `message` frame (the connection's channel name).
+    Send {
+        message: &'a Encoded,
+        label: &'a str,
+    },
+    /// Close with this code and reason.
+    Close { code: u16, reason: &'a str },
+    /// Close with 4001 if the connection's token was issued before `before`.
+    Revoke { before: u64 },
+}
+
 /// See the module header.
 #[derive(Debug)]
 pub struct Hub {
     broker: RwLock<Broker<Outlet>>,
     metrics: Arc<Metrics>,
+    /// The reasons of closes asked with [`Act::Close`] or [`Act::Revoke`], taken by the
+    /// connection's task when it closes (an outlet holds only the code, so that every
+    /// idle connection does not carry room for a reason).
+    reasons: Mutex<HashMap<ConnId, Box<str>>>,
 }
 
 impl Hub {
@@ -47,7 +77,66 @@ impl Hub {
         Hub {
             broker: RwLock::new(Broker::new(limits)),
             metrics,
+            reasons: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Acts on local connections at the server's request; returns how many it reached
+    /// (joined, left, queued for, asked to close).
+    pub fn act(&self, target: Local<'_>, act: Act<'_>) -> usize {
+        let ids = match target {
+            Local::Connection(id) => vec![id],
+            Local::User(user) => read(&self.broker).connections_of(user),
+        };
+        let mut reached = 0;
+        for id in ids {
+            let done = match act {
+                Act::Join(group) => write(&self.broker).join_any(id, group).is_ok(),
+                Act::Leave(group) => write(&self.broker).leave(id, group).is_ok(),
+                Act::Send { message, label } => {
+                    let Some(outlet) = read(&self.broker).handle_of(id) else {
+                        continue;
+                    };
+                    match outlet.offer(label, message) {
+                        Offer::Queued => {
+                            self.account(std::time::Duration::ZERO, 1, 0, message);
+                            true
+                        }
+                        Offer::Full => {
+                            self.cut(&outlet);
+                            false
+                        }
+                        Offer::Closed => false,
+                    }
+                }
+                Act::Close { code, reason } => self.close(id, code, reason),
+                Act::Revoke { before } => {
+                    let issued = read(&self.broker).issued_at(id);
+                    issued.is_some_and(|iat| iat < before)
+                        && self.close(id, CloseCode::Unauthorized.code(), "token revoked")
+                }
+            };
+            reached += usize::from(done);
+        }
+        reached
+    }
+
+    /// Asks connection `id` to close with `code` and `reason`; false if it is not here.
+    fn close(&self, id: ConnId, code: u16, reason: &str) -> bool {
+        let Some(outlet) = read(&self.broker).handle_of(id) else {
+            return false;
+        };
+        // Under the lock, so that the task, woken by the request, finds the reason.
+        let mut reasons = lock(&self.reasons);
+        if outlet.request_close(code) {
+            reasons.insert(id, reason.into());
+        }
+        true
+    }
+
+    /// The reason of the close asked of connection `id`, if one was given (taken).
+    pub fn take_close_reason(&self, id: ConnId) -> Option<Box<str>> {
+        lock(&self.reasons).remove(&id)
     }
 
     /// Registers a connection in its user group and its token's groups; returns the
@@ -75,6 +164,7 @@ impl Hub {
     /// Forgets a connection.
     pub fn disconnect(&self, id: ConnId) {
         write(&self.broker).disconnect(id);
+        lock(&self.reasons).remove(&id);
     }
 
     /// Replaces a connection's permissions (token refresh): it leaves the groups the new
@@ -117,7 +207,7 @@ impl Hub {
     /// A client whose queue is full (and stays full) is closed as a slow consumer:
     /// counted once, when first asked; it sees 4008 after what was already queued.
     fn cut(&self, outlet: &Outlet) {
-        if outlet.request_close(CloseCode::SlowConsumer) {
+        if outlet.request_close(CloseCode::SlowConsumer.code()) {
             self.metrics.slow_consumer_closes.inc();
         }
     }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use switchboard_proto::client::CloseCode;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -225,12 +224,13 @@ impl ClientQueue {
         self.queued_bytes.load(Ordering::Acquire)
     }
 
-    /// Asks the connection's task to close with `code`. The first request wins; returns
-    /// whether this was it.
-    pub fn request_close(&self, code: CloseCode) -> bool {
+    /// Asks the connection's task to close with `code` (a close code: 4008 for a slow
+    /// consumer, or whatever an admin or the backend asked). The first request wins;
+    /// returns whether this was it.
+    pub fn request_close(&self, code: u16) -> bool {
         let first = self
             .close_code
-            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, code.max(1), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
             // Every waiter: the task's loop and a write in progress both wait for this.
@@ -242,15 +242,15 @@ impl ClientQueue {
     /// Waits until a close is requested, and says with which code. Several may wait at
     /// once (the connection's loop keeps one waiting for its whole life, and a blocked
     /// write waits too): all of them are woken.
-    pub async fn close_requested(&self) -> CloseCode {
+    pub async fn close_requested(&self) -> u16 {
         loop {
             // Made before the check: `notify_waiters` wakes every `Notified` that exists
             // when it runs, so a request between the check and the wait is not missed.
             let notified = self.close.notified();
-            if let Some(code) = CloseCode::from_code(self.close_code.load(Ordering::Acquire)) {
-                return code;
+            match self.close_code.load(Ordering::Acquire) {
+                0 => notified.await,
+                code => return code,
             }
-            notified.await;
         }
     }
 }
@@ -334,6 +334,7 @@ mod tests {
     use crate::metrics::Metrics;
     use bytes::Bytes;
     use std::time::Duration;
+    use switchboard_proto::client::CloseCode;
     use switchboard_proto::peer::Position;
 
     #[test]
@@ -419,7 +420,7 @@ mod tests {
             "waited until the deadline"
         );
         // A client already asked to close is not waited for.
-        outlet.request_close(CloseCode::SlowConsumer);
+        outlet.request_close(CloseCode::SlowConsumer.code());
         let later = tokio::time::Instant::now() + Duration::from_secs(1);
         assert_eq!(outlet.offer_within("g", &m, later).await, Offer::Full);
         assert!(tokio::time::Instant::now() < later);
@@ -496,14 +497,17 @@ mod tests {
         let write = outlet.close_requested();
         tokio::pin!(write);
         assert!(futures_util::poll!(write.as_mut()).is_pending());
-        assert!(outlet.request_close(CloseCode::SlowConsumer));
+        assert!(outlet.request_close(CloseCode::SlowConsumer.code()));
         assert!(
-            !outlet.request_close(CloseCode::Restart),
+            !outlet.request_close(CloseCode::Restart.code()),
             "the first request wins"
         );
-        assert_eq!(write.await, CloseCode::SlowConsumer);
-        assert_eq!(lifelong.await, CloseCode::SlowConsumer);
-        assert_eq!(outlet.close_requested().await, CloseCode::SlowConsumer);
+        assert_eq!(write.await, CloseCode::SlowConsumer.code());
+        assert_eq!(lifelong.await, CloseCode::SlowConsumer.code());
+        assert_eq!(
+            outlet.close_requested().await,
+            CloseCode::SlowConsumer.code()
+        );
     }
 
     #[test]

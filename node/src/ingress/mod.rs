@@ -10,10 +10,10 @@ pub mod http;
 pub mod resp;
 pub mod ws;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-use std::sync::Mutex;
-
+use crate::backend::Backend;
 use crate::config::WsSettings;
 use crate::health::Health;
 use crate::hub::Hub;
@@ -45,4 +45,9 @@ pub struct Ingress {
     /// History (recovery) goes through the router.
     pub router: Arc<Router>,
     pub ids: ws::ConnIds,
+    /// The WebSocket port's address (a connection's scope names it).
+    pub listen: SocketAddr,
+    /// The backend bridge (`--backend-url`), and what ended connections still owe it.
+    pub backend: Option<Arc<Backend>>,
+    pub outbox: Option<Arc<ws::outbox::Outbox>>,
 }

@@ -60,6 +60,23 @@ impl ConnectionId {
         })
     }
 
+    /// The node a connection id names, read from its text (`<node>-...`), if any.
+    pub fn node_of(text: &str) -> Option<NodeId> {
+        let (node, _) = text.split_once('-')?;
+        let node: NodeId = node.parse().ok()?;
+        ConnectionId::minted(node, text).map(|_| node)
+    }
+
+    /// The local number of connection `text`, if this process (`node`, booted at
+    /// `boot`) minted it: an id of another node, or of an earlier run of this one, is
+    /// not here.
+    pub fn local(text: &str, node: NodeId, boot: u64) -> Option<u64> {
+        match ConnectionId::minted(node, text)? {
+            ConnectionId::Minted { boot: b, n, .. } if b == boot => Some(n),
+            _ => None,
+        }
+    }
+
     /// The node holding the connection.
     pub fn node(&self) -> NodeId {
         match self {
@@ -143,6 +160,28 @@ impl Serialize for ConnectionId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_says_its_node_and_whether_this_process_minted_it() {
+        assert_eq!(ConnectionId::node_of("2-18f3a5b2c1d-41"), Some(2));
+        assert_eq!(ConnectionId::node_of("x-1-2"), None);
+        assert_eq!(
+            ConnectionId::node_of("2-1-02"),
+            None,
+            "not as a node writes it"
+        );
+        assert_eq!(ConnectionId::local("2-ff-41", 2, 0xff), Some(41));
+        assert_eq!(
+            ConnectionId::local("2-fe-41", 2, 0xff),
+            None,
+            "an earlier run"
+        );
+        assert_eq!(
+            ConnectionId::local("3-ff-41", 2, 0xff),
+            None,
+            "another node"
+        );
+    }
 
     #[test]
     fn minted_ids_are_numbers_and_round_trip() {

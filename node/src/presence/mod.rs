@@ -8,6 +8,7 @@
 //! - [`events`]: presence events derived from what each committed entry changed, and the
 //!   bounded ring that keeps the newest.
 //! - [`shards`]: which shard a user's presence lives in, and each shard's voters.
+//! - [`revocations`]: users whose tokens issued before a time are refused.
 //! - [`replica`]: what the cluster agreed on (registry + removed members), its Raft
 //!   commands, and the read side every other part uses.
 //!
@@ -21,6 +22,7 @@ pub mod events;
 pub mod queue;
 pub mod registry;
 pub mod replica;
+pub mod revocations;
 pub mod shards;
 
 use std::time::Duration;

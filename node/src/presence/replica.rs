@@ -19,6 +19,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 use super::Registry;
 use super::claims::{Claimer, Claims};
 use super::events::{Change as Noted, Event, EventId, Read, Reason, Ring, derive};
+use super::revocations::Revocations;
 use super::shards::Shard;
 use super::{DEFAULT_PRESENCE_EVENTS, MAX_EVENT_RING_BYTES};
 use crate::history::{Assignments, assign::Change};
@@ -55,6 +56,15 @@ pub enum Command {
     /// shard): a node hosts the shards it votes in or is placed in, and asks these
     /// voters for the shards it does not host. Since peer protocol 7.
     ShardFormed { shard: Shard, voters: Vec<NodeId> },
+    /// `switchboard revoke USER`: `user`'s tokens issued before `before` (Unix seconds)
+    /// are refused until `until_ms`, stamped `at_ms` by the writing node. Since peer
+    /// protocol 9.
+    Revoke {
+        user: String,
+        before: u64,
+        until_ms: u64,
+        at_ms: u64,
+    },
 }
 
 /// See the module header.
@@ -73,6 +83,8 @@ pub struct Replica {
     pub clock_ms: u64,
     /// The voters of each presence shard formed so far (control group only).
     pub shards: BTreeMap<Shard, Vec<NodeId>>,
+    /// Users whose older tokens are refused (control group only).
+    pub revocations: Revocations,
 }
 
 impl Replica {
@@ -122,6 +134,17 @@ impl Replica {
                 self.shards.insert(shard, voters);
                 1
             }
+            Command::Revoke {
+                user,
+                before,
+                until_ms,
+                at_ms,
+            } => {
+                self.clock_ms = self.clock_ms.max(at_ms);
+                self.revocations
+                    .revoke(user, before, until_ms, index, self.clock_ms);
+                1
+            }
         };
         events.extend(derive(index, at, changes, &self.presence));
         n
@@ -161,6 +184,12 @@ impl Replica {
     pub fn with_claims(mut self, claims: Claims, clock_ms: u64) -> Replica {
         self.claims = claims;
         self.clock_ms = clock_ms;
+        self
+    }
+
+    /// This replica with these revocations (a snapshot).
+    pub fn with_revocations(mut self, revocations: Revocations) -> Replica {
+        self.revocations = revocations;
         self
     }
 

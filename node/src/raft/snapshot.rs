@@ -8,10 +8,25 @@ use super::codec::{decode_stored as decode, encode};
 use crate::history::{Assignment, Assignments};
 use crate::presence::Replica;
 use crate::presence::claims::{Claimer, Claims};
+use crate::presence::revocations::Revocations;
 
 /// The replica as a snapshot carries it.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
+    connections: Vec<ConnectionRecord>,
+    removed: Vec<NodeId>,
+    incarnations: Vec<(NodeId, u64)>,
+    assignments: Vec<(u16, Assignment)>,
+    claims: Vec<(String, u64, Claimer)>,
+    clock_ms: u64,
+    shards: Vec<(u16, Vec<NodeId>)>,
+    /// (user, before, until_ms, index).
+    revocations: Vec<(String, u64, u64, u64)>,
+}
+
+/// A snapshot written before revocations.
+#[derive(Deserialize)]
+struct SnapshotBodyV5 {
     connections: Vec<ConnectionRecord>,
     removed: Vec<NodeId>,
     incarnations: Vec<(NodeId, u64)>,
@@ -72,12 +87,21 @@ pub fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
             .iter()
             .map(|(s, v)| (*s, v.clone()))
             .collect(),
+        revocations: replica
+            .revocations
+            .iter()
+            .map(|(u, r)| (u.to_owned(), r.before, r.until_ms, r.index))
+            .collect(),
     })?)
 }
 
 /// A replica from snapshot bytes (either format).
 pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
     if let Ok(body) = decode::<SnapshotBody>(bytes) {
+        let mut revocations = Revocations::default();
+        for (user, before, until_ms, index) in body.revocations {
+            revocations.revoke(user, before, until_ms, index, 0);
+        }
         return Ok(Replica::from_parts(
             body.connections,
             body.removed,
@@ -85,7 +109,18 @@ pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
             Assignments::from_entries(body.assignments),
         )
         .with_claims(Claims::from_entries(body.claims), body.clock_ms)
-        .with_shards(body.shards));
+        .with_shards(body.shards)
+        .with_revocations(revocations));
+    }
+    if let Ok(v5) = decode::<SnapshotBodyV5>(bytes) {
+        return Ok(Replica::from_parts(
+            v5.connections,
+            v5.removed,
+            v5.incarnations,
+            Assignments::from_entries(v5.assignments),
+        )
+        .with_claims(Claims::from_entries(v5.claims), v5.clock_ms)
+        .with_shards(v5.shards));
     }
     if let Ok(v4) = decode::<SnapshotBodyV4>(bytes) {
         return Ok(Replica::from_parts(
@@ -147,6 +182,12 @@ mod tests {
         r.apply_test(Command::ShardFormed {
             shard: 2,
             voters: vec![1, 3, 4],
+        });
+        r.apply_test(Command::Revoke {
+            user: "u".into(),
+            before: 100,
+            until_ms: 9_000_000,
+            at_ms: 5,
         });
         let restored = restore(&snapshot_of(&r).expect("encodes")).expect("decodes");
         assert_eq!(restored, r);

@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 pub use link::{FORWARD_OVERHEAD, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 pub use rows::ClusterMetrics;
 
+use super::acts::{Acts, Hints};
 use super::dial::{DialBackoff, DialOutcome};
 use super::forward::{Listings, Lookups};
 use super::peers::{MemberView, PeerTable};
@@ -77,6 +78,8 @@ pub struct Cluster {
     pub(super) node: NodeId,
     /// This node's incarnation: the id of its data dir.
     incarnation: u64,
+    /// This process's boot id: the connection ids it minted carry it.
+    pub(super) boot: u64,
     endpoint: quinn::Endpoint,
     hello: PeerMessage,
     seeds: Vec<String>,
@@ -87,6 +90,9 @@ pub struct Cluster {
     pub(super) routes: Mutex<Routes>,
     pub(super) lookups: Mutex<Lookups>,
     pub(super) listings: Mutex<Listings>,
+    /// Acts on other nodes' connections waiting for their answer (`super::acts`).
+    pub(super) acts: Mutex<Acts>,
+    pub(super) hints: Mutex<Hints>,
     pub(super) next_id: AtomicU64,
     /// Bytes received and sent on sessions that have ended (the live ones are read from
     /// their connections).
@@ -143,6 +149,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             node: config.node_id,
             incarnation,
+            boot,
             endpoint,
             hello,
             seeds: config.cluster.seeds.clone(),
@@ -151,6 +158,8 @@ impl Cluster {
             routes: Mutex::new(Routes::new(config.node_id)),
             lookups: Mutex::new(Lookups::default()),
             listings: Mutex::new(Listings::default()),
+            acts: Mutex::new(Acts::default()),
+            hints: Mutex::new(Hints::default()),
             next_id: AtomicU64::new(1),
             ended_rx: AtomicU64::new(0),
             ended_tx: AtomicU64::new(0),

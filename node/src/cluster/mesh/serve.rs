@@ -186,6 +186,7 @@ impl Cluster {
                     info!(peer, "peer drains: its history buckets move");
                     lock(&self.table).on_leaving(peer);
                 }
+                Control::Conn(message) => self.on_conn(peer, message),
             }
         }
     }

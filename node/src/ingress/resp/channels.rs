@@ -1,24 +1,36 @@
-//! Django Channels publishers, unchanged: what `channels_redis` sends, mapped onto groups.
+//! Django Channels, unchanged: what `channels_redis` sends, mapped onto groups and
+//! connections.
 //!
 //! - `channels_redis.pubsub.RedisPubSubChannelLayer.group_send(g, event)` is
 //!   `PUBLISH <prefix>__group__<g> <msgpack event>`: [`from_pubsub_layer`] maps the
-//!   channel back to the group and the event to JSON.
+//!   channel back to the group and the event to JSON. Its `send(channel, event)` is
+//!   `PUBLISH <channel> <msgpack event>`: to a connection's channel
+//!   (`switchboard.conn!<id>`), it reaches that connection alone, wherever it is.
 //! - `channels_redis.core.RedisChannelLayer.group_send(g, event)` reads the group's
 //!   members with `ZRANGE <prefix>:group:<g> 0 -1` and, if there are any, `EVAL`s a Lua
 //!   script that `ZADD`s the event (12 random bytes + msgpack, with `__asgi_channel__`
-//!   naming the target channels) into each channel's sorted set. [`core_command`]
-//!   answers that `ZRANGE` with one synthetic channel, `switchboard.group!<g>`, when the
-//!   group has subscribers anywhere, and turns the `EVAL` into a publish to every group
-//!   named in `__asgi_channel__`. The other commands of the layer answer as an empty
-//!   Redis would, so the publisher carries on.
+//!   naming the target channels) into each channel's sorted set. [`run`] answers that
+//!   `ZRANGE` with one synthetic channel, `switchboard.group!<g>`, when the group has
+//!   subscribers anywhere, and turns the `EVAL` into a publish to every group named in
+//!   `__asgi_channel__`.
+//! - Its `group_add(g, channel)` is `ZADD <prefix>:group:<g> <time> <channel>` and
+//!   `group_discard` a `ZREM`: for a connection's channel, the connection joins or leaves
+//!   the group, on whichever node holds it. Its `send(channel, event)` is a `ZADD` of the
+//!   event into `<prefix><channel up to !>`: for a connection's channel, the connection
+//!   receives the event. A channel that is not a connection's cannot be in a group here,
+//!   nor receive: those calls answer an error that says so, never a silent OK.
+//! - The other commands of the layer answer as an empty Redis would.
 //!
-//! An event is delivered as its JSON text (`{"type": "notify", "message": "hi"}`), or,
-//! with `--channels-unwrap KEY`, as just `event[KEY]`.
+//! An event is delivered as Python's `json.dumps(event)` would write it (`pyjson`), or,
+//! with `--channels-unwrap KEY`, as `json.dumps(event[KEY])`: the bytes a consumer's
+//! `send_json(event["message"])` sent.
 
 use bytes::Bytes;
+use switchboard_proto::peer::{ConnAction, ConnTarget, connection_of_channel};
 use switchboard_proto::resp::Frame;
 
 use super::command::{Command, Name, arity};
+use super::pyjson;
 use crate::config::RespSettings;
 use crate::router::Publish;
 
@@ -28,25 +40,38 @@ pub const SYNTHETIC_CHANNEL: &str = "switchboard.group!";
 /// channels_redis's default `random_prefix_length` for the core layer.
 const CORE_RANDOM_PREFIX: usize = 12;
 
-/// For `PUBLISH <prefix>__group__<g> payload` from the pub/sub layer: the group and the
-/// payload to deliver. Any other channel is a group of that name, payload untouched.
+/// Where a `PUBLISH` goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published<'a> {
+    /// To a group (a plain channel name, or the pub/sub layer's `<prefix>__group__<g>`).
+    Group(&'a str, Bytes),
+    /// To one connection (the pub/sub layer's `send` to a connection's channel).
+    Connection(&'a str, Bytes),
+}
+
+/// For `PUBLISH channel payload`: the group (or connection) and the payload to deliver.
+/// The pub/sub layer's events (msgpack dicts) become their JSON; any other payload goes
+/// as it is.
 pub fn from_pubsub_layer<'a>(
     settings: &RespSettings,
     channel: &'a str,
     payload: Bytes,
-) -> (&'a str, Bytes) {
+) -> Published<'a> {
+    let rendered = |payload: Bytes| {
+        decode_event(&payload, &[0])
+            .map(|event| render_event(settings, &event))
+            .unwrap_or(payload)
+    };
+    if let Some(connection) = connection_of_channel(channel) {
+        return Published::Connection(connection, rendered(payload));
+    }
     let prefix = settings.channels_prefix.as_str();
     let group = channel
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix("__group__"));
     match group {
-        Some(group) if !group.is_empty() => {
-            let payload = decode_event(&payload, &[0])
-                .map(|event| render_event(settings, event))
-                .unwrap_or(payload);
-            (group, payload)
-        }
-        _ => (channel, payload),
+        Some(group) if !group.is_empty() => Published::Group(group, rendered(payload)),
+        _ => Published::Group(channel, payload),
     }
 }
 
@@ -54,9 +79,9 @@ pub fn from_pubsub_layer<'a>(
 /// table that is not the shim's own; arity already checked).
 pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publish) -> Frame {
     let args = &command.args;
+    let group_key = format!("{}:group:", settings.channels_prefix);
     match command.name() {
         Name::Zrange => {
-            let group_key = format!("{}:group:", settings.channels_prefix);
             let [_, key, ..] = args.as_slice() else {
                 return arity("zrange");
             };
@@ -70,20 +95,21 @@ pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publi
                 _ => Frame::Array(vec![]),
             }
         }
+        Name::Zadd => zadd(settings, args, publish).await,
+        Name::Zrem => zrem(&group_key, args, publish).await,
         Name::Eval => eval(settings, args, publish).await,
         // No script is ever loaded here (SCRIPT LOAD is not supported): as Redis answers
         // for a script it does not have.
         Name::Evalsha => Frame::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
-        // Group membership and channel queues live in WebSocket connections here, not in
-        // sorted sets: these answer as an empty Redis would.
+        // Channel queues live in WebSocket connections here, not in sorted sets: these
+        // answer as an empty Redis would.
         Name::Zremrangebyscore
-        | Name::Zrem
         | Name::Zcount
         | Name::Del
         | Name::Unlink
         | Name::Dbsize
         | Name::Exists => Frame::Integer(0),
-        Name::Zadd | Name::Expire => Frame::Integer(1),
+        Name::Expire => Frame::Integer(1),
         Name::Keys | Name::Zpopmin => Frame::Array(vec![]),
         Name::Bzpopmin
         | Name::Subscribe
@@ -91,7 +117,8 @@ pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publi
         | Name::Psubscribe
         | Name::Ssubscribe => Frame::Error(format!(
             "ERR {} is not supported: Switchboard is a publish-only Redis shim; \
-             consumers receive over WebSocket",
+             consumers receive over WebSocket (a pub/sub layer's group_add from outside a \
+             consumer cannot be honoured: use the core layer, or POST /v1/subscribe)",
             command.spec.text.to_ascii_uppercase()
         )),
         Name::Flushdb | Name::Flushall => Frame::ok(),
@@ -100,6 +127,138 @@ pub async fn run(settings: &RespSettings, command: &Command, publish: &dyn Publi
             command.spec.text
         )),
     }
+}
+
+/// `ZADD key [options] score member ...`: the members, options skipped.
+fn zadd_members(args: &[Bytes]) -> Result<Vec<&Bytes>, Frame> {
+    let mut rest = args.get(2..).unwrap_or_default();
+    while let Some(first) = rest.first() {
+        let option = String::from_utf8_lossy(first).to_ascii_uppercase();
+        if !matches!(option.as_str(), "NX" | "XX" | "GT" | "LT" | "CH" | "INCR") {
+            break;
+        }
+        rest = &rest[1..];
+    }
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return Err(Frame::Error("ERR syntax error".into()));
+    }
+    Ok(rest.chunks(2).map(|pair| &pair[1]).collect())
+}
+
+/// `ZADD`: channels_redis's `group_add` (a group's key: each member a channel joins the
+/// group) or `send` (a channel's key: each member an event to deliver). Answers the
+/// number of connections reached.
+async fn zadd(settings: &RespSettings, args: &[Bytes], publish: &dyn Publish) -> Frame {
+    let members = match zadd_members(args) {
+        Ok(members) => members,
+        Err(e) => return e,
+    };
+    let key = String::from_utf8_lossy(&args[1]);
+    let prefix = settings.channels_prefix.as_str();
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return Frame::Error(format!(
+            "ERR ZADD is supported only on channels_redis's keys (prefix '{prefix}'): \
+             Switchboard is not a general Redis"
+        ));
+    };
+    if let Some(group) = rest.strip_prefix(":group:") {
+        let mut reached = 0;
+        for member in members {
+            let channel = String::from_utf8_lossy(member);
+            let Some(connection) = connection_of_channel(&channel) else {
+                return Frame::Error(format!(
+                    "ERR group_add of channel '{channel}' to '{group}' cannot be honoured: \
+                     Switchboard groups hold WebSocket connections, whose channel names \
+                     start with switchboard.conn! (a bridged consumer's self.channel_name)"
+                ));
+            };
+            let target = ConnTarget::Connection(connection.to_owned());
+            match publish
+                .act(target, ConnAction::Subscribe(group.to_owned()))
+                .await
+            {
+                Ok(acted) => reached += i64::from(acted.reached),
+                Err(e) => {
+                    return Frame::Error(format!(
+                        "ERR group_add of '{channel}' to '{group}' failed: {e}"
+                    ));
+                }
+            }
+        }
+        return Frame::Integer(reached);
+    }
+    let mut reached = 0;
+    for member in members {
+        let Some(mut event) = decode_event(member, &[CORE_RANDOM_PREFIX, 0]) else {
+            return Frame::Error(format!(
+                "ERR ZADD to '{key}' of something that is not a channels_redis message"
+            ));
+        };
+        let channels = take_channels(&mut event);
+        let connection = channels.first().and_then(|c| connection_of_channel(c));
+        let (Some(connection), [_]) = (connection, channels.as_slice()) else {
+            let channel = channels.first().cloned().unwrap_or_else(|| key.to_string());
+            return Frame::Error(format!(
+                "ERR channel_layer.send to '{channel}' cannot be honoured: Switchboard \
+                 delivers only to WebSocket connections' channels (switchboard.conn!...)"
+            ));
+        };
+        let payload = render_event(settings, &event);
+        match send_to(publish, connection, payload).await {
+            Ok(n) => reached += i64::from(n),
+            Err(e) => return e,
+        }
+    }
+    Frame::Integer(reached)
+}
+
+/// Delivers `payload` to one connection, wherever it is: the number reached (0 when it
+/// is gone), or the error to answer.
+pub async fn send_to(
+    publish: &dyn Publish,
+    connection: &str,
+    payload: Bytes,
+) -> Result<u32, Frame> {
+    let text = crate::hub::is_text(&payload);
+    let target = ConnTarget::Connection(connection.to_owned());
+    match publish
+        .act(target, ConnAction::Send { payload, text })
+        .await
+    {
+        Ok(acted) => Ok(acted.reached),
+        Err(e) => Err(Frame::Error(format!(
+            "ERR send to switchboard.conn!{connection} failed: {e}"
+        ))),
+    }
+}
+
+/// `ZREM <prefix>:group:<g> channel...`: `group_discard` of connections' channels.
+/// Other channels cannot be in a group here: nothing to remove.
+async fn zrem(group_key: &str, args: &[Bytes], publish: &dyn Publish) -> Frame {
+    let key = String::from_utf8_lossy(&args[1]);
+    let Some(group) = key.strip_prefix(group_key) else {
+        return Frame::Integer(0);
+    };
+    let mut removed = 0;
+    for member in &args[2..] {
+        let channel = String::from_utf8_lossy(member);
+        let Some(connection) = connection_of_channel(&channel) else {
+            continue;
+        };
+        let target = ConnTarget::Connection(connection.to_owned());
+        match publish
+            .act(target, ConnAction::Unsubscribe(group.to_owned()))
+            .await
+        {
+            Ok(acted) => removed += i64::from(acted.reached),
+            Err(e) => {
+                return Frame::Error(format!(
+                    "ERR group_discard of '{channel}' from '{group}' failed: {e}"
+                ));
+            }
+        }
+    }
+    Frame::Integer(removed)
 }
 
 /// What an `EVAL` of channels_redis asks, parsed from its arguments.
@@ -166,7 +325,7 @@ async fn eval(settings: &RespSettings, args: &[Bytes], publish: &dyn Publish) ->
             continue;
         };
         let targets = take_channels(&mut event);
-        let payload = render_event(settings, event);
+        let payload = render_event(settings, &event);
         for group in targets
             .iter()
             .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
@@ -213,58 +372,18 @@ fn take_channels(event: &mut rmpv::Value) -> Vec<String> {
     }
 }
 
-/// The bytes a client receives for an event: its JSON, or one key of it.
-fn render_event(settings: &RespSettings, event: rmpv::Value) -> Bytes {
-    let json = to_json(event);
-    if let Some(key) = &settings.channels_unwrap {
-        match json.get(key) {
-            Some(serde_json::Value::String(s)) => return Bytes::from(s.clone()),
-            Some(other) => return Bytes::from(other.to_string()),
-            None => {}
-        }
-    }
-    Bytes::from(json.to_string())
-}
-
-/// msgpack to JSON: binary becomes a string when it is UTF-8 (else an array of bytes),
-/// non-string map keys are written as their JSON text, extension types become null.
-pub fn to_json(value: rmpv::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match value {
-        rmpv::Value::Nil => J::Null,
-        rmpv::Value::Boolean(b) => J::Bool(b),
-        rmpv::Value::Integer(i) => i
-            .as_i64()
-            .map(J::from)
-            .or_else(|| i.as_u64().map(J::from))
-            .unwrap_or(J::Null),
-        rmpv::Value::F32(f) => {
-            serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number)
-        }
-        rmpv::Value::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
-        rmpv::Value::String(s) => match s.into_str() {
-            Some(s) => J::String(s),
-            None => J::Null,
-        },
-        rmpv::Value::Binary(b) => match String::from_utf8(b) {
-            Ok(s) => J::String(s),
-            Err(e) => J::Array(e.into_bytes().into_iter().map(J::from).collect()),
-        },
-        rmpv::Value::Array(items) => J::Array(items.into_iter().map(to_json).collect()),
-        rmpv::Value::Map(entries) => J::Object(
-            entries
-                .into_iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
-                        other => to_json(other).to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        rmpv::Value::Ext(_, _) => J::Null,
-    }
+/// The bytes a client receives for an event: `json.dumps(event)`, or with
+/// `--channels-unwrap KEY` `json.dumps(event[KEY])` (the whole event when it has no such
+/// key).
+fn render_event(settings: &RespSettings, event: &rmpv::Value) -> Bytes {
+    let unwrapped = settings.channels_unwrap.as_deref().and_then(|key| {
+        event
+            .as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    });
+    Bytes::from(pyjson::dumps(unwrapped.unwrap_or(event)))
 }
 
 #[cfg(test)]
@@ -292,8 +411,8 @@ mod tests {
         let mut value = decode_event(&bytes, &[CORE_RANDOM_PREFIX, 0]).expect("decodes");
         assert_eq!(take_channels(&mut value), vec!["switchboard.group!user_42"]);
         assert_eq!(
-            to_json(value),
-            serde_json::json!({"type": "notify", "message": "hello"})
+            pyjson::dumps(&value),
+            r#"{"type": "notify", "message": "hello"}"#
         );
     }
 
@@ -303,21 +422,64 @@ mod tests {
         assert!(decode_event(b"", &[CORE_RANDOM_PREFIX, 0]).is_none());
     }
 
+    fn settings(unwrap: Option<&str>) -> RespSettings {
+        let mut config = crate::config::Config::for_tests(std::path::PathBuf::from("unused"));
+        config.resp.channels_unwrap = unwrap.map(str::to_owned);
+        config.resp
+    }
+
     #[test]
-    fn json_conversion_keeps_types() {
-        let value = rmpv::Value::Map(vec![
-            ("n".into(), 5.into()),
-            ("f".into(), rmpv::Value::F64(1.5)),
-            ("b".into(), rmpv::Value::Binary(vec![0xff])),
-            (
-                "l".into(),
-                rmpv::Value::Array(vec![true.into(), rmpv::Value::Nil]),
-            ),
+    fn an_event_renders_as_json_dumps_and_unwraps_to_json_dumps_of_its_key() {
+        let event = rmpv::Value::Map(vec![
+            ("type".into(), "notify".into()),
+            ("message".into(), "test".into()),
         ]);
         assert_eq!(
-            to_json(value),
-            serde_json::json!({"n": 5, "f": 1.5, "b": [255], "l": [true, null]})
+            render_event(&settings(None), &event),
+            Bytes::from_static(br#"{"type": "notify", "message": "test"}"#)
         );
+        assert_eq!(
+            render_event(&settings(Some("message")), &event),
+            Bytes::from_static(br#""test""#),
+            "a string keeps its quotes, as send_json sent it"
+        );
+        let no_key = rmpv::Value::Map(vec![("type".into(), "ping".into())]);
+        assert_eq!(
+            render_event(&settings(Some("message")), &no_key),
+            Bytes::from_static(br#"{"type": "ping"}"#)
+        );
+    }
+
+    #[test]
+    fn a_publish_to_a_connections_channel_goes_to_that_connection() {
+        let event = event(vec![("type", "x".into()), ("message", "hi".into())]);
+        let s = settings(Some("message"));
+        assert_eq!(
+            from_pubsub_layer(&s, "switchboard.conn!1-a-2", Bytes::from(event.clone())),
+            Published::Connection("1-a-2", Bytes::from_static(br#""hi""#))
+        );
+        assert_eq!(
+            from_pubsub_layer(&s, "asgi__group__g", Bytes::from(event)),
+            Published::Group("g", Bytes::from_static(br#""hi""#))
+        );
+        assert_eq!(
+            from_pubsub_layer(&s, "plain", Bytes::from_static(b"raw")),
+            Published::Group("plain", Bytes::from_static(b"raw"))
+        );
+    }
+
+    #[test]
+    fn zadd_options_are_skipped_and_pairs_checked() {
+        let args = |items: &[&str]| -> Vec<Bytes> {
+            items.iter().map(|s| Bytes::from(s.to_string())).collect()
+        };
+        let zadd = args(&["ZADD", "k", "NX", "CH", "1", "a", "2", "b"]);
+        assert_eq!(
+            zadd_members(&zadd).expect("members"),
+            vec![&Bytes::from("a"), &Bytes::from("b")]
+        );
+        assert!(zadd_members(&args(&["ZADD", "k", "1"])).is_err());
+        assert!(zadd_members(&args(&["ZADD", "k", "1", "a", "2"])).is_err());
     }
 
     #[test]

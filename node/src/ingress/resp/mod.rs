@@ -29,6 +29,7 @@ pub mod channels;
 pub mod cmd;
 pub mod command;
 pub mod guard;
+pub mod pyjson;
 pub mod session;
 
 use std::net::IpAddr;

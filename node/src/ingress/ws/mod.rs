@@ -9,6 +9,7 @@
 
 pub mod caps;
 pub mod follow;
+pub mod outbox;
 pub mod session;
 pub mod state;
 pub mod tracks;
@@ -35,9 +36,14 @@ use super::Ingress;
 use super::accept::{Listener, tls_handshake};
 use super::http::{self, Request, Response};
 use crate::auth::AuthError;
+use crate::backend::answer::{self, Connected};
+use crate::backend::budget::Budget;
+use crate::backend::lane::Lane;
+use crate::backend::{Caller, Event, scope};
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
-use crate::hub::ClientQueue;
+use crate::config::BackendUnavailable;
+use crate::hub::{Act, ClientQueue, Local};
 use crate::presence::connection::ConnectionId;
 use crate::sync::lock;
 use session::Session;
@@ -186,53 +192,11 @@ async fn handle<S: Stream>(
         "/healthz" => http::health().write(&mut stream).await?,
         "/readyz" => http::readiness(&ingress.health).write(&mut stream).await?,
         _ if is_ws_path => {
-            // RFC 6455 4.1: the opening handshake is an HTTP/1.1 (or later) GET.
-            if req.method != "GET" {
-                Response::text(405, "the WebSocket handshake is a GET\n")
-                    .with_header("allow", "GET")
-                    .write(&mut stream)
-                    .await?;
+            if let Some(refused) = upgrade_refusal(&req) {
+                refused.write(&mut stream).await?;
                 return Ok(None);
             }
-            if req.version < 1 {
-                Response::text(400, "the WebSocket handshake needs HTTP/1.1\n")
-                    .write(&mut stream)
-                    .await?;
-                return Ok(None);
-            }
-            if !req.header_has_token("upgrade", "websocket") {
-                Response::text(426, "this endpoint speaks WebSocket only\n")
-                    .write(&mut stream)
-                    .await?;
-                return Ok(None);
-            }
-            let Some(key) = req.header("sec-websocket-key") else {
-                Response::text(400, "missing Sec-WebSocket-Key\n")
-                    .write(&mut stream)
-                    .await?;
-                return Ok(None);
-            };
-            if req.header("sec-websocket-version") != Some("13") {
-                Response::text(426, "unsupported WebSocket version; use 13\n")
-                    .write(&mut stream)
-                    .await?;
-                return Ok(None);
-            }
-            let accept = derive_accept_key(key.as_bytes());
-            let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
-            );
-            tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
-            let mut req = req;
-            let leftover = std::mem::take(&mut req.leftover);
-            let ws = WebSocketStream::from_partially_read(
-                stream,
-                leftover,
-                Role::Server,
-                Some(ws_config(ingress.settings.max_frame_size)),
-            )
-            .await;
-            return Ok(websocket(ws, req, peer, ingress).await);
+            return upgrade(stream, req, peer, ingress).await;
         }
         _ => {
             Response::text(404, "not found\n")
@@ -243,10 +207,346 @@ async fn handle<S: Stream>(
     Ok(None)
 }
 
+/// Why an upgrade request is refused in HTTP, before any handshake.
+fn upgrade_refusal(req: &Request) -> Option<Response> {
+    // RFC 6455 4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+    if req.method != "GET" {
+        return Some(
+            Response::text(405, "the WebSocket handshake is a GET\n").with_header("allow", "GET"),
+        );
+    }
+    if req.version < 1 {
+        return Some(Response::text(
+            400,
+            "the WebSocket handshake needs HTTP/1.1\n",
+        ));
+    }
+    if !req.header_has_token("upgrade", "websocket") {
+        return Some(Response::text(426, "this endpoint speaks WebSocket only\n"));
+    }
+    if req.header("sec-websocket-key").is_none() {
+        return Some(Response::text(400, "missing Sec-WebSocket-Key\n"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Some(Response::text(
+            426,
+            "unsupported WebSocket version; use 13\n",
+        ));
+    }
+    None
+}
+
+/// Completes the handshake (with `subprotocol`, if the consumer chose one).
+async fn handshake<S: Stream>(
+    mut stream: S,
+    mut req: Request,
+    subprotocol: Option<&str>,
+    ingress: &Ingress,
+) -> anyhow::Result<(Ws<S>, Request)> {
+    let key = req.header("sec-websocket-key").unwrap_or_default();
+    let accept = derive_accept_key(key.as_bytes());
+    let protocol = subprotocol
+        .map(|p| format!("sec-websocket-protocol: {p}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n{protocol}\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+    let leftover = std::mem::take(&mut req.leftover);
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(ws_config(ingress.settings.max_frame_size)),
+    )
+    .await;
+    Ok((ws, req))
+}
+
+/// The upgrade of a request on a WebSocket path: admission, the backend's connect when
+/// there is a backend, the handshake, registration.
+async fn upgrade<S: Stream>(
+    mut stream: S,
+    req: Request,
+    peer: std::net::SocketAddr,
+    ingress: Arc<Ingress>,
+) -> anyhow::Result<Option<Session<S>>> {
+    let admitted = match admit(&req, peer, &ingress) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let (mut ws, _) = handshake(stream, req, None, &ingress).await?;
+            close(&mut ws, refused.0.code(), &refused.1).await;
+            return Ok(None);
+        }
+    };
+    let (id, connection) = ingress.ids.next();
+    let Some(backend) = ingress.backend.clone() else {
+        let (ws, req) = handshake(stream, req, None, &ingress).await?;
+        drop(req);
+        return Ok(Some(register(ws, admitted, id, connection, None, ingress)));
+    };
+    // The backend's connect comes before the handshake, so that a consumer that refuses
+    // the connection gets HTTP 403, as under Daphne.
+    let scope = scope::render(&scope::Parts {
+        path: &req.path,
+        query: req.query.as_deref().unwrap_or_default(),
+        headers: &req.headers,
+        keep: &backend.settings.headers,
+        client: peer,
+        server: ingress.listen,
+        tls: ingress.tls.is_some(),
+    });
+    let caller = Arc::new(Caller {
+        connection: connection.clone(),
+        user: admitted.identity.user.clone(),
+        node: ingress.node,
+        scope: Arc::from(scope.get()),
+    });
+    let metrics = &backend.metrics;
+    let outcome = match backend.event(&caller, 0, Event::Connect).await {
+        Ok(answer) => Some(answer::connected(answer)),
+        Err(e) => {
+            debug!(%connection, error = %e, "the backend did not answer a connect");
+            metrics.connects_unavailable.inc();
+            None
+        }
+    };
+    let (subprotocol, effects) = match outcome {
+        Some(Connected::Accepted {
+            subprotocol,
+            effects,
+        }) => (subprotocol, effects),
+        Some(Connected::Rejected) | Some(Connected::Failed(_)) => {
+            metrics.connects_rejected.inc();
+            let response = match &outcome {
+                Some(Connected::Failed(why)) => {
+                    debug!(%connection, error = %why, "the consumer failed its connect");
+                    Response::text(500, "Internal Server Error\n")
+                }
+                _ => Response::text(403, "Access denied\n"),
+            };
+            let _ = response.write(&mut stream).await;
+            admitted.release(&ingress);
+            // As Daphne: the consumer hears of the refused connection's end (1006).
+            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "rejected");
+            return Ok(None);
+        }
+        None if backend.settings.unavailable == BackendUnavailable::Refuse => {
+            admitted.release(&ingress);
+            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "unavailable");
+            let (mut ws, _) = handshake(stream, req, None, &ingress).await?;
+            close(
+                &mut ws,
+                CloseCode::TryAgainLater.code(),
+                "backend unavailable, try again later",
+            )
+            .await;
+            return Ok(None);
+        }
+        None => (None, Vec::new()),
+    };
+    let (ws, req) = match handshake(stream, req, subprotocol.as_deref(), &ingress).await {
+        Ok(done) => done,
+        Err(e) => {
+            admitted.release(&ingress);
+            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "closed");
+            return Err(e);
+        }
+    };
+    drop(req);
+    let lane = Lane::new(Budget::new(
+        backend.settings.frames_per_sec,
+        backend.settings.bytes_per_sec,
+        tokio::time::Instant::now(),
+    ));
+    let mut session = register(ws, admitted, id, connection, Some((caller, lane)), ingress);
+    session.effects_first(effects);
+    Ok(Some(session))
+}
+
+/// A connection that passed admission: who it is, and the caps slot it holds.
+struct Admitted {
+    identity: crate::auth::Identity,
+    user_group: String,
+    positions: bool,
+    peer: std::net::SocketAddr,
+}
+
+impl Admitted {
+    /// Gives back its caps slot (it never registered).
+    fn release(self, ingress: &Ingress) {
+        lock(&ingress.caps).release(self.peer.ip(), &self.identity.user);
+    }
+}
+
+/// Admits a client, or says with which close code and why not: draining (1012), not
+/// ready or full (1013), a bad Origin (4003), a bad or revoked token (4001).
+fn admit(
+    req: &Request,
+    peer: std::net::SocketAddr,
+    ingress: &Ingress,
+) -> Result<Admitted, (CloseCode, String)> {
+    let metrics = &ingress.metrics;
+    if ingress.lifecycle.drain_token().is_cancelled() {
+        metrics.connections_rejected_not_ready.inc();
+        return Err((CloseCode::Restart, "node draining".into()));
+    }
+    if !ingress.health.ready() {
+        metrics.connections_rejected_not_ready.inc();
+        return Err((CloseCode::TryAgainLater, "node not ready".into()));
+    }
+    if !origin_allowed(ingress, req) {
+        metrics.origin_rejections.inc();
+        return Err((CloseCode::Forbidden, "origin not allowed".into()));
+    }
+    let identity = match token_of(req)
+        .ok_or(AuthError::Missing)
+        .and_then(|t| ingress.secrets.verifier.get().verify(&t))
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            metrics.auth_failures.inc();
+            return Err((CloseCode::Unauthorized, e.to_string()));
+        }
+    };
+    if ingress
+        .replica
+        .read()
+        .revocations
+        .revoked(&identity.user, identity.iat, unix_millis())
+    {
+        metrics.auth_failures.inc();
+        return Err((CloseCode::Unauthorized, "token revoked".into()));
+    }
+    // Every connection is in its user group, so the user id must make a valid group name.
+    let user_group = ingress.settings.user_group_of(&identity.user);
+    if user_group.len() > MAX_GROUP_NAME {
+        metrics.auth_failures.inc();
+        return Err((
+            CloseCode::Unauthorized,
+            "user id too long: its user group would exceed 256 bytes".into(),
+        ));
+    }
+    if metrics.connections.get() as usize >= ingress.settings.max_connections {
+        metrics.connections_rejected_full.inc();
+        return Err((CloseCode::TryAgainLater, "node full".into()));
+    }
+    let admitted = lock(&ingress.caps).admit(peer.ip(), &identity.user);
+    if let Err(over) = admitted {
+        metrics.connections_rejected_caps.inc();
+        return Err((CloseCode::TryAgainLater, over.reason().into()));
+    }
+    let positions = req
+        .query_param("positions")
+        .is_some_and(|v| v == "1" || v == "true");
+    Ok(Admitted {
+        identity,
+        user_group,
+        positions,
+        peer,
+    })
+}
+
+/// Registers an admitted client with the hub and the presence queue, and makes its
+/// session.
+fn register<S: Stream>(
+    ws: Ws<S>,
+    admitted: Admitted,
+    id: ConnId,
+    connection: String,
+    bridge: Option<(Arc<Caller>, Lane)>,
+    ingress: Arc<Ingress>,
+) -> Session<S> {
+    let Admitted {
+        identity,
+        user_group,
+        positions,
+        peer,
+    } = admitted;
+    let metrics = &ingress.metrics;
+    let (outlet, inbox) = ClientQueue::new(
+        id,
+        ingress.settings.client_queue,
+        ingress.settings.client_queue_bytes,
+        positions,
+    );
+    let refused = ingress.hub.connect(
+        &outlet,
+        &identity.user,
+        &user_group,
+        Permissions::new(identity.groups.iter().cloned(), identity.presence_any)
+            .issued_at(identity.iat),
+    );
+    for (group, reason) in refused {
+        debug!(%connection, %group, %reason, "token group not joined");
+    }
+    let node = ingress.node;
+    ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
+        node,
+        connection: connection.clone(),
+        user: identity.user.clone(),
+        connected_at: unix_millis(),
+    }));
+    metrics.connections.inc();
+    metrics.connections_accepted.inc();
+    debug!(%connection, user = %identity.user, "client connected");
+
+    // A positioned connection's history groups joined at connect wait for the client's
+    // `subscribe` (to recover them first), at most `tracks::HOLD_GRACE`.
+    let mut tracks = tracks::Tracks::default();
+    if positions {
+        let until = tokio::time::Instant::now() + tracks::HOLD_GRACE;
+        let joined = std::iter::once(user_group.as_str())
+            .chain(identity.groups.iter().map(String::as_str))
+            .filter(|g| !g.ends_with('*'));
+        for group in joined {
+            if ingress.router.keeps_history(group) {
+                tracks.hold(group, until);
+            }
+        }
+    }
+    Session::new(
+        ws,
+        ingress,
+        outlet,
+        inbox,
+        identity,
+        tracks,
+        connection,
+        peer.ip(),
+        bridge,
+    )
+}
+
+/// Hands what an ended bridged connection owes the backend (the call in flight, the
+/// frames queued, then its disconnect with `code`) to the node's outbox.
+pub(crate) fn finish_bridged(
+    ingress: &Ingress,
+    in_flight: Option<outbox::InFlight>,
+    caller: Arc<Caller>,
+    frames: Vec<(crate::backend::lane::Frame, u64)>,
+    seq: u64,
+    code: u16,
+    reason: &'static str,
+) {
+    if let Some(outbox) = &ingress.outbox {
+        outbox.finish(
+            in_flight,
+            outbox::Tail {
+                caller,
+                frames,
+                seq,
+                code,
+                reason,
+            },
+        );
+    }
+}
+
 /// Sends a close frame and waits (briefly) for the client's.
-async fn close<S: Stream>(ws: &mut Ws<S>, code: CloseCode, reason: &str) {
+pub(crate) async fn close<S: Stream>(ws: &mut Ws<S>, code: u16, reason: &str) {
     let frame = CloseFrame {
-        code: WsCloseCode::from(code.code()),
+        code: WsCloseCode::from(code),
         reason: reason.to_owned().into(),
     };
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
@@ -283,121 +583,41 @@ fn token_of(req: &Request) -> Option<String> {
         })
 }
 
-/// Admits a client (or closes with the code that says why not) and registers it with
-/// the hub and the presence queue.
-async fn websocket<S: Stream>(
-    ws: Ws<S>,
-    req: Request,
-    peer: std::net::SocketAddr,
-    ingress: Arc<Ingress>,
-) -> Option<Session<S>> {
-    let metrics = &ingress.metrics;
-    let origin_ok = origin_allowed(&ingress, &req);
-    let token = token_of(&req);
-    let positions = req
-        .query_param("positions")
-        .is_some_and(|v| v == "1" || v == "true");
-    // The request head is not needed past this point; don't keep it for the connection's life.
-    drop(req);
-    if ingress.lifecycle.drain_token().is_cancelled() {
-        metrics.connections_rejected_not_ready.inc();
-        return refuse(ws, CloseCode::Restart, "node draining").await;
-    }
-    if !ingress.health.ready() {
-        metrics.connections_rejected_not_ready.inc();
-        return refuse(ws, CloseCode::TryAgainLater, "node not ready").await;
-    }
-    if !origin_ok {
-        metrics.origin_rejections.inc();
-        return refuse(ws, CloseCode::Forbidden, "origin not allowed").await;
-    }
-    let identity = match token
-        .ok_or(AuthError::Missing)
-        .and_then(|t| ingress.secrets.verifier.get().verify(&t))
-    {
-        Ok(identity) => identity,
-        Err(e) => {
-            metrics.auth_failures.inc();
-            return refuse(ws, CloseCode::Unauthorized, &e.to_string()).await;
-        }
-    };
-    // Every connection is in its user group, so the user id must make a valid group name.
-    let user_group = ingress.settings.user_group_of(&identity.user);
-    if user_group.len() > MAX_GROUP_NAME {
-        metrics.auth_failures.inc();
-        return refuse(
-            ws,
-            CloseCode::Unauthorized,
-            "user id too long: its user group would exceed 256 bytes",
-        )
-        .await;
-    }
-    if metrics.connections.get() as usize >= ingress.settings.max_connections {
-        metrics.connections_rejected_full.inc();
-        return refuse(ws, CloseCode::TryAgainLater, "node full").await;
-    }
-    let admitted = lock(&ingress.caps).admit(peer.ip(), &identity.user);
-    if let Err(over) = admitted {
-        metrics.connections_rejected_caps.inc();
-        return refuse(ws, CloseCode::TryAgainLater, over.reason()).await;
-    }
-    let (id, connection) = ingress.ids.next();
-    let (outlet, inbox) = ClientQueue::new(
-        id,
-        ingress.settings.client_queue,
-        ingress.settings.client_queue_bytes,
-        positions,
-    );
-    let refused = ingress.hub.connect(
-        &outlet,
-        &identity.user,
-        &user_group,
-        Permissions::new(identity.groups.iter().cloned(), identity.presence_any),
-    );
-    for (group, reason) in refused {
-        debug!(%connection, %group, %reason, "token group not joined");
-    }
-    let node = ingress.node;
-    ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
-        node,
-        connection: connection.clone(),
-        user: identity.user.clone(),
-        connected_at: unix_millis(),
-    }));
-    metrics.connections.inc();
-    metrics.connections_accepted.inc();
-    debug!(%connection, user = %identity.user, "client connected");
+/// How often a node looks for revocations it applied.
+pub const REVOCATION_POLL: Duration = Duration::from_millis(200);
 
-    // A positioned connection's history groups joined at connect wait for the client's
-    // `subscribe` (to recover them first), at most `tracks::HOLD_GRACE`.
-    let mut tracks = tracks::Tracks::default();
-    if positions {
-        let until = tokio::time::Instant::now() + tracks::HOLD_GRACE;
-        let joined = std::iter::once(user_group.as_str())
-            .chain(identity.groups.iter().map(String::as_str))
-            .filter(|g| !g.ends_with('*'));
-        for group in joined {
-            if ingress.router.keeps_history(group) {
-                tracks.hold(group, until);
+/// Closes (4001) the open sockets a revocation refuses, for every revocation this node
+/// applies, until shutdown: also one it applies late (it was cut off when it was made).
+pub async fn enforce_revocations(ingress: Arc<Ingress>) {
+    let shutdown = ingress.lifecycle.shutdown_token().clone();
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REVOCATION_POLL) => {}
+        }
+        let fresh: Vec<(String, u64)> = {
+            let replica = ingress.replica.read();
+            let revocations = &replica.revocations;
+            let newest = revocations.newest();
+            if newest <= seen {
+                continue;
+            }
+            let fresh = revocations
+                .iter()
+                .filter(|(_, r)| r.index > seen)
+                .map(|(user, r)| (user.to_owned(), r.before))
+                .collect();
+            seen = newest;
+            fresh
+        };
+        for (user, before) in fresh {
+            let closed = ingress.hub.act(Local::User(&user), Act::Revoke { before });
+            if closed > 0 {
+                info!(%user, closed, "sockets of a revoked user closed");
             }
         }
     }
-    Some(Session::new(
-        ws,
-        ingress,
-        outlet,
-        inbox,
-        identity,
-        tracks,
-        connection,
-        peer.ip(),
-    ))
-}
-
-/// Closes a connection that was not admitted.
-async fn refuse<S: Stream>(mut ws: Ws<S>, code: CloseCode, reason: &str) -> Option<Session<S>> {
-    close(&mut ws, code, reason).await;
-    None
 }
 
 /// Logs the bound address; used by the node at start.

@@ -33,8 +33,24 @@ pub const KEEPALIVE: Duration = Duration::from_secs(30);
 pub enum End {
     /// We close with this code and reason.
     Close(CloseCode, String),
-    /// The client closed, or the socket failed: nothing more to send.
+    /// We close with a code someone asked for (the consumer, an admin), and a reason.
+    Asked(u16, String),
+    /// The client closed with this code (1005: it gave none).
+    ClientClosed(u16),
+    /// The socket failed or went silent: nothing more to send.
     Gone,
+}
+
+impl End {
+    /// The close code the backend's `disconnect` reports, as Daphne reports it: ours,
+    /// the client's, or 1006 for a connection that broke off.
+    pub fn code(&self) -> u16 {
+        match self {
+            End::Close(code, _) => code.code(),
+            End::Asked(code, _) | End::ClientClosed(code) => *code,
+            End::Gone => 1006,
+        }
+    }
 }
 
 /// What a frame from the client asks of the driver.
@@ -44,6 +60,8 @@ pub enum Incoming {
     Op(String),
     /// A reply to send, and nothing else.
     Reply(ServerReply),
+    /// A binary frame (no op: for the backend, when there is one).
+    Binary(bytes::Bytes),
     /// The session is over.
     End(End),
     /// Nothing (a ping or pong: tungstenite answers pings itself).
@@ -165,13 +183,12 @@ impl SessionState {
         self.last_heard = now;
         self.pinged = false;
         match frame {
-            None | Some(Ok(Message::Close(_))) => Incoming::End(End::Gone),
+            None => Incoming::End(End::Gone),
+            Some(Ok(Message::Close(frame))) => {
+                Incoming::End(End::ClientClosed(frame.map_or(1005, |f| u16::from(f.code))))
+            }
             Some(Ok(Message::Text(text))) => Incoming::Op(text.as_str().to_owned()),
-            Some(Ok(Message::Binary(_))) => Incoming::Reply(error(
-                ErrorCode::BadRequest,
-                "binary frames carry no ops; send JSON text",
-                None,
-            )),
+            Some(Ok(Message::Binary(bytes))) => Incoming::Binary(bytes),
             Some(Ok(_)) => Incoming::Nothing,
             Some(Err(WsError::Capacity(e))) => Incoming::End(End::Close(
                 CloseCode::TooBig,

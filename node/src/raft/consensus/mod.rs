@@ -450,6 +450,21 @@ impl Consensus {
         Ok((claimer, held))
     }
 
+    /// Revokes `user`'s tokens issued before `before` (Unix seconds) for `ttl` after it:
+    /// committed, then applied here. Every node refuses them from then on and closes the
+    /// user's open sockets that hold one.
+    pub async fn revoke(&self, user: &str, before: u64, ttl: Duration) -> Result<(), WriteError> {
+        let until_ms = before.saturating_add(ttl.as_secs()).saturating_mul(1000);
+        let command = Command::Revoke {
+            user: user.to_owned(),
+            before,
+            until_ms,
+            at_ms: crate::clock::unix_millis(),
+        };
+        let index = self.write(command).await?;
+        self.applied(index, "revocation").await
+    }
+
     /// Gives back keys claimed by `claimer` (its publish failed).
     pub async fn release(&self, keys: Vec<String>, claimer: Claimer) -> Result<(), WriteError> {
         self.write(Command::Release { keys, claimer })

@@ -37,7 +37,15 @@ async fn publish_one(
             env.max_payload
         ));
     }
-    let (group, payload) = channels::from_pubsub_layer(&env.settings, channel, payload);
+    let (group, payload) = match channels::from_pubsub_layer(&env.settings, channel, payload) {
+        channels::Published::Group(group, payload) => (group, payload),
+        channels::Published::Connection(connection, payload) => {
+            return match channels::send_to(publish, connection, payload).await {
+                Ok(reached) => Frame::Integer(i64::from(reached)),
+                Err(e) => e,
+            };
+        }
+    };
     match publish.publish(group, payload).await {
         Ok(routed) => Frame::Integer(routed.routed as i64),
         // A history group whose owner could not take it: the publisher may retry.

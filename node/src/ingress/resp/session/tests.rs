@@ -8,16 +8,20 @@ use switchboard_proto::peer::NodeId;
 use switchboard_proto::resp::{Frame, Version};
 
 use super::{Next, Session, Shim};
+use crate::cluster::ActError;
 use crate::config::Config;
 use crate::history::HistoryError;
 use crate::metrics::Metrics;
-use crate::router::{PatternError, Publish, Routed};
+use crate::router::{Acted, PatternError, Publish, Routed};
 use crate::secrets::Secrets;
+use switchboard_proto::peer::{ConnAction, ConnTarget};
 
 /// Records what is published; groups have the subscriber counts the test sets.
 #[derive(Debug, Default)]
 struct FakePublisher {
     published: Mutex<Vec<(String, Bytes)>>,
+    /// Acts asked; each reaches one connection.
+    acts: Mutex<Vec<(ConnTarget, ConnAction)>>,
     subscribers: BTreeMap<String, usize>,
 }
 
@@ -35,6 +39,21 @@ impl FakePublisher {
 }
 
 impl Publish for FakePublisher {
+    fn act(
+        &self,
+        target: ConnTarget,
+        action: ConnAction,
+    ) -> futures_util::future::BoxFuture<'_, Result<Acted, ActError>> {
+        self.acts
+            .lock()
+            .expect("not poisoned")
+            .push((target, action));
+        Box::pin(std::future::ready(Ok(Acted {
+            reached: 1,
+            silent: Vec::new(),
+        })))
+    }
+
     fn publish<'a>(
         &'a self,
         group: &'a str,
@@ -392,7 +411,127 @@ async fn the_pubsub_layer_channel_maps_to_its_group_and_the_event_to_json() {
         run(&mut s, &p, &[b"PUBLISH", b"asgi__group__room", &event]).await,
         Frame::Integer(1)
     );
-    assert_eq!(p.published(), vec![("room".to_string(), Bytes::from("hi"))]);
+    // json.dumps(event["message"]): the string keeps its quotes.
+    assert_eq!(
+        p.published(),
+        vec![("room".to_string(), Bytes::from(r#""hi""#))]
+    );
+}
+
+impl FakePublisher {
+    fn acts(&self) -> Vec<(ConnTarget, ConnAction)> {
+        std::mem::take(&mut *self.acts.lock().expect("not poisoned"))
+    }
+}
+
+#[tokio::test]
+async fn channels_redis_group_add_discard_and_send_reach_a_connections_channel() {
+    let p = FakePublisher::default();
+    let mut s = session(|c| c.resp.channels_unwrap = Some("message".into()));
+    let conn = || ConnTarget::Connection("1-a-2".into());
+    // group_add(g, channel) is ZADD + EXPIRE; group_discard is ZREM.
+    assert_eq!(
+        run(
+            &mut s,
+            &p,
+            &[
+                b"ZADD",
+                b"asgi:group:room",
+                b"1700000000.5",
+                b"switchboard.conn!1-a-2"
+            ]
+        )
+        .await,
+        Frame::Integer(1)
+    );
+    assert_eq!(
+        p.acts(),
+        vec![(conn(), ConnAction::Subscribe("room".into()))]
+    );
+    assert_eq!(
+        run(&mut s, &p, &[b"EXPIRE", b"asgi:group:room", b"86400"]).await,
+        Frame::Integer(1)
+    );
+    assert_eq!(
+        run(
+            &mut s,
+            &p,
+            &[
+                b"ZREM",
+                b"asgi:group:room",
+                b"switchboard.conn!1-a-2",
+                b"other!x"
+            ]
+        )
+        .await,
+        Frame::Integer(1)
+    );
+    assert_eq!(
+        p.acts(),
+        vec![(conn(), ConnAction::Unsubscribe("room".into()))]
+    );
+    // A channel that is not a connection's cannot join a group: said, not a silent OK.
+    assert!(error_starts(
+        &run(
+            &mut s,
+            &p,
+            &[b"ZADD", b"asgi:group:room", b"1", b"specific.abc!def"]
+        )
+        .await,
+        "ERR group_add of channel 'specific.abc!def' to 'room' cannot be honoured"
+    ));
+    // send(channel, event): ZADD of the event (12 random bytes, then msgpack naming the
+    // channel) into the channel's key.
+    let mut message = vec![9u8; 12];
+    message.extend(msgpack(vec![
+        ("type", "send_notification".into()),
+        ("message", "hi".into()),
+        ("__asgi_channel__", "switchboard.conn!1-a-2".into()),
+    ]));
+    assert_eq!(
+        run(
+            &mut s,
+            &p,
+            &[b"ZADD", b"asgiswitchboard.conn!", b"1700000000.5", &message]
+        )
+        .await,
+        Frame::Integer(1)
+    );
+    let sent = ConnAction::Send {
+        payload: Bytes::from_static(br#""hi""#),
+        text: true,
+    };
+    assert_eq!(p.acts(), vec![(conn(), sent.clone())]);
+    let mut elsewhere = vec![9u8; 12];
+    elsewhere.extend(msgpack(vec![
+        ("type", "x".into()),
+        ("__asgi_channel__", "specific.abc!def".into()),
+    ]));
+    assert!(error_starts(
+        &run(
+            &mut s,
+            &p,
+            &[b"ZADD", b"asgispecific.abc!", b"1", &elsewhere]
+        )
+        .await,
+        "ERR channel_layer.send to 'specific.abc!def' cannot be honoured"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"ZADD", b"somekey", b"1", b"m"]).await,
+        "ERR ZADD is supported only on channels_redis's keys"
+    ));
+    assert!(error_starts(
+        &run(&mut s, &p, &[b"ZADD", b"asgi:group:room", b"1", b"a", b"2"]).await,
+        "ERR syntax error"
+    ));
+    // The pub/sub layer's send is a PUBLISH to the channel itself.
+    let event = msgpack(vec![("type", "x".into()), ("message", "hi".into())]);
+    assert_eq!(
+        run(&mut s, &p, &[b"PUBLISH", b"switchboard.conn!1-a-2", &event]).await,
+        Frame::Integer(1)
+    );
+    assert_eq!(p.acts(), vec![(conn(), sent)]);
+    assert!(p.published().is_empty(), "nothing went to a group");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! `subscribe` with `since` recovers through the group's owner: the `subscribed` answer,
 //! then the missed messages, then whatever arrived meanwhile, nothing twice.
 
+mod bridge;
 mod ops;
 
 use std::net::IpAddr;
@@ -31,12 +32,15 @@ use super::state::{
 use super::tracks::{Gap, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::Identity;
+use crate::backend::Caller;
+use crate::backend::lane::Lane;
 use crate::config::TokenExpiry;
 use crate::history::HistoryError;
 use crate::history::Recovery;
 use crate::hub::{Inbox, Outbound, Outlet, Positioned};
 use crate::ingress::Ingress;
 use crate::sync::lock;
+use bridge::Bridged;
 
 /// Most queued messages written per flush.
 const WRITE_BATCH: usize = 64;
@@ -68,6 +72,8 @@ pub struct Session<S: Stream> {
     in_flight: Option<Answer>,
     /// The users whose presence events this connection follows, if any.
     follow: Option<Box<Followed>>,
+    /// Its calls to the backend, when there is one (`--backend-url`).
+    bridge: Option<Box<Bridged>>,
 }
 
 impl<S: Stream> std::fmt::Debug for Session<S> {
@@ -91,6 +97,7 @@ impl<S: Stream> Session<S> {
         tracks: Tracks,
         connection: String,
         peer_ip: IpAddr,
+        bridge: Option<(Arc<Caller>, Lane)>,
     ) -> Self {
         let expires = expiry(&ingress, &identity);
         Session {
@@ -104,6 +111,7 @@ impl<S: Stream> Session<S> {
             state: SessionState::new(Instant::now(), expires, tracks),
             in_flight: None,
             follow: None,
+            bridge: bridge.map(|(caller, lane)| Box::new(Bridged::new(caller, lane))),
         }
     }
 
@@ -121,6 +129,9 @@ impl<S: Stream> Session<S> {
             let outcome = session.run().await;
             let ingress = session.ingress.clone();
             ingress.hub.disconnect(session.outlet.id);
+            if let Some(bridged) = session.bridge.take() {
+                bridged.finish(&ingress, outcome.code());
+            }
             ingress.presence.push(PresenceOp::Leave {
                 node: ingress.node,
                 connection: session.connection.clone(),
@@ -128,7 +139,12 @@ impl<S: Stream> Session<S> {
             });
             lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
             ingress.metrics.connections.dec();
-            if let End::Close(code, reason) = outcome {
+            let ours = match outcome {
+                End::Close(code, reason) => Some((code.code(), reason)),
+                End::Asked(code, reason) => Some((code, reason)),
+                End::ClientClosed(_) | End::Gone => None,
+            };
+            if let Some((code, reason)) = ours {
                 // Boxed, as every cold path below: the task's future is as large as its
                 // largest await point, and this one is awaited once per connection.
                 Box::pin(close(&mut session.ws, code, &reason)).await;
@@ -159,6 +175,9 @@ impl<S: Stream> Session<S> {
         tokio::pin!(drained);
         let timer = tokio::time::sleep_until(self.state.poll_timeout());
         tokio::pin!(timer);
+        if let Err(end) = Box::pin(self.first_effects()).await {
+            return end;
+        }
         loop {
             let wake = self.state.poll_timeout();
             if timer.deadline() != wake {
@@ -166,7 +185,7 @@ impl<S: Stream> Session<S> {
             }
             tokio::select! {
                 biased;
-                code = &mut close => return slow_consumer(code),
+                code = &mut close => return self.asked_to_close(code),
                 _ = &mut drained => {
                     return End::Close(CloseCode::Restart, "node draining, reconnect elsewhere".into());
                 }
@@ -176,6 +195,11 @@ impl<S: Stream> Session<S> {
                         return end;
                     }
                     self.start_recovery();
+                }
+                answer = async { self.bridge.as_mut().and_then(|b| b.call.as_mut()).expect("guarded").await }, if self.bridge.as_ref().is_some_and(|b| b.call.is_some()) => {
+                    if let Err(end) = Box::pin(self.answered(answer)).await {
+                        return self.count(end);
+                    }
                 }
                 alive = async { self.follow.as_mut().expect("guarded").changed().await }, if self.follow.is_some() => {
                     if !alive {
@@ -198,6 +222,7 @@ impl<S: Stream> Session<S> {
                     let result = match self.state.handle_frame(Instant::now(), frame) {
                         Incoming::Op(text) => Box::pin(self.on_op(&text)).await,
                         Incoming::Reply(reply) => Box::pin(self.reply(&reply)).await,
+                        Incoming::Binary(bytes) => Box::pin(self.on_binary(bytes)).await,
                         Incoming::End(end) => Err(end),
                         Incoming::Nothing => Ok(()),
                     };
@@ -217,6 +242,15 @@ impl<S: Stream> Session<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// A close someone asked for (the hub's code, and the reason an admin or the
+    /// backend gave, if any): a slow consumer when no reason was given.
+    fn asked_to_close(&self, code: u16) -> End {
+        match self.ingress.hub.take_close_reason(self.outlet.id) {
+            Some(reason) => End::Asked(code, reason.into()),
+            None => slow_consumer(CloseCode::from_code(code).unwrap_or(CloseCode::SlowConsumer)),
         }
     }
 
@@ -287,7 +321,7 @@ impl<S: Stream> Session<S> {
         };
         tokio::select! {
             biased;
-            code = outlet.close_requested() => Err(slow_consumer(code)),
+            code = outlet.close_requested() => Err(self.asked_to_close(code)),
             written = tokio::time::timeout(WRITE_TIMEOUT, write) => match written {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
@@ -317,6 +351,11 @@ impl<S: Stream> Session<S> {
         self.ingress.metrics.client_ops.inc();
         let op = match serde_json::from_str::<ClientOp>(text) {
             Ok(op) => op,
+            Err(_) if self.bridge.is_some() && !bridge::names_an_op(text) => {
+                return self
+                    .for_backend(crate::backend::lane::Frame::Text(text.to_owned()))
+                    .await;
+            }
             Err(e) => {
                 let reply = error(ErrorCode::BadRequest, &format!("not a known op: {e}"), None);
                 return self.reply(&reply).await;

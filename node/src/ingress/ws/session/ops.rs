@@ -83,14 +83,24 @@ impl<S: Stream> Session<S> {
             ),
             ClientOp::Ping { .. } => ServerReply::Pong { id },
             ClientOp::Refresh { token, .. } => {
-                match ingress.secrets.verifier.get().verify(&token) {
+                let verified = ingress.secrets.verifier.get().verify(&token);
+                let revoked = verified.as_ref().is_ok_and(|identity| {
+                    ingress.replica.read().revocations.revoked(
+                        &identity.user,
+                        identity.iat,
+                        crate::clock::unix_millis(),
+                    )
+                });
+                match verified {
+                    Ok(_) if revoked => error(ErrorCode::InvalidToken, "token revoked", id),
                     Ok(identity) if identity.user == self.identity.user => {
                         let (left, joined) = ingress.hub.refresh(
                             &self.outlet,
                             Permissions::new(
                                 identity.groups.iter().cloned(),
                                 identity.presence_any,
-                            ),
+                            )
+                            .issued_at(identity.iat),
                         );
                         let exp = identity.exp;
                         self.state.set_expiry(expiry(&ingress, &identity));

@@ -30,7 +30,7 @@ fn texts(frames: &[Message]) -> Vec<String> {
 fn code(end: &End) -> Option<CloseCode> {
     match end {
         End::Close(code, _) => Some(*code),
-        End::Gone => None,
+        End::Asked(..) | End::ClientClosed(_) | End::Gone => None,
     }
 }
 
@@ -66,13 +66,11 @@ fn frames_from_the_client_map_to_ops_replies_and_close_codes() {
         s.handle_frame(t0, Some(Ok(Message::Text("{\"op\":\"ping\"}".into())))),
         Incoming::Op("{\"op\":\"ping\"}".into())
     );
-    assert!(matches!(
+    // Binary frames carry no op: the session refuses them, or gives them to the backend.
+    assert_eq!(
         s.handle_frame(t0, Some(Ok(Message::Binary(Bytes::from_static(b"x"))))),
-        Incoming::Reply(ServerReply::Error {
-            code: ErrorCode::BadRequest,
-            ..
-        })
-    ));
+        Incoming::Binary(Bytes::from_static(b"x"))
+    );
     assert_eq!(
         s.handle_frame(t0, Some(Ok(Message::Ping(Bytes::new())))),
         Incoming::Nothing
@@ -93,13 +91,20 @@ fn frames_from_the_client_map_to_ops_replies_and_close_codes() {
             other => panic!("{other:?}"),
         }
     }
-    for gone in [
-        None,
-        Some(Ok(Message::Close(None))),
-        Some(Err(WsError::ConnectionClosed)),
-    ] {
+    for gone in [None, Some(Err(WsError::ConnectionClosed))] {
         assert_eq!(s.handle_frame(t0, gone), Incoming::End(End::Gone));
     }
+    // The client's close: its code is what the backend's disconnect reports.
+    let closed = s.handle_frame(t0, Some(Ok(Message::Close(None))));
+    assert_eq!(closed, Incoming::End(End::ClientClosed(1005)));
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1001.into(),
+        reason: "".into(),
+    };
+    let closed = s.handle_frame(t0, Some(Ok(Message::Close(Some(frame)))));
+    assert_eq!(closed, Incoming::End(End::ClientClosed(1001)));
+    assert_eq!(End::Gone.code(), 1006);
+    assert_eq!(End::Close(CloseCode::Restart, String::new()).code(), 1012);
 }
 
 #[test]

@@ -1,0 +1,252 @@
+//! Acting on connections another node holds: Django's `group_add`, `group_discard` and
+//! `channel_layer.send` on a connection's channel name, and the admin API's disconnect,
+//! subscribe and unsubscribe. One [`Conn::Act`] to the node (on its control stream),
+//! answered with how many connections it reached, within [`ACT_TIMEOUT`].
+//!
+//! A node that subscribed a connection elsewhere sends that node its publishes to the
+//! group for a moment ([`HINT_TTL`]) whatever its routes say: the subscriber's interest
+//! reaches the group's holders, and from them the routes other nodes cache, a gossip
+//! round or two later, and a `group_send` right after the `group_add` must not miss it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::peer::{
+    CONNECTION_CHANNEL, Conn, ConnAction, ConnTarget, NodeId, PeerMessage,
+};
+use tokio::sync::oneshot;
+
+use super::mesh::Cluster;
+use super::routes::Nodes;
+use crate::hub::{Act, Encoded, Local};
+use crate::presence::connection::ConnectionId;
+use crate::sync::lock;
+
+/// How long a node waits for another to answer an act.
+pub const ACT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a subscription made on another node steers this node's publishes there.
+pub const HINT_TTL: Duration = Duration::from_secs(2);
+/// Most groups hinted at once; past it the oldest hints go first.
+const MAX_HINTS: usize = 10_000;
+
+/// Acts waiting for their answer, by id.
+pub type Acts = HashMap<u64, oneshot::Sender<u32>>;
+
+/// Groups subscribed on other nodes a moment ago: (group, node) → until when.
+#[derive(Debug, Default)]
+pub struct Hints {
+    until: HashMap<(String, NodeId), Instant>,
+}
+
+impl Hints {
+    fn add(&mut self, now: Instant, group: &str, node: NodeId) {
+        if self.until.len() >= MAX_HINTS {
+            self.until.retain(|_, until| *until > now);
+            if self.until.len() >= MAX_HINTS {
+                let oldest = self
+                    .until
+                    .iter()
+                    .min_by_key(|(_, until)| **until)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    self.until.remove(&oldest);
+                }
+            }
+        }
+        self.until.insert((group.to_owned(), node), now + HINT_TTL);
+    }
+
+    /// Adds the nodes hinted for `group` to `nodes` (as one connection each, when not
+    /// there already).
+    pub fn merge(&self, now: Instant, group: &str, nodes: &mut Nodes) {
+        if self.until.is_empty() {
+            return;
+        }
+        for ((hinted, node), until) in &self.until {
+            if hinted == group && *until > now && !nodes.iter().any(|(n, _)| n == node) {
+                let at = nodes.partition_point(|(n, _)| n < node);
+                nodes.insert(at, (*node, 1));
+            }
+        }
+    }
+}
+
+/// Why another node could not be asked, or did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActError {
+    /// The connection id names no node (or not as a node writes it).
+    #[error("'{0}' is not a connection id (<node>-<boot>-<n>)")]
+    NotAConnection(String),
+    /// The node that holds it is not connected to this one.
+    #[error("node {0}, which holds the connection, is not reachable")]
+    Unreachable(NodeId),
+    /// It did not answer in time.
+    #[error("node {0} did not answer within {ACT_TIMEOUT:?}")]
+    Timeout(NodeId),
+}
+
+impl Cluster {
+    /// Acts on connections of this node.
+    pub fn act_here(&self, target: &ConnTarget, action: &ConnAction) -> u32 {
+        let local = match target {
+            ConnTarget::Connection(id) => match ConnectionId::local(id, self.node, self.boot) {
+                Some(n) => Local::Connection(n),
+                None => return 0,
+            },
+            ConnTarget::User(user) => Local::User(user),
+        };
+        let hub = &self.deps.hub;
+        let reached = match action {
+            ConnAction::Subscribe(group) => hub.act(local, Act::Join(group)),
+            ConnAction::Unsubscribe(group) => hub.act(local, Act::Leave(group)),
+            ConnAction::Send { payload, .. } => {
+                let message = Encoded::new(payload.clone());
+                let label = match target {
+                    ConnTarget::Connection(id) => format!("{CONNECTION_CHANNEL}{id}"),
+                    ConnTarget::User(user) => user.clone(),
+                };
+                hub.act(
+                    local,
+                    Act::Send {
+                        message: &message,
+                        label: &label,
+                    },
+                )
+            }
+            ConnAction::Close { code, reason } => hub.act(
+                local,
+                Act::Close {
+                    code: *code,
+                    reason,
+                },
+            ),
+            ConnAction::Revoke { before } => hub.act(local, Act::Revoke { before: *before }),
+        };
+        u32::try_from(reached).unwrap_or(u32::MAX)
+    }
+
+    /// Acts on connections `node` holds; the number it reached.
+    pub async fn act_on(
+        &self,
+        node: NodeId,
+        target: ConnTarget,
+        action: ConnAction,
+    ) -> Result<u32, ActError> {
+        if node == self.node {
+            return Ok(self.act_here(&target, &action));
+        }
+        let subscribed = match &action {
+            ConnAction::Subscribe(group) => Some(group.clone()),
+            _ => None,
+        };
+        let (id, answer) = self.ask_act();
+        if !self.send(node, PeerMessage::Conn(Conn::Act { id, target, action })) {
+            lock(&self.acts).remove(&id);
+            return Err(ActError::Unreachable(node));
+        }
+        match tokio::time::timeout(ACT_TIMEOUT, answer).await {
+            Ok(Ok(count)) => {
+                if let Some(group) = subscribed.filter(|_| count > 0) {
+                    lock(&self.hints).add(Instant::now(), &group, node);
+                }
+                Ok(count)
+            }
+            _ => {
+                lock(&self.acts).remove(&id);
+                Err(ActError::Timeout(node))
+            }
+        }
+    }
+
+    /// Acts on the matching connections of this node and of every connected peer;
+    /// the number reached, and the peers that did not answer.
+    pub async fn act_everywhere(
+        &self,
+        target: ConnTarget,
+        action: ConnAction,
+    ) -> (u32, Vec<NodeId>) {
+        let here = self.act_here(&target, &action);
+        let peers: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.node && m.up)
+            .map(|m| m.id)
+            .collect();
+        let asks = peers.into_iter().map(|peer| {
+            let (target, action) = (target.clone(), action.clone());
+            async move { (peer, self.act_on(peer, target, action).await) }
+        });
+        let mut reached = here;
+        let mut silent = Vec::new();
+        for (peer, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(n) => reached = reached.saturating_add(n),
+                Err(_) => silent.push(peer),
+            }
+        }
+        (reached, silent)
+    }
+
+    /// A new act id and the receiver of its answer.
+    fn ask_act(&self) -> (u64, oneshot::Receiver<u32>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.acts).insert(id, tx);
+        (id, rx)
+    }
+
+    /// Serves an act message from `peer`.
+    pub(super) fn on_conn(&self, peer: NodeId, message: Conn) {
+        match message {
+            Conn::Act { id, target, action } => {
+                let count = self.act_here(&target, &action);
+                self.send(peer, PeerMessage::Conn(Conn::Acted { id, count }));
+            }
+            Conn::Acted { id, count } => {
+                if let Some(waiter) = lock(&self.acts).remove(&id) {
+                    let _ = waiter.send(count);
+                }
+            }
+        }
+    }
+
+    /// Adds the nodes a recent subscription made elsewhere steers `group`'s publishes
+    /// to.
+    pub(super) fn hinted(&self, group: &str, nodes: &mut Nodes) {
+        lock(&self.hints).merge(Instant::now(), group, nodes);
+    }
+}
+
+/// The node a connection id names.
+pub fn node_of(connection: &str) -> Result<NodeId, ActError> {
+    ConnectionId::node_of(connection).ok_or_else(|| ActError::NotAConnection(connection.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hint_adds_its_node_for_a_while_and_the_table_stays_bounded() {
+        let now = Instant::now();
+        let mut hints = Hints::default();
+        hints.add(now, "g", 3);
+        let mut nodes = vec![(2, 5)];
+        hints.merge(now, "g", &mut nodes);
+        assert_eq!(nodes, vec![(2, 5), (3, 1)]);
+        let mut known = vec![(3, 7)];
+        hints.merge(now, "g", &mut known);
+        assert_eq!(known, vec![(3, 7)], "a known node keeps its count");
+        let mut other = Vec::new();
+        hints.merge(now, "h", &mut other);
+        assert!(other.is_empty());
+        let mut later = Vec::new();
+        hints.merge(now + HINT_TTL, "g", &mut later);
+        assert!(later.is_empty(), "expired");
+        for i in 0..MAX_HINTS + 10 {
+            hints.add(now, &format!("g{i}"), 1);
+        }
+        assert!(hints.until.len() <= MAX_HINTS);
+    }
+}

@@ -1,0 +1,228 @@
+//! A bridged session's side of the backend (`--backend-url`): client frames that are
+//! not Switchboard ops go to the project's consumer, one call at a time and in order
+//! (`backend::lane`), and what the consumer did comes back as effects on this connection
+//! (`backend::answer`): frames for it alone, groups joined and left, a close. At the end,
+//! what is still owed (the call in flight, queued frames, the disconnect) goes to the
+//! node's outbox.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_proto::bridge::Answer;
+use switchboard_proto::client::{CloseCode, ErrorCode};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+
+use super::Session;
+use crate::backend::answer::{self, Effect};
+use crate::backend::lane::{Frame, Lane, Offered};
+use crate::backend::{CallError, Caller, Event};
+use crate::hub::{Act, Local};
+use crate::ingress::Ingress;
+use crate::ingress::ws::outbox::InFlight;
+use crate::ingress::ws::state::{End, error};
+use crate::ingress::ws::{Stream, finish_bridged};
+
+/// The ops a client frame may name: a frame that names one (`{"op": "ping", ...}`) is
+/// Switchboard's, even when malformed; any other frame is the consumer's.
+const OPS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "presence",
+    "presence_subscribe",
+    "presence_unsubscribe",
+    "ping",
+    "refresh",
+];
+
+/// Whether a text frame that is not a valid op still names one.
+pub(super) fn names_an_op(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Tagged<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Tagged<'_>>(text).is_ok_and(|t| OPS.contains(&t.op.as_ref()))
+}
+
+/// A session's bridge: who it is to the backend, its lane, the call in flight, and the
+/// effects of its accepted connect, applied before anything else.
+pub(super) struct Bridged {
+    caller: Arc<Caller>,
+    lane: Lane,
+    pub(super) call: Option<InFlight>,
+    first: Vec<Effect>,
+}
+
+impl std::fmt::Debug for Bridged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridged")
+            .field("lane", &self.lane)
+            .field("in_flight", &self.call.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridged {
+    pub(super) fn new(caller: Arc<Caller>, lane: Lane) -> Self {
+        Bridged {
+            caller,
+            lane,
+            call: None,
+            first: Vec::new(),
+        }
+    }
+
+    /// The connection ended with `code`: what it still owes the backend goes to the
+    /// outbox.
+    pub(super) fn finish(self, ingress: &Ingress, code: u16) {
+        let (frames, seq) = self.lane.into_rest();
+        finish_bridged(ingress, self.call, self.caller, frames, seq, code, "closed");
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// The effects of the accepted connect (frames, groups, a close), applied when the
+    /// session starts.
+    pub(crate) fn effects_first(&mut self, effects: Vec<Effect>) {
+        if let Some(bridged) = &mut self.bridge {
+            bridged.first = effects;
+        }
+    }
+
+    pub(super) async fn first_effects(&mut self) -> Result<(), End> {
+        let effects = match &mut self.bridge {
+            Some(bridged) if !bridged.first.is_empty() => std::mem::take(&mut bridged.first),
+            _ => return Ok(()),
+        };
+        self.apply(effects).await
+    }
+
+    /// A binary frame: the consumer's, on a bridged connection; else refused.
+    pub(super) async fn on_binary(&mut self, bytes: Bytes) -> Result<(), End> {
+        if self.bridge.is_some() {
+            return self.for_backend(Frame::Binary(bytes)).await;
+        }
+        let reply = error(
+            ErrorCode::BadRequest,
+            "binary frames carry no ops; send JSON text",
+            None,
+        );
+        self.reply(&reply).await
+    }
+
+    /// A client frame for the consumer: called at once, queued behind the call in flight,
+    /// or refused (over the budget or the queue).
+    pub(super) async fn for_backend(&mut self, frame: Frame) -> Result<(), End> {
+        let Some(bridged) = &mut self.bridge else {
+            return Ok(());
+        };
+        match bridged.lane.offer(frame, Instant::now()) {
+            Offered::Start(frame, seq) => {
+                self.start_call(frame, seq);
+                Ok(())
+            }
+            Offered::Queued => Ok(()),
+            Offered::Refused => {
+                self.backend_refused();
+                let reply = error(
+                    ErrorCode::RateLimited,
+                    "too many frames for the backend: slow down (--backend-frames-per-sec, \
+                     --backend-bytes-per-sec)",
+                    None,
+                );
+                self.reply(&reply).await
+            }
+            Offered::Close => {
+                self.backend_refused();
+                Err(End::Close(
+                    CloseCode::PolicyViolation,
+                    "kept sending past the frame budget".into(),
+                ))
+            }
+        }
+    }
+
+    fn backend_refused(&self) {
+        if let Some(backend) = &self.ingress.backend {
+            backend.metrics.frames_refused.inc();
+        }
+    }
+
+    /// Starts the call of `frame` (call number `seq`).
+    fn start_call(&mut self, frame: Frame, seq: u64) {
+        let (Some(backend), Some(bridged)) = (self.ingress.backend.clone(), &mut self.bridge)
+        else {
+            return;
+        };
+        let caller = bridged.caller.clone();
+        bridged.call = Some(Box::pin(async move {
+            backend.event(&caller, seq, Event::Receive(&frame)).await
+        }));
+    }
+
+    /// The call in flight was answered: its effects, then the next queued frame's call.
+    pub(super) async fn answered(&mut self, answer: Result<Answer, CallError>) -> Result<(), End> {
+        let next = match &mut self.bridge {
+            Some(bridged) => {
+                bridged.call = None;
+                bridged.lane.done()
+            }
+            None => None,
+        };
+        if let Some((frame, seq)) = next {
+            self.start_call(frame, seq);
+        }
+        match answer {
+            Ok(answer) => self.apply(answer::effects(answer)).await,
+            Err(e) => {
+                debug!(connection = %self.connection, error = %e, "a frame's call failed");
+                let reply = error(
+                    ErrorCode::Unavailable,
+                    &format!("the backend did not take this frame: {e}"),
+                    None,
+                );
+                self.reply(&reply).await
+            }
+        }
+    }
+
+    /// Carries out a call's effects in order.
+    async fn apply(&mut self, effects: Vec<Effect>) -> Result<(), End> {
+        let mut frames = Vec::new();
+        let here = Local::Connection(self.outlet.id);
+        for effect in effects {
+            match effect {
+                Effect::Text(text) => frames.push(Message::Text(text.into())),
+                Effect::Binary(bytes) => frames.push(Message::Binary(bytes)),
+                Effect::Join(group) => {
+                    self.ingress.hub.act(here, Act::Join(&group));
+                }
+                Effect::Leave(group) => {
+                    self.ingress.hub.act(here, Act::Leave(&group));
+                }
+                Effect::Close(code, reason) => {
+                    self.write_frames(frames).await?;
+                    return Err(End::Asked(code, reason));
+                }
+            }
+        }
+        self.write_frames(frames).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_that_names_an_op_is_switchboards() {
+        assert!(names_an_op(r#"{"op": "subscribe"}"#));
+        assert!(names_an_op(r#"{"op":"ping","extra":1}"#));
+        assert!(!names_an_op(r#"{"action": "mark_read", "id": 5}"#));
+        assert!(!names_an_op(r#"{"op": "mark_read"}"#));
+        assert!(!names_an_op("hello"));
+        assert!(!names_an_op(r#"["op"]"#));
+    }
+}
