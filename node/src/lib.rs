@@ -278,7 +278,7 @@ impl Node {
         };
         let outbox = backend
             .as_ref()
-            .map(|b| Arc::new(ingress::ws::outbox::Outbox::new(b.clone())));
+            .map(|b| Arc::new(ingress::ws::outbox::Outbox::new(b.clone(), queue.clone())));
         // 8: ingress.
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
@@ -326,8 +326,21 @@ impl Node {
         };
         let admin = admin::spawn(admin, view.clone(), admin_tls.clone())?;
 
-        tokio::spawn(leave_after_drain(view.clone()));
+        tokio::spawn(leave_after_drain(view.clone(), outbox.clone()));
         tokio::spawn(ingress::ws::enforce_revocations(ingress.clone()));
+        if let Some(backend) = &backend {
+            // The disconnect calls gone nodes owe, made where their registry is led.
+            tokio::spawn(ingress::ws::owed::run(
+                ingress.clone(),
+                backend.clone(),
+                cluster.clone(),
+                boot,
+            ));
+            tokio::spawn(ingress::ws::owed::close_when_cut_off(
+                ingress.clone(),
+                config.cluster.node_timeout,
+            ));
+        }
         tokio::spawn(ingress::ws::serve(
             ws,
             ingress,
@@ -568,19 +581,31 @@ async fn leave(view: &NodeView) {
     view.cluster.close();
 }
 
-/// `switchboard drain` without a stop: once the clients are gone (or the grace period
-/// is over), the node commits its presence removal and leaves the mesh.
-async fn leave_after_drain(view: NodeView) {
+/// `switchboard drain` without a stop: once the clients are gone and their disconnect
+/// calls to the backend made (or the grace period is over), the node commits its
+/// presence removal and leaves the mesh. (Calls it could not make stay owed in the
+/// registry: the others make them once it is gone.)
+async fn leave_after_drain(view: NodeView, outbox: Option<Arc<ingress::ws::outbox::Outbox>>) {
     tokio::select! {
         _ = view.lifecycle.shutdown_token().cancelled() => return,
         _ = view.lifecycle.drain_token().cancelled() => {}
     }
     announce_leaving(&view).await;
+    let deadline = tokio::time::Instant::now() + view.config.shutdown_grace;
     let gone = async {
         while view.hub.connection_count() > 0 {
             tokio::time::sleep(DRAIN_POLL).await;
         }
     };
-    let _ = tokio::time::timeout(view.config.shutdown_grace, gone).await;
+    let _ = tokio::time::timeout_at(deadline, gone).await;
+    if let Some(outbox) = &outbox {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !outbox.wait(left).await {
+            warn!(
+                pending = outbox.pending(),
+                "leaving with disconnect calls to the backend not made: the others make them"
+            );
+        }
+    }
     leave(&view).await;
 }

@@ -59,8 +59,10 @@ pub struct Call<'a> {
     pub node: u64,
     /// The user the node verified the token of.
     pub user: &'a str,
-    /// The call's number within the connection: 0 for `connect`, then one more per call.
-    pub seq: u64,
+    /// The call's number within the connection: 0 for `connect`, then one more per call;
+    /// absent from a disconnect another node makes for a dead one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// path, query_string, headers, client, server, scheme, subprotocols.
     pub scope: &'a serde_json::value::RawValue,
     /// A text frame's content (`receive`).
@@ -167,7 +169,7 @@ mod tests {
             channel: "switchboard.conn!1-a-2",
             node: 1,
             user: "42",
-            seq: 3,
+            seq: Some(3),
             scope: &scope,
             text: Some("hi"),
             bytes: None,

@@ -126,6 +126,29 @@ pub enum PresenceOp {
         connection: String,
         user: String,
     },
+    /// A connection whose events go to the backend bridge was accepted, with its scope
+    /// (JSON): what another node needs to make its disconnect call if this one dies.
+    /// Committed before the backend hears of the connect. Since peer protocol 9.
+    ConnectBridged {
+        record: ConnectionRecord,
+        scope: String,
+    },
+    /// A bridged connection of `user` ended with close code `code`: it leaves the
+    /// registry, and its disconnect call is owed until [`PresenceOp::Delivered`]. Since
+    /// peer protocol 9.
+    LeaveOwed {
+        node: NodeId,
+        connection: String,
+        user: String,
+        code: u16,
+    },
+    /// The backend has heard the disconnect of `user`'s `connection` (or it was given up):
+    /// it is owed no more. Since peer protocol 9.
+    Delivered {
+        node: NodeId,
+        connection: String,
+        user: String,
+    },
 }
 
 /// A message's position in its group's history: the epoch that assigned it (the Raft

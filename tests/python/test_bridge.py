@@ -11,7 +11,7 @@ import json
 import pytest
 import websockets
 
-from conftest import CLUSTER_SECRET, formed, up_members, wait_until
+from conftest import CLUSTER_SECRET, Node, formed, up_members, wait_until
 from django_stack import Listener, NewStack, OldStack, backend_flags
 from wsclient import close_code, connect, recv
 
@@ -226,3 +226,216 @@ def test_the_bridge_refuses_calls_not_signed_by_a_node(start_node, scope):
         assert new.api.events() == [], "the consumer never ran"
     finally:
         new.stop()
+
+
+def start_bridged_cluster(start_node, listener, n=3, *flags):
+    """Nodes 1..n with the bridge at `listener`, a 2 s node timeout; once formed."""
+    common = (*backend_flags(listener), "--cluster-secret", CLUSTER_SECRET, "--node-timeout-ms", "2000", *flags)
+    first = start_node("--node-id", "1", *common, secret=None)
+    nodes = [first] + [start_node("--node-id", str(i), "--seeds", first.peer_addr, *common, secret=None)
+                       for i in range(2, n + 1)]
+    for node in nodes:
+        wait_until(lambda node=node: up_members(node) == list(range(1, n + 1)), what="a full mesh")
+        wait_until(lambda node=node: formed(node, list(range(1, n + 1))), what="the Raft membership")
+    return nodes
+
+
+CONNECTIONS = 1000
+
+
+async def open_many(url, tokens, count, concurrency=50):
+    """`count` connections to `url`, the tokens used in turn, `concurrency` handshakes
+    at a time."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i):
+        async with gate:
+            return await connect(url, tokens[i % len(tokens)])
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def owed_everywhere(nodes):
+    return sum(n.cli("status")["backend"]["owed"] for n in nodes)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "drain"])
+def test_every_disconnect_is_made_once_when_a_node_with_1000_bridged_connections_goes(start_node, how):
+    """The consumer hears every connection's disconnect once (after the bridge's dedupe):
+    a killed node's from a survivor, out of the committed purge; a drained node's from
+    the node itself."""
+    import time
+
+    listener = Listener()
+    # A drained node makes its own disconnect calls before it leaves, within its grace.
+    nodes = start_bridged_cluster(start_node, listener, 3, "--shutdown-grace", "60")
+    # The victim is not the Raft leader: the leader makes the calls a dead node owes.
+    leader = nodes[0].cli("status")["leader"]
+    victim = next(n for n in nodes if n.cli("status")["id"] != leader)
+    survivors = [n for n in nodes if n is not victim]
+    new = NewStack(listener, client_node=victim, publisher_node=survivors[0], nodes=nodes)
+    try:
+        tokens = [new.api.user(f"many-{how}-{i}")[1] for i in range(10)]
+
+        async def run():
+            sockets = await open_many(victim.ws_url, tokens, CONNECTIONS)
+            wait_until(lambda: len(new.api.events("connect")) == CONNECTIONS, timeout=60,
+                       what=f"{CONNECTIONS} connects recorded")
+            started = time.monotonic()
+            if how == "sigkill":
+                victim.proc.kill()
+                victim.proc.wait(timeout=10)
+            else:
+                victim.cli("drain")
+            wait_until(lambda: len(new.api.events("disconnect")) >= CONNECTIONS, timeout=60,
+                       what=f"{CONNECTIONS} disconnects recorded")
+            took = time.monotonic() - started
+            print(f"\n{how}: {CONNECTIONS} disconnects recorded {took:.1f} s after")
+            for ws in sockets:
+                ws.transport.abort()
+            return took
+
+        asyncio.run(run())
+        # Nothing is owed any more, anywhere, and nothing was recorded twice.
+        wait_until(lambda: owed_everywhere(survivors) == 0, timeout=30, what="no disconnect owed")
+        disconnects = new.api.events("disconnect")
+        channels = [e["channel_name"] for e in disconnects]
+        assert len(channels) == CONNECTIONS
+        assert len(set(channels)) == CONNECTIONS
+        connects = {e["channel_name"] for e in new.api.events("connect")}
+        assert set(channels) == connects
+        expected_code = 1006 if how == "sigkill" else 1012
+        assert {e["code"] for e in disconnects} == {expected_code}
+        # Each with its user: the consumer's middleware resolved it from the scope.
+        assert all(e["user_id"] for e in disconnects)
+    finally:
+        new.stop()
+
+
+class BadBackend:
+    """A backend that misbehaves on purpose (a real HTTP server on loopback): `garbage`
+    (200 with something that is not a bridge answer), `500`, `hang` (never answers), or
+    `down` (nothing listens)."""
+
+    def __init__(self, mode):
+        import http.server
+        import threading
+
+        self.mode = mode
+        self.calls = 0
+        self.listener = Listener()
+        if mode == "down":
+            self.listener.close()
+            return
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                backend.calls += 1
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                if backend.mode == "hang":
+                    import time
+                    time.sleep(30)
+                    return
+                status, body = (500, b"oops") if backend.mode == "500" else (200, b"<html>not json")
+                self.send_response(status)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def server_bind(self):
+                self.socket = backend.listener.sock
+                self.server_address = self.socket.getsockname()
+
+            def server_activate(self):
+                pass
+
+        self.server = Server(("127.0.0.1", self.listener.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.mode != "down":
+            self.server.shutdown()
+
+
+def bad_node(start_node, backend, *flags):
+    return start_node("--jwt-secret", "s", "--backend-url", f"http://127.0.0.1:{backend.listener.port}/switchboard/",
+                      "--backend-secret", "k", "--backend-timeout-ms", "500", *flags, secret=None)
+
+
+@pytest.mark.parametrize("mode", ["down", "garbage", "500", "hang"])
+def test_a_backend_that_fails_never_stalls_the_node(start_node, mode):
+    import redis
+    import time
+
+    from conftest import mint
+
+    backend = BadBackend(mode)
+    try:
+        refusing = bad_node(start_node, backend)
+        accepting = bad_node(start_node, backend, "--backend-unavailable", "accept")
+
+        async def run():
+            # Refused: the handshake completes, then 1013 says why.
+            ws = await connect(refusing.ws_url, mint(1, secret="s"))
+            assert await close_code(ws) == (1013, "backend unavailable, try again later")
+            # Accepted without the consumer's connect: published messages still arrive at
+            # once, and a frame for the consumer gets `unavailable`, the socket open.
+            ws = await connect(accepting.ws_url, mint(2, secret="s"))
+            other = await connect(accepting.ws_url, mint(3, secret="s"))
+            accepting.wait_group("user_3", 1)
+            await ws.send(json.dumps({"action": "mark_read", "id": 1}))
+            r = redis.Redis(host=accepting.resp_host, port=accepting.resp_port)
+            started = time.monotonic()
+            assert r.publish("user_3", "still here") == 1
+            assert await recv(other) == "still here"
+            # The publish path did not wait for the backend (500 ms timeouts).
+            assert time.monotonic() - started < 0.5 or mode != "hang"
+            error = json.loads(await recv(ws))
+            assert (error["type"], error["code"]) == ("error", "unavailable")
+            await ws.send(json.dumps({"op": "ping", "id": 1}))
+            assert json.loads(await recv(ws)) == {"type": "pong", "id": 1}
+            r.close()
+            await ws.close()
+            await other.close()
+
+        asyncio.run(run())
+        metrics = Node.http(accepting.admin, "/metrics")[1]
+        reason = {"down": "unreachable", "garbage": "garbage", "500": "status", "hang": "timeout"}[mode]
+        failures = [line for line in metrics.splitlines()
+                    if line.startswith(f'switchboard_backend_call_failures_total{{reason="{reason}"}}')]
+        assert failures and int(failures[0].split()[-1]) >= 2
+    finally:
+        backend.stop()
+
+
+def test_a_client_flooding_the_consumer_is_told_then_closed(start_node):
+    backend = BadBackend("hang")
+    try:
+        node = bad_node(start_node, backend, "--backend-unavailable", "accept", "--backend-frames-per-sec", "5")
+
+        async def run():
+            from conftest import mint
+            ws = await connect(node.ws_url, mint(9, secret="s"))
+            codes = []
+            for i in range(200):
+                try:
+                    await ws.send(json.dumps({"action": "spam", "n": i}))
+                except websockets.ConnectionClosed:
+                    break
+            got = await frames_until_closed(ws)
+            for frame in got[:-1]:
+                codes.append(json.loads(frame)["code"])
+            return codes, got[-1]
+
+        codes, closed = asyncio.run(run())
+        assert "rate_limited" in codes
+        assert closed == ("closed", 1008)
+    finally:
+        backend.stop()

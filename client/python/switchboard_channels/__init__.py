@@ -28,9 +28,10 @@ Settings (all optional but the secret):
 - ``SWITCHBOARD_BACKEND_SECRET``: the signing key (also read from the environment).
 - ``SWITCHBOARD_BACKEND_MAX_AGE``: seconds a call stays valid (300).
 - ``SWITCHBOARD_EVENT_TIMEOUT``: seconds a consumer may take for one event (30).
-- ``SWITCHBOARD_CACHE``: the cache alias that remembers handled disconnects ("default").
-  Several server processes need a cache they share (database, Memcached) for repeats to
-  be dropped across them.
+- ``SWITCHBOARD_CACHE``: the alias of the cache that remembers handled disconnects for an
+  hour. Unset: a local-memory cache of the process (a million entries). Several server
+  processes need a cache they share (database, Memcached), with room for an hour of
+  disconnects, for repeats to be dropped across them.
 - ``SWITCHBOARD_RESTORE_USER``: after the connect, when the project's middleware no
   longer resolves a user (the query string's token expired, as SimpleJWT's access tokens
   do after 5 minutes), set ``scope["user"]`` to the user the node verified at connect,

@@ -31,7 +31,11 @@ logger = logging.getLogger("switchboard_channels")
 VERSION = 1
 #: How long a handled disconnect is remembered, to drop the repeats of a node that
 #: retried or of a survivor that made it again after a node died.
-DEDUPE_SECONDS = 24 * 3600
+DEDUPE_SECONDS = 3600
+#: Without SWITCHBOARD_CACHE: handled disconnects this process remembers at most (Django's
+#: default local-memory cache keeps 300 entries, too few: the oldest would be forgotten
+#: while their repeats may still come).
+LOCAL_ENTRIES = 1_000_000
 #: How long a disconnect being handled holds off a concurrent repeat (answered 409, so
 #: that its sender tries again later).
 RUNNING_SECONDS = 60
@@ -211,6 +215,7 @@ class Bridge:
     def __init__(self, application: Any) -> None:
         self._application = application
         self._resolved: Any = None
+        self._cache: Any = None
 
     def application(self) -> Any:
         """The websocket application: imported at the first call when given as a dotted
@@ -270,11 +275,25 @@ class Bridge:
             return JsonResponse({"actions": call.actions, "error": error})
         return await self.disconnect(application, call, timeout)
 
+    def cache(self) -> Any:
+        """Where handled disconnects are remembered: the ``SWITCHBOARD_CACHE`` alias (a
+        cache the server's processes share), else a local-memory cache of this process
+        big enough to remember them all."""
+        if self._cache is None:
+            alias = _setting("SWITCHBOARD_CACHE", None)
+            if alias:
+                from django.core.cache import caches
+
+                self._cache = caches[alias]
+            else:
+                from django.core.cache.backends.locmem import LocMemCache
+
+                self._cache = LocMemCache("switchboard-channels", {"OPTIONS": {"MAX_ENTRIES": LOCAL_ENTRIES}})
+        return self._cache
+
     async def disconnect(self, application: Any, call: Call, timeout: float) -> HttpResponse:
         """A disconnect runs once per connection: a repeat is answered ``duplicate``."""
-        from django.core.cache import caches
-
-        cache = caches[_setting("SWITCHBOARD_CACHE", "default")]
+        cache = self.cache()
         key = f"switchboard_channels:disconnect:{call.event.get('connection')}"
         if not await cache.aadd(key, "running", RUNNING_SECONDS):
             if await cache.aget(key) == "done":

@@ -17,6 +17,11 @@ pub async fn metrics(view: &NodeView) -> String {
     rows.extend(view.hub.rows());
     if let Some(backend) = &view.backend {
         rows.extend(backend.metrics.rows());
+        rows.push(crate::metrics::Row::gauge(
+            "backend_disconnects_owed",
+            "Disconnect calls owed to the backend in the presence registries this node holds (made by the connection's node, or by the registry's leader once that node is gone).",
+            view.presence.owed() as u64,
+        ));
     }
     rows.push(crate::metrics::Row::gauge_by(
         "build_info",
@@ -98,6 +103,12 @@ pub fn status(view: &NodeView) -> serde_json::Value {
         "connections": view.hub.connection_count(),
         "groups": view.hub.group_count(),
         "presence_entries": view.presence.entries(),
+        "backend": view.backend.as_ref().map(|b| json!({
+            "url": b.settings.url,
+            "owed": view.presence.owed(),
+            "in_flight": b.metrics.in_flight.get(),
+            "pending": b.metrics.disconnects_pending.get(),
+        })),
         "presence_shards": view.presence.shards.as_ref().map(|s| s.status()),
         "presence_events": presence_events(view),
         "raft": raft,

@@ -236,11 +236,12 @@ impl Backend {
         self.client.endpoint()
     }
 
-    /// Calls the backend with `caller`'s event, its call number `seq`.
+    /// Calls the backend with `caller`'s event, its call number `seq` (none for a dead
+    /// node's disconnect).
     pub async fn event(
         &self,
         caller: &Caller,
-        seq: u64,
+        seq: Option<u64>,
         event: Event<'_>,
     ) -> Result<Answer, CallError> {
         // The scope is JSON this node rendered; `{}` stands for one that is not.

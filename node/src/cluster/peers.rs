@@ -40,7 +40,7 @@ pub struct PeerAddrs {
 }
 
 /// One member as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemberView {
     pub id: NodeId,
     /// The incarnation (data dir id) its last session presented.

@@ -31,10 +31,13 @@ impl Batcher {
     pub fn push(&mut self, op: PresenceOp) -> bool {
         let mut ended = None;
         match &op {
-            PresenceOp::Connect(record) => {
+            PresenceOp::Connect(record) | PresenceOp::ConnectBridged { record, .. } => {
                 self.live.insert(record.connection.clone(), record.clone());
             }
             PresenceOp::Leave {
+                node, connection, ..
+            }
+            | PresenceOp::LeaveOwed {
                 node, connection, ..
             }
             | PresenceOp::Disconnect { node, connection } => {
@@ -42,11 +45,11 @@ impl Batcher {
                 ended = Some((*node, connection));
             }
             PresenceOp::PurgeNode { .. } => self.live.clear(),
-            PresenceOp::ResyncNode { .. } => {}
+            PresenceOp::ResyncNode { .. } | PresenceOp::Delivered { .. } => {}
         }
         if let Some((node, connection)) = ended
             && let Some(at) = self.pending[self.fence..].iter().rposition(|p| {
-                matches!(p, PresenceOp::Connect(r) if r.node == node && r.connection == *connection)
+                matches!(p, PresenceOp::Connect(r) | PresenceOp::ConnectBridged { record: r, .. } if r.node == node && r.connection == *connection)
             }) {
                 self.pending.remove(self.fence + at);
                 return false;

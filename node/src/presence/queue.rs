@@ -12,20 +12,25 @@
 //! ([`PresenceQueue::notified`]) when its batch fills up or a resync is queued, and
 //! otherwise takes what is there every flush interval.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use switchboard_proto::peer::{NodeId, PresenceOp};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::shards::{Shard, shard_of};
 use super::{Batcher, MAX_BATCH};
 use crate::sync::lock;
 
-/// One shard's batch and bell.
+/// One shard's batch and bell, and who waits for a bridged connection's record to be
+/// committed.
 #[derive(Debug, Default)]
 struct Slot {
     batcher: Mutex<Batcher>,
     bell: Notify,
+    /// By connection id: told when its `ConnectBridged` is committed (empty without the
+    /// backend bridge).
+    acks: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
 
 /// See the module header.
@@ -63,8 +68,12 @@ impl PresenceQueue {
     /// is full).
     pub fn push(&self, op: PresenceOp) {
         let shard = match &op {
-            PresenceOp::Connect(record) => shard_of(&record.user, self.shards()),
-            PresenceOp::Leave { user, .. } => shard_of(user, self.shards()),
+            PresenceOp::Connect(record) | PresenceOp::ConnectBridged { record, .. } => {
+                shard_of(&record.user, self.shards())
+            }
+            PresenceOp::Leave { user, .. }
+            | PresenceOp::LeaveOwed { user, .. }
+            | PresenceOp::Delivered { user, .. } => shard_of(user, self.shards()),
             PresenceOp::Disconnect { connection, .. } => (0..self.shards())
                 .find(|&s| lock(&self.slot(s).batcher).holds(connection))
                 .unwrap_or(0),
@@ -81,6 +90,41 @@ impl PresenceQueue {
         if full {
             slot.bell.notify_one();
         }
+    }
+
+    /// Queues a bridged connection's record and says when it is committed (the sender
+    /// is dropped if it never is: the connection ended first, or the node stopped). Its
+    /// writer is woken at once: the client's handshake waits for it.
+    pub fn push_committed(&self, op: PresenceOp) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let PresenceOp::ConnectBridged { record, .. } = &op {
+            let slot = self.slot(shard_of(&record.user, self.shards()));
+            lock(&slot.acks).insert(record.connection.clone(), tx);
+            lock(&slot.batcher).push(op);
+            slot.bell.notify_one();
+        }
+        rx
+    }
+
+    /// `ops` of `shard` were committed: those waited for are told.
+    pub fn committed(&self, shard: Shard, ops: &[PresenceOp]) {
+        let slot = self.slot(shard);
+        let mut acks = lock(&slot.acks);
+        if acks.is_empty() {
+            return;
+        }
+        for op in ops {
+            if let PresenceOp::ConnectBridged { record, .. } = op
+                && let Some(ack) = acks.remove(&record.connection)
+            {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// Forgets who waited for `connection`'s record (it ended before the commit).
+    pub fn forget_ack(&self, user: &str, connection: &str) {
+        lock(&self.slot(shard_of(user, self.shards())).acks).remove(connection);
     }
 
     /// Queues the removal of every connection of this node (a drain) and wakes the writers.

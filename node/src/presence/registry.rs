@@ -1,6 +1,11 @@
 //! [`Registry`]: who is connected where, cluster-wide. A deterministic state machine over
 //! [`PresenceOp`]s: the same ops in the same order give the same registry on every node
 //! (the Raft state machine applies them as log entries, see [`super::replica`]).
+//!
+//! It also keeps what the backend bridge is owed ([`Owed`]): a bridged connection's scope
+//! while it lives (`ConnectBridged`), and once it ended (`LeaveOwed`, or a purge of its
+//! node) the disconnect call not yet made, until `Delivered`. So a disconnect survives
+//! its node: whoever leads the registry makes the calls of a dead node's connections.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +13,33 @@ use std::sync::Arc;
 use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::connection::ConnectionId;
-use super::events::{Change, NotedConnection, Reason};
+use super::events::{Change, EventId, NotedConnection, Reason};
+
+/// A bridged connection's disconnect call, owed to the backend until it is delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    pub user: Arc<str>,
+    /// Its scope (JSON), as the connection sent it at connect.
+    pub scope: Arc<str>,
+    /// The close code the backend is told: the connection's own, or 1006 when its node
+    /// died.
+    pub code: u16,
+    /// Why it ended: `closed` (by its client or its node), `node_down`, `removed`.
+    pub reason: &'static str,
+    /// The presence event of its end, once derived (`Registry::note_end`).
+    pub event: Option<EventId>,
+}
+
+impl Owed {
+    /// The reason as kept (`closed`, `node_down`, `removed`), from its text.
+    pub fn reason_of(text: &str) -> &'static str {
+        match text {
+            "node_down" => "node_down",
+            "removed" => "removed",
+            _ => "closed",
+        }
+    }
+}
 
 /// One connection as the registry keeps it: its user is the key it is filed under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +133,10 @@ pub struct Registry {
     /// Each node's number of connections (a node with none has no entry).
     per_node: BTreeMap<NodeId, usize>,
     legacy: Legacy,
+    /// The scope of each live bridged connection (empty without `--backend-url`).
+    bridged: HashMap<ConnectionId, Arc<str>>,
+    /// Disconnect calls owed to the backend, by connection.
+    owed: BTreeMap<ConnectionId, Owed>,
 }
 
 /// Connection → user, for the `Disconnect`s of logs written before peer protocol 8 (they
@@ -139,6 +174,7 @@ impl Registry {
                 self.legacy.0 = None;
                 let connection = ConnectionId::new(node, &connection);
                 self.remove(&user, &connection, None, changes);
+                self.bridged.remove(&connection);
             }
             PresenceOp::Disconnect { node, connection } => {
                 let by_user = &self.by_user;
@@ -159,7 +195,49 @@ impl Registry {
                     self.insert(record, changes);
                 }
             }
+            PresenceOp::ConnectBridged { record, scope } => {
+                let connection = ConnectionId::new(record.node, &record.connection);
+                self.insert(record, changes);
+                self.bridged.insert(connection, Arc::from(scope));
+            }
+            PresenceOp::LeaveOwed {
+                node,
+                connection,
+                user,
+                code,
+            } => {
+                self.legacy.0 = None;
+                let connection = ConnectionId::new(node, &connection);
+                if let Some(user) = self.remove(&user, &connection, None, changes) {
+                    self.owe(&connection, user, code, "closed");
+                }
+            }
+            PresenceOp::Delivered {
+                node, connection, ..
+            } => {
+                let connection = ConnectionId::new(node, &connection);
+                self.owed.remove(&connection);
+                self.bridged.remove(&connection);
+            }
         }
+    }
+
+    /// A bridged connection that just left the registry: its scope moves to the owed
+    /// disconnects (nothing for a connection that was not bridged).
+    fn owe(&mut self, connection: &ConnectionId, user: Arc<str>, code: u16, reason: &'static str) {
+        let Some(scope) = self.bridged.remove(connection) else {
+            return;
+        };
+        self.owed.insert(
+            connection.clone(),
+            Owed {
+                user,
+                scope,
+                code,
+                reason,
+                event: None,
+            },
+        );
     }
 
     /// Removes every connection of `node` (a member removed for good, or purged).
@@ -204,24 +282,18 @@ impl Registry {
     }
 
     /// Takes `connection` out of `user`'s connections (the user too if it has none
-    /// left), and notes it with `reason`.
+    /// left), and notes it with `reason`; the user, if it was there.
     fn remove(
         &mut self,
         user: &str,
         connection: &ConnectionId,
         reason: Option<Reason>,
         changes: &mut Option<&mut Vec<Change>>,
-    ) {
-        let Some((user, _)) = self.by_user.get_key_value(user) else {
-            return;
-        };
+    ) -> Option<Arc<str>> {
+        let (user, _) = self.by_user.get_key_value(user)?;
         let user = user.clone();
-        let Some(conns) = self.by_user.get_mut(&user) else {
-            return;
-        };
-        let Some(held) = conns.remove(connection) else {
-            return;
-        };
+        let conns = self.by_user.get_mut(&user)?;
+        let held = conns.remove(connection)?;
         if conns.as_slice().is_empty() {
             self.by_user.remove(&user);
         }
@@ -238,6 +310,7 @@ impl Registry {
         if let Some(changes) = changes {
             changes.push(Change::Removed(noted(&user, held), reason));
         }
+        Some(user)
     }
 
     /// Removes every connection of `node`, in connection order, so that every node notes
@@ -252,8 +325,15 @@ impl Registry {
             .map(|(user, h)| (h.connection.clone(), user.clone()))
             .collect();
         gone.sort_unstable();
+        let why = match reason {
+            Reason::NodeDown => "node_down",
+            Reason::Removed => "removed",
+        };
         for (connection, user) in gone {
-            self.remove(&user, &connection, Some(reason), changes);
+            if let Some(user) = self.remove(&user, &connection, Some(reason), changes) {
+                // The node is gone with its socket: 1006, as a connection that broke off.
+                self.owe(&connection, user, 1006, why);
+            }
         }
     }
 
@@ -298,6 +378,40 @@ impl Registry {
     /// Every record, for a snapshot.
     pub fn records(&self) -> impl Iterator<Item = ConnectionRecord> + '_ {
         held(&self.by_user).map(|(user, h)| h.record(user))
+    }
+
+    /// The live bridged connections and their scopes, for a snapshot.
+    pub fn bridged(&self) -> impl Iterator<Item = (&ConnectionId, &Arc<str>)> + '_ {
+        self.bridged.iter()
+    }
+
+    /// The disconnect calls owed to the backend, by connection.
+    pub fn owed(&self) -> impl Iterator<Item = (&ConnectionId, &Owed)> + '_ {
+        self.owed.iter()
+    }
+
+    /// Number of disconnect calls owed.
+    pub fn owed_len(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Restores a snapshot's bridged scopes and owed calls (after its records).
+    pub fn restore_bridge(
+        &mut self,
+        bridged: impl IntoIterator<Item = (ConnectionId, Arc<str>)>,
+        owed: impl IntoIterator<Item = (ConnectionId, Owed)>,
+    ) {
+        self.bridged.extend(bridged);
+        self.owed.extend(owed);
+    }
+
+    /// The presence event that ended `connection`: its owed call carries it.
+    pub fn note_end(&mut self, connection: &ConnectionId, event: EventId) {
+        if let Some(owed) = self.owed.get_mut(connection)
+            && owed.event.is_none()
+        {
+            owed.event = Some(event);
+        }
     }
 }
 

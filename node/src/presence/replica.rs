@@ -18,7 +18,7 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId, PresenceOp};
 
 use super::Registry;
 use super::claims::{Claimer, Claims};
-use super::events::{Change as Noted, Event, EventId, Read, Reason, Ring, derive};
+use super::events::{Change as Noted, Event, EventId, Kind, Read, Reason, Ring, derive};
 use super::revocations::Revocations;
 use super::shards::Shard;
 use super::{DEFAULT_PRESENCE_EVENTS, MAX_EVENT_RING_BYTES};
@@ -146,7 +146,13 @@ impl Replica {
                 1
             }
         };
-        events.extend(derive(index, at, changes, &self.presence));
+        let derived = derive(index, at, changes, &self.presence);
+        if self.presence.owed_len() > 0 {
+            for event in derived.iter().filter(|e| e.kind == Kind::Leave) {
+                self.presence.note_end(&event.connection, event.id);
+            }
+        }
+        events.extend(derived);
         n
     }
 
@@ -206,8 +212,11 @@ impl Replica {
 fn op_node(op: &PresenceOp) -> NodeId {
     match op {
         PresenceOp::Connect(r) => r.node,
+        PresenceOp::ConnectBridged { record, .. } => record.node,
         PresenceOp::Disconnect { node, .. }
         | PresenceOp::Leave { node, .. }
+        | PresenceOp::LeaveOwed { node, .. }
+        | PresenceOp::Delivered { node, .. }
         | PresenceOp::PurgeNode { node }
         | PresenceOp::ResyncNode { node, .. } => *node,
     }

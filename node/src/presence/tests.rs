@@ -192,3 +192,89 @@ fn a_large_resync_is_split_and_taken_in_bounded_batches() {
         "every live connection, the stale one gone"
     );
 }
+
+#[test]
+fn a_bridged_connections_disconnect_is_owed_until_delivered_also_through_a_purge() {
+    let bridged = |node, connection: &str, user: &str| PresenceOp::ConnectBridged {
+        record: record(node, connection, user),
+        scope: format!(r#"{{"path":"/{connection}"}}"#),
+    };
+    let owed = |r: &Registry| -> Vec<(String, u16, &'static str, String)> {
+        r.owed()
+            .map(|(c, o)| (c.to_string(), o.code, o.reason, o.user.to_string()))
+            .collect()
+    };
+    let mut r = Registry::default();
+    r.apply(bridged(1, "1-a-1", "u"));
+    r.apply(bridged(2, "2-a-1", "v"));
+    r.apply(PresenceOp::Connect(record(2, "2-a-2", "w")));
+    assert_eq!(r.len(), 3);
+    assert_eq!(r.owed_len(), 0, "nothing is owed while they live");
+    // It ends on its node: it leaves, and its disconnect is owed with its code.
+    r.apply(PresenceOp::LeaveOwed {
+        node: 1,
+        connection: "1-a-1".into(),
+        user: "u".into(),
+        code: 1001,
+    });
+    assert!(r.user("u").is_empty());
+    assert_eq!(owed(&r), vec![("1-a-1".into(), 1001, "closed", "u".into())]);
+    // Node 2 dies: its bridged connection is owed (1006), the plain one is not.
+    r.apply(PresenceOp::PurgeNode { node: 2 });
+    assert!(r.is_empty());
+    assert_eq!(
+        owed(&r),
+        vec![
+            ("1-a-1".into(), 1001, "closed", "u".into()),
+            ("2-a-1".into(), 1006, "node_down", "v".into()),
+        ]
+    );
+    let scope = r.owed().nth(1).map(|(_, o)| o.scope.to_string());
+    assert_eq!(scope.as_deref(), Some(r#"{"path":"/2-a-1"}"#));
+    // Made: owed no more. A repeat (a leader's retry) is harmless.
+    for _ in 0..2 {
+        r.apply(PresenceOp::Delivered {
+            node: 2,
+            connection: "2-a-1".into(),
+            user: "v".into(),
+        });
+    }
+    assert_eq!(owed(&r), vec![("1-a-1".into(), 1001, "closed", "u".into())]);
+    // The end of a purged connection, arriving late, owes nothing more.
+    r.apply(PresenceOp::LeaveOwed {
+        node: 2,
+        connection: "2-a-1".into(),
+        user: "v".into(),
+        code: 1000,
+    });
+    assert_eq!(r.owed_len(), 1);
+    // A plain Leave of a bridged connection (the backend never heard of it) owes nothing.
+    r.apply(bridged(1, "1-a-2", "u"));
+    r.apply(PresenceOp::Leave {
+        node: 1,
+        connection: "1-a-2".into(),
+        user: "u".into(),
+    });
+    assert_eq!(r.owed_len(), 1);
+    assert_eq!(r.bridged().count(), 0);
+}
+
+#[test]
+fn a_bridged_connect_still_queued_cancels_out_with_its_end() {
+    let mut b = Batcher::default();
+    b.push(PresenceOp::ConnectBridged {
+        record: record(1, "1-a-1", "u"),
+        scope: "{}".into(),
+    });
+    b.push(PresenceOp::LeaveOwed {
+        node: 1,
+        connection: "1-a-1".into(),
+        user: "u".into(),
+        code: 1000,
+    });
+    assert!(
+        b.is_empty(),
+        "the backend never heard of it: nothing is owed"
+    );
+    assert_eq!(b.live(), 0);
+}

@@ -123,6 +123,40 @@ impl Presence {
         stats
     }
 
+    /// The presence registries this node leads now, with their shard (`None`: the one
+    /// registry of the control group): where the disconnect calls a dead node owes the
+    /// backend are made from.
+    pub fn led(
+        &self,
+    ) -> Vec<(
+        Option<crate::presence::shards::Shard>,
+        std::sync::Arc<crate::presence::SharedReplica>,
+    )> {
+        match &self.shards {
+            None if self.control.leads() => vec![(None, self.control.replica().clone())],
+            None => Vec::new(),
+            Some(shards) => shards
+                .hosted_ids()
+                .into_iter()
+                .filter_map(|shard| {
+                    let group = shards.hosted(shard)?;
+                    group
+                        .leads()
+                        .then(|| (Some(shard), group.replica().clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Disconnect calls owed to the backend bridge in the registries this node holds
+    /// (`registry::Owed`): those of connections that ended and whose call is not made yet.
+    pub fn owed(&self) -> usize {
+        match &self.shards {
+            Some(shards) => shards.hosted_owed(),
+            None => self.control.replica().read().presence.owed_len(),
+        }
+    }
+
     /// Connections this node's replicas hold: every one cluster-wide, or those of the
     /// shards it hosts.
     pub fn entries(&self) -> usize {

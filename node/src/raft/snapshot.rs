@@ -6,8 +6,13 @@ use switchboard_proto::peer::{ConnectionRecord, NodeId};
 
 use super::codec::{decode_stored as decode, encode};
 use crate::history::{Assignment, Assignments};
+use std::sync::Arc;
+
 use crate::presence::Replica;
 use crate::presence::claims::{Claimer, Claims};
+use crate::presence::connection::ConnectionId;
+use crate::presence::events::EventId;
+use crate::presence::registry::Owed;
 use crate::presence::revocations::Revocations;
 
 /// The replica as a snapshot carries it.
@@ -22,6 +27,22 @@ struct SnapshotBody {
     shards: Vec<(u16, Vec<NodeId>)>,
     /// (user, before, until_ms, index).
     revocations: Vec<(String, u64, u64, u64)>,
+    /// Live bridged connections: (node, connection, scope).
+    bridged: Vec<(NodeId, String, String)>,
+    /// Disconnect calls owed to the backend.
+    owed: Vec<OwedRecord>,
+}
+
+/// An owed disconnect as a snapshot carries it.
+#[derive(Serialize, Deserialize)]
+struct OwedRecord {
+    node: NodeId,
+    connection: String,
+    user: String,
+    scope: String,
+    code: u16,
+    reason: String,
+    event: Option<(u64, u32)>,
 }
 
 /// A snapshot written before revocations.
@@ -92,6 +113,24 @@ pub fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
             .iter()
             .map(|(u, r)| (u.to_owned(), r.before, r.until_ms, r.index))
             .collect(),
+        bridged: replica
+            .presence
+            .bridged()
+            .map(|(c, scope)| (c.node(), c.to_string(), scope.to_string()))
+            .collect(),
+        owed: replica
+            .presence
+            .owed()
+            .map(|(c, o)| OwedRecord {
+                node: c.node(),
+                connection: c.to_string(),
+                user: o.user.to_string(),
+                scope: o.scope.to_string(),
+                code: o.code,
+                reason: o.reason.to_owned(),
+                event: o.event.map(|e| (e.index, e.ordinal)),
+            })
+            .collect(),
     })?)
 }
 
@@ -102,7 +141,7 @@ pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
         for (user, before, until_ms, index) in body.revocations {
             revocations.revoke(user, before, until_ms, index, 0);
         }
-        return Ok(Replica::from_parts(
+        let mut replica = Replica::from_parts(
             body.connections,
             body.removed,
             body.incarnations,
@@ -110,7 +149,23 @@ pub fn restore(bytes: &[u8]) -> anyhow::Result<Replica> {
         )
         .with_claims(Claims::from_entries(body.claims), body.clock_ms)
         .with_shards(body.shards)
-        .with_revocations(revocations));
+        .with_revocations(revocations);
+        let bridged = body
+            .bridged
+            .into_iter()
+            .map(|(node, c, scope)| (ConnectionId::new(node, &c), Arc::from(scope)));
+        let owed = body.owed.into_iter().map(|o| {
+            let owed = Owed {
+                user: Arc::from(o.user),
+                scope: Arc::from(o.scope),
+                code: o.code,
+                reason: Owed::reason_of(&o.reason),
+                event: o.event.map(|(index, ordinal)| EventId { index, ordinal }),
+            };
+            (ConnectionId::new(o.node, &o.connection), owed)
+        });
+        replica.presence.restore_bridge(bridged, owed);
+        return Ok(replica);
     }
     if let Ok(v5) = decode::<SnapshotBodyV5>(bytes) {
         return Ok(Replica::from_parts(
@@ -189,6 +244,30 @@ mod tests {
             until_ms: 9_000_000,
             at_ms: 5,
         });
+        // A bridged connection alive, one ended (owed), one of a purged node (owed).
+        r.apply_test(Command::Presence(vec![
+            PresenceOp::ConnectBridged {
+                record: record(1, "1-b", "w"),
+                scope: r#"{"path":"/a"}"#.into(),
+            },
+            PresenceOp::ConnectBridged {
+                record: record(1, "1-c", "w"),
+                scope: r#"{"path":"/b"}"#.into(),
+            },
+            PresenceOp::ConnectBridged {
+                record: record(3, "3-c", "x"),
+                scope: r#"{"path":"/c"}"#.into(),
+            },
+            PresenceOp::LeaveOwed {
+                node: 1,
+                connection: "1-c".into(),
+                user: "w".into(),
+                code: 1000,
+            },
+            PresenceOp::PurgeNode { node: 3 },
+        ]));
+        assert_eq!(r.presence.owed_len(), 2);
+        assert_eq!(r.presence.bridged().count(), 1);
         let restored = restore(&snapshot_of(&r).expect("encodes")).expect("decodes");
         assert_eq!(restored, r);
         assert!(restore(b"\xff\xff garbage").is_err());
@@ -204,7 +283,16 @@ mod tests {
         })
         .expect("encodes");
         let restored = restore(&old).expect("the old format decodes");
-        assert_eq!(restored.presence, r.presence);
+        let mut records: Vec<_> = restored.presence.records().collect();
+        let mut expected: Vec<_> = r.presence.records().collect();
+        records.sort_by(|a, b| a.connection.cmp(&b.connection));
+        expected.sort_by(|a, b| a.connection.cmp(&b.connection));
+        assert_eq!(records, expected);
+        assert_eq!(
+            restored.presence.owed_len(),
+            0,
+            "nothing was owed before the bridge"
+        );
         assert!(restored.incarnations.is_empty());
     }
 }

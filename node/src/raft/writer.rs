@@ -70,6 +70,7 @@ where
             last_written.fetch_max(index, Ordering::AcqRel);
             counters.writes.inc();
             counters.presence_ops.add(n as u64);
+            queue.committed(shard, &ops);
             Ok(n)
         }
         Err(e) => {

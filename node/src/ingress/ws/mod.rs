@@ -7,9 +7,11 @@
 //! the Origin is not allowed (4003) or the token does not verify (4001) -> register
 //! with the hub and the presence queue -> serve -> unregister.
 
+pub(crate) mod bridged;
 pub mod caps;
 pub mod follow;
 pub mod outbox;
+pub mod owed;
 pub mod session;
 pub mod state;
 pub mod tracks;
@@ -36,13 +38,10 @@ use super::Ingress;
 use super::accept::{Listener, tls_handshake};
 use super::http::{self, Request, Response};
 use crate::auth::AuthError;
-use crate::backend::answer::{self, Connected};
-use crate::backend::budget::Budget;
+use crate::backend::Caller;
 use crate::backend::lane::Lane;
-use crate::backend::{Caller, Event, scope};
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
-use crate::config::BackendUnavailable;
 use crate::hub::{Act, ClientQueue, Local};
 use crate::presence::connection::ConnectionId;
 use crate::sync::lock;
@@ -237,7 +236,7 @@ fn upgrade_refusal(req: &Request) -> Option<Response> {
 }
 
 /// Completes the handshake (with `subprotocol`, if the consumer chose one).
-async fn handshake<S: Stream>(
+pub(super) async fn handshake<S: Stream>(
     mut stream: S,
     mut req: Request,
     subprotocol: Option<&str>,
@@ -266,7 +265,7 @@ async fn handshake<S: Stream>(
 /// The upgrade of a request on a WebSocket path: admission, the backend's connect when
 /// there is a backend, the handshake, registration.
 async fn upgrade<S: Stream>(
-    mut stream: S,
+    stream: S,
     req: Request,
     peer: std::net::SocketAddr,
     ingress: Arc<Ingress>,
@@ -285,87 +284,20 @@ async fn upgrade<S: Stream>(
         drop(req);
         return Ok(Some(register(ws, admitted, id, connection, None, ingress)));
     };
-    // The backend's connect comes before the handshake, so that a consumer that refuses
-    // the connection gets HTTP 403, as under Daphne.
-    let scope = scope::render(&scope::Parts {
-        path: &req.path,
-        query: req.query.as_deref().unwrap_or_default(),
-        headers: &req.headers,
-        keep: &backend.settings.headers,
-        client: peer,
-        server: ingress.listen,
-        tls: ingress.tls.is_some(),
-    });
-    let caller = Arc::new(Caller {
-        connection: connection.clone(),
-        user: admitted.identity.user.clone(),
-        node: ingress.node,
-        scope: Arc::from(scope.get()),
-    });
-    let metrics = &backend.metrics;
-    let outcome = match backend.event(&caller, 0, Event::Connect).await {
-        Ok(answer) => Some(answer::connected(answer)),
-        Err(e) => {
-            debug!(%connection, error = %e, "the backend did not answer a connect");
-            metrics.connects_unavailable.inc();
-            None
-        }
-    };
-    let (subprotocol, effects) = match outcome {
-        Some(Connected::Accepted {
-            subprotocol,
-            effects,
-        }) => (subprotocol, effects),
-        Some(Connected::Rejected) | Some(Connected::Failed(_)) => {
-            metrics.connects_rejected.inc();
-            let response = match &outcome {
-                Some(Connected::Failed(why)) => {
-                    debug!(%connection, error = %why, "the consumer failed its connect");
-                    Response::text(500, "Internal Server Error\n")
-                }
-                _ => Response::text(403, "Access denied\n"),
-            };
-            let _ = response.write(&mut stream).await;
-            admitted.release(&ingress);
-            // As Daphne: the consumer hears of the refused connection's end (1006).
-            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "rejected");
-            return Ok(None);
-        }
-        None if backend.settings.unavailable == BackendUnavailable::Refuse => {
-            admitted.release(&ingress);
-            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "unavailable");
-            let (mut ws, _) = handshake(stream, req, None, &ingress).await?;
-            close(
-                &mut ws,
-                CloseCode::TryAgainLater.code(),
-                "backend unavailable, try again later",
-            )
-            .await;
-            return Ok(None);
-        }
-        None => (None, Vec::new()),
-    };
-    let (ws, req) = match handshake(stream, req, subprotocol.as_deref(), &ingress).await {
-        Ok(done) => done,
-        Err(e) => {
-            admitted.release(&ingress);
-            finish_bridged(&ingress, None, caller, Vec::new(), 1, 1006, "closed");
-            return Err(e);
-        }
-    };
-    drop(req);
-    let lane = Lane::new(Budget::new(
-        backend.settings.frames_per_sec,
-        backend.settings.bytes_per_sec,
-        tokio::time::Instant::now(),
-    ));
-    let mut session = register(ws, admitted, id, connection, Some((caller, lane)), ingress);
-    session.effects_first(effects);
-    Ok(Some(session))
+    bridged::upgrade(
+        stream,
+        req,
+        peer,
+        ingress,
+        admitted,
+        (id, connection),
+        backend,
+    )
+    .await
 }
 
 /// A connection that passed admission: who it is, and the caps slot it holds.
-struct Admitted {
+pub(super) struct Admitted {
     identity: crate::auth::Identity,
     user_group: String,
     positions: bool,
@@ -374,7 +306,7 @@ struct Admitted {
 
 impl Admitted {
     /// Gives back its caps slot (it never registered).
-    fn release(self, ingress: &Ingress) {
+    pub(super) fn release(self, ingress: &Ingress) {
         lock(&ingress.caps).release(self.peer.ip(), &self.identity.user);
     }
 }
@@ -447,9 +379,9 @@ fn admit(
     })
 }
 
-/// Registers an admitted client with the hub and the presence queue, and makes its
-/// session.
-fn register<S: Stream>(
+/// Registers an admitted client with the hub and the presence queue (a bridged one's
+/// record is committed already), and makes its session.
+pub(super) fn register<S: Stream>(
     ws: Ws<S>,
     admitted: Admitted,
     id: ConnId,
@@ -480,13 +412,14 @@ fn register<S: Stream>(
     for (group, reason) in refused {
         debug!(%connection, %group, %reason, "token group not joined");
     }
-    let node = ingress.node;
-    ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
-        node,
-        connection: connection.clone(),
-        user: identity.user.clone(),
-        connected_at: unix_millis(),
-    }));
+    if bridge.is_none() {
+        ingress.presence.push(PresenceOp::Connect(ConnectionRecord {
+            node: ingress.node,
+            connection: connection.clone(),
+            user: identity.user.clone(),
+            connected_at: unix_millis(),
+        }));
+    }
     metrics.connections.inc();
     metrics.connections_accepted.inc();
     debug!(%connection, user = %identity.user, "client connected");
@@ -516,31 +449,6 @@ fn register<S: Stream>(
         peer.ip(),
         bridge,
     )
-}
-
-/// Hands what an ended bridged connection owes the backend (the call in flight, the
-/// frames queued, then its disconnect with `code`) to the node's outbox.
-pub(crate) fn finish_bridged(
-    ingress: &Ingress,
-    in_flight: Option<outbox::InFlight>,
-    caller: Arc<Caller>,
-    frames: Vec<(crate::backend::lane::Frame, u64)>,
-    seq: u64,
-    code: u16,
-    reason: &'static str,
-) {
-    if let Some(outbox) = &ingress.outbox {
-        outbox.finish(
-            in_flight,
-            outbox::Tail {
-                caller,
-                frames,
-                seq,
-                code,
-                reason,
-            },
-        );
-    }
 }
 
 /// Sends a close frame and waits (briefly) for the client's.

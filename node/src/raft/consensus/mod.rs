@@ -347,6 +347,11 @@ impl Consensus {
         }
     }
 
+    /// Whether this node leads this group now (and a quorum acknowledged it lately).
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node) && self.has_leader()
+    }
+
     /// Drains this node: not ready, its clients closed with 1012 (they watch the drain
     /// token), and the purge of its presence queued for the writer. The node leaves the
     /// mesh once that is committed (see the node's wiring).

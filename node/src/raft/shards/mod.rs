@@ -375,6 +375,14 @@ impl Shards {
         self.hosted_groups().iter().map(|c| c.replica().len()).sum()
     }
 
+    /// Disconnect calls owed to the backend in the shards this node hosts.
+    pub fn hosted_owed(&self) -> usize {
+        self.hosted_groups()
+            .iter()
+            .map(|c| c.replica().read().presence.owed_len())
+            .sum()
+    }
+
     /// Each shard as this node sees it, for `status`.
     pub fn status(&self) -> serde_json::Value {
         let recorded = self.control.replica.read().shards.clone();

@@ -20,9 +20,10 @@ use crate::backend::lane::{Frame, Lane, Offered};
 use crate::backend::{CallError, Caller, Event};
 use crate::hub::{Act, Local};
 use crate::ingress::Ingress;
+use crate::ingress::ws::Stream;
+use crate::ingress::ws::bridged::ended;
 use crate::ingress::ws::outbox::InFlight;
 use crate::ingress::ws::state::{End, error};
-use crate::ingress::ws::{Stream, finish_bridged};
 
 /// The ops a client frame may name: a frame that names one (`{"op": "ping", ...}`) is
 /// Switchboard's, even when malformed; any other frame is the consumer's.
@@ -74,11 +75,14 @@ impl Bridged {
         }
     }
 
-    /// The connection ended with `code`: what it still owes the backend goes to the
-    /// outbox.
-    pub(super) fn finish(self, ingress: &Ingress, code: u16) {
+    /// The connection ended with `code`: its disconnect is owed, and what it still owes
+    /// the backend goes to the outbox.
+    pub(super) fn finish(self, ingress: &Ingress, id: crate::broker::ConnId, code: u16) {
+        if let Some(outbox) = &ingress.outbox {
+            outbox.closed(id);
+        }
         let (frames, seq) = self.lane.into_rest();
-        finish_bridged(ingress, self.call, self.caller, frames, seq, code, "closed");
+        ended(ingress, self.call, self.caller, frames, seq, code, "closed");
     }
 }
 
@@ -158,7 +162,9 @@ impl<S: Stream> Session<S> {
         };
         let caller = bridged.caller.clone();
         bridged.call = Some(Box::pin(async move {
-            backend.event(&caller, seq, Event::Receive(&frame)).await
+            backend
+                .event(&caller, Some(seq), Event::Receive(&frame))
+                .await
         }));
     }
 

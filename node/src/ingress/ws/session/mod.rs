@@ -129,14 +129,15 @@ impl<S: Stream> Session<S> {
             let outcome = session.run().await;
             let ingress = session.ingress.clone();
             ingress.hub.disconnect(session.outlet.id);
-            if let Some(bridged) = session.bridge.take() {
-                bridged.finish(&ingress, outcome.code());
+            match session.bridge.take() {
+                // Its disconnect is owed to the backend until made.
+                Some(bridged) => bridged.finish(&ingress, session.outlet.id, outcome.code()),
+                None => ingress.presence.push(PresenceOp::Leave {
+                    node: ingress.node,
+                    connection: session.connection.clone(),
+                    user: session.identity.user.clone(),
+                }),
             }
-            ingress.presence.push(PresenceOp::Leave {
-                node: ingress.node,
-                connection: session.connection.clone(),
-                user: session.identity.user.clone(),
-            });
             lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
             ingress.metrics.connections.dec();
             let ours = match outcome {
