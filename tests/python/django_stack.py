@@ -197,9 +197,10 @@ class Bridge:
     """Gunicorn serving the project with the bridge mounted, on `listener`;
     `redis_port` is the RESP port of the node its channel layer talks to."""
 
-    def __init__(self, listener, redis_port, db, access_token_seconds=300, threads=16, workers=1):
+    def __init__(self, listener, redis_port, db, access_token_seconds=300, threads=16, workers=1,
+                 layer="core"):
         env = django_env(redis_port, db, SWITCHBOARD_BACKEND_SECRET=BACKEND_SECRET,
-                         ACCESS_TOKEN_SECONDS=access_token_seconds)
+                         ACCESS_TOKEN_SECONDS=access_token_seconds, CHANNEL_LAYER=layer)
         migrate(env)
         fd = listener.sock.fileno()
         self.server = Process([os.path.join(VENV_BIN, "gunicorn"), "config.wsgi", "-b", f"fd://{fd}",
@@ -236,11 +237,12 @@ class NewStack:
 
     name = "switchboard"
 
-    def __init__(self, listener, client_node, publisher_node, access_token_seconds=300, nodes=None):
+    def __init__(self, listener, client_node, publisher_node, access_token_seconds=300, nodes=None,
+                 layer="core"):
         self.nodes = nodes or [client_node]
         self.dir = tempfile.mkdtemp(prefix="sb-new-")
         self.bridge = Bridge(listener, publisher_node.resp_port, os.path.join(self.dir, "db.sqlite3"),
-                             access_token_seconds=access_token_seconds)
+                             access_token_seconds=access_token_seconds, layer=layer)
         self.api = self.bridge.api
         self.node = client_node
         self.ws_url = client_node.ws_url

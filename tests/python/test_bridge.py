@@ -439,3 +439,37 @@ def test_a_client_flooding_the_consumer_is_told_then_closed(start_node):
         assert closed == ("closed", 1008)
     finally:
         backend.stop()
+
+
+def test_the_consumer_behind_the_bridge_with_the_pubsub_layer(start_node):
+    """channels_redis's pub/sub layer: the consumer's own group_add works (the bridge
+    takes it), group_send and send(channel_name) from anywhere reach the connection; a
+    view's group_add of a connection's channel is refused by the layer itself (it can only
+    SUBSCRIBE its own process), never a silent OK."""
+    import urllib.error
+
+    listener = Listener()
+    node = start_node(*backend_flags(listener), secret=None)
+    new = NewStack(listener, client_node=node, publisher_node=node, layer="pubsub")
+    try:
+        uid, token = new.api.user("pubsub")
+        n = new.api.call("/api/notifications/", {"user_id": uid, "text": "hi"})["id"]
+
+        async def run():
+            ws = await connect(new.ws_url, token)
+            wait_until(lambda: new.api.events("connect"), what="the consumer's connect")
+            await ws.send(json.dumps({"action": "mark_read", "id": n}))
+            assert await recv(ws) == json.dumps({"type": "marked_read", "id": n})
+            new.api.call("/api/notify/", {"user_id": uid, "message": {"via": "pubsub group_send"}})
+            assert await recv(ws) == '{"via": "pubsub group_send"}'
+            assert new.api.call("/api/direct/", {"user_id": uid, "message": "only you"})["sent"] == 1
+            assert await recv(ws) == '"only you"'
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                new.api.call("/api/rooms/join/", {"user_id": uid, "room": "room_ps"})
+            assert refused.value.code == 500
+            await ws.close()
+
+        asyncio.run(run())
+        assert consumer_events(new.api, 1) == [[("connect", None), ("receive", None), ("disconnect", 1000)]]
+    finally:
+        new.stop()

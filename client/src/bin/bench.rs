@@ -18,12 +18,18 @@
 //!   publisher, while something restarts the nodes; reports acknowledged messages lost,
 //!   duplicated or out of order (all must be 0 in history groups).
 //!
+//! - `bridge` ([`bridge`]): what the backend bridge costs a node: connects per second
+//!   through a backend, frame-to-reply time beside the backend's own, and (with a hang)
+//!   whether a backend that stops answering slows publishes or grows the node.
+//!
 //! What they share is in [`common`] (flags, connecting, the admin endpoint, publishers'
 //! replies, the payload), and every one prints its results through [`report::print`]: a
 //! table, or with `--json` the table on stderr and one JSON object on stdout. Every phase
 //! is bounded in time, and the bench exits by itself.
 #![forbid(unsafe_code)]
 
+#[path = "bench/bridge.rs"]
+mod bridge;
 #[path = "bench/churn.rs"]
 mod churn;
 #[path = "bench/common.rs"]
@@ -49,6 +55,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use bridge::BridgePlan;
 use common::{Common, parse_duration};
 use fanout::FanoutPlan;
 use http::HttpPlan;
@@ -203,6 +210,32 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// The backend bridge: serves a minimal backend on --backend-listen (start the node
+    /// with --backend-url pointing at it), opens N connections through it, sends frames
+    /// at a total rate, and reports frame-to-reply time beside the backend's own.
+    Bridge {
+        #[command(flatten)]
+        common: Common,
+        /// Where to serve the backend (the node's --backend-url).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        backend_listen: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Frames per second over all connections (each one at a time).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The backend stops answering at this time into the run...
+        #[arg(long, value_parser = parse_duration)]
+        hang_at: Option<Duration>,
+        /// ...for this long.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hang_for: Duration,
+        /// Messages a second published (RESP, --resp) to a group every connection is in.
+        #[arg(long, default_value_t = 0)]
+        publish_rate: u64,
+    },
     /// HTTP publish throughput (POST /v1/publish on --admin, keep-alive).
     Http {
         #[command(flatten)]
@@ -336,6 +369,27 @@ async fn main() -> anyhow::Result<()> {
                 password,
             };
             publish::publish(&common, plan).await
+        }
+        Command::Bridge {
+            common,
+            backend_listen,
+            connections,
+            rate,
+            duration,
+            hang_at,
+            hang_for,
+            publish_rate,
+        } => {
+            let plan = BridgePlan {
+                backend_listen,
+                connections: connections.max(1),
+                rate,
+                duration,
+                hang_at,
+                hang_for,
+                publish_rate,
+            };
+            bridge::bridge(&common, plan).await
         }
         Command::Http {
             common,

@@ -8,27 +8,21 @@ use tokio::time::Instant;
 /// ignores the error frames.
 pub const REFUSALS_BEFORE_CLOSE: u32 = 50;
 
-/// One token bucket: `rate` tokens a second, at most one second's worth held.
-#[derive(Debug, Clone)]
+/// One token bucket: `rate` tokens a second, at most one second's worth held. `f32`:
+/// every bridged connection holds two, and the precision needed is a frame's.
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
+    rate: f32,
+    tokens: f32,
 }
 
 impl Bucket {
-    fn new(rate: f64, now: Instant) -> Self {
-        Bucket {
-            rate,
-            tokens: rate,
-            at: now,
-        }
+    fn new(rate: f32) -> Self {
+        Bucket { rate, tokens: rate }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+    fn refill(&mut self, elapsed: f32) {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.at = now;
     }
 }
 
@@ -48,6 +42,8 @@ pub enum Verdict {
 pub struct Budget {
     frames: Bucket,
     bytes: Bucket,
+    /// When both buckets were last refilled.
+    at: Instant,
     refused_in_a_row: u32,
 }
 
@@ -55,8 +51,9 @@ impl Budget {
     /// A full budget of `frames_per_sec` and `bytes_per_sec`.
     pub fn new(frames_per_sec: u32, bytes_per_sec: u64, now: Instant) -> Self {
         Budget {
-            frames: Bucket::new(f64::from(frames_per_sec.max(1)), now),
-            bytes: Bucket::new(bytes_per_sec.max(1) as f64, now),
+            frames: Bucket::new(frames_per_sec.max(1) as f32),
+            bytes: Bucket::new(bytes_per_sec.max(1) as f32),
+            at: now,
             refused_in_a_row: 0,
         }
     }
@@ -65,9 +62,11 @@ impl Budget {
     /// the byte bucket is full (and empties it), so that no frame the size limit allows
     /// is refused for ever.
     pub fn admit(&mut self, len: usize, now: Instant) -> Verdict {
-        self.frames.refill(now);
-        self.bytes.refill(now);
-        let len = len as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f32();
+        self.at = now;
+        self.frames.refill(elapsed);
+        self.bytes.refill(elapsed);
+        let len = len as f32;
         let bytes_ok = self.bytes.tokens >= len || self.bytes.tokens >= self.bytes.rate;
         if self.frames.tokens >= 1.0 && bytes_ok {
             self.frames.tokens -= 1.0;

@@ -5,7 +5,8 @@
 //! It carries what the project's middleware and router read: the path and the query
 //! string as the client sent them, the request headers named by `--backend-headers`
 //! (Host, Origin, Cookie, ...; the handshake's own are never needed), the client's and
-//! the server's addresses, the scheme, and the subprotocols the client asked for.
+//! the server's addresses, the scheme (`wss`; absent: `ws`), and the subprotocols the
+//! client asked for (absent: none).
 
 use std::net::SocketAddr;
 
@@ -42,15 +43,21 @@ pub fn render(parts: &Parts<'_>) -> Box<RawValue> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect();
-    let scope = json!({
+    let mut scope = json!({
         "path": parts.path,
         "query_string": parts.query,
         "headers": headers,
         "client": [parts.client.ip().to_string(), parts.client.port()],
         "server": [parts.server.ip().to_string(), parts.server.port()],
-        "scheme": if parts.tls { "wss" } else { "ws" },
-        "subprotocols": subprotocols,
     });
+    // Only when not the default (`ws`, none): every bridged connection keeps its scope,
+    // on every node that holds its presence.
+    if parts.tls {
+        scope["scheme"] = "wss".into();
+    }
+    if !subprotocols.is_empty() {
+        scope["subprotocols"] = subprotocols.into();
+    }
     to_raw(scope.to_string())
 }
 
@@ -96,7 +103,6 @@ mod tests {
                 "headers": [["host", "api.example.com"], ["origin", "https://app.example.com"]],
                 "client": ["10.0.0.5", 4242],
                 "server": ["127.0.0.1", 8001],
-                "scheme": "ws",
                 "subprotocols": ["v1", "v2"],
             })
         );

@@ -385,6 +385,12 @@ impl Registry {
         self.bridged.iter()
     }
 
+    /// The scope of a live bridged connection (shared: the connection's own session keeps
+    /// this one instead of a copy).
+    pub fn scope_of(&self, connection: &ConnectionId) -> Option<Arc<str>> {
+        self.bridged.get(connection).cloned()
+    }
+
     /// The disconnect calls owed to the backend, by connection.
     pub fn owed(&self) -> impl Iterator<Item = (&ConnectionId, &Owed)> + '_ {
         self.owed.iter()

@@ -148,6 +148,18 @@ impl Presence {
         }
     }
 
+    /// The scope a live bridged connection's record holds, when this node holds its
+    /// registry (its session keeps this one, not a copy).
+    pub fn bridged_scope(&self, user: &str, connection: &str) -> Option<std::sync::Arc<str>> {
+        let replica = match &self.shards {
+            None => self.control.replica().clone(),
+            Some(shards) => shards.hosted(shards.shard_of(user))?.replica().clone(),
+        };
+        let node = crate::presence::connection::ConnectionId::node_of(connection)?;
+        let id = crate::presence::connection::ConnectionId::new(node, connection);
+        replica.read().presence.scope_of(&id)
+    }
+
     /// Disconnect calls owed to the backend bridge in the registries this node holds
     /// (`registry::Owed`): those of connections that ended and whose call is not made yet.
     pub fn owed(&self) -> usize {

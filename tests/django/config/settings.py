@@ -74,6 +74,12 @@ CHANNEL_LAYERS = {
         },
     },
 }
+if os.environ.get("CHANNEL_LAYER") == "pubsub":
+    # The tests also run the project with channels_redis's other layer.
+    CHANNEL_LAYERS["default"] = {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [f"redis://{REDIS_HOST}:{REDIS_PORT}"]},
+    }
 
 # Switchboard's bridge (the new stack only).
 SWITCHBOARD_BACKEND_SECRET = os.environ.get("SWITCHBOARD_BACKEND_SECRET")

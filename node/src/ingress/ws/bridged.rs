@@ -48,13 +48,25 @@ pub(super) async fn upgrade<S: Stream>(
         server: ingress.listen,
         tls: ingress.tls.is_some(),
     });
-    let caller = Arc::new(Caller {
+    let mut caller = Caller {
         connection: connection.clone(),
         user: admitted.identity.user.clone(),
         node: ingress.node,
         scope: Arc::from(scope.get()),
-    });
-    if !committed(&ingress, &caller, backend.settings.timeout).await {
+    };
+    drop(scope);
+    let committed = committed(&ingress, &caller, backend.settings.timeout).await;
+    // Where this node holds the connection's registry, the record's copy of the scope
+    // is the one the session keeps: one copy per node, not two.
+    if let Some(shared) = ingress
+        .presence_reads
+        .bridged_scope(&caller.user, &caller.connection)
+        .filter(|s| **s == *caller.scope)
+    {
+        caller.scope = shared;
+    }
+    let caller = Arc::new(caller);
+    if !committed {
         admitted.release(&ingress);
         let (mut ws, _) = handshake(stream, req, None, &ingress).await?;
         close(

@@ -272,7 +272,8 @@ impl Outbox {
                     return;
                 }
                 Err(e) => {
-                    self.last_failed.store(self.now_ms().max(1), Ordering::Relaxed);
+                    self.last_failed
+                        .store(self.now_ms().max(1), Ordering::Relaxed);
                     if attempt == 0 {
                         warn!(connection = %caller.connection, error = %e, "disconnect call failed; retrying with backoff");
                     }
