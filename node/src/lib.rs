@@ -271,7 +271,7 @@ impl Node {
         // 1 (used by 8): the backend bridge, when there is one.
         let backend = match &config.backend {
             Some(settings) => Some(Arc::new(
-                backend::Backend::new(settings.clone(), secrets.clone())
+                backend::Backend::new(settings.clone(), secrets.clone(), config.listen.ws)
                     .map_err(|e| anyhow::anyhow!(e))?,
             )),
             None => None,

@@ -57,6 +57,10 @@ pub struct Call<'a> {
     pub channel: &'a str,
     /// The node that holds (or held) it.
     pub node: u64,
+    /// The WebSocket port's address of the node making the call (the scope's `server`,
+    /// where the connection's scope does not say it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<(String, u16)>,
     /// The user the node verified the token of.
     pub user: &'a str,
     /// The call's number within the connection: 0 for `connect`, then one more per call;
@@ -168,6 +172,7 @@ mod tests {
             connection: "1-a-2",
             channel: "switchboard.conn!1-a-2",
             node: 1,
+            server: None,
             user: "42",
             seq: Some(3),
             scope: &scope,

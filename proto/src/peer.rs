@@ -127,11 +127,11 @@ pub enum PresenceOp {
         user: String,
     },
     /// A connection whose events go to the backend bridge was accepted, with its scope
-    /// (JSON): what another node needs to make its disconnect call if this one dies.
+    /// (the node's compact encoding): what another node needs to make its disconnect call if this one dies.
     /// Committed before the backend hears of the connect. Since peer protocol 9.
     ConnectBridged {
         record: ConnectionRecord,
-        scope: String,
+        scope: Bytes,
     },
     /// A bridged connection of `user` ended with close code `code`: it leaves the
     /// registry, and its disconnect call is owed until [`PresenceOp::Delivered`]. Since

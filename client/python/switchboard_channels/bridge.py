@@ -129,7 +129,7 @@ def scope_of(event: dict) -> dict:
     from urllib.parse import unquote
 
     client = sent.get("client")
-    server = sent.get("server")
+    server = sent.get("server") or event.get("server")
     return {
         "type": "websocket",
         "asgi": {"version": "3.0", "spec_version": "2.3"},

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::sync::lock;
 
 /// Idle connections kept for reuse; more are closed when their request is done.
-const MAX_IDLE: usize = 64;
+const MAX_IDLE: usize = 16;
 
 /// Largest answer body read from the backend; a larger one is garbage.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -106,7 +106,7 @@ impl Client {
         header: &'static str,
         signature: String,
     ) -> Result<(u16, Bytes), ClientError> {
-        let mut sender = match self.take_idle() {
+        let mut sender = match self.take_idle().await {
             Some(sender) => sender,
             None => self.dial().await?,
         };
@@ -152,14 +152,14 @@ impl Client {
         Ok(sender)
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = lock(&self.idle);
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() && sender.is_ready() {
+    /// An idle connection that is still open and ready for a request, if any.
+    async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let mut sender = lock(&self.idle).pop()?;
+            if !sender.is_closed() && sender.ready().await.is_ok() {
                 return Some(sender);
             }
         }
-        None
     }
 
     fn put_idle(&self, sender: SendRequest<Full<Bytes>>) {

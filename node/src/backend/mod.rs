@@ -9,7 +9,7 @@
 //! - [`budget`]: a connection's frames-per-second and bytes-per-second budget (pure).
 //! - [`lane`]: a connection's calls, one at a time and in order, and what is left of
 //!   them at its end (pure).
-//! - [`scope`]: the connection's scope, rendered once at connect.
+//! - [`scope`]: the connection's scope, encoded once at connect, written out for each call.
 //! - `client`: HTTP/1.1 keep-alive connections to the backend (hyper).
 //!
 //! The connection's side (one call at a time, in order; what happens at its end) is the
@@ -179,8 +179,8 @@ pub struct Caller {
     pub connection: String,
     pub user: String,
     pub node: u64,
-    /// The scope's JSON (see [`scope`]).
-    pub scope: Arc<str>,
+    /// The scope, encoded (see [`scope`]).
+    pub scope: Arc<[u8]>,
 }
 
 impl Caller {
@@ -212,6 +212,8 @@ pub enum Event<'a> {
 #[derive(Debug)]
 pub struct Backend {
     pub settings: BackendSettings,
+    /// This node's WebSocket address (ip, port): the scope's `server`.
+    server: (String, u16),
     client: client::Client,
     secrets: Arc<Secrets>,
     slots: Semaphore,
@@ -220,9 +222,14 @@ pub struct Backend {
 
 impl Backend {
     /// The backend of `settings`, signing with the secret `secrets` holds.
-    pub fn new(settings: BackendSettings, secrets: Arc<Secrets>) -> Result<Self, String> {
+    pub fn new(
+        settings: BackendSettings,
+        secrets: Arc<Secrets>,
+        server: std::net::SocketAddr,
+    ) -> Result<Self, String> {
         let endpoint = Endpoint::parse(&settings.url)?;
         Ok(Backend {
+            server: (server.ip().to_string(), server.port()),
             slots: Semaphore::new(settings.max_inflight),
             client: client::Client::new(endpoint),
             settings,
@@ -244,8 +251,8 @@ impl Backend {
         seq: Option<u64>,
         event: Event<'_>,
     ) -> Result<Answer, CallError> {
-        // The scope is JSON this node rendered; `{}` stands for one that is not.
-        let scope: &RawValue = serde_json::from_str(&caller.scope)
+        let scope = scope::to_json(&caller.scope);
+        let scope: &RawValue = serde_json::from_str(&scope)
             .or_else(|_| serde_json::from_str("{}"))
             .map_err(|e| CallError::Garbage(e.to_string()))?;
         let channel = caller.channel();
@@ -255,6 +262,7 @@ impl Backend {
             connection: &caller.connection,
             channel: &channel,
             node: caller.node,
+            server: Some(self.server.clone()),
             user: &caller.user,
             seq,
             scope,

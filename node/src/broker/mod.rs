@@ -296,6 +296,11 @@ impl<H: Clone> Broker<H> {
         members.find(id).map(|at| members.handles[at].clone())
     }
 
+    /// Every connection of this node.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.connections.keys().copied().collect()
+    }
+
     /// The connections of `user` on this node. Looks through every connection: it serves
     /// admin requests and revocations, which are rare.
     pub fn connections_of(&self, user: &str) -> Vec<ConnId> {

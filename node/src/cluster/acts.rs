@@ -33,38 +33,50 @@ const MAX_HINTS: usize = 10_000;
 /// Acts waiting for their answer, by id.
 pub type Acts = HashMap<u64, oneshot::Sender<u32>>;
 
-/// Groups subscribed on other nodes a moment ago: (group, node) → until when.
+/// Groups subscribed on other nodes a moment ago: group → (node, until when).
 #[derive(Debug, Default)]
 pub struct Hints {
-    until: HashMap<(String, NodeId), Instant>,
+    by_group: HashMap<String, Vec<(NodeId, Instant)>>,
+    /// When the last hint runs out: past it, all are dropped at once.
+    latest: Option<Instant>,
 }
 
 impl Hints {
     fn add(&mut self, now: Instant, group: &str, node: NodeId) {
-        if self.until.len() >= MAX_HINTS {
-            self.until.retain(|_, until| *until > now);
-            if self.until.len() >= MAX_HINTS {
-                let oldest = self
-                    .until
-                    .iter()
-                    .min_by_key(|(_, until)| **until)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    self.until.remove(&oldest);
-                }
+        if self.by_group.len() >= MAX_HINTS && !self.by_group.contains_key(group) {
+            self.by_group.retain(|_, nodes| {
+                nodes.retain(|(_, until)| *until > now);
+                !nodes.is_empty()
+            });
+            if self.by_group.len() >= MAX_HINTS {
+                return; // a burst of subscriptions: the routes catch up with the rest
             }
         }
-        self.until.insert((group.to_owned(), node), now + HINT_TTL);
+        let until = now + HINT_TTL;
+        let nodes = self.by_group.entry(group.to_owned()).or_default();
+        nodes.retain(|(n, _)| *n != node);
+        nodes.push((node, until));
+        self.latest = Some(until);
+    }
+
+    /// Whether every hint has run out at `now` (they are dropped then).
+    fn expired(&mut self, now: Instant) -> bool {
+        if self.latest.is_some_and(|latest| latest > now) {
+            return false;
+        }
+        self.by_group.clear();
+        self.latest = None;
+        true
     }
 
     /// Adds the nodes hinted for `group` to `nodes` (as one connection each, when not
     /// there already).
     pub fn merge(&self, now: Instant, group: &str, nodes: &mut Nodes) {
-        if self.until.is_empty() {
+        let Some(hinted) = self.by_group.get(group) else {
             return;
-        }
-        for ((hinted, node), until) in &self.until {
-            if hinted == group && *until > now && !nodes.iter().any(|(n, _)| n == node) {
+        };
+        for (node, until) in hinted {
+            if *until > now && !nodes.iter().any(|(n, _)| n == node) {
                 let at = nodes.partition_point(|(n, _)| n < node);
                 nodes.insert(at, (*node, 1));
             }
@@ -149,6 +161,7 @@ impl Cluster {
             Ok(Ok(count)) => {
                 if let Some(group) = subscribed.filter(|_| count > 0) {
                     lock(&self.hints).add(Instant::now(), &group, node);
+                    self.hinting.store(true, Ordering::Relaxed);
                 }
                 Ok(count)
             }
@@ -212,9 +225,17 @@ impl Cluster {
     }
 
     /// Adds the nodes a recent subscription made elsewhere steers `group`'s publishes
-    /// to.
+    /// to. Every publish asks: without hints (the usual case) it takes no lock.
     pub(super) fn hinted(&self, group: &str, nodes: &mut Nodes) {
-        lock(&self.hints).merge(Instant::now(), group, nodes);
+        if self.hinting.load(Ordering::Relaxed) {
+            let mut hints = lock(&self.hints);
+            let now = Instant::now();
+            if hints.expired(now) {
+                self.hinting.store(false, Ordering::Relaxed);
+            } else {
+                hints.merge(now, group, nodes);
+            }
+        }
     }
 }
 
@@ -244,9 +265,11 @@ mod tests {
         let mut later = Vec::new();
         hints.merge(now + HINT_TTL, "g", &mut later);
         assert!(later.is_empty(), "expired");
+        assert!(!hints.expired(now));
+        assert!(hints.expired(now + HINT_TTL), "all ran out: dropped");
         for i in 0..MAX_HINTS + 10 {
             hints.add(now, &format!("g{i}"), 1);
         }
-        assert!(hints.until.len() <= MAX_HINTS);
+        assert!(hints.by_group.len() <= MAX_HINTS);
     }
 }

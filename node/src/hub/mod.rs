@@ -121,6 +121,23 @@ impl Hub {
         reached
     }
 
+    /// Asks every bridged connection of this node to close (a node cut off: their
+    /// disconnects are made by the others); how many.
+    pub fn close_bridged(&self, code: u16, reason: &str) -> usize {
+        let bridged: Vec<ConnId> = {
+            let broker = read(&self.broker);
+            broker
+                .connection_ids()
+                .into_iter()
+                .filter(|id| broker.handle_of(*id).is_some_and(|o| o.is_bridged()))
+                .collect()
+        };
+        bridged
+            .into_iter()
+            .filter(|id| self.close(*id, code, reason))
+            .count()
+    }
+
     /// Asks connection `id` to close with `code` and `reason`; false if it is not here.
     fn close(&self, id: ConnId, code: u16, reason: &str) -> bool {
         let Some(outlet) = read(&self.broker).handle_of(id) else {

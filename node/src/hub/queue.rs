@@ -54,6 +54,8 @@ pub struct ClientQueue {
     pub id: ConnId,
     /// The connection asked for `?positions=1`: messages come as JSON `message` frames.
     pub positions: bool,
+    /// Its events go to the backend bridge (see [`ClientQueue::mark_bridged`]).
+    bridged: std::sync::atomic::AtomicBool,
     queue: Mutex<Queue>,
     /// Wakes the connection's task when the queue goes from empty to not empty.
     ready: Notify,
@@ -111,6 +113,7 @@ impl ClientQueue {
         let outlet = Arc::new(ClientQueue {
             id,
             positions,
+            bridged: std::sync::atomic::AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             capacity: capacity.max(1),
@@ -212,6 +215,16 @@ impl ClientQueue {
                 return offer;
             }
         }
+    }
+
+    /// Marks the connection as one whose events go to the backend bridge.
+    pub fn mark_bridged(&self) {
+        self.bridged.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether its events go to the backend bridge.
+    pub fn is_bridged(&self) -> bool {
+        self.bridged.load(Ordering::Relaxed)
     }
 
     /// Whether a close was requested.

@@ -19,8 +19,8 @@ use super::events::{Change, EventId, NotedConnection, Reason};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owed {
     pub user: Arc<str>,
-    /// Its scope (JSON), as the connection sent it at connect.
-    pub scope: Arc<str>,
+    /// Its scope (`backend::scope`'s encoding), as the connection sent it at connect.
+    pub scope: Arc<[u8]>,
     /// The close code the backend is told: the connection's own, or 1006 when its node
     /// died.
     pub code: u16,
@@ -134,7 +134,7 @@ pub struct Registry {
     per_node: BTreeMap<NodeId, usize>,
     legacy: Legacy,
     /// The scope of each live bridged connection (empty without `--backend-url`).
-    bridged: HashMap<ConnectionId, Arc<str>>,
+    bridged: HashMap<ConnectionId, Arc<[u8]>>,
     /// Disconnect calls owed to the backend, by connection.
     owed: BTreeMap<ConnectionId, Owed>,
 }
@@ -198,7 +198,7 @@ impl Registry {
             PresenceOp::ConnectBridged { record, scope } => {
                 let connection = ConnectionId::new(record.node, &record.connection);
                 self.insert(record, changes);
-                self.bridged.insert(connection, Arc::from(scope));
+                self.bridged.insert(connection, Arc::from(&scope[..]));
             }
             PresenceOp::LeaveOwed {
                 node,
@@ -381,13 +381,13 @@ impl Registry {
     }
 
     /// The live bridged connections and their scopes, for a snapshot.
-    pub fn bridged(&self) -> impl Iterator<Item = (&ConnectionId, &Arc<str>)> + '_ {
+    pub fn bridged(&self) -> impl Iterator<Item = (&ConnectionId, &Arc<[u8]>)> + '_ {
         self.bridged.iter()
     }
 
     /// The scope of a live bridged connection (shared: the connection's own session keeps
     /// this one instead of a copy).
-    pub fn scope_of(&self, connection: &ConnectionId) -> Option<Arc<str>> {
+    pub fn scope_of(&self, connection: &ConnectionId) -> Option<Arc<[u8]>> {
         self.bridged.get(connection).cloned()
     }
 
@@ -404,7 +404,7 @@ impl Registry {
     /// Restores a snapshot's bridged scopes and owed calls (after its records).
     pub fn restore_bridge(
         &mut self,
-        bridged: impl IntoIterator<Item = (ConnectionId, Arc<str>)>,
+        bridged: impl IntoIterator<Item = (ConnectionId, Arc<[u8]>)>,
         owed: impl IntoIterator<Item = (ConnectionId, Owed)>,
     ) {
         self.bridged.extend(bridged);

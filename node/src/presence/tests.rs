@@ -197,7 +197,7 @@ fn a_large_resync_is_split_and_taken_in_bounded_batches() {
 fn a_bridged_connections_disconnect_is_owed_until_delivered_also_through_a_purge() {
     let bridged = |node, connection: &str, user: &str| PresenceOp::ConnectBridged {
         record: record(node, connection, user),
-        scope: format!(r#"{{"path":"/{connection}"}}"#),
+        scope: bytes::Bytes::from(format!("/{connection}")),
     };
     let owed = |r: &Registry| -> Vec<(String, u16, &'static str, String)> {
         r.owed()
@@ -229,8 +229,8 @@ fn a_bridged_connections_disconnect_is_owed_until_delivered_also_through_a_purge
             ("2-a-1".into(), 1006, "node_down", "v".into()),
         ]
     );
-    let scope = r.owed().nth(1).map(|(_, o)| o.scope.to_string());
-    assert_eq!(scope.as_deref(), Some(r#"{"path":"/2-a-1"}"#));
+    let scope = r.owed().nth(1).map(|(_, o)| o.scope.to_vec());
+    assert_eq!(scope.as_deref(), Some(&b"/2-a-1"[..]));
     // Made: owed no more. A repeat (a leader's retry) is harmless.
     for _ in 0..2 {
         r.apply(PresenceOp::Delivered {
@@ -264,7 +264,7 @@ fn a_bridged_connect_still_queued_cancels_out_with_its_end() {
     let mut b = Batcher::default();
     b.push(PresenceOp::ConnectBridged {
         record: record(1, "1-a-1", "u"),
-        scope: "{}".into(),
+        scope: bytes::Bytes::new(),
     });
     b.push(PresenceOp::LeaveOwed {
         node: 1,

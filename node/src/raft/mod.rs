@@ -150,7 +150,7 @@ impl Presence {
 
     /// The scope a live bridged connection's record holds, when this node holds its
     /// registry (its session keeps this one, not a copy).
-    pub fn bridged_scope(&self, user: &str, connection: &str) -> Option<std::sync::Arc<str>> {
+    pub fn bridged_scope(&self, user: &str, connection: &str) -> Option<std::sync::Arc<[u8]>> {
         let replica = match &self.shards {
             None => self.control.replica().clone(),
             Some(shards) => shards.hosted(shards.shard_of(user))?.replica().clone(),

@@ -28,7 +28,7 @@ struct SnapshotBody {
     /// (user, before, until_ms, index).
     revocations: Vec<(String, u64, u64, u64)>,
     /// Live bridged connections: (node, connection, scope).
-    bridged: Vec<(NodeId, String, String)>,
+    bridged: Vec<(NodeId, String, Vec<u8>)>,
     /// Disconnect calls owed to the backend.
     owed: Vec<OwedRecord>,
 }
@@ -39,7 +39,7 @@ struct OwedRecord {
     node: NodeId,
     connection: String,
     user: String,
-    scope: String,
+    scope: Vec<u8>,
     code: u16,
     reason: String,
     event: Option<(u64, u32)>,
@@ -116,7 +116,7 @@ pub fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
         bridged: replica
             .presence
             .bridged()
-            .map(|(c, scope)| (c.node(), c.to_string(), scope.to_string()))
+            .map(|(c, scope)| (c.node(), c.to_string(), scope.to_vec()))
             .collect(),
         owed: replica
             .presence
@@ -125,7 +125,7 @@ pub fn snapshot_of(replica: &Replica) -> anyhow::Result<Vec<u8>> {
                 node: c.node(),
                 connection: c.to_string(),
                 user: o.user.to_string(),
-                scope: o.scope.to_string(),
+                scope: o.scope.to_vec(),
                 code: o.code,
                 reason: o.reason.to_owned(),
                 event: o.event.map(|e| (e.index, e.ordinal)),
@@ -248,15 +248,15 @@ mod tests {
         r.apply_test(Command::Presence(vec![
             PresenceOp::ConnectBridged {
                 record: record(1, "1-b", "w"),
-                scope: r#"{"path":"/a"}"#.into(),
+                scope: bytes::Bytes::from_static(b"a"),
             },
             PresenceOp::ConnectBridged {
                 record: record(1, "1-c", "w"),
-                scope: r#"{"path":"/b"}"#.into(),
+                scope: bytes::Bytes::from_static(b"b"),
             },
             PresenceOp::ConnectBridged {
                 record: record(3, "3-c", "x"),
-                scope: r#"{"path":"/c"}"#.into(),
+                scope: bytes::Bytes::from_static(b"c"),
             },
             PresenceOp::LeaveOwed {
                 node: 1,

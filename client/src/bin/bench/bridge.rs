@@ -115,7 +115,8 @@ async fn client(
 ) -> (Connection, Seen) {
     let mut seen = Seen::default();
     let mut next = Instant::now() + every.mul_f64(rand_fraction(&conn));
-    let mut waiting = false;
+    // No `every`: only held (the memory run).
+    let mut waiting = every.is_zero();
     while Instant::now() < end {
         let frame = tokio::select! {
             frame = conn.recv() => frame,
@@ -175,7 +176,12 @@ pub async fn bridge(common: &Common, plan: BridgePlan) -> anyhow::Result<()> {
     });
     tokio::spawn(serve_backend(listener, backend.clone()));
     let rss_idle = server_rss(common).await.ok();
-    let opened = open(common, plan.connections, |_| vec!["bench_all".to_string()]).await?;
+    // In a group only when something is published to them (the memory run is as `idle`'s).
+    let groups = match plan.publish_rate {
+        0 => Vec::new(),
+        _ => vec!["bench_all".to_string()],
+    };
+    let opened = open(common, plan.connections, |_| groups.clone()).await?;
     let connected = opened.connections.len();
     let connect_rate = opened.rate();
     let rss_open = server_rss(common).await.ok();
@@ -188,7 +194,7 @@ pub async fn bridge(common: &Common, plan: BridgePlan) -> anyhow::Result<()> {
         .map(|at| (start + at, start + at + plan.hang_for));
     // Rate 0: no frames, the connections are only held (memory).
     let every = match plan.rate {
-        0 => plan.duration * 2,
+        0 => Duration::ZERO,
         rate => Duration::from_secs_f64(connected.max(1) as f64 / rate as f64),
     };
     let clients: Vec<_> = opened

@@ -93,6 +93,8 @@ pub struct Cluster {
     /// Acts on other nodes' connections waiting for their answer (`super::acts`).
     pub(super) acts: Mutex<Acts>,
     pub(super) hints: Mutex<Hints>,
+    /// Whether `hints` holds any (publishes skip its lock when not).
+    pub(super) hinting: std::sync::atomic::AtomicBool,
     pub(super) next_id: AtomicU64,
     /// Bytes received and sent on sessions that have ended (the live ones are read from
     /// their connections).
@@ -160,6 +162,7 @@ impl Cluster {
             listings: Mutex::new(Listings::default()),
             acts: Mutex::new(Acts::default()),
             hints: Mutex::new(Hints::default()),
+            hinting: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             ended_rx: AtomicU64::new(0),
             ended_tx: AtomicU64::new(0),

@@ -20,8 +20,7 @@ use super::outbox::{InFlight, Tail};
 use super::session::Session;
 use super::{Admitted, Stream, close, handshake, register};
 use crate::backend::answer::{self, Connected};
-use crate::backend::budget::Budget;
-use crate::backend::lane::{Frame, Lane};
+use crate::backend::lane::Frame;
 use crate::backend::{Backend, Caller, Event, scope};
 use crate::broker::ConnId;
 use crate::clock::unix_millis;
@@ -39,22 +38,20 @@ pub(super) async fn upgrade<S: Stream>(
     (id, connection): (ConnId, String),
     backend: Arc<Backend>,
 ) -> anyhow::Result<Option<Session<S>>> {
-    let scope = scope::render(&scope::Parts {
+    let scope = scope::encode(&scope::Parts {
         path: &req.path,
         query: req.query.as_deref().unwrap_or_default(),
         headers: &req.headers,
         keep: &backend.settings.headers,
         client: peer,
-        server: ingress.listen,
         tls: ingress.tls.is_some(),
     });
     let mut caller = Caller {
         connection: connection.clone(),
         user: admitted.identity.user.clone(),
         node: ingress.node,
-        scope: Arc::from(scope.get()),
+        scope: Arc::from(scope),
     };
-    drop(scope);
     let committed = committed(&ingress, &caller, backend.settings.timeout).await;
     // Where this node holds the connection's registry, the record's copy of the scope
     // is the one the session keeps: one copy per node, not two.
@@ -129,15 +126,9 @@ pub(super) async fn upgrade<S: Stream>(
         }
     };
     drop(req);
-    let lane = Lane::new(Budget::new(
-        backend.settings.frames_per_sec,
-        backend.settings.bytes_per_sec,
-        tokio::time::Instant::now(),
-    ));
-    if let Some(outbox) = &ingress.outbox {
-        outbox.opened(id);
-    }
-    let mut session = register(ws, admitted, id, connection, Some((caller, lane)), ingress);
+    let scope = caller.scope.clone();
+    drop(caller);
+    let mut session = register(ws, admitted, id, connection, Some(scope), ingress);
     session.effects_first(effects);
     Ok(Some(session))
 }
@@ -154,7 +145,7 @@ async fn committed(ingress: &Ingress, caller: &Caller, within: std::time::Durati
     };
     let done = ingress.presence.push_committed(PresenceOp::ConnectBridged {
         record,
-        scope: caller.scope.to_string(),
+        scope: bytes::Bytes::copy_from_slice(&caller.scope),
     });
     if let Ok(Ok(())) = tokio::time::timeout(within, done).await {
         return true;

@@ -38,8 +38,6 @@ use super::Ingress;
 use super::accept::{Listener, tls_handshake};
 use super::http::{self, Request, Response};
 use crate::auth::AuthError;
-use crate::backend::Caller;
-use crate::backend::lane::Lane;
 use crate::broker::{ConnId, Permissions};
 use crate::clock::unix_millis;
 use crate::hub::{Act, ClientQueue, Local};
@@ -386,7 +384,7 @@ pub(super) fn register<S: Stream>(
     admitted: Admitted,
     id: ConnId,
     connection: String,
-    bridge: Option<(Arc<Caller>, Lane)>,
+    bridge: Option<Arc<[u8]>>,
     ingress: Arc<Ingress>,
 ) -> Session<S> {
     let Admitted {
@@ -402,6 +400,9 @@ pub(super) fn register<S: Stream>(
         ingress.settings.client_queue_bytes,
         positions,
     );
+    if bridge.is_some() {
+        outlet.mark_bridged();
+    }
     let refused = ingress.hub.connect(
         &outlet,
         &identity.user,

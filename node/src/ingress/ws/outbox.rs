@@ -11,7 +11,7 @@
 //! given up (and marked delivered), logged and counted
 //! (`switchboard_backend_disconnects_dropped_total`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,6 @@ use switchboard_proto::peer::PresenceOp;
 
 use crate::backend::lane::Frame;
 use crate::backend::{Backend, CallError, Caller, Event};
-use crate::broker::ConnId;
 use crate::presence::PresenceQueue;
 use crate::sync::lock;
 
@@ -94,8 +93,6 @@ pub struct Outbox {
     bytes: AtomicUsize,
     next: AtomicU64,
     tasks: tokio_util::task::TaskTracker,
-    /// This node's live bridged connections (closed when the node is cut off: `super::owed`).
-    live: Mutex<HashSet<ConnId>>,
     /// Turns to make calls (see [`CONCURRENCY`]).
     turns: tokio::sync::Semaphore,
     /// When a disconnect call last succeeded, and last failed (ms since `started`).
@@ -114,7 +111,6 @@ impl Outbox {
             bytes: AtomicUsize::new(0),
             next: AtomicU64::new(0),
             tasks: tokio_util::task::TaskTracker::new(),
-            live: Mutex::new(HashSet::new()),
             turns: tokio::sync::Semaphore::new(CONCURRENCY),
             last_made: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
@@ -134,21 +130,6 @@ impl Outbox {
             self.last_failed.load(Ordering::Relaxed),
         );
         failed > made && self.now_ms().saturating_sub(made) >= STALLED.as_millis() as u64
-    }
-
-    /// A bridged connection opened here.
-    pub fn opened(&self, id: ConnId) {
-        lock(&self.live).insert(id);
-    }
-
-    /// A bridged connection opened here ended.
-    pub fn closed(&self, id: ConnId) {
-        lock(&self.live).remove(&id);
-    }
-
-    /// This node's live bridged connections.
-    pub fn live(&self) -> Vec<ConnId> {
-        lock(&self.live).iter().copied().collect()
     }
 
     /// Makes `tail`'s calls (after `in_flight`, if any) in a task of its own.

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use switchboard_proto::client::CloseCode;
 use switchboard_proto::peer::{NodeId, PresenceOp};
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -75,24 +76,13 @@ pub async fn close_when_cut_off(ingress: Arc<Ingress>, node_timeout: Duration) {
         if since.elapsed() < node_timeout {
             continue;
         }
-        let Some(outbox) = &ingress.outbox else {
-            return;
-        };
-        let live = outbox.live();
-        if live.is_empty() {
-            continue;
-        }
-        info!(
-            connections = live.len(),
-            "cut off from the majority: closing bridged connections (their disconnects are made by the others)"
-        );
-        for id in live {
-            ingress.hub.act(
-                crate::hub::Local::Connection(id),
-                crate::hub::Act::Close {
-                    code: switchboard_proto::client::CloseCode::Restart.code(),
-                    reason: CUT_OFF_REASON,
-                },
+        let closed = ingress
+            .hub
+            .close_bridged(CloseCode::Restart.code(), CUT_OFF_REASON);
+        if closed > 0 {
+            info!(
+                closed,
+                "cut off from the majority: closed bridged connections (their disconnects are made by the others)"
             );
         }
     }

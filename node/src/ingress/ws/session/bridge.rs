@@ -16,10 +16,10 @@ use tracing::debug;
 
 use super::Session;
 use crate::backend::answer::{self, Effect};
+use crate::backend::budget::Budget;
 use crate::backend::lane::{Frame, Lane, Offered};
 use crate::backend::{CallError, Caller, Event};
 use crate::hub::{Act, Local};
-use crate::ingress::Ingress;
 use crate::ingress::ws::Stream;
 use crate::ingress::ws::bridged::ended;
 use crate::ingress::ws::outbox::InFlight;
@@ -47,42 +47,61 @@ pub(super) fn names_an_op(text: &str) -> bool {
     serde_json::from_str::<Tagged<'_>>(text).is_ok_and(|t| OPS.contains(&t.op.as_ref()))
 }
 
-/// A session's bridge: who it is to the backend, its lane, the call in flight, and the
-/// effects of its accepted connect, applied before anything else.
+/// A session's bridge: its scope, its lane (made at its first frame: most connections
+/// send none), the call in flight, and the effects of its accepted connect, applied
+/// before anything else. Kept small: every bridged connection holds one.
 pub(super) struct Bridged {
-    caller: Arc<Caller>,
-    lane: Lane,
+    scope: Arc<[u8]>,
+    lane: Option<Box<Lane>>,
     pub(super) call: Option<InFlight>,
-    first: Vec<Effect>,
+    first: Option<Box<[Effect]>>,
 }
 
 impl std::fmt::Debug for Bridged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bridged")
             .field("lane", &self.lane)
+            .field("scope", &self.scope.len())
             .field("in_flight", &self.call.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Bridged {
-    pub(super) fn new(caller: Arc<Caller>, lane: Lane) -> Self {
+    pub(super) fn new(scope: Arc<[u8]>) -> Self {
         Bridged {
-            caller,
-            lane,
+            scope,
+            lane: None,
             call: None,
-            first: Vec::new(),
+            first: None,
         }
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// Who this connection is to the backend.
+    fn caller(&self, scope: &Arc<[u8]>) -> Arc<Caller> {
+        Arc::new(Caller {
+            connection: self.connection.clone(),
+            user: self.identity.user.clone(),
+            node: self.ingress.node,
+            scope: scope.clone(),
+        })
     }
 
     /// The connection ended with `code`: its disconnect is owed, and what it still owes
     /// the backend goes to the outbox.
-    pub(super) fn finish(self, ingress: &Ingress, id: crate::broker::ConnId, code: u16) {
-        if let Some(outbox) = &ingress.outbox {
-            outbox.closed(id);
-        }
-        let (frames, seq) = self.lane.into_rest();
-        ended(ingress, self.call, self.caller, frames, seq, code, "closed");
+    pub(super) fn finish_bridged(&mut self, code: u16) {
+        let Some(bridged) = self.bridge.take() else {
+            return;
+        };
+        let ingress = self.ingress.clone();
+        let (frames, seq) = match bridged.lane {
+            Some(lane) => lane.into_rest(),
+            None => (Vec::new(), 1),
+        };
+        let caller = self.caller(&bridged.scope);
+        ended(&ingress, bridged.call, caller, frames, seq, code, "closed");
     }
 }
 
@@ -90,15 +109,17 @@ impl<S: Stream> Session<S> {
     /// The effects of the accepted connect (frames, groups, a close), applied when the
     /// session starts.
     pub(crate) fn effects_first(&mut self, effects: Vec<Effect>) {
-        if let Some(bridged) = &mut self.bridge {
-            bridged.first = effects;
+        if let Some(bridged) = &mut self.bridge
+            && !effects.is_empty()
+        {
+            bridged.first = Some(effects.into_boxed_slice());
         }
     }
 
     pub(super) async fn first_effects(&mut self) -> Result<(), End> {
-        let effects = match &mut self.bridge {
-            Some(bridged) if !bridged.first.is_empty() => std::mem::take(&mut bridged.first),
-            _ => return Ok(()),
+        let effects = match self.bridge.as_mut().and_then(|b| b.first.take()) {
+            Some(effects) => effects.into_vec(),
+            None => return Ok(()),
         };
         self.apply(effects).await
     }
@@ -119,10 +140,19 @@ impl<S: Stream> Session<S> {
     /// A client frame for the consumer: called at once, queued behind the call in flight,
     /// or refused (over the budget or the queue).
     pub(super) async fn for_backend(&mut self, frame: Frame) -> Result<(), End> {
-        let Some(bridged) = &mut self.bridge else {
+        let (Some(bridged), Some(backend)) = (&mut self.bridge, &self.ingress.backend) else {
             return Ok(());
         };
-        match bridged.lane.offer(frame, Instant::now()) {
+        let now = Instant::now();
+        let lane = bridged.lane.get_or_insert_with(|| {
+            let settings = &backend.settings;
+            Box::new(Lane::new(Budget::new(
+                settings.frames_per_sec,
+                settings.bytes_per_sec,
+                now,
+            )))
+        });
+        match lane.offer(frame, now) {
             Offered::Start(frame, seq) => {
                 self.start_call(frame, seq);
                 Ok(())
@@ -156,11 +186,16 @@ impl<S: Stream> Session<S> {
 
     /// Starts the call of `frame` (call number `seq`).
     fn start_call(&mut self, frame: Frame, seq: u64) {
-        let (Some(backend), Some(bridged)) = (self.ingress.backend.clone(), &mut self.bridge)
-        else {
+        let Some(backend) = self.ingress.backend.clone() else {
             return;
         };
-        let caller = bridged.caller.clone();
+        let Some(scope) = self.bridge.as_ref().map(|b| b.scope.clone()) else {
+            return;
+        };
+        let caller = self.caller(&scope);
+        let Some(bridged) = &mut self.bridge else {
+            return;
+        };
         bridged.call = Some(Box::pin(async move {
             backend
                 .event(&caller, Some(seq), Event::Receive(&frame))
@@ -173,7 +208,7 @@ impl<S: Stream> Session<S> {
         let next = match &mut self.bridge {
             Some(bridged) => {
                 bridged.call = None;
-                bridged.lane.done()
+                bridged.lane.as_mut().and_then(|lane| lane.done())
             }
             None => None,
         };

@@ -32,8 +32,6 @@ use super::state::{
 use super::tracks::{Gap, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::Identity;
-use crate::backend::Caller;
-use crate::backend::lane::Lane;
 use crate::config::TokenExpiry;
 use crate::history::HistoryError;
 use crate::history::Recovery;
@@ -97,7 +95,7 @@ impl<S: Stream> Session<S> {
         tracks: Tracks,
         connection: String,
         peer_ip: IpAddr,
-        bridge: Option<(Arc<Caller>, Lane)>,
+        bridge: Option<Arc<[u8]>>,
     ) -> Self {
         let expires = expiry(&ingress, &identity);
         Session {
@@ -111,7 +109,7 @@ impl<S: Stream> Session<S> {
             state: SessionState::new(Instant::now(), expires, tracks),
             in_flight: None,
             follow: None,
-            bridge: bridge.map(|(caller, lane)| Box::new(Bridged::new(caller, lane))),
+            bridge: bridge.map(|scope| Box::new(Bridged::new(scope))),
         }
     }
 
@@ -129,14 +127,15 @@ impl<S: Stream> Session<S> {
             let outcome = session.run().await;
             let ingress = session.ingress.clone();
             ingress.hub.disconnect(session.outlet.id);
-            match session.bridge.take() {
+            if session.bridge.is_some() {
                 // Its disconnect is owed to the backend until made.
-                Some(bridged) => bridged.finish(&ingress, session.outlet.id, outcome.code()),
-                None => ingress.presence.push(PresenceOp::Leave {
+                session.finish_bridged(outcome.code());
+            } else {
+                ingress.presence.push(PresenceOp::Leave {
                     node: ingress.node,
                     connection: session.connection.clone(),
                     user: session.identity.user.clone(),
-                }),
+                });
             }
             lock(&ingress.caps).release(session.peer_ip, &session.identity.user);
             ingress.metrics.connections.dec();
