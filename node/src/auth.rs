@@ -46,6 +46,10 @@ pub enum AuthError {
     /// Neither `user_id` nor `sub` names a user.
     #[error("token names no user")]
     NoUser,
+    /// The user id is a number that is not an integer of 64 bits (it would be rounded,
+    /// and two users would share one id), or text a name may not hold.
+    #[error("{0}")]
+    BadUser(&'static str),
     /// `aud` or `iss` does not match what the node requires.
     #[error("wrong audience or issuer")]
     WrongAudienceOrIssuer,
@@ -202,12 +206,14 @@ impl Verifier {
         if claims.token_type.as_deref().is_some_and(|t| t != "access") {
             return Err(AuthError::NotAccessToken);
         }
-        let user = claims
-            .user_id
-            .as_ref()
-            .and_then(user_string)
-            .or_else(|| claims.sub.as_ref().and_then(user_string))
-            .ok_or(AuthError::NoUser)?;
+        let user = match claims.user_id.as_ref().and_then(user_string) {
+            Some(user) => user,
+            None => claims
+                .sub
+                .as_ref()
+                .and_then(user_string)
+                .ok_or(AuthError::NoUser)?,
+        }?;
         Ok(Identity {
             user,
             groups: claims.groups,
@@ -258,13 +264,9 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         .unwrap_or(0))
 }
 
-/// A user id from a JSON number or a non-empty string.
-fn user_string(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
+/// A user id from a claim (see [`crate::names::user_id`]).
+fn user_string(value: &serde_json::Value) -> Option<Result<String, AuthError>> {
+    crate::names::user_id(value).map(|user| user.map_err(AuthError::BadUser))
 }
 
 /// Signs an HS256 access token, as `switchboard token` and development mode do.
@@ -322,6 +324,55 @@ mod tests {
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let id = v.verify(&hs(alg, fresh())).expect("valid");
             assert_eq!(id.user, "42");
+        }
+    }
+
+    /// An HS256 token whose claims are exactly `payload` (a number beyond 64 bits
+    /// written as its digits, which no JSON value of ours can hold).
+    fn raw_hs256(payload: &str) -> String {
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signed = format!(
+            "{}.{}",
+            b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(payload)
+        );
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET).expect("any key");
+        mac.update(signed.as_bytes());
+        format!("{signed}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn user_ids_beyond_64_bits_or_with_controls_are_refused_not_rounded() {
+        let v = Verifier::hmac(SECRET).expect("key");
+        let exp = unix_now() + 60;
+        for id in [
+            "18446744073709551617",
+            "18446744073709551618",
+            "1e3",
+            "42.5",
+        ] {
+            let t = raw_hs256(&format!(r#"{{"user_id": {id}, "exp": {exp}}}"#));
+            assert!(
+                matches!(v.verify(&t), Err(AuthError::BadUser(_))),
+                "{id}: {:?}",
+                v.verify(&t)
+            );
+        }
+        // The extremes of 64-bit integers keep their digits.
+        for id in ["18446744073709551615", "-9223372036854775808", "0"] {
+            let t = raw_hs256(&format!(r#"{{"user_id": {id}, "exp": {exp}}}"#));
+            assert_eq!(v.verify(&t).expect("valid").user, id);
+        }
+        // Larger ids as strings are fine.
+        let t = raw_hs256(&format!(
+            r#"{{"user_id": "18446744073709551617", "exp": {exp}}}"#
+        ));
+        assert_eq!(v.verify(&t).expect("valid").user, "18446744073709551617");
+        for id in [r"a\u0000b", r"x\r\ny", r"user\u202e1"] {
+            let t = raw_hs256(&format!(r#"{{"sub": "{id}", "exp": {exp}}}"#));
+            assert!(matches!(v.verify(&t), Err(AuthError::BadUser(_))), "{id}");
         }
     }
 

@@ -37,6 +37,7 @@ pub mod hub;
 pub mod ingress;
 pub mod lifecycle;
 pub mod metrics;
+pub mod names;
 pub mod presence;
 pub mod raft;
 pub mod router;
@@ -288,6 +289,10 @@ impl Node {
             metrics: metrics.clone(),
             secrets: secrets.clone(),
             tls: ws_tls.clone(),
+            node_ops: std::sync::Mutex::new(ingress::ws::state::ops::NodeOps::new(
+                tokio::time::Instant::now(),
+            )),
+            cool_down: Default::default(),
             caps: std::sync::Mutex::new(ingress::ws::caps::Caps::new(
                 config.ws.max_connections_per_ip,
                 config.ws.max_connections_per_user,

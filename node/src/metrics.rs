@@ -242,6 +242,10 @@ pub struct Metrics {
     pub connections_rejected_caps: Counter,
     pub client_ops: Counter,
     pub client_op_errors: Counter,
+    pub client_ops_refused: Counter,
+    pub client_ops_refused_node: Counter,
+    pub client_op_budget_closes: Counter,
+    pub connections_rejected_cool_down: Counter,
     pub messages_published: Counter,
     pub messages_delivered: Counter,
     pub bytes_delivered: Counter,
@@ -323,6 +327,26 @@ impl Metrics {
                 "client_op_errors_total",
                 "JSON ops answered with an error.",
                 self.client_op_errors.get(),
+            ),
+            Row::counter(
+                "client_ops_refused_total",
+                "WebSocket frames refused with rate_limited over their connection's op budget (--client-ops-per-sec).",
+                self.client_ops_refused.get(),
+            ),
+            Row::counter(
+                "client_ops_refused_node_total",
+                "WebSocket frames refused with rate_limited over the node's op budget (--node-ops-per-sec).",
+                self.client_ops_refused_node.get(),
+            ),
+            Row::counter(
+                "client_op_budget_closes_total",
+                "WebSocket connections closed with 1008 for ignoring rate_limited on ops.",
+                self.client_op_budget_closes.get(),
+            ),
+            Row::counter(
+                "connections_rejected_cool_down_total",
+                "WebSocket connections closed with 1008 at connect: their user was closed for its ops and cools down.",
+                self.connections_rejected_cool_down.get(),
             ),
             Row::counter(
                 "messages_published_total",

@@ -80,6 +80,7 @@ class Node:
                                      preexec_fn=preexec_fn)
         self.log_tail = []  # the last lines of stderr, for failure messages
         self.errors = []  # every ERROR line
+        self.warnings = []  # every WARN record (at most 100 000)
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
         addrs = {}
@@ -129,6 +130,8 @@ class Node:
                 continue
             if record.get("level") == "ERROR":
                 self.errors.append(line.rstrip())
+            if record.get("level") == "WARN" and len(self.warnings) < 100_000:
+                self.warnings.append(record)
             logs.put(record)
 
     @staticmethod

@@ -209,7 +209,7 @@ def test_a_slow_clients_queue_is_bounded_in_bytes(start_node):
 # ----- 2. Introspection cannot stall the data path -----
 
 def test_a_costly_pubsub_channels_pattern_is_refused_and_stalls_nothing(start_node):
-    node = start_node("--max-groups-per-connection", "3100")
+    node = start_node("--max-groups-per-connection", "3100", "--client-ops-burst", "4000")
     names = [f"room_{i:04d}_" + "a" * 200 + "_" for i in range(3000)]
 
     async def subscribe_all():

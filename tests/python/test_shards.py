@@ -7,6 +7,8 @@ import asyncio
 import json
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 
 from conftest import BIN, DEADLINE, mint, wait_until
 from test_presence_events import Sse
@@ -253,3 +255,50 @@ def test_nodes_with_another_shard_count_are_refused(start_cluster, start_node):
                            for line in list(odd.log_tail) + list(nodes[0].log_tail)),
                what="a refusal naming both shard counts")
     assert all(m["id"] != 3 for m in nodes[0].cli("members")["members"])
+
+
+def test_a_shard_that_lost_its_majority_answers_unavailable_not_what_it_last_knew(start_cluster):
+    nodes = start_cluster(5, "--presence-shards", str(SHARDS))
+    ids = [node_id(n) for n in nodes]
+    by_id = dict(zip(ids, nodes))
+    control_leader = nodes[0].cli("status")["leader"]
+    recorded = {s["shard"]: sorted(s["voters"]) for s in shards(nodes[0])}
+    # A shard two of whose voters can die while the control group keeps its majority
+    # (3 of 5): neither is the control leader. Its last voter is its leader where that can
+    # be arranged (openraft keeps a leader that lost its quorum as leader: the case that
+    # answered stale entries), else a follower (which turns candidate).
+    leaders = {s["shard"]: s["hosted"]["leader"] for n in nodes for s in shards(n) if s["hosted"]}
+    candidates = [(k, [v for v in voters if v not in (control_leader, leaders.get(k))][:2])
+                  for k, voters in sorted(recorded.items())]
+    candidates += [(k, [v for v in voters if v != control_leader][:2]) for k, voters in sorted(recorded.items())]
+    shard, doomed = next((k, d) for k, d in candidates if len(d) == 2)
+    last_voter = by_id[next(v for v in recorded[shard] if v not in doomed)]
+    outsider = by_id[next(i for i in ids if i not in recorded[shard])]
+    user = users_of(shard, 1)[0]
+
+    def read(n):
+        """GET /v1/presence/USER with room for a read that tries the dead voters first."""
+        req = urllib.request.Request(f"http://{n.admin}/v1/presence/{user}")
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    async def scenario():
+        ws = await connect(last_voter.ws_url, mint(user))
+        for n in (last_voter, outsider):
+            wait_until(lambda n=n: read(n)[0] == 200 and len(json.loads(read(n)[1])["connections"]) == 1,
+                       what="the user seen")
+        for i in doomed:
+            by_id[i].proc.send_signal(signal.SIGKILL)
+            by_id[i].proc.wait(timeout=DEADLINE)
+        # Its last voter, and a node that asks it, say the shard cannot be read now.
+        for n in (last_voter, outsider):
+            wait_until(lambda n=n: read(n)[0] == 503, timeout=PURGE_DEADLINE,
+                       what=f"node {node_id(n)} answering 503 for a shard without a majority")
+            status, body = read(n)
+            assert status == 503 and "presence shard unreachable" in body, (status, body)
+        ws.transport.abort()
+
+    asyncio.run(scenario())

@@ -74,11 +74,10 @@ pub enum Request {
 pub fn parse(kind: Kind, body: &[u8], now: u64) -> Result<Request, String> {
     let body: Body =
         serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
-    let user = match body.user {
+    let user = match body.user.as_ref().map(crate::names::user_id) {
         None => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err("\"user\" is a user id: a string or a number".into()),
+        Some(Some(user)) => Some(user?),
+        Some(None) => return Err("\"user\" is a user id: a string or a number".into()),
     };
     if kind == Kind::Revoke {
         let user = user.ok_or("give \"user\": whose tokens to revoke")?;
@@ -127,10 +126,8 @@ pub fn parse(kind: Kind, body: &[u8], now: u64) -> Result<Request, String> {
                 return Err("a subscription takes \"group\", not \"code\" or \"reason\"".into());
             }
             let group = body.group.ok_or("give \"group\"")?;
-            if group.is_empty() || group.len() > MAX_GROUP_NAME {
-                return Err(format!(
-                    "bad group name '{group}': 1 to {MAX_GROUP_NAME} bytes"
-                ));
+            if let Err(e) = crate::names::check(&group, MAX_GROUP_NAME) {
+                return Err(format!("bad group name {group:?}: {e}"));
             }
             if kind == Kind::Subscribe {
                 ConnAction::Subscribe(group)
@@ -143,9 +140,17 @@ pub fn parse(kind: Kind, body: &[u8], now: u64) -> Result<Request, String> {
 }
 
 /// Serves a control route.
-pub async fn serve(view: &NodeView, kind: Kind, body: hyper::body::Incoming) -> Reply {
-    let body = match read(body).await {
-        Ok(body) => body,
+pub async fn serve(
+    view: &NodeView,
+    plane: &super::plane::Plane,
+    kind: Kind,
+    body: hyper::body::Incoming,
+) -> Reply {
+    let body = match plane
+        .read_body(body, MAX_CONTROL_BODY, "the control API's limit")
+        .await
+    {
+        Ok((body, _in_flight)) => body,
         Err((status, reason)) => return json_reply(status, &json!({ "error": reason })),
     };
     let request = match parse(kind, &body, crate::clock::unix_secs()) {
@@ -200,23 +205,6 @@ async fn revoke(view: &NodeView, user: String, before: u64) -> Reply {
         answer["unreachable"] = json!(silent);
     }
     json_reply(200, &answer)
-}
-
-async fn read(body: hyper::body::Incoming) -> Result<bytes::Bytes, (u16, String)> {
-    use http_body_util::{BodyExt, Limited};
-    let read = tokio::time::timeout(
-        super::publish::BODY_TIMEOUT,
-        Limited::new(body, MAX_CONTROL_BODY).collect(),
-    )
-    .await;
-    match read {
-        Err(_) => Err((408, "request body not received in time".into())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err((413, format!("request body over {MAX_CONTROL_BODY} bytes")))
-        }
-        Ok(Err(e)) => Err((400, format!("request body could not be read: {e}"))),
-    }
 }
 
 #[cfg(test)]

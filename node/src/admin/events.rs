@@ -154,6 +154,17 @@ pub async fn serve(view: &NodeView, start: Start) -> Reply {
                 &json!({ "error": "presence is sharded on this cluster: resume with <shard>:<log index>-<n>,… (the id: of the last event)" }),
             );
         }
+        (Some(shards), Some(Since::Cursor(cursor)))
+            if cursor.0.keys().any(|shard| *shard >= shards.count()) =>
+        {
+            return json_reply(
+                400,
+                &json!({ "error": format!(
+                    "the cursor names a shard this cluster does not have (shards 0 to {})",
+                    shards.count().saturating_sub(1)
+                ) }),
+            );
+        }
         (Some(shards), Some(Since::Cursor(cursor))) => {
             tokio::spawn(stream_sharded(
                 view.clone(),

@@ -27,6 +27,7 @@
 pub mod control;
 pub mod events;
 pub mod guard;
+pub mod plane;
 pub mod publish;
 pub mod ui;
 mod views;
@@ -63,9 +64,8 @@ use crate::raft::Consensus;
 use crate::router::Router;
 use crate::secrets::{Scope, Secrets};
 use crate::tls::ServerTls;
+use plane::Pending;
 
-/// Admin connections served at once; more wait in the listen backlog.
-const MAX_ADMIN_CONNECTIONS: usize = 256;
 /// Longest a client may take to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -148,22 +148,26 @@ pub fn spawn(
                         return;
                     }
                 };
-                let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+                let slots = Arc::new(Semaphore::new(plane::MAX_ADMIN_CONNECTIONS));
+                let bounds = Arc::new(plane::Plane::new(publish::body_limit(
+                    view.config.max_payload,
+                )));
                 let listener = Listener::new(listener, shutdown, "admin");
                 loop {
                     let Some(permit) = listener.slot(&slots).await else {
                         break;
                     };
-                    let Some((stream, _)) = listener.accept().await else {
+                    let Some((stream, peer)) = listener.accept().await else {
                         break;
                     };
                     let (view, tls) = (view.clone(), tls.clone());
+                    let pending = Arc::new(bounds.enter(peer.ip()));
                     tokio::spawn(async move {
                         let _permit = permit;
                         match tls {
-                            None => serve_connection(stream, view, false).await,
+                            None => serve_connection(stream, view, false, pending).await,
                             Some(tls) => match tls_handshake(&tls, stream).await {
-                                Ok(stream) => serve_connection(stream, view, true).await,
+                                Ok(stream) => serve_connection(stream, view, true, pending).await,
                                 Err(e) => debug!(error = %e, "admin connection refused"),
                             },
                         }
@@ -173,19 +177,57 @@ pub fn spawn(
         })
 }
 
-async fn serve_connection<S>(stream: S, view: Arc<NodeView>, tls: bool)
+/// Serves one connection; one that has not authenticated within
+/// [`plane::PRE_AUTH_TIMEOUT`], or must make room for a newer one, is closed (after the
+/// request in progress, if any, within a second).
+async fn serve_connection<S>(stream: S, view: Arc<NodeView>, tls: bool, pending: Arc<Pending>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let in_service = pending.clone();
     let service = hyper::service::service_fn(move |req| {
-        let view = view.clone();
-        async move { Ok::<_, Infallible>(handle(req, &view, tls).await) }
+        let (view, pending) = (view.clone(), in_service.clone());
+        async move { Ok::<_, Infallible>(handle(req, &view, tls, &pending).await) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let pre_auth = tokio::time::sleep(plane::PRE_AUTH_TIMEOUT);
+    tokio::pin!(pre_auth);
+    let evicted = pending.evicted.clone();
+    // Both stop mattering once the connection has authenticated.
+    let (mut timed, mut evictable) = (true, true);
+    let served = loop {
+        tokio::select! {
+            served = conn.as_mut() => break Some(served),
+            _ = &mut pre_auth, if timed => {
+                if pending.waiting() {
+                    debug!("admin connection closed: no valid token within the pre-auth timeout");
+                    break None;
+                }
+                timed = false;
+            }
+            _ = evicted.cancelled(), if evictable => {
+                if pending.waiting() {
+                    debug!("admin connection closed to make room: unauthenticated");
+                    break None;
+                }
+                evictable = false;
+            }
+        }
+    };
+    // Closing: the request in progress, if any, may finish within a second.
+    let served = match served {
+        Some(served) => served,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(Duration::from_secs(1), conn)
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
     if let Err(e) = served {
         debug!(error = %e, "admin connection ended with an error");
     }
@@ -270,7 +312,12 @@ impl Route {
     }
 }
 
-async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Reply {
+async fn handle(
+    req: hyper::Request<Incoming>,
+    view: &NodeView,
+    tls: bool,
+    pending: &Pending,
+) -> Reply {
     view.metrics.http_requests.inc();
     let route = match Route::of(req.method(), req.uri().path()) {
         Ok(route) => route,
@@ -312,6 +359,9 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
             );
         }
         return response;
+    }
+    if route.scope().is_some() {
+        pending.authenticated();
     }
     let query = req.uri().query().unwrap_or_default();
     let linearizable = query
@@ -370,9 +420,9 @@ async fn handle(req: hyper::Request<Incoming>, view: &NodeView, tls: bool) -> Re
             json_reply(202, &json!({ "id": view.node_id(), "draining": true }))
         }
         Route::Remove(id) => remove(view, &id).await,
-        Route::Publish => publish::serve(view, req.into_body(), false).await,
-        Route::Broadcast => publish::serve(view, req.into_body(), true).await,
-        Route::Control(kind) => control::serve(view, kind, req.into_body()).await,
+        Route::Publish => publish::serve(view, pending.plane(), req.into_body(), false).await,
+        Route::Broadcast => publish::serve(view, pending.plane(), req.into_body(), true).await,
+        Route::Control(kind) => control::serve(view, pending.plane(), kind, req.into_body()).await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `POST /v1/publish` and `POST /v1/broadcast`: publishing over HTTP.
 //!
 //! Bodies are JSON, read whole but bounded ([`body_limit`]: about twice `--max-payload`,
-//! whether sent with `Content-Length` or chunked) and within [`BODY_TIMEOUT`]. The
+//! whether sent with `Content-Length` or chunked; see [`Plane::read_body`]). The
 //! decisions (what a body asks, what is wrong with it) are pure functions, tested
 //! without sockets; [`serve`] does the IO.
 //!
@@ -10,23 +10,19 @@
 //! node within 5 minutes publishes nothing to the groups already claimed, and answers
 //! `"duplicate": true` for them. A publish that fails gives its claims back.
 
-use std::time::Duration;
-
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::plane::Plane;
 use super::{NodeView, Reply, json_reply};
 use crate::broker::MAX_GROUP_NAME;
 use crate::history::HistoryError;
 use crate::presence::claims::MAX_CLAIM_KEY;
 use crate::router::Publish;
 
-/// Longest a client may take to send a body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a body may have beyond twice the payload (the JSON around it, the groups).
 pub const BODY_SLACK: usize = 64 * 1024;
 /// Groups one broadcast may name.
@@ -84,10 +80,8 @@ pub fn parse(body: &[u8], broadcast: bool, max_payload: usize) -> Result<Request
         )));
     }
     for group in &groups {
-        if group.is_empty() || group.len() > MAX_GROUP_NAME {
-            return Err(bad(format!(
-                "bad group name '{group}': 1 to {MAX_GROUP_NAME} bytes"
-            )));
+        if let Err(e) = crate::names::check(group, MAX_GROUP_NAME) {
+            return Err(bad(format!("bad group name {group:?}: {e}")));
         }
     }
     let payload = match (body.data, body.b64data) {
@@ -126,21 +120,6 @@ pub fn claim_key(key: &str, group: &str) -> String {
     format!("{key}\n{group}")
 }
 
-/// Reads the body within its bounds, or the refusal.
-async fn read_body(body: Incoming, max_payload: usize) -> Result<Bytes, Refusal> {
-    let limit = body_limit(max_payload);
-    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await;
-    match read {
-        Err(_) => Err((408, "request body not received in time".into())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
-            413,
-            format!("request body over {limit} bytes (twice --max-payload, plus 64 KiB)"),
-        )),
-        Ok(Err(e)) => Err(bad(format!("request body could not be read: {e}"))),
-    }
-}
-
 fn refused((status, reason): Refusal) -> Reply {
     json_reply(status, &json!({ "error": reason }))
 }
@@ -161,12 +140,21 @@ fn outcome(group: &str, result: &Result<crate::router::Routed, HistoryError>) ->
 }
 
 /// Serves `/v1/publish` (`broadcast` false) or `/v1/broadcast`.
-pub async fn serve(view: &NodeView, body: Incoming, broadcast: bool) -> Reply {
+pub async fn serve(view: &NodeView, plane: &Plane, body: Incoming, broadcast: bool) -> Reply {
     let max_payload = view.config.max_payload;
-    let request = match read_body(body, max_payload)
-        .await
-        .and_then(|bytes| parse(&bytes, broadcast, max_payload))
-    {
+    let read = plane
+        .read_body(
+            body,
+            body_limit(max_payload),
+            "twice --max-payload, plus 64 KiB",
+        )
+        .await;
+    // The body's bytes count as in flight until the publish is done.
+    let (bytes, _in_flight) = match read {
+        Ok(read) => read,
+        Err(refusal) => return refused(refusal),
+    };
+    let request = match parse(&bytes, broadcast, max_payload) {
         Ok(r) => r,
         Err(refusal) => return refused(refusal),
     };

@@ -42,9 +42,10 @@ pub enum JoinError {
     /// The connection is already in as many groups as the broker allows.
     #[error("this connection is already in {0} groups, the most allowed")]
     TooManyGroups(usize),
-    /// The group name is empty or longer than the broker allows.
+    /// The group name is empty, longer than the broker allows or holds a control or
+    /// bidirectional formatting character.
     #[error("invalid group name: {0}")]
-    InvalidName(&'static str),
+    InvalidName(crate::names::NameError),
     /// No such connection is registered (it has already gone).
     #[error("unknown connection")]
     UnknownConnection,
@@ -261,12 +262,7 @@ impl<H: Clone> Broker<H> {
     }
 
     fn join_unchecked(&mut self, id: ConnId, handle: H, group: &str) -> Result<(), JoinError> {
-        if group.is_empty() {
-            return Err(JoinError::InvalidName("empty"));
-        }
-        if group.len() > self.limits.max_group_name {
-            return Err(JoinError::InvalidName("too long"));
-        }
+        crate::names::check(group, self.limits.max_group_name).map_err(JoinError::InvalidName)?;
         let max = self.limits.max_groups_per_connection;
         let conn = self
             .connections

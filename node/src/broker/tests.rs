@@ -53,7 +53,11 @@ fn group_limits_hold() {
     assert_eq!(b.join(1, 100, "g4"), Err(JoinError::TooManyGroups(4)));
     assert_eq!(
         b.join(1, 100, "g12345678901234567"),
-        Err(JoinError::InvalidName("too long"))
+        Err(JoinError::InvalidName(crate::names::NameError::TooLong(16)))
+    );
+    assert_eq!(
+        b.join(1, 100, "g\r\n"),
+        Err(JoinError::InvalidName(crate::names::NameError::Control))
     );
     // Joining a group twice changes nothing.
     assert_eq!(b.join(1, 100, "g1"), Ok(()));

@@ -28,6 +28,7 @@ pub mod frame;
 pub mod gossip;
 pub mod mesh;
 pub mod peers;
+pub mod refusals;
 pub mod routes;
 pub mod rpc;
 pub mod session;

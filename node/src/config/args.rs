@@ -214,6 +214,20 @@ settings! {
     /// Most groups one connection may be in [default: 256].
     #[arg(env = "SWITCHBOARD_MAX_GROUPS_PER_CONNECTION")]
     max_groups_per_connection: usize = 256;
+    /// Op budget units a second one WebSocket connection may spend (ping, subscribe: 1;
+    /// presence: 2; refresh, a recovery: 5; presence_subscribe from an event id: 10);
+    /// past it ops get `rate_limited`, and 50 refusals in a row close with 1008
+    /// [default: 50].
+    #[arg(env = "SWITCHBOARD_CLIENT_OPS_PER_SEC")]
+    client_ops_per_sec: u32 = 50;
+    /// Op budget units one WebSocket connection may spend at once [default: 300].
+    #[arg(env = "SWITCHBOARD_CLIENT_OPS_BURST")]
+    client_ops_burst: u32 = 300;
+    /// Op budget units a second all WebSocket connections of this node may spend
+    /// together; past it ops get `rate_limited` (the client is not blamed)
+    /// [default: 100000].
+    #[arg(env = "SWITCHBOARD_NODE_OPS_PER_SEC")]
+    node_ops_per_sec: u32 = 100_000;
     /// Largest PUBLISH payload (and RESP bulk string) accepted, in bytes [default: 1048576].
     #[arg(env = "SWITCHBOARD_MAX_PAYLOAD")]
     max_payload: usize = 1024 * 1024;

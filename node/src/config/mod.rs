@@ -187,6 +187,19 @@ pub struct WsSettings {
     pub client_queue_bytes: usize,
     pub max_groups_per_connection: usize,
     pub token_expiry: TokenExpiry,
+    pub ops: OpLimits,
+}
+
+/// The op budget of WebSocket clients, in units (an op costs 1 to 10; docs/security.md
+/// "Op budgets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpLimits {
+    /// Units a second one connection may spend.
+    pub per_sec: u32,
+    /// Units one connection may spend at once.
+    pub burst: u32,
+    /// Units a second the node's connections may spend together.
+    pub node_per_sec: u32,
 }
 
 impl WsSettings {

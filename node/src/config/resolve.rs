@@ -217,6 +217,11 @@ fn finish(s: Settings, open_files: usize) -> Result<Config, ConfigError> {
                 s.max_groups_per_connection,
             )?,
             token_expiry: s.token_expiry,
+            ops: OpLimits {
+                per_sec: positive("client-ops-per-sec", s.client_ops_per_sec as usize)? as u32,
+                burst: positive("client-ops-burst", s.client_ops_burst as usize)? as u32,
+                node_per_sec: positive("node-ops-per-sec", s.node_ops_per_sec as usize)? as u32,
+            },
         },
         resp: RespSettings {
             max_connections: max_resp_connections,

@@ -35,6 +35,10 @@ pub struct Ingress {
     /// `--tls-cert`: the port serves wss:// (and HTTPS health checks).
     pub tls: Option<ServerTls>,
     pub caps: Mutex<ws::caps::Caps>,
+    /// The op budget all WebSocket connections share (`--node-ops-per-sec`).
+    pub node_ops: Mutex<ws::state::ops::NodeOps>,
+    /// Users closed for their ops, refused until their cool-down ends.
+    pub cool_down: Mutex<ws::state::ops::CoolDown>,
     pub lifecycle: Arc<Lifecycle>,
     pub health: Arc<Health>,
     pub hub: Arc<Hub>,

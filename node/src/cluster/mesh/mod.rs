@@ -102,6 +102,8 @@ pub struct Cluster {
     ended_tx: AtomicU64,
     /// Addresses with a dial loop running.
     dialing: Mutex<HashSet<String>>,
+    /// Refused connections, told once per source per interval.
+    refusals: Mutex<crate::cluster::refusals::Refusals>,
     pub(super) deps: MeshDeps,
     pub metrics: ClusterMetrics,
 }
@@ -167,6 +169,7 @@ impl Cluster {
             ended_rx: AtomicU64::new(0),
             ended_tx: AtomicU64::new(0),
             dialing: Mutex::new(HashSet::new()),
+            refusals: Mutex::new(Default::default()),
             deps,
             metrics: ClusterMetrics::default(),
         }))
@@ -330,6 +333,16 @@ impl Cluster {
 
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
+            // A source address is proven (a QUIC Retry, one round trip) before anything
+            // is spent or counted on it: junk and spoofed datagrams end here.
+            if !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.ignore();
+                }
+                continue;
+            }
             let cluster = self.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
@@ -342,12 +355,23 @@ impl Cluster {
                     Err(e) => {
                         // A peer without a certificate of the cluster CA (in that mode)
                         // ends here, as does a dialer that gave up.
-                        cluster.metrics.auth_failures.inc();
-                        warn!(%remote, error = %e, "peer refused: TLS handshake failed");
+                        if let Some(quiet) = cluster.refused(remote) {
+                            warn!(%remote, error = %e, quiet, "peer refused: TLS handshake failed");
+                        }
                     }
                 }
             });
         }
+    }
+
+    /// A connection from `remote` refused: counted and to be logged once per source
+    /// per interval (`Some(n)`: `n` refusals of it were kept quiet since), else `None`.
+    pub(super) fn refused(&self, remote: std::net::SocketAddr) -> Option<u64> {
+        let told = lock(&self.refusals).on_refusal(remote.ip(), Instant::now());
+        if told.is_some() {
+            self.metrics.auth_failures.inc();
+        }
+        told
     }
 
     /// Keeps dialing `addr` until the node drains or stops; while a live session has that

@@ -40,12 +40,14 @@ impl Cluster {
         let mut hs = match handshake(&conn, role, &secret, me, &self.hello).await {
             Ok(hs) => hs,
             Err(e) => {
-                if matches!(e, HandshakeError::NotProven { .. }) {
-                    self.metrics.auth_failures.inc();
-                }
-                // A dialer's refusals are logged by its dial loop, with backoff.
-                if dialed.is_none() {
-                    warn!(remote = %conn.remote_address(), error = %e, "peer refused");
+                // A dialer's refusals are logged by its dial loop, with backoff; an
+                // acceptor's once per source per interval.
+                if dialed.is_some() {
+                    if matches!(e, HandshakeError::NotProven { .. }) {
+                        self.metrics.auth_failures.inc();
+                    }
+                } else if let Some(quiet) = self.refused(conn.remote_address()) {
+                    warn!(remote = %conn.remote_address(), error = %e, quiet, "peer refused");
                 }
                 return Err(e.into());
             }
@@ -57,11 +59,16 @@ impl Cluster {
             self.deps.replica.incarnation_of(peer),
         );
         if let Err(refusal) = admitted {
-            self.metrics.auth_failures.inc();
             // A dialer's refusals are logged by its dial loop (a removed member's
-            // redials are expected), an acceptor's here.
-            if dialed.is_none() || matches!(refusal, dispatch::Refusal::WrongIncarnation { .. }) {
-                warn!(peer, remote = %conn.remote_address(), "peer refused: {refusal}");
+            // redials are expected), an acceptor's here, once per source per interval.
+            let told = if dialed.is_none() {
+                self.refused(conn.remote_address())
+            } else {
+                self.metrics.auth_failures.inc();
+                matches!(refusal, dispatch::Refusal::WrongIncarnation { .. }).then_some(0)
+            };
+            if let Some(quiet) = told {
+                warn!(peer, remote = %conn.remote_address(), quiet, "peer refused: {refusal}");
             }
             refusal.close_reason().close(&conn);
             return Err(SessionError::Refused { peer, refusal });

@@ -82,26 +82,33 @@ pub struct Unauthenticated<T> {
     /// Waiting connections, oldest first, by ticket.
     waiting: BTreeMap<u64, (IpAddr, T)>,
     max_total: usize,
+    max_per_ip: usize,
     next: u64,
 }
 
 impl<T> Unauthenticated<T> {
-    /// At most `max_total` unauthenticated connections at once (a share of the slots).
+    /// At most `max_total` unauthenticated connections at once (a share of the slots),
+    /// [`MAX_UNAUTHENTICATED_PER_IP`] of them from one address.
     pub fn new(max_total: usize) -> Self {
+        Self::with_per_ip(max_total, MAX_UNAUTHENTICATED_PER_IP)
+    }
+
+    /// At most `max_total` at once, `max_per_ip` from one address.
+    pub fn with_per_ip(max_total: usize, max_per_ip: usize) -> Self {
         Unauthenticated {
             per_ip: HashMap::new(),
             waiting: BTreeMap::new(),
             max_total: max_total.max(1),
+            max_per_ip: max_per_ip.max(1),
             next: 0,
         }
     }
 
     /// A new unauthenticated connection from `ip`, closed through `handle` if it must
-    /// make room later. `None` when that address already has
-    /// [`MAX_UNAUTHENTICATED_PER_IP`]; else its ticket, and the handle of the oldest
+    /// make room later. `None` when that address already has its most; else its ticket, and the handle of the oldest
     /// waiting connection, which must be closed to make room, when all places are taken.
     pub fn enter(&mut self, ip: IpAddr, handle: T) -> Option<(u64, Option<T>)> {
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= MAX_UNAUTHENTICATED_PER_IP {
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
             return None;
         }
         let evicted = if self.waiting.len() >= self.max_total {

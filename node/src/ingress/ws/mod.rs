@@ -348,6 +348,18 @@ fn admit(
         metrics.auth_failures.inc();
         return Err((CloseCode::Unauthorized, "token revoked".into()));
     }
+    if let Some(wait) =
+        lock(&ingress.cool_down).waiting(&identity.user, tokio::time::Instant::now())
+    {
+        metrics.connections_rejected_cool_down.inc();
+        return Err((
+            CloseCode::PolicyViolation,
+            format!(
+                "closed for too many ops: reconnect in {} s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
     // Every connection is in its user group, so the user id must make a valid group name.
     let user_group = ingress.settings.user_group_of(&identity.user);
     if user_group.len() > MAX_GROUP_NAME {

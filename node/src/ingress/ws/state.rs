@@ -10,6 +10,8 @@
 //! what each returns, sleeps until [`SessionState::poll_timeout`] and starts the
 //! recovery [`SessionState::poll_recovery`] hands out.
 
+pub mod ops;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::tracks::{Gap, Route, Tracks};
 use crate::auth::AuthError;
+use crate::backend::budget::Verdict;
 use crate::history::{HistoryError, Recovery};
 use crate::hub::{Encoded, Outbound, Positioned};
 
@@ -111,6 +114,8 @@ pub struct SessionState {
     /// Recoveries asked, oldest first; the first one is in flight when `in_flight`.
     asked: VecDeque<Asked>,
     in_flight: bool,
+    /// What the client may still spend on ops.
+    ops: ops::OpBudget,
 }
 
 impl SessionState {
@@ -123,6 +128,7 @@ impl SessionState {
             tracks,
             asked: VecDeque::new(),
             in_flight: false,
+            ops: ops::OpBudget::default(),
         }
     }
 
@@ -180,6 +186,8 @@ impl SessionState {
         now: Instant,
         frame: Option<Result<Message, WsError>>,
     ) -> Incoming {
+        self.ops
+            .idle(now.saturating_duration_since(self.last_heard));
         self.last_heard = now;
         self.pinged = false;
         match frame {
@@ -204,6 +212,12 @@ impl SessionState {
             )),
             Some(Err(_)) => Incoming::End(End::Gone),
         }
+    }
+
+    /// The client's op (or frame for the backend) of `cost` units, after
+    /// [`SessionState::handle_frame`]: whether the connection's budget lets it through.
+    pub fn charge(&mut self, cost: u32, limits: &crate::config::OpLimits) -> Verdict {
+        self.ops.charge(cost, limits)
     }
 
     /// Published messages taken from the queue, as the frames to write: a positioned

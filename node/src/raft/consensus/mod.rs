@@ -551,6 +551,9 @@ impl Consensus {
                 async {
                     if linearizable {
                         self.linearizable().await?;
+                    } else if !self.has_leader() {
+                        // A shard without a majority: its entries may be stale.
+                        return Err(WriteError::NoLeader);
                     }
                     Ok(self.replica.read().presence.user(&user))
                 }

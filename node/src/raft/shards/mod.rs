@@ -180,19 +180,6 @@ impl Shards {
         read(&self.hosted).get(&shard).cloned()
     }
 
-    /// Shard `shard`'s group, if this node hosts it as a voter (whether or not it knows a
-    /// leader now).
-    fn seated(&self, shard: Shard) -> Option<Arc<Consensus>> {
-        self.hosted(shard).filter(|c| {
-            let metrics = c.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == self.me)
-        })
-    }
-
     /// Shard `shard`'s group, if this node hosts it as a voter that knows its leader: the
     /// one reads and writes go through locally. Otherwise they go to the recorded voters:
     /// a node placed in a shard but not yet added holds nothing yet, and one the shard

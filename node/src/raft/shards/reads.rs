@@ -118,9 +118,11 @@ impl Shards {
             {
                 return Ok(consensus.replica().read().presence.user(user));
             }
-        } else if let Some(consensus) = self.seated(shard) {
-            // This node's replica of the shard, possibly behind (as the one registry's
-            // is): a node cut off from the shard's leader still answers.
+        } else if let Some(consensus) = self.voting(shard).filter(|c| c.has_leader()) {
+            // This node's replica of the shard, possibly a little behind, while the
+            // shard has a leader that can commit (a follower that hears from one, a
+            // leader a quorum acknowledged within --node-timeout-ms): a shard that lost
+            // its majority answers `unavailable`, not entries that may be stale.
             return Ok(consensus.replica().read().presence.user(user));
         }
         let rpc = Rpc::Presence {

@@ -46,6 +46,9 @@ async fn publish_one(
             };
         }
     };
+    if let Err(e) = crate::names::check(group, crate::broker::MAX_GROUP_NAME) {
+        return Frame::Error(format!("ERR bad group name {group:?}: {e}"));
+    }
     match publish.publish(group, payload).await {
         Ok(routed) => Frame::Integer(routed.routed as i64),
         // A history group whose owner could not take it: the publisher may retry.

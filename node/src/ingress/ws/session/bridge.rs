@@ -126,6 +126,9 @@ impl<S: Stream> Session<S> {
 
     /// A binary frame: the consumer's, on a bridged connection; else refused.
     pub(super) async fn on_binary(&mut self, bytes: Bytes) -> Result<(), End> {
+        if !self.spend(super::ops_budget::COST_SIMPLE, None).await? {
+            return Ok(());
+        }
         if self.bridge.is_some() {
             return self.for_backend(Frame::Binary(bytes)).await;
         }

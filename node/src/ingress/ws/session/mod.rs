@@ -26,12 +26,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use super::follow::{Follow, FollowError, Followed, ShardedFollow};
+use super::state::ops as ops_budget;
 use super::state::{
     End, Incoming, Recovered, SessionState, Timeout, error, gap, slow_consumer, text,
 };
 use super::tracks::{Gap, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::Identity;
+use crate::backend::budget::Verdict;
 use crate::config::TokenExpiry;
 use crate::history::HistoryError;
 use crate::history::Recovery;
@@ -347,9 +349,63 @@ impl<S: Stream> Session<S> {
         self.send(text(reply)).await
     }
 
+    /// Spends `cost` units of the connection's and the node's op budgets: `Ok(true)`
+    /// when the op may go on, `Ok(false)` when it was refused (the client told), the end
+    /// of a client that keeps going after being told.
+    pub(super) async fn spend(&mut self, cost: u32, id: Option<u64>) -> Result<bool, End> {
+        let limits = self.ingress.settings.ops;
+        let metrics = &self.ingress.metrics;
+        let message = match self.state.charge(cost, &limits) {
+            Verdict::Pass => {
+                let taken =
+                    lock(&self.ingress.node_ops).take(cost, Instant::now(), limits.node_per_sec);
+                if taken {
+                    return Ok(true);
+                }
+                metrics.client_ops_refused_node.inc();
+                format!(
+                    "the node is busy (--node-ops-per-sec {}): retry shortly",
+                    limits.node_per_sec
+                )
+            }
+            Verdict::Refuse => {
+                metrics.client_ops_refused.inc();
+                format!(
+                    "too many ops: this op costs {cost} of this connection's {} units a \
+                     second (--client-ops-per-sec); slow down",
+                    limits.per_sec
+                )
+            }
+            Verdict::Close => {
+                metrics.client_ops_refused.inc();
+                metrics.client_op_budget_closes.inc();
+                let wait =
+                    lock(&self.ingress.cool_down).strike(&self.identity.user, Instant::now());
+                return Err(End::Close(
+                    CloseCode::PolicyViolation,
+                    format!(
+                        "too many ops after rate_limited: reconnect in {} s",
+                        wait.as_secs()
+                    ),
+                ));
+            }
+        };
+        self.reply(&error(ErrorCode::RateLimited, &message, id))
+            .await
+            .map(|()| false)
+    }
+
     async fn on_op(&mut self, text: &str) -> Result<(), End> {
         self.ingress.metrics.client_ops.inc();
-        let op = match serde_json::from_str::<ClientOp>(text) {
+        let parsed = serde_json::from_str::<ClientOp>(text);
+        let (cost, id) = match &parsed {
+            Ok(op) => (ops_budget::cost(op), op.id()),
+            Err(_) => (ops_budget::COST_SIMPLE, None),
+        };
+        if !self.spend(cost, id).await? {
+            return Ok(());
+        }
+        let op = match parsed {
             Ok(op) => op,
             Err(_) if self.bridge.is_some() && !bridge::names_an_op(text) => {
                 return self

@@ -1,0 +1,181 @@
+//! What admin connections may hold, so that no client (with a token or without) can
+//! lock the admin plane or bloat the node:
+//! - **Slots**: [`MAX_ADMIN_CONNECTIONS`] connections at once. Until it makes a request
+//!   with a valid token, a connection is unauthenticated: those hold at most half the
+//!   slots ([`MAX_UNAUTHENTICATED`]), past it the oldest is closed to make room (as on
+//!   the RESP port), and each must authenticate within [`PRE_AUTH_TIMEOUT`]. Silent
+//!   sockets, however many and however fast they reopen, leave the other half to the
+//!   operators and the scrapers. The open routes (`/healthz`, `/readyz`, the page's
+//!   files) are served meanwhile: a load balancer's checks need no token.
+//! - **Bodies**: a body whose `Content-Length` is over its route's limit is refused with
+//!   413 on its head, before a byte of it is read; bodies being read hold at most
+//!   [`MAX_BODY_BYTES_IN_FLIGHT`] bytes together (a slow chunked body cannot pin memory
+//!   per slot): a body that cannot get its bytes within [`BODY_TIMEOUT`] is refused with
+//!   503.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingress::resp::guard::Unauthenticated;
+use crate::sync::lock;
+
+/// Admin connections served at once; more wait in the listen backlog.
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Of which unauthenticated ones may hold at most this many.
+pub const MAX_UNAUTHENTICATED: usize = MAX_ADMIN_CONNECTIONS / 2;
+/// Longest an admin connection may stay without a request that carries a valid token.
+pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Body bytes all admin requests being read may hold together.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Longest a client may take to send a body (and to get room for it).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A refusal: the status and the reason.
+pub type Refusal = (u16, String);
+
+/// The admin plane's shared bounds (one per node).
+#[derive(Debug)]
+pub struct Plane {
+    unauthenticated: Mutex<Unauthenticated<CancellationToken>>,
+    bodies: Arc<Semaphore>,
+    /// The most one body may hold (its bytes are taken from `bodies` as they come).
+    body_budget: usize,
+}
+
+impl Plane {
+    /// Bounds for bodies of at most `largest_body` bytes (the publish limit).
+    pub fn new(largest_body: usize) -> Self {
+        // One body of the largest size must always fit.
+        let budget = MAX_BODY_BYTES_IN_FLIGHT.max(largest_body);
+        Plane {
+            // One address may hold them all: loopback scrapers and a local attacker
+            // share 127.0.0.1, and eviction (not refusal) keeps room for the newest.
+            unauthenticated: Mutex::new(Unauthenticated::with_per_ip(
+                MAX_UNAUTHENTICATED,
+                MAX_UNAUTHENTICATED,
+            )),
+            bodies: Arc::new(Semaphore::new(budget)),
+            body_budget: budget,
+        }
+    }
+
+    /// A new connection from `ip`: its place among the unauthenticated ones, and the
+    /// token that closes it if a newer one needs the room.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Pending {
+        let evicted = CancellationToken::new();
+        let entered = lock(&self.unauthenticated).enter(ip, evicted.clone());
+        let ticket = match entered {
+            Some((ticket, oldest)) => {
+                if let Some(oldest) = oldest {
+                    oldest.cancel();
+                }
+                Some(ticket)
+            }
+            // Cannot happen with the per-address cap at the total; closed at once if so.
+            None => {
+                evicted.cancel();
+                None
+            }
+        };
+        Pending {
+            plane: self.clone(),
+            ticket: Mutex::new(ticket),
+            evicted,
+        }
+    }
+
+    /// Reads a body of at most `limit` bytes (`what` names the limit in the refusal).
+    /// Its bytes count against the plane's bodies in flight until the permit returned
+    /// is dropped.
+    pub async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: usize,
+        what: &str,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), Refusal> {
+        let too_large = || (413, format!("request body over {limit} bytes ({what})"));
+        // A Content-Length says the size on the head: refused before a byte is read.
+        if body.size_hint().lower() > limit as u64 {
+            return Err(too_large());
+        }
+        let limit = limit.min(self.body_budget);
+        let read = async {
+            let mut held = self
+                .bodies
+                .clone()
+                .acquire_many_owned(0)
+                .await
+                .map_err(|_| (503, "shutting down".to_owned()))?;
+            let mut bytes = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|e| (400, format!("request body could not be read: {e}")))?;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                if bytes.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                let more = self
+                    .bodies
+                    .clone()
+                    .acquire_many_owned(data.len() as u32)
+                    .await
+                    .map_err(|_| (503, "shutting down".to_owned()))?;
+                held.merge(more);
+                bytes.extend_from_slice(&data);
+            }
+            Ok((bytes.freeze(), held))
+        };
+        match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(read) => read,
+            Err(_) => Err((
+                408,
+                "request body not received in time (or the node's admin bodies in flight \
+                 were full)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// One connection's place among the unauthenticated ones, given back when it
+/// authenticates or ends.
+#[derive(Debug)]
+pub struct Pending {
+    plane: Arc<Plane>,
+    ticket: Mutex<Option<u64>>,
+    /// Cancelled when a newer connection needs the room.
+    pub evicted: CancellationToken,
+}
+
+impl Pending {
+    /// A request with a valid token came: the connection holds an ordinary slot now.
+    pub fn authenticated(&self) {
+        if let Some(ticket) = lock(&self.ticket).take() {
+            lock(&self.plane.unauthenticated).leave(ticket);
+        }
+    }
+
+    /// The plane's bounds.
+    pub fn plane(&self) -> &Plane {
+        &self.plane
+    }
+
+    /// Whether it has yet to authenticate.
+    pub fn waiting(&self) -> bool {
+        lock(&self.ticket).is_some()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.authenticated();
+    }
+}
