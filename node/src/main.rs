@@ -352,11 +352,13 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Drops openraft's ERROR lines about a member it cannot reach (or that did not answer
-/// within the RPC timeout): it logs one per retry (every 500 ms per RPC kind) for as long
+/// Drops openraft's ERROR and WARN lines about a member it cannot reach (or that did not
+/// answer within the RPC timeout, or whose connection broke under a call): it logs one
+/// per retry (every 500 ms per RPC kind, and
+/// `update progress error ... node 3 is not connected` about twice a second) for as long
 /// as a member is stopped, hundreds over a planned restart. The mesh already says it once
 /// (`peer disconnected`, `peer silent for --node-timeout: marked down`), and every other
-/// Raft error is still logged.
+/// Raft error and warning is still logged.
 struct QuietUnreachable;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
@@ -366,14 +368,17 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
         _: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
         let meta = event.metadata();
-        if *meta.level() != tracing::Level::ERROR || !meta.target().starts_with("openraft") {
+        if *meta.level() > tracing::Level::WARN || !meta.target().starts_with("openraft") {
             return true;
         }
         struct Finds(bool);
         impl tracing::field::Visit for Finds {
             fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
                 let text = format!("{value:?}");
-                self.0 |= text.contains("Unreachable node") || text.contains("timeout after");
+                self.0 |= text.contains("Unreachable node")
+                    || text.contains("timeout after")
+                    || text.contains("is not connected")
+                    || text.contains("peer stream ended");
             }
         }
         let mut finds = Finds(false);

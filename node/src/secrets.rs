@@ -151,24 +151,48 @@ pub struct Secrets {
     pub dev_jwt_secret: Option<String>,
 }
 
+/// Shortest secret not called weak, in bytes: an HMAC-SHA256 key should be at least as
+/// long as the hash (RFC 7518 3.2 for HS256; RFC 2104); SimpleJWT's default key,
+/// Django's `SECRET_KEY`, is 50 characters.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The warning a secret of `len` bytes given as `flag` deserves, if any.
+pub fn weakness(flag: &str, len: usize) -> Option<String> {
+    (len > 0 && len < MIN_SECRET_BYTES).then(|| {
+        format!(
+            "{flag} is {len} bytes: HMAC keys under {MIN_SECRET_BYTES} bytes (256 bits) can be \
+             brute-forced offline from one token or handshake; use a random value of \
+             {MIN_SECRET_BYTES} bytes or more (Django's SECRET_KEY works)"
+        )
+    })
+}
+
 impl Secrets {
     /// Loads every secret the configuration names; creates the data dir (0700) and, in
-    /// development mode, the JWT secret (0600).
+    /// development mode, the JWT secret (0600). A weak HMAC secret is warned about.
     pub fn load(config: &Config) -> Result<Secrets, ConfigError> {
         private_dir(&config.data_dir)?;
         let (verifier, dev) = verifier(config)?;
+        if let JwtKey::Secret(secret) = &config.credentials.jwt
+            && let Some(warning) = weakness("--jwt-secret", secret.load()?.len())
+        {
+            tracing::warn!("{warning}");
+        }
+        let cluster = load_opt(&config.credentials.cluster_secret)?.unwrap_or_default();
+        if let Some(warning) = weakness("--cluster-secret", cluster.len()) {
+            tracing::warn!("{warning}");
+        }
+        let backend = load_opt(&config.credentials.backend_secret)?;
+        if let Some(warning) = weakness("--backend-secret", backend.as_ref().map_or(0, String::len))
+        {
+            tracing::warn!("{warning}");
+        }
         Ok(Secrets {
             verifier: Reloadable::new(verifier),
             resp_password: Reloadable::new(load_opt(&config.credentials.resp_password)?),
             admin: Reloadable::new(admin_tokens(config)?),
-            cluster: Reloadable::new(
-                load_opt(&config.credentials.cluster_secret)?
-                    .unwrap_or_default()
-                    .into_bytes(),
-            ),
-            backend: Reloadable::new(
-                load_opt(&config.credentials.backend_secret)?.map(String::into_bytes),
-            ),
+            cluster: Reloadable::new(cluster.into_bytes()),
+            backend: Reloadable::new(backend.map(String::into_bytes)),
             dev_jwt_secret: dev,
         })
     }
@@ -342,6 +366,19 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_under_32_bytes_are_called_weak() {
+        assert!(weakness("--jwt-secret", 5).is_some_and(|w| w.contains("5 bytes")));
+        assert!(weakness("--jwt-secret", 31).is_some());
+        assert_eq!(weakness("--jwt-secret", 32), None);
+        assert_eq!(weakness("--jwt-secret", 50), None, "Django's SECRET_KEY");
+        assert_eq!(
+            weakness("--cluster-secret", 0),
+            None,
+            "not set: nothing to say"
+        );
+    }
 
     #[test]
     fn admin_token_files_parse_with_scopes() {

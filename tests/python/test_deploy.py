@@ -284,6 +284,26 @@ def test_the_local_cluster_script_starts_three_meshed_nodes_and_stops_them():
         assert not os.path.exists(os.path.join(state, f"node-{n}.pid"))
 
 
+def test_the_local_cluster_script_names_a_taken_port_and_starts_nothing():
+    script = os.path.join(DEPLOY, "local-cluster.sh")
+    state = tempfile.mkdtemp(prefix="sb-local-")
+    env = dict(os.environ, SWITCHBOARD_BIN=os.path.abspath(BIN), SWITCHBOARD_LOCAL_DIR=state)
+    # What a node from step 1 of the README would hold: node 1's WebSocket port.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", 8001))
+    squatter.listen()
+    try:
+        out = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        squatter.close()
+    assert out.returncode == 1, out
+    assert "node 1's WebSocket port: tcp 127.0.0.1:8001" in out.stderr, out.stderr
+    assert f"pid {os.getpid()}" in out.stderr, out.stderr
+    for n in (1, 2, 3):
+        assert not os.path.exists(os.path.join(state, f"node-{n}.pid")), "nothing started"
+
+
 def test_the_tls_example_serves_wss_and_redirects_http(start_node):
     import ssl
 

@@ -614,6 +614,19 @@ def test_token_headers_and_user_ids_are_checked(node):
     assert code == 4001 and "user id too long" in text
 
 
+def test_a_weak_secret_is_warned_about_at_start(start_node):
+    """HS256 keys and cluster secrets under 32 bytes (256 bits) can be brute-forced
+    offline from one token or handshake: the node says so when it starts."""
+    weak = start_node("--cluster-secret", "short-cluster", secret="short")
+    strong = start_node()  # the suite's secret: 35 bytes
+    def warned(node, flag):
+        return any(flag in r.get("fields", {}).get("message", "") and "bytes" in r["fields"]["message"]
+                   for r in node.warnings)
+    wait_until(lambda: warned(weak, "--jwt-secret is 5 bytes"), what="the JWT secret called weak")
+    assert warned(weak, "--cluster-secret is 13 bytes")
+    assert not warned(strong, "--jwt-secret")
+
+
 def test_the_development_secret_is_private(tmp_path):
     data = tmp_path / "data"
     node = Node("--data-dir", str(data), secret=None)
