@@ -17,8 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${SWITCHBOARD_LOCAL_DIR:-./switchboard-local}
-secret=${SWITCHBOARD_JWT_SECRET:-local-cluster-dev-secret}
-cluster_secret=${SWITCHBOARD_CLUSTER_SECRET:-local-cluster-peer-secret}
+secret=${SWITCHBOARD_JWT_SECRET:-local-cluster-development-jwt-secret}
+cluster_secret=${SWITCHBOARD_CLUSTER_SECRET:-local-cluster-development-peer-secret}
 # User groups keep their last 100 messages for 10 minutes: a client that comes back
 # (?positions=1 and subscribe with since) gets what it missed, on any node.
 history=${SWITCHBOARD_HISTORY:-user_*=100,10m}
@@ -141,7 +141,7 @@ stop_nodes() {
 stop() { stop_nodes 1 2 3; }
 
 status() {
-  [[ -x $bin ]] || { echo "no binary at $bin: run '$0 start' first" >&2; exit 1; }
+  command -v "$bin" >/dev/null || { echo "no binary at $bin: run '$0 start' first" >&2; exit 1; }
   for n in 1 2 3; do
     echo "== node $n"
     "$bin" members --admin "$(admin $n)" || true

@@ -80,6 +80,32 @@ def test_wss_and_https_straight_from_the_node(tls_node):
     asyncio.run(go())
 
 
+def test_silent_sockets_cannot_hold_the_https_admin_port_before_its_handshake(tls_node):
+    """300 TCP connections that never send a ClientHello used to hold every slot for the
+    TLS handshake's 10 s: they count among the unauthenticated ones from their accept
+    (half the slots, the oldest dropped for a newer one, 5 s at most; docs/security.md)."""
+    import threading
+
+    from test_budgets import hold_silent
+
+    node, _, ca, _, _ = tls_node
+    stop, opened = threading.Event(), [0]
+    t = threading.Thread(target=hold_silent, args=(node.admin, 300, stop, opened, False), daemon=True)
+    t.start()
+    answered = 0
+    try:
+        wait_until(lambda: opened[0] >= 300, timeout=30, what="300 silent sockets")
+        for _ in range(10):
+            try:
+                answered += https(node.admin, "/v1/status", ca)[0] == 200
+            except OSError:  # a timeout: no slot
+                pass
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert answered == 10, f"/v1/status answered {answered} of 10 probes"
+
+
 def test_the_admin_port_speaks_https_and_the_cli_follows(tls_node):
     node, _, ca, _, _ = tls_node
     status, body = https(node.admin, "/v1/status", ca)

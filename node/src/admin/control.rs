@@ -146,11 +146,12 @@ pub async fn serve(
     kind: Kind,
     body: hyper::body::Incoming,
 ) -> Reply {
-    let body = match plane
+    // The body's bytes count as in flight until the request is answered.
+    let (body, _in_flight) = match plane
         .read_body(body, MAX_CONTROL_BODY, "the control API's limit")
         .await
     {
-        Ok((body, _in_flight)) => body,
+        Ok(read) => read,
         Err((status, reason)) => return json_reply(status, &json!({ "error": reason })),
     };
     let request = match parse(kind, &body, crate::clock::unix_secs()) {

@@ -162,26 +162,42 @@ pub fn spawn(
                     };
                     let (view, tls) = (view.clone(), tls.clone());
                     let pending = Arc::new(bounds.enter(peer.ip()));
+                    // The time to authenticate runs from the accept, TLS handshake included.
+                    let deadline = tokio::time::Instant::now() + plane::PRE_AUTH_TIMEOUT;
                     tokio::spawn(async move {
                         let _permit = permit;
-                        match tls {
-                            None => serve_connection(stream, view, false, pending).await,
-                            Some(tls) => match tls_handshake(&tls, stream).await {
-                                Ok(stream) => serve_connection(stream, view, true, pending).await,
+                        let Some(tls) = tls else {
+                            return serve_connection(stream, view, false, pending, deadline).await;
+                        };
+                        let evicted = pending.evicted.clone();
+                        tokio::select! {
+                            shaken = tls_handshake(&tls, stream) => match shaken {
+                                Ok(stream) => serve_connection(stream, view, true, pending, deadline).await,
                                 Err(e) => debug!(error = %e, "admin connection refused"),
                             },
+                            _ = evicted.cancelled() => debug!("admin connection closed to make room: no TLS handshake yet"),
+                            _ = tokio::time::sleep_until(deadline) => debug!("admin connection closed: no TLS handshake within the pre-auth timeout"),
                         }
                     });
+                    // The new connection's task reads its request (already in the socket,
+                    // for a client that speaks at once) before the next accept may evict it.
+                    tokio::task::yield_now().await;
                 }
             });
         })
 }
 
-/// Serves one connection; one that has not authenticated within
-/// [`plane::PRE_AUTH_TIMEOUT`], or must make room for a newer one, is closed (after the
-/// request in progress, if any, within a second).
-async fn serve_connection<S>(stream: S, view: Arc<NodeView>, tls: bool, pending: Arc<Pending>)
-where
+/// Serves one connection; one that has not authenticated by `deadline` (accept +
+/// [`plane::PRE_AUTH_TIMEOUT`]), or must make room for a newer one, is dropped at once:
+/// it holds nothing but the open routes' answers, and a grace would let a flood of them
+/// keep their slots.
+async fn serve_connection<S>(
+    stream: S,
+    view: Arc<NodeView>,
+    tls: bool,
+    pending: Arc<Pending>,
+    deadline: tokio::time::Instant,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let in_service = pending.clone();
@@ -194,7 +210,7 @@ where
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let pre_auth = tokio::time::sleep(plane::PRE_AUTH_TIMEOUT);
+    let pre_auth = tokio::time::sleep_until(deadline);
     tokio::pin!(pre_auth);
     let evicted = pending.evicted.clone();
     // Both stop mattering once the connection has authenticated.
@@ -218,15 +234,9 @@ where
             }
         }
     };
-    // Closing: the request in progress, if any, may finish within a second.
-    let served = match served {
-        Some(served) => served,
-        None => {
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(Duration::from_secs(1), conn)
-                .await
-                .unwrap_or(Ok(()))
-        }
+    // Dropped: closed at once.
+    let Some(served) = served else {
+        return;
     };
     if let Err(e) = served {
         debug!(error = %e, "admin connection ended with an error");

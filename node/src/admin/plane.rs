@@ -8,10 +8,11 @@
 //!   operators and the scrapers. The open routes (`/healthz`, `/readyz`, the page's
 //!   files) are served meanwhile: a load balancer's checks need no token.
 //! - **Bodies**: a body whose `Content-Length` is over its route's limit is refused with
-//!   413 on its head, before a byte of it is read; bodies being read hold at most
-//!   [`MAX_BODY_BYTES_IN_FLIGHT`] bytes together (a slow chunked body cannot pin memory
-//!   per slot): a body that cannot get its bytes within [`BODY_TIMEOUT`] is refused with
-//!   503.
+//!   413 on its head, before a byte of it is read; bodies hold at most
+//!   [`MAX_BODY_BYTES_IN_FLIGHT`] bytes together until their request is answered (a slow
+//!   chunked body cannot pin memory per slot): a body of known length waits its turn for
+//!   its whole room (408 past [`BODY_TIMEOUT`]), a chunked one takes room as its chunks
+//!   come and is refused with 503 when there is none.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,7 +59,7 @@ impl Plane {
             // share 127.0.0.1, and eviction (not refusal) keeps room for the newest.
             unauthenticated: Mutex::new(Unauthenticated::with_per_ip(
                 MAX_UNAUTHENTICATED,
-                MAX_UNAUTHENTICATED,
+                usize::MAX,
             )),
             bodies: Arc::new(Semaphore::new(budget)),
             body_budget: budget,
@@ -77,7 +78,7 @@ impl Plane {
                 }
                 Some(ticket)
             }
-            // Cannot happen with the per-address cap at the total; closed at once if so.
+            // Cannot happen: no per-address cap here (eviction keeps room for the newest).
             None => {
                 evicted.cancel();
                 None
@@ -105,14 +106,27 @@ impl Plane {
             return Err(too_large());
         }
         let limit = limit.min(self.body_budget);
+        let full = || {
+            (
+                503,
+                format!(
+                    "admin request bodies in flight hold {} bytes already: retry shortly",
+                    self.body_budget
+                ),
+            )
+        };
         let read = async {
+            // A body of known length takes its room at once (waiting its turn, never
+            // holding part of the room while it waits for more); a chunked one takes it
+            // as its chunks come, and is refused when there is none left.
+            let known = body.size_hint().exact();
             let mut held = self
                 .bodies
                 .clone()
-                .acquire_many_owned(0)
+                .acquire_many_owned(known.unwrap_or(0) as u32)
                 .await
                 .map_err(|_| (503, "shutting down".to_owned()))?;
-            let mut bytes = BytesMut::new();
+            let mut bytes = BytesMut::with_capacity(known.unwrap_or(0) as usize);
             while let Some(frame) = body.frame().await {
                 let frame =
                     frame.map_err(|e| (400, format!("request body could not be read: {e}")))?;
@@ -122,13 +136,14 @@ impl Plane {
                 if bytes.len() + data.len() > limit {
                     return Err(too_large());
                 }
-                let more = self
-                    .bodies
-                    .clone()
-                    .acquire_many_owned(data.len() as u32)
-                    .await
-                    .map_err(|_| (503, "shutting down".to_owned()))?;
-                held.merge(more);
+                if known.is_none() {
+                    let more = self
+                        .bodies
+                        .clone()
+                        .try_acquire_many_owned(data.len() as u32)
+                        .map_err(|_| full())?;
+                    held.merge(more);
+                }
                 bytes.extend_from_slice(&data);
             }
             Ok((bytes.freeze(), held))

@@ -319,13 +319,26 @@ async fn eval(settings: &RespSettings, args: &[Bytes], publish: &dyn Publish) ->
         Ok(Eval::Nothing) => return Frame::Null,
         Err(e) => return e,
     };
+    // Every message decoded and every group checked before anything is published: a
+    // bad name publishes nothing.
+    let mut sends = Vec::with_capacity(messages.len());
     for message in messages {
         // The core layer prefixes 12 random bytes; a layer configured without them works too.
         let Some(mut event) = decode_event(message, &[CORE_RANDOM_PREFIX, 0]) else {
             continue;
         };
         let targets = take_channels(&mut event);
-        let payload = render_event(settings, &event);
+        for group in targets
+            .iter()
+            .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))
+        {
+            if let Err(e) = crate::names::check(group, crate::broker::MAX_GROUP_NAME) {
+                return Frame::Error(format!("ERR bad group name {group:?}: {e}"));
+            }
+        }
+        sends.push((targets, render_event(settings, &event)));
+    }
+    for (targets, payload) in sends {
         for group in targets
             .iter()
             .filter_map(|c| c.strip_prefix(SYNTHETIC_CHANNEL))

@@ -220,6 +220,11 @@ impl SessionState {
         self.ops.charge(cost, limits)
     }
 
+    /// The node refused an op [`SessionState::charge`] let through: its units go back.
+    pub fn refund(&mut self, cost: u32, limits: &crate::config::OpLimits) {
+        self.ops.refund(cost, limits)
+    }
+
     /// Published messages taken from the queue, as the frames to write: a positioned
     /// one goes through its group's track (held while it recovers, dropped when seen),
     /// and a gap ends the session.

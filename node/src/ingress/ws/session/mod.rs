@@ -362,6 +362,7 @@ impl<S: Stream> Session<S> {
                 if taken {
                     return Ok(true);
                 }
+                self.state.refund(cost, &limits);
                 metrics.client_ops_refused_node.inc();
                 format!(
                     "the node is busy (--node-ops-per-sec {}): retry shortly",

@@ -78,6 +78,14 @@ impl OpBudget {
         self.idle += elapsed.as_secs_f32();
     }
 
+    /// Gives back `cost` units an op spent but did not use (the node refused it): the
+    /// client is not blamed for the node's load.
+    pub fn refund(&mut self, cost: u32, limits: &OpLimits) {
+        if let Some(tokens) = &mut self.tokens {
+            *tokens = (*tokens + cost as f32).min(limits.burst as f32);
+        }
+    }
+
     /// Spends `cost` units, or says why not.
     pub fn charge(&mut self, cost: u32, limits: &OpLimits) -> Verdict {
         let burst = limits.burst as f32;
@@ -171,8 +179,10 @@ impl NodeOps {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * rate).min(rate);
-        if self.tokens >= f64::from(cost) {
-            self.tokens -= f64::from(cost);
+        // An op that costs more than a second's worth passes on a full bucket (and
+        // empties it), so that no op is refused for ever.
+        if self.tokens >= f64::from(cost) || self.tokens >= rate {
+            self.tokens = (self.tokens - f64::from(cost)).max(0.0);
             true
         } else {
             false
@@ -240,6 +250,33 @@ mod tests {
             assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Refuse);
         }
         assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Close);
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_the_node_refused() {
+        let mut b = OpBudget::default();
+        for _ in 0..20 {
+            assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Pass);
+        }
+        b.refund(COST_SIMPLE, &LIMITS);
+        assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Pass);
+        assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Refuse);
+        // Never beyond the burst.
+        b.idle(Duration::from_secs(60));
+        b.refund(100, &LIMITS);
+        for _ in 0..20 {
+            assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Pass);
+        }
+        assert_eq!(b.charge(COST_SIMPLE, &LIMITS), Verdict::Refuse);
+    }
+
+    #[test]
+    fn an_op_dearer_than_the_nodes_second_passes_on_a_full_bucket() {
+        let t0 = Instant::now();
+        let mut n = NodeOps::new(t0);
+        assert!(n.take(COST_PRESENCE_SINCE, t0, 5), "full: passes, empties");
+        assert!(!n.take(COST_SIMPLE, t0, 5));
+        assert!(n.take(COST_PRESENCE_SINCE, t0 + Duration::from_secs(1), 5));
     }
 
     #[test]
