@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod bounded;
 pub mod broker;
 pub mod cli;
 pub mod clock;
@@ -290,6 +291,7 @@ impl Node {
             secrets: secrets.clone(),
             tls: ws_tls.clone(),
             node_ops: std::sync::Mutex::new(ingress::ws::state::ops::NodeOps::new(
+                config.ws.ops.node_per_sec,
                 tokio::time::Instant::now(),
             )),
             cool_down: Default::default(),

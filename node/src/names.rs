@@ -27,12 +27,9 @@ pub fn check(name: &str, max: usize) -> Result<(), NameError> {
     if name.len() > max {
         return Err(NameError::TooLong(max));
     }
-    // Names are ASCII almost always: one pass over the bytes decides those.
-    if name.is_ascii() {
-        return match name.bytes().any(|b| b.is_ascii_control()) {
-            true => Err(NameError::Control),
-            false => Ok(()),
-        };
+    // Names are printable ASCII almost always: one pass over the bytes passes those.
+    if name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
     }
     for c in name.chars() {
         if c.is_control() {

@@ -9,20 +9,35 @@ use tokio::time::Instant;
 pub const REFUSALS_BEFORE_CLOSE: u32 = 50;
 
 /// One token bucket: `rate` tokens a second, at most one second's worth held. `f32`:
-/// every bridged connection holds two, and the precision needed is a frame's.
+/// every bridged connection holds two, and the precision needed is a frame's. The node's
+/// op budget (`ingress::ws::state::ops::NodeOps`) is one too.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     rate: f32,
     tokens: f32,
 }
 
 impl Bucket {
-    fn new(rate: f32) -> Self {
+    /// A full bucket of `rate` tokens a second.
+    pub fn new(rate: f32) -> Self {
         Bucket { rate, tokens: rate }
     }
 
-    fn refill(&mut self, elapsed: f32) {
+    /// `elapsed` seconds' worth of tokens, up to one second's.
+    pub fn refill(&mut self, elapsed: f32) {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+    }
+
+    /// Whether `n` tokens may be taken: there are that many, or the bucket is full (so
+    /// that nothing larger than a second's worth is refused for ever).
+    pub fn fits(&self, n: f32) -> bool {
+        self.tokens >= n || self.tokens >= self.rate
+    }
+
+    /// Takes `n` tokens (after [`Bucket::fits`]): a full bucket taken past its worth is
+    /// emptied.
+    pub fn take(&mut self, n: f32) {
+        self.tokens = (self.tokens - n).max(0.0);
     }
 }
 
@@ -67,10 +82,9 @@ impl Budget {
         self.frames.refill(elapsed);
         self.bytes.refill(elapsed);
         let len = len as f32;
-        let bytes_ok = self.bytes.tokens >= len || self.bytes.tokens >= self.bytes.rate;
-        if self.frames.tokens >= 1.0 && bytes_ok {
-            self.frames.tokens -= 1.0;
-            self.bytes.tokens = (self.bytes.tokens - len).max(0.0);
+        if self.frames.fits(1.0) && self.bytes.fits(len) {
+            self.frames.take(1.0);
+            self.bytes.take(len);
             self.refused_in_a_row = 0;
             return Verdict::Pass;
         }

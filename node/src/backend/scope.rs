@@ -32,7 +32,10 @@ pub struct Parts<'a> {
 
 /// The version of the encoding (its first byte).
 const VERSION: u8 = 1;
-/// Header names written as one byte: their index here.
+/// Header names written as one byte: their index here. Not derived from
+/// `config::DEFAULT_BACKEND_HEADERS` (whose names it starts with): scopes are replicated
+/// in the presence registry, so these indices are a format of version [`VERSION`] and
+/// never change, whatever the default becomes. Append only.
 const KNOWN: &[&str] = &[
     "host",
     "origin",

@@ -34,13 +34,9 @@ impl Refusals {
             *quiet = 0;
             return Some(was);
         }
-        if self.sources.len() >= MAX_SOURCES {
-            self.sources
-                .retain(|_, (told, _)| now.saturating_duration_since(*told) < INTERVAL);
-            if self.sources.len() >= MAX_SOURCES {
-                self.sources.clear();
-            }
-        }
+        crate::bounded::make_room(&mut self.sources, &ip, MAX_SOURCES, |(told, _)| {
+            now.saturating_duration_since(*told) >= INTERVAL
+        });
         self.sources.insert(ip, (now, 0));
         Some(0)
     }

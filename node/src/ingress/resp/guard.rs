@@ -54,12 +54,9 @@ impl AuthThrottle {
     /// A failed `AUTH` from `ip` at `now`: how long its connection waits before it is
     /// read again.
     pub fn on_failure(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&ip) {
-            self.buckets.retain(|_, b| b.refilled(now) < AUTH_BURST);
-            if self.buckets.len() >= MAX_TRACKED {
-                self.buckets.clear();
-            }
-        }
+        crate::bounded::make_room(&mut self.buckets, &ip, MAX_TRACKED, |b| {
+            b.refilled(now) >= AUTH_BURST
+        });
         let bucket = self.buckets.entry(ip).or_insert(Bucket {
             tokens: AUTH_BURST,
             at: now,

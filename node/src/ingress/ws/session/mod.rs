@@ -357,8 +357,7 @@ impl<S: Stream> Session<S> {
         let metrics = &self.ingress.metrics;
         let message = match self.state.charge(cost, &limits) {
             Verdict::Pass => {
-                let taken =
-                    lock(&self.ingress.node_ops).take(cost, Instant::now(), limits.node_per_sec);
+                let taken = lock(&self.ingress.node_ops).take(cost, Instant::now());
                 if taken {
                     return Ok(true);
                 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use switchboard_proto::client::ClientOp;
 use tokio::time::Instant;
 
-use crate::backend::budget::Verdict;
+use crate::backend::budget::{Bucket, Verdict};
 use crate::config::OpLimits;
 
 /// A client whose ops are refused this many times in a row is closed (1008): it ignores
@@ -129,13 +129,9 @@ pub struct CoolDown {
 impl CoolDown {
     /// `user` was closed for its ops at `now`: how long it must wait.
     pub fn strike(&mut self, user: &str, now: Instant) -> Duration {
-        if self.users.len() >= MAX_COOLING && !self.users.contains_key(user) {
-            self.users
-                .retain(|_, (until, _)| now < *until + COOL_DOWN_MEMORY);
-            if self.users.len() >= MAX_COOLING {
-                self.users.clear();
-            }
-        }
+        crate::bounded::make_room(&mut self.users, user, MAX_COOLING, |(until, _)| {
+            now >= *until + COOL_DOWN_MEMORY
+        });
         let (until, strikes) = self.users.entry(user.to_owned()).or_insert((now, 0));
         if now >= *until + COOL_DOWN_MEMORY {
             *strikes = 0;
@@ -158,35 +154,32 @@ impl CoolDown {
 }
 
 /// The node's bucket, shared by its connections (the driver keeps it behind a lock):
-/// `per_sec` units a second, one second's worth at most.
+/// `per_sec` units a second, one second's worth at most; an op dearer than that passes on
+/// a full bucket.
 #[derive(Debug)]
 pub struct NodeOps {
-    tokens: f64,
+    bucket: Bucket,
     at: Instant,
 }
 
 impl NodeOps {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(per_sec: u32, now: Instant) -> Self {
         NodeOps {
-            tokens: f64::INFINITY,
+            bucket: Bucket::new(per_sec as f32),
             at: now,
         }
     }
 
-    /// Takes `cost` units at `now` if there are that many.
-    pub fn take(&mut self, cost: u32, now: Instant, per_sec: u32) -> bool {
-        let rate = f64::from(per_sec);
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+    /// Takes `cost` units at `now` if it may.
+    pub fn take(&mut self, cost: u32, now: Instant) -> bool {
+        self.bucket
+            .refill(now.saturating_duration_since(self.at).as_secs_f32());
         self.at = now;
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        // An op that costs more than a second's worth passes on a full bucket (and
-        // empties it), so that no op is refused for ever.
-        if self.tokens >= f64::from(cost) || self.tokens >= rate {
-            self.tokens = (self.tokens - f64::from(cost)).max(0.0);
-            true
-        } else {
-            false
+        let fits = self.bucket.fits(cost as f32);
+        if fits {
+            self.bucket.take(cost as f32);
         }
+        fits
     }
 }
 
@@ -273,22 +266,22 @@ mod tests {
     #[test]
     fn an_op_dearer_than_the_nodes_second_passes_on_a_full_bucket() {
         let t0 = Instant::now();
-        let mut n = NodeOps::new(t0);
-        assert!(n.take(COST_PRESENCE_SINCE, t0, 5), "full: passes, empties");
-        assert!(!n.take(COST_SIMPLE, t0, 5));
-        assert!(n.take(COST_PRESENCE_SINCE, t0 + Duration::from_secs(1), 5));
+        let mut n = NodeOps::new(5, t0);
+        assert!(n.take(COST_PRESENCE_SINCE, t0), "full: passes, empties");
+        assert!(!n.take(COST_SIMPLE, t0));
+        assert!(n.take(COST_PRESENCE_SINCE, t0 + Duration::from_secs(1)));
     }
 
     #[test]
     fn the_node_bucket_holds_one_seconds_worth() {
         let t0 = Instant::now();
-        let mut n = NodeOps::new(t0);
-        assert!(n.take(100, t0, 100));
-        assert!(!n.take(1, t0, 100));
-        assert!(n.take(10, t0 + Duration::from_millis(100), 100));
-        assert!(!n.take(1, t0 + Duration::from_millis(100), 100));
-        assert!(n.take(100, t0 + Duration::from_secs(60), 100));
-        assert!(!n.take(1, t0 + Duration::from_secs(60), 100));
+        let mut n = NodeOps::new(100, t0);
+        assert!(n.take(100, t0));
+        assert!(!n.take(1, t0));
+        assert!(n.take(10, t0 + Duration::from_millis(100)));
+        assert!(!n.take(1, t0 + Duration::from_millis(100)));
+        assert!(n.take(100, t0 + Duration::from_secs(60)));
+        assert!(!n.take(1, t0 + Duration::from_secs(60)));
     }
 
     #[test]
