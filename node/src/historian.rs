@@ -44,6 +44,9 @@ pub struct HistoryMetrics {
     pub syncs_sent: Counter,
     pub evictions: Counter,
     pub takeovers: Counter,
+    pub recovery_asks: Counter,
+    pub recovery_reads: Counter,
+    pub recovery_asks_queued: Gauge,
     pub groups: Gauge,
     pub messages: Gauge,
     pub bytes: Gauge,
@@ -144,12 +147,14 @@ impl Historian {
         result
     }
 
-    /// What a client at `since` missed in `group`; `None`: only where the group stands (a
-    /// client subscribing afresh learns its position).
+    /// A page of what a client at `since` missed in `group`; `None`: only where the group
+    /// stands (a client subscribing afresh learns its position). `first`: the first page
+    /// of a client's recovery (the one counted).
     pub async fn recover(
         &self,
         group: &str,
         since: Option<Position>,
+        first: bool,
     ) -> Result<Recovery, HistoryError> {
         let result = self
             .ask(|reply| Event::Recover {
@@ -159,7 +164,9 @@ impl Historian {
             })
             .await;
         if since.is_some() {
-            self.metrics.recoveries.inc();
+            if first {
+                self.metrics.recoveries.inc();
+            }
             if !result.as_ref().is_ok_and(|r| r.recovered) {
                 self.metrics.recoveries_incomplete.inc();
             }
@@ -224,6 +231,21 @@ impl Historian {
                 "history_takeovers_total",
                 "History buckets this node took over as owner, continuing another owner's history (a failover or a hand-over).",
                 m.takeovers.get(),
+            ),
+            Row::counter(
+                "history_recovery_asks_total",
+                "Recovery pages this node's clients asked of a remote owner.",
+                m.recovery_asks.get(),
+            ),
+            Row::counter(
+                "history_recovery_reads_total",
+                "Recovery reads this node sent to remote owners: one answers every ask of its page queued before it left.",
+                m.recovery_reads.get(),
+            ),
+            Row::gauge(
+                "history_recovery_asks_queued",
+                "Recovery asks waiting for one of the node's read slots.",
+                m.recovery_asks_queued.get(),
             ),
             Row::counter(
                 "history_evictions_total",
@@ -414,10 +436,13 @@ impl Driver {
         m.messages.set(stats.messages as u64);
         m.bytes.set(stats.bytes as u64);
         m.pending.set(stats.pending as u64);
+        m.recovery_asks_queued.set(stats.asks_queued as u64);
         let counts = self.keeper.take_counts();
         m.syncs_sent.add(counts.syncs_sent);
         m.evictions.add(counts.evictions);
         m.takeovers.add(counts.takeovers);
+        m.recovery_asks.add(counts.recovery_asks);
+        m.recovery_reads.add(counts.recovery_reads);
     }
 }
 

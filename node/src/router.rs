@@ -138,10 +138,11 @@ impl Router {
         &self,
         group: &str,
         since: Option<Position>,
+        first: bool,
     ) -> Result<Recovery, HistoryError> {
         let deadline = tokio::time::Instant::now() + self.patience;
         loop {
-            match self.historian.recover(group, since).await {
+            match self.historian.recover(group, since, first).await {
                 Err(e)
                     if !matches!(e, HistoryError::Stopped)
                         && tokio::time::Instant::now() + RECOVERY_RETRY < deadline =>

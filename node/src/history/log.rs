@@ -272,11 +272,12 @@ impl GroupLog {
         let mut more = false;
         if complete {
             let mut bytes = 0;
-            for e in self
+            // Offsets only grow along the ring: the page starts where a binary search
+            // says, not after a scan (a page costs its own entries, not the history).
+            let start = self
                 .entries
-                .iter()
-                .filter(|e| e.position.offset > since.offset)
-            {
+                .partition_point(|e| e.position.offset <= since.offset);
+            for e in self.entries.range(start..) {
                 if !entries.is_empty() && bytes + e.payload.len() > page_bytes {
                     more = true;
                     break;

@@ -35,9 +35,16 @@
 //! ([`HistoryError::HandingOver`]: nothing taken, the publisher asks again), so its
 //! pending entries are confirmed before the Raft leader hands its buckets over.
 //!
-//! **Recovering.** A recovery asks the owner for everything after a position; the owner
-//! first forwards the group's new messages to the asking node (for [`RECOVER_WINDOW`],
-//! until gossip covers it), then answers from its ring in pages of [`READ_PAGE`].
+//! **Recovering.** A recovery asks the owner for a page of what followed a position (at
+//! most [`READ_PAGE`] bytes); the client's session writes it and asks for the next
+//! from the last it wrote, so a recovering client holds one page, not the history. The
+//! owner first forwards the group's new messages to the asking node (for
+//! [`RECOVER_WINDOW`], until gossip covers it), then answers from its ring. A node
+//! sends at most [`MAX_READS_IN_FLIGHT`] reads to owners at once; the rest queue, and
+//! the queued asks of one group from one position go as one read whose page answers
+//! them all (a recovery storm after a node loss costs a read per page, not per
+//! client). A read is merged only with asks queued before it left: the owner reads
+//! after every one of them subscribed, so none misses what came between.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -68,8 +75,15 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const SYNC_RETRY: Duration = Duration::from_secs(1);
 /// Bytes of group states in one `Sync` message (a longer history goes in parts).
 pub const SYNC_CHUNK: usize = 1024 * 1024;
-/// Bytes of messages in one answer to a recovery read (the reader asks again for more).
-pub const READ_PAGE: usize = 4 * 1024 * 1024;
+/// Bytes of messages in one answer to a recovery read (the reader asks again for more):
+/// what a recovering client holds at once, besides the message being written.
+pub const READ_PAGE: usize = 1024 * 1024;
+/// Recovery reads this node has sent to owners and not had answered; more wait in the
+/// queue (one slot serves every queued ask of one group from one position).
+pub const MAX_READS_IN_FLIGHT: usize = 16;
+/// How long an ask waits in the queue for a read slot before it fails with `Timeout`
+/// (the router asks again within its patience).
+pub const READ_QUEUE_PATIENCE: Duration = Duration::from_secs(20);
 /// Messages kept by a group that no rule of this node names (a peer with another
 /// `--history`): the replica still keeps it.
 const FALLBACK_SIZE: usize = 100;
@@ -156,6 +170,8 @@ pub struct Stats {
     pub messages: usize,
     pub bytes: usize,
     pub pending: usize,
+    /// Recovery asks waiting for a read slot.
+    pub asks_queued: usize,
 }
 
 /// Events counted since the last [`Keeper::take_counts`].
@@ -166,6 +182,10 @@ pub struct Counts {
     /// Buckets this node took over as owner, continuing another owner's history (its
     /// owner died, restarted or drained; or a planned hand-over to this node).
     pub takeovers: u64,
+    /// Recovery pages this node's clients asked of remote owners, and the reads sent
+    /// for them (one answers every ask of its page queued before it left).
+    pub recovery_asks: u64,
+    pub recovery_reads: u64,
 }
 
 /// An entry taken by this owner, awaiting a replica's acknowledgement.
@@ -191,16 +211,17 @@ struct Sent {
     at: Instant,
 }
 
-/// A recovery read sent to a remote owner, with the pages received so far.
+/// A recovery read sent to a remote owner, and the asks its page answers.
 #[derive(Debug)]
 struct Reading {
-    ticket: Ticket,
+    tickets: Vec<Ticket>,
     group: String,
     owner: NodeId,
     at: Instant,
-    recovered: Option<bool>,
-    entries: Vec<Entry>,
 }
+
+/// A page asked for: the group, and the position it follows.
+type ReadKey = (String, Option<Position>);
 
 /// See the module header.
 #[derive(Debug)]
@@ -217,6 +238,10 @@ pub struct Keeper {
     /// Requester: recovery reads sent to remote owners, by read id.
     reads: HashMap<u64, Reading>,
     next_read: u64,
+    /// Requester: pages waiting for a read slot, in the order first asked, each with
+    /// its asks and when the first was queued.
+    queued: VecDeque<ReadKey>,
+    asks: HashMap<ReadKey, (Vec<Ticket>, Instant)>,
     /// Owner: nodes recovering a group, forwarded its messages until the instant given.
     recovering: HashMap<String, Vec<(NodeId, Instant)>>,
     /// Each bucket's epoch as last looked at (to act on changes).
@@ -247,6 +272,8 @@ impl Keeper {
             publishes: HashMap::new(),
             reads: HashMap::new(),
             next_read: 0,
+            queued: VecDeque::new(),
+            asks: HashMap::new(),
             recovering: HashMap::new(),
             seen: HashMap::new(),
             owned: HashSet::new(),
@@ -269,6 +296,7 @@ impl Keeper {
             messages: self.store.messages(),
             bytes: self.store.bytes(),
             pending: self.pending.len(),
+            asks_queued: self.asks.values().map(|(tickets, _)| tickets.len()).sum(),
         }
     }
 
@@ -319,8 +347,8 @@ impl Keeper {
         }
     }
 
-    /// A local recovery: what a client at `since` missed in `group` (`None`: only where
-    /// the group stands).
+    /// A local recovery: a page of what a client at `since` missed in `group` (`None`:
+    /// only where the group stands); `more` says to ask again after its last entry.
     pub fn handle_recover(
         &mut self,
         facts: &Facts,
@@ -331,19 +359,12 @@ impl Keeper {
         match facts.assignments.of_group(&group).copied() {
             None => self.recovered(ticket, Err(HistoryError::NotAssigned)),
             Some(a) if a.owner == self.me => {
-                let result = self.read(facts, &group, since, usize::MAX);
+                let result = self.read(facts, &group, since, READ_PAGE);
                 self.recovered(ticket, result);
             }
-            Some(a) => {
-                let reading = Reading {
-                    ticket,
-                    group,
-                    owner: a.owner,
-                    at: facts.now,
-                    recovered: None,
-                    entries: Vec::new(),
-                };
-                self.read_from(reading, since);
+            Some(_) => {
+                self.queue_read(facts, ticket, group, since);
+                self.send_reads(facts);
             }
         }
     }
@@ -360,7 +381,8 @@ impl Keeper {
             }
             History::Read { id, .. } => {
                 if let Some(reading) = self.reads.remove(id) {
-                    self.recovered(reading.ticket, Err(HistoryError::OwnerUnreachable(to)));
+                    let error = HistoryError::OwnerUnreachable(to);
+                    self.recovered_all(reading.tickets, Err(error));
                 }
             }
             // A replica's copy that did not leave: the group's history goes again at the
@@ -495,6 +517,7 @@ impl Keeper {
             }
         }
         self.expire_requests(facts);
+        self.send_reads(facts);
         self.recovering.retain(|_, nodes| {
             nodes.retain(|(_, until)| *until > now);
             !nodes.is_empty()
@@ -526,6 +549,13 @@ impl Keeper {
 
     fn recovered(&mut self, ticket: Ticket, result: Result<Recovery, HistoryError>) {
         self.out.push_back(Output::Recovered { ticket, result });
+    }
+
+    /// One answer for every ask a read served (the entries' bytes are shared).
+    fn recovered_all(&mut self, tickets: Vec<Ticket>, result: Result<Recovery, HistoryError>) {
+        for ticket in tickets {
+            self.recovered(ticket, result.clone());
+        }
     }
 }
 

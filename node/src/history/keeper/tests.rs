@@ -253,6 +253,15 @@ impl Sim {
         ticket
     }
 
+    /// A recovery asked on `node`, its messages left in flight.
+    fn ask(&mut self, node: NodeId, since: Option<Position>) -> Ticket {
+        let ticket = self.ticket();
+        self.call(node, |k, facts| {
+            k.handle_recover(facts, ticket, GROUP.into(), since)
+        });
+        ticket
+    }
+
     fn outcome(&self, node: NodeId, ticket: Ticket) -> Option<&Result<Taken, HistoryError>> {
         self.published.get(&(node, ticket))
     }
@@ -499,20 +508,114 @@ fn a_long_recovery_comes_in_pages_from_a_remote_owner() {
         sim.publish(owner, id(seq), 0, &big);
     }
     assert_eq!(sim.deliveries().len(), 5);
-    let t = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
-    let r = sim.recovery(other, t);
-    assert!(r.recovered && !r.more);
-    let offsets: Vec<u64> = r.entries.iter().map(|e| e.position.offset).collect();
-    assert_eq!(offsets, vec![1, 2, 3, 4, 5]);
-    assert_eq!(
-        sim.reads, 3,
-        "two messages a page: at most {READ_PAGE} bytes each"
-    );
+    // Each ask is one page (two messages of at most READ_PAGE bytes); the reader asks
+    // again after the last it got.
+    let mut since = pos(FIRST_EPOCH, 0);
+    let mut pages = Vec::new();
+    for _ in 0..5 {
+        let t = sim.recover(other, Some(since));
+        let r = sim.recovery(other, t).clone();
+        assert!(r.recovered);
+        assert_eq!((r.epoch, r.top), (FIRST_EPOCH, 5));
+        pages.push(
+            r.entries
+                .iter()
+                .map(|e| e.position.offset)
+                .collect::<Vec<_>>(),
+        );
+        match r.entries.last() {
+            Some(last) if r.more => since = last.position,
+            _ => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![1, 2], vec![3, 4], vec![5]]);
+    assert_eq!(sim.reads, 3);
     // A position from another history is not recovered, and nothing is replayed.
     let t = sim.recover(other, Some(pos(FIRST_EPOCH - 1, 3)));
     let r = sim.recovery(other, t);
     assert!(!r.recovered && r.entries.is_empty());
     assert_eq!((r.epoch, r.top), (FIRST_EPOCH, 5));
+}
+
+#[test]
+fn a_recovery_storm_waits_for_read_slots_and_one_read_answers_every_ask_of_its_page() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    for seq in 1..=3 {
+        sim.publish(owner, id(seq), 0, "m");
+    }
+    // Every slot taken by a read of its own (positions the owner never minted).
+    let busy: Vec<Ticket> = (0..MAX_READS_IN_FLIGHT as u64)
+        .map(|k| sim.ask(other, Some(pos(FIRST_EPOCH, 100 + k))))
+        .collect();
+    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT);
+    // A storm of asks for one page, and one for another page: they wait, unsent.
+    let storm: Vec<Ticket> = (0..100)
+        .map(|_| sim.ask(other, Some(pos(FIRST_EPOCH, 0))))
+        .collect();
+    let apart = sim.ask(other, Some(pos(FIRST_EPOCH, 2)));
+    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT, "queued, not sent");
+    assert!(
+        storm
+            .iter()
+            .all(|t| !sim.recovered.contains_key(&(other, *t)))
+    );
+    sim.deliver();
+    for t in busy {
+        assert!(!sim.recovery(other, t).recovered);
+    }
+    assert_eq!(
+        sim.reads,
+        MAX_READS_IN_FLIGHT + 2,
+        "one read for the storm's page, one for the other"
+    );
+    for t in storm {
+        let r = sim.recovery(other, t);
+        assert!(r.recovered);
+        let offsets: Vec<u64> = r.entries.iter().map(|e| e.position.offset).collect();
+        assert_eq!(offsets, vec![1, 2, 3]);
+    }
+    let offsets: Vec<u64> = sim
+        .recovery(other, apart)
+        .entries
+        .iter()
+        .map(|e| e.position.offset)
+        .collect();
+    assert_eq!(offsets, vec![3]);
+    // An ask made after a read of its page left is not merged into it (the owner may
+    // have read before the asker subscribed): it gets a read of its own.
+    let first = sim.ask(other, Some(pos(FIRST_EPOCH, 0)));
+    let second = sim.ask(other, Some(pos(FIRST_EPOCH, 0)));
+    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT + 4);
+    sim.deliver();
+    assert!(sim.recovery(other, first).recovered && sim.recovery(other, second).recovered);
+}
+
+#[test]
+fn asks_queued_behind_a_dead_owner_time_out_within_the_queue_patience() {
+    let mut sim = Sim::new();
+    let (owner, _, other) = sim.roles();
+    sim.dead.insert(owner);
+    let asks: Vec<Ticket> = (0..MAX_READS_IN_FLIGHT as u64 + 1)
+        .map(|k| sim.ask(other, Some(pos(FIRST_EPOCH, k))))
+        .collect();
+    let queued = *asks.last().expect("asks");
+    sim.tick(REQUEST_TIMEOUT);
+    for t in &asks[..MAX_READS_IN_FLIGHT] {
+        assert_eq!(
+            sim.recovered.get(&(other, *t)),
+            Some(&Err(HistoryError::Timeout))
+        );
+    }
+    assert!(
+        !sim.recovered.contains_key(&(other, queued)),
+        "sent once a slot freed"
+    );
+    sim.tick(REQUEST_TIMEOUT);
+    assert_eq!(
+        sim.recovered.get(&(other, queued)),
+        Some(&Err(HistoryError::Timeout))
+    );
 }
 
 #[test]

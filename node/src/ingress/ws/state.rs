@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::tracks::{Gap, Route, Tracks};
 use crate::auth::AuthError;
 use crate::backend::budget::Verdict;
-use crate::history::{HistoryError, Recovery};
+use crate::history::{Entry, HistoryError, Recovery};
 use crate::hub::{Encoded, Outbound, Positioned};
 
 /// How often an idle connection is pinged; one that has sent nothing for two intervals
@@ -93,13 +93,45 @@ struct Asked {
     id: Option<u64>,
 }
 
-/// A recovery's answer, made into frames: the `subscribed` reply, the missed messages,
-/// then what arrived meanwhile; `then` closes the session after them (a gap after the
-/// recovered messages: the client's position still moves on).
-#[derive(Debug)]
+/// A recovery streamed page by page: where the first page said the group stood, and
+/// the last message written.
+#[derive(Debug, Clone, Copy)]
+struct Streaming {
+    top: Position,
+    last: Position,
+}
+
+/// A page of a recovery's answer: the `subscribed` reply (with the first page), the
+/// page's missed messages, then (after the last page) what arrived meanwhile; `then`
+/// closes the session after them (a gap after the recovered messages: the client's
+/// position still moves on).
+#[derive(Debug, Default)]
 pub struct Recovered {
-    pub frames: Vec<Message>,
+    pub reply: Option<Message>,
+    pub group: String,
+    pub missed: Vec<Entry>,
+    pub after: Vec<Message>,
     pub then: Option<End>,
+}
+
+impl Recovered {
+    /// The frames to write, in order: a missed message is made a frame only when it is
+    /// reached, so a recovering client holds its page's entries (shared with the
+    /// history) and one frame, not a frame for every message missed.
+    pub fn into_frames(self) -> (impl Iterator<Item = Message>, Option<End>) {
+        let Recovered {
+            reply,
+            group,
+            missed,
+            after,
+            then,
+        } = self;
+        let missed = missed.into_iter().map(move |entry| {
+            let encoded = Encoded::with_position(entry.payload, entry.position);
+            encoded.positioned_frame(&group).frame.clone()
+        });
+        (reply.into_iter().chain(missed).chain(after), then)
+    }
 }
 
 /// One session's decisions. See the module header.
@@ -114,6 +146,8 @@ pub struct SessionState {
     /// Recoveries asked, oldest first; the first one is in flight when `in_flight`.
     asked: VecDeque<Asked>,
     in_flight: bool,
+    /// The first one's pages after the first, while it has more.
+    streaming: Option<Streaming>,
     /// What the client may still spend on ops.
     ops: ops::OpBudget,
 }
@@ -128,6 +162,7 @@ impl SessionState {
             tracks,
             asked: VecDeque::new(),
             in_flight: false,
+            streaming: None,
             ops: ops::OpBudget::default(),
         }
     }
@@ -261,45 +296,50 @@ impl SessionState {
         self.asked.push_back(Asked { group, since, id });
     }
 
-    /// The recovery to start now, if none is in flight: (group, since).
+    /// The recovery (or its next page) to ask for now, if none is in flight: (group,
+    /// since).
     pub fn poll_recovery(&mut self) -> Option<(String, Option<Position>)> {
         if self.in_flight {
             return None;
         }
         let asked = self.asked.front()?;
         self.in_flight = true;
-        Some((asked.group.clone(), asked.since))
+        let since = match self.streaming {
+            Some(stream) => Some(stream.last),
+            None => asked.since,
+        };
+        Some((asked.group.clone(), since))
     }
 
-    /// The answer to the recovery in flight. A failure other than the node stopping
-    /// closes with 1013: the router asked again for as long as a takeover takes, so the
-    /// client recovers later or elsewhere rather than being told `recovered: false`
-    /// about messages that are still held.
+    /// Whether the recovery in flight is past its first page.
+    pub fn continuing(&self) -> bool {
+        self.streaming.is_some()
+    }
+
+    /// A page of the recovery in flight. The first page's answer is the `subscribed`
+    /// reply; while the owner has more before the top it named, the next page is asked
+    /// for after this one is written, and what arrives meanwhile stays held. A failure
+    /// other than the node stopping closes with 1013: the router asked again for as
+    /// long as a takeover takes, so the client recovers later or elsewhere rather than
+    /// being told `recovered: false` about messages that are still held.
     pub fn handle_recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Recovered {
         self.in_flight = false;
-        let Some(asked) = self.asked.pop_front() else {
-            return Recovered {
-                frames: Vec::new(),
-                then: None,
-            };
+        let Some(asked) = self.asked.front() else {
+            return Recovered::default();
         };
+        let group = asked.group.clone();
+        if let Some(stream) = self.streaming.take() {
+            return self.next_page(group, stream, answer);
+        }
+        let (since, id) = (asked.since, asked.id);
         if let Err(e) = &answer
             && !matches!(e, HistoryError::Stopped)
         {
-            return Recovered {
-                frames: Vec::new(),
-                then: Some(End::Close(
-                    CloseCode::TryAgainLater,
-                    format!(
-                        "history of {} unavailable: {e}; reconnect and recover",
-                        asked.group
-                    ),
-                )),
-            };
+            self.asked.pop_front();
+            return unavailable(group, e);
         }
-        let group = asked.group;
-        let fresh = asked.since.is_none();
-        let (recovered, entries, top) = match answer {
+        let fresh = since.is_none();
+        let (recovered, missed, top, more) = match answer {
             Ok(r) => (
                 r.recovered,
                 r.entries,
@@ -307,27 +347,120 @@ impl SessionState {
                     epoch: r.epoch,
                     offset: r.top,
                 }),
+                r.more,
             ),
-            Err(_) => (false, Vec::new(), None),
+            Err(_) => (false, Vec::new(), None, false),
         };
+        let reply = |stands: Option<Position>| {
+            text(&ServerReply::Subscribed {
+                group: group.clone(),
+                recovered: (!fresh).then_some(recovered),
+                epoch: stands.map(|p| p.epoch),
+                offset: stands.map(|p| p.offset),
+                id,
+            })
+        };
+        if let (Some(top), Some(last)) = (top, missed.last())
+            && more
+            && recovered
+            && last.position.offset < top.offset
+        {
+            // A recovering client stands at the top once it has every page.
+            self.streaming = Some(Streaming {
+                top,
+                last: last.position,
+            });
+            return Recovered {
+                reply: Some(reply(Some(top))),
+                group,
+                missed,
+                ..Recovered::default()
+            };
+        }
+        self.asked.pop_front();
         let (stands, after, then) = match self.tracks.recovered(&group, top, fresh) {
             Ok((stands, after)) => (stands, after, None),
             Err(Gap) => (top, Vec::new(), Some(gap(&group))),
         };
-        let reply = ServerReply::Subscribed {
-            group: group.clone(),
-            recovered: (!fresh).then_some(recovered),
-            epoch: stands.map(|p| p.epoch),
-            offset: stands.map(|p| p.offset),
-            id: asked.id,
-        };
-        let mut frames = vec![text(&reply)];
-        for entry in entries {
-            let encoded = Encoded::with_position(entry.payload, entry.position);
-            frames.push(encoded.positioned_frame(&group).frame.clone());
+        Recovered {
+            reply: Some(reply(stands)),
+            missed,
+            after: after.iter().map(|p| p.frame.clone()).collect(),
+            then,
+            group,
         }
-        frames.extend(after.iter().map(|p| p.frame.clone()));
-        Recovered { frames, then }
+    }
+
+    /// A page after the first: its messages up to the top the first named. History
+    /// dropped meanwhile (evicted between pages) is a gap: the client was told
+    /// `recovered: true`, so it is closed with 4009 and recovers again from where it got.
+    fn next_page(
+        &mut self,
+        group: String,
+        mut stream: Streaming,
+        answer: Result<Recovery, HistoryError>,
+    ) -> Recovered {
+        let page = match answer {
+            Ok(page) if page.recovered => page,
+            Ok(_) => {
+                self.asked.pop_front();
+                return Recovered {
+                    then: Some(gap(&group)),
+                    group,
+                    ..Recovered::default()
+                };
+            }
+            Err(e) => {
+                self.asked.pop_front();
+                return unavailable(group, &e);
+            }
+        };
+        let mut missed = page.entries;
+        missed.retain(|e| {
+            e.position.offset > stream.last.offset && e.position.offset <= stream.top.offset
+        });
+        if let Some(last) = missed.last() {
+            stream.last = last.position;
+        }
+        if page.more && !missed.is_empty() && stream.last.offset < stream.top.offset {
+            self.streaming = Some(stream);
+            return Recovered {
+                group,
+                missed,
+                ..Recovered::default()
+            };
+        }
+        self.asked.pop_front();
+        if stream.last.offset < stream.top.offset {
+            // The owner has nothing more before the top it named: not a history to trust.
+            return Recovered {
+                group: group.clone(),
+                missed,
+                then: Some(gap(&group)),
+                ..Recovered::default()
+            };
+        }
+        let (after, then) = match self.tracks.recovered(&group, Some(stream.top), false) {
+            Ok((_, after)) => (after.iter().map(|p| p.frame.clone()).collect(), None),
+            Err(Gap) => (Vec::new(), Some(gap(&group))),
+        };
+        Recovered {
+            group,
+            missed,
+            after,
+            then,
+            ..Recovered::default()
+        }
+    }
+}
+
+/// The close of a session whose recovery failed: try again later, elsewhere.
+fn unavailable(group: String, e: &HistoryError) -> Recovered {
+    let reason = format!("history of {group} unavailable: {e}; reconnect and recover");
+    Recovered {
+        group,
+        then: Some(End::Close(CloseCode::TryAgainLater, reason)),
+        ..Recovered::default()
     }
 }
 

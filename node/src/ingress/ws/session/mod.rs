@@ -27,9 +27,7 @@ use tracing::debug;
 
 use super::follow::{Follow, FollowError, Followed, ShardedFollow};
 use super::state::ops as ops_budget;
-use super::state::{
-    End, Incoming, Recovered, SessionState, Timeout, error, gap, slow_consumer, text,
-};
+use super::state::{End, Incoming, SessionState, Timeout, error, gap, slow_consumer, text};
 use super::tracks::{Gap, Tracks};
 use super::{Stream, WRITE_TIMEOUT, Ws, close};
 use crate::auth::Identity;
@@ -298,7 +296,7 @@ impl<S: Stream> Session<S> {
     ) -> Result<(), End> {
         match released {
             Ok(messages) => {
-                let frames = messages.iter().map(|p| p.frame.clone()).collect();
+                let frames: Vec<Message> = messages.iter().map(|p| p.frame.clone()).collect();
                 self.write_frames(frames).await
             }
             Err(Gap) => Err(gap("a held group")),
@@ -309,8 +307,9 @@ impl<S: Stream> Session<S> {
     /// read blocks the write; when its queue overflows meanwhile, the write is abandoned
     /// and the connection closed with 4008 at once (the close frame goes out after what
     /// the socket already holds).
-    async fn write_frames(&mut self, frames: Vec<Message>) -> Result<(), End> {
-        if frames.is_empty() {
+    async fn write_frames(&mut self, frames: impl IntoIterator<Item = Message>) -> Result<(), End> {
+        let mut frames = frames.into_iter().peekable();
+        if frames.peek().is_none() {
             return Ok(());
         }
         let outlet = &self.outlet;
@@ -487,7 +486,7 @@ impl<S: Stream> Session<S> {
         let frames = frames
             .into_iter()
             .map(|f| Message::Text(f.into()))
-            .collect();
+            .collect::<Vec<_>>();
         if let Err(e) = added {
             self.write_frames(frames).await?;
             let (code, text) = match e {
@@ -511,7 +510,7 @@ impl<S: Stream> Session<S> {
         let frames = frames
             .into_iter()
             .map(|f| Message::Text(f.into()))
-            .collect();
+            .collect::<Vec<_>>();
         self.write_frames(frames).await
     }
 
@@ -562,18 +561,22 @@ impl<S: Stream> Session<S> {
         let Some((group, since)) = self.state.poll_recovery() else {
             return;
         };
+        let first = !self.state.continuing();
         let router = self.ingress.router.clone();
-        self.in_flight = Some(Box::pin(async move { router.recover(&group, since).await }));
+        self.in_flight = Some(Box::pin(async move {
+            router.recover(&group, since, first).await
+        }));
     }
 
-    /// The owner answered the recovery in flight: what the state makes of it is written
-    /// (`subscribed`, the missed messages, what arrived meanwhile), then the session
-    /// closes if it says so.
+    /// The owner answered a page of the recovery in flight: what the state makes of it
+    /// is written (`subscribed`, the page's missed messages, what arrived meanwhile),
+    /// then the session closes if it says so; the next page is asked for only once this
+    /// one is written, so a client that does not read holds one page.
     async fn recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Result<(), End> {
         if let Err(e) = &answer {
             debug!(connection = %self.connection, error = %e, "recovery failed");
         }
-        let Recovered { frames, then } = self.state.handle_recovered(answer);
+        let (frames, then) = self.state.handle_recovered(answer).into_frames();
         self.write_frames(frames).await?;
         match then {
             Some(end) => Err(end),

@@ -20,6 +20,12 @@ fn positioned(group: &str, epoch: u64, offset: u64) -> Outbound {
     }))
 }
 
+/// A recovery page's frames as text, and how the session ends after them.
+fn written(answer: Recovered) -> (Vec<String>, Option<End>) {
+    let (frames, then) = answer.into_frames();
+    (texts(&frames.collect::<Vec<_>>()), then)
+}
+
 fn texts(frames: &[Message]) -> Vec<String> {
     frames
         .iter()
@@ -200,9 +206,8 @@ fn recoveries_go_one_at_a_time_in_the_order_asked() {
     // Live messages of "a" arrive meanwhile: held until the answer is written.
     let mut batch = vec![positioned("a", 3, 4)];
     assert!(s.route_batch(&mut batch).expect("held").is_empty());
-    let answer = s.handle_recovered(Ok(recovery(3, vec![entry(2), entry(3)])));
-    assert!(answer.then.is_none());
-    let frames = texts(&answer.frames);
+    let (frames, then) = written(s.handle_recovered(Ok(recovery(3, vec![entry(2), entry(3)]))));
+    assert!(then.is_none());
     assert_eq!(frames.len(), 4, "{frames:?}");
     let reply: serde_json::Value = serde_json::from_str(&frames[0]).expect("json");
     assert_eq!(reply["type"], "subscribed");
@@ -213,8 +218,8 @@ fn recoveries_go_one_at_a_time_in_the_order_asked() {
     assert_eq!(frames[3], "a@4", "what arrived meanwhile, after");
     // Then the second one, a fresh subscription: where it stands, no `recovered`.
     assert_eq!(s.poll_recovery(), Some(("b".into(), None)));
-    let answer = s.handle_recovered(Ok(recovery(9, Vec::new())));
-    let reply: serde_json::Value = serde_json::from_str(&texts(&answer.frames)[0]).expect("json");
+    let (frames, _) = written(s.handle_recovered(Ok(recovery(9, Vec::new()))));
+    let reply: serde_json::Value = serde_json::from_str(&frames[0]).expect("json");
     assert_eq!(reply["offset"], 9);
     assert!(
         reply.get("recovered").is_none_or(|v| v.is_null()),
@@ -233,21 +238,15 @@ fn a_failed_recovery_closes_with_1013_but_a_stopping_node_answers_not_recovered(
     });
     s.ask("a".into(), since, None);
     assert!(s.poll_recovery().is_some());
-    let answer = s.handle_recovered(Err(HistoryError::OwnerUnreachable(2)));
-    assert!(
-        answer.frames.is_empty(),
-        "no `recovered: false` for held messages"
-    );
-    assert_eq!(
-        answer.then.as_ref().and_then(code),
-        Some(CloseCode::TryAgainLater)
-    );
+    let (frames, then) = written(s.handle_recovered(Err(HistoryError::OwnerUnreachable(2))));
+    assert!(frames.is_empty(), "no `recovered: false` for held messages");
+    assert_eq!(then.as_ref().and_then(code), Some(CloseCode::TryAgainLater));
     // The node stops: the client is told it did not recover, and stays.
     s.ask("a".into(), since, None);
     assert!(s.poll_recovery().is_some());
-    let answer = s.handle_recovered(Err(HistoryError::Stopped));
-    assert!(answer.then.is_none());
-    let reply: serde_json::Value = serde_json::from_str(&texts(&answer.frames)[0]).expect("json");
+    let (frames, then) = written(s.handle_recovered(Err(HistoryError::Stopped)));
+    assert!(then.is_none());
+    let reply: serde_json::Value = serde_json::from_str(&frames[0]).expect("json");
     assert_eq!(reply["recovered"], false);
 }
 
@@ -269,14 +268,108 @@ fn a_gap_after_the_recovered_messages_sends_them_then_closes_with_4009() {
     // missing.
     let mut batch = vec![positioned("a", 3, 6)];
     assert!(s.route_batch(&mut batch).expect("held").is_empty());
-    let answer = s.handle_recovered(Ok(recovery(3, vec![entry(2), entry(3)])));
+    let (frames, then) = written(s.handle_recovered(Ok(recovery(3, vec![entry(2), entry(3)]))));
+    assert_eq!(frames.len(), 3, "the reply and what was recovered");
     assert_eq!(
-        texts(&answer.frames).len(),
-        3,
-        "the reply and what was recovered"
-    );
-    assert_eq!(
-        answer.then.as_ref().and_then(code),
+        then.as_ref().and_then(code),
         Some(CloseCode::InsufficientState)
     );
+}
+
+fn page(top: u64, offsets: std::ops::RangeInclusive<u64>, more: bool) -> Recovery {
+    Recovery {
+        more,
+        ..recovery(top, offsets.map(entry).collect())
+    }
+}
+
+#[test]
+fn a_long_recovery_is_written_a_page_at_a_time_and_the_next_is_asked_after_the_last_written() {
+    let t0 = base();
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    let since = Position {
+        epoch: 3,
+        offset: 1,
+    };
+    s.ask("a".into(), Some(since), Some(7));
+    assert_eq!(s.poll_recovery(), Some(("a".into(), Some(since))));
+    // Offset 7 is published while the pages come: held until the last one is written.
+    let mut batch = vec![positioned("a", 3, 7)];
+    assert!(s.route_batch(&mut batch).expect("held").is_empty());
+    let (frames, then) = written(s.handle_recovered(Ok(page(6, 2..=3, true))));
+    assert!(then.is_none());
+    let reply: serde_json::Value = serde_json::from_str(&frames[0]).expect("json");
+    assert_eq!(
+        (
+            &reply["type"],
+            &reply["recovered"],
+            &reply["offset"],
+            &reply["id"]
+        ),
+        (&"subscribed".into(), &true.into(), &6.into(), &7.into()),
+        "the first page's answer says where the client will stand"
+    );
+    assert_eq!(frames.len(), 3);
+    assert_eq!(s.poll_recovery(), Some(("a".into(), Some(pos(3)))));
+    assert_eq!(s.poll_recovery(), None, "one page in flight");
+    // The next page may reach past the top the first named: that part comes live.
+    let (frames, then) = written(s.handle_recovered(Ok(page(7, 4..=5, true))));
+    assert!(then.is_none());
+    assert!(frames[0].contains("missed 4") && frames[1].contains("missed 5"));
+    assert_eq!(s.poll_recovery(), Some(("a".into(), Some(pos(5)))));
+    let (frames, then) = written(s.handle_recovered(Ok(page(7, 6..=7, false))));
+    assert!(then.is_none());
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(frames[0].contains("missed 6"));
+    assert_eq!(frames[1], "a@7", "what arrived meanwhile, once, after");
+    assert_eq!(s.poll_recovery(), None);
+}
+
+#[test]
+fn history_lost_between_pages_closes_with_4009_and_a_failed_page_with_1013() {
+    let t0 = base();
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    s.ask("a".into(), Some(pos(1)), None);
+    s.poll_recovery();
+    let (_, then) = written(s.handle_recovered(Ok(page(9, 2..=3, true))));
+    assert!(then.is_none());
+    s.poll_recovery();
+    let evicted = Recovery {
+        recovered: false,
+        ..recovery(9, Vec::new())
+    };
+    let (frames, then) = written(s.handle_recovered(Ok(evicted)));
+    assert!(frames.is_empty());
+    assert_eq!(
+        then.as_ref().and_then(code),
+        Some(CloseCode::InsufficientState)
+    );
+    // A page the owner ends before the top it named is not trusted either.
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    s.ask("a".into(), Some(pos(1)), None);
+    s.poll_recovery();
+    written(s.handle_recovered(Ok(page(9, 2..=3, true))));
+    s.poll_recovery();
+    let (frames, then) = written(s.handle_recovered(Ok(page(9, 4..=5, false))));
+    assert_eq!(frames.len(), 2, "what it got is written");
+    assert_eq!(
+        then.as_ref().and_then(code),
+        Some(CloseCode::InsufficientState)
+    );
+    // A page that fails: try again later.
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    s.ask("a".into(), Some(pos(1)), None);
+    s.poll_recovery();
+    written(s.handle_recovered(Ok(page(9, 2..=3, true))));
+    s.poll_recovery();
+    let (_, then) = written(s.handle_recovered(Err(HistoryError::Timeout)));
+    assert_eq!(then.as_ref().and_then(code), Some(CloseCode::TryAgainLater));
+}
+
+fn pos(offset: u64) -> Position {
+    Position { epoch: 3, offset }
 }
