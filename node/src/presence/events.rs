@@ -340,15 +340,25 @@ pub enum Read {
 
 /// The fewest slots a ring grows by at once.
 const RING_GROWTH_MIN: usize = 64;
+/// Bytes of a user's entry in the ring's index (key, value, control byte, load factor).
+const USER_INDEX_BYTES: usize = 32;
 
 /// The newest events, bounded in count and bytes. See the module header.
 ///
 /// A `join` directly followed by its user's `online` (or a `leave` by its `offline`), as
 /// [`derive`] writes them, is kept as one [`Kept`]: a connection's arrival or departure
 /// costs the ring one slot, whether or not it changed its user's status.
+///
+/// Each slot links to its user's slot before it, and the ring knows each user's newest
+/// slot: reading one user's events after a cursor ([`Ring::after_user`]) walks that
+/// user's slots back to the cursor, costing the user's events, not the ring's.
 #[derive(Debug)]
 pub struct Ring {
     kept: VecDeque<Kept>,
+    /// The sequence number of the front slot (slots are numbered as pushed).
+    base: u64,
+    /// Each user with a slot in the ring: the sequence number of its newest.
+    last_of: HashMap<Arc<str>, u64>,
     /// Events kept (a pair counts two).
     count: usize,
     capacity: usize,
@@ -366,6 +376,9 @@ struct Kept {
     /// Followed by `online` (a `join`) or `offline` (a `leave`) at the next ordinal.
     then: bool,
     reason: Option<Reason>,
+    /// How many slots back the user's previous slot is; 0: none (in the padding after
+    /// the flags: a slot is no larger for it).
+    prev: u32,
     user: Arc<str>,
     connection: ConnectionId,
     at: u64,
@@ -378,6 +391,7 @@ impl Kept {
             kind: event.kind,
             then: false,
             reason: event.reason,
+            prev: 0,
             user: event.user,
             connection: event.connection,
             at: event.at,
@@ -407,9 +421,13 @@ impl Kept {
         }
     }
 
-    /// Bytes this holds, for the ring's account.
+    /// Bytes this holds, for the ring's account (with its user's entry in the index,
+    /// counted with every slot: an upper bound).
     fn size(&self) -> usize {
-        std::mem::size_of::<Kept>() + self.user.len() + self.connection.heap_bytes()
+        std::mem::size_of::<Kept>()
+            + USER_INDEX_BYTES
+            + self.user.len()
+            + self.connection.heap_bytes()
     }
 
     /// The events this stands for, in order.
@@ -438,6 +456,8 @@ impl Ring {
     pub fn new(capacity: usize, max_bytes: usize, floor: EventId) -> Ring {
         Ring {
             kept: VecDeque::new(),
+            base: 0,
+            last_of: HashMap::new(),
             count: 0,
             capacity,
             max_bytes,
@@ -454,7 +474,11 @@ impl Ring {
             match self.kept.back_mut() {
                 Some(last) if last.completed_by(&event) => last.then = true,
                 _ => {
-                    let kept = Kept::new(event);
+                    let mut kept = Kept::new(event);
+                    let seq = self.base + self.kept.len() as u64;
+                    if let Some(prev) = self.last_of.insert(kept.user.clone(), seq) {
+                        kept.prev = u32::try_from(seq - prev).unwrap_or(0);
+                    }
                     self.bytes += kept.size();
                     if self.kept.len() == self.kept.capacity() {
                         // A quarter more, not twice: while it fills, the ring is much of
@@ -473,13 +497,19 @@ impl Ring {
                 self.count -= old.events();
                 self.bytes -= old.size();
                 self.floor = old.last();
+                if self.last_of.get(&old.user) == Some(&self.base) {
+                    self.last_of.remove(&old.user);
+                }
+                self.base += 1;
             }
         }
     }
 
     /// Forgets every event: the state jumped to `floor` (a snapshot was installed).
     pub fn restart_at(&mut self, floor: EventId) {
+        self.base += self.kept.len() as u64;
         self.kept.clear();
+        self.last_of.clear();
         self.count = 0;
         self.bytes = 0;
         self.floor = floor;
@@ -529,6 +559,43 @@ impl Ring {
                 if found.len() == max {
                     seen = id;
                 }
+            }
+        }
+        Read::Events(found, seen)
+    }
+
+    /// Up to `max` of `user`'s events after `cursor`, found by walking the user's slots
+    /// back from its newest: O(the user's events after the cursor).
+    pub fn after_user(&self, user: &str, cursor: EventId, max: usize) -> Read {
+        if cursor < self.floor {
+            return Read::Behind;
+        }
+        let mut slots = Vec::new();
+        let mut seq = self.last_of.get(user).copied();
+        while let Some(at) = seq {
+            let Some(kept) = self.kept.get((at - self.base) as usize) else {
+                break;
+            };
+            if kept.last() <= cursor {
+                break;
+            }
+            slots.push(kept);
+            seq = match kept.prev {
+                0 => None,
+                back => at.checked_sub(u64::from(back)).filter(|s| *s >= self.base),
+            };
+        }
+        let mut found = Vec::new();
+        let mut seen = self.newest().max(cursor);
+        let events = slots.into_iter().rev().flat_map(Kept::expand);
+        for event in events.filter(|e| e.id > cursor) {
+            if found.len() == max {
+                break;
+            }
+            let id = event.id;
+            found.push(event);
+            if found.len() == max {
+                seen = id;
             }
         }
         Read::Events(found, seen)

@@ -299,6 +299,12 @@ impl SharedReplica {
         read(&self.events).after(cursor, max, keep)
     }
 
+    /// Up to `max` of `user`'s events after `cursor` (at the cost of those), or
+    /// [`Read::Behind`].
+    pub fn user_events_after(&self, user: &str, cursor: EventId, max: usize) -> Read {
+        read(&self.events).after_user(user, cursor, max)
+    }
+
     /// The current state and the position it stands at: every connection, or `user`'s,
     /// sorted by user, node and connection. Readers continue after the position.
     pub fn reset(&self, user: Option<&str>) -> (EventId, Vec<ConnectionRecord>) {

@@ -88,43 +88,43 @@ impl Follow {
         self.newest.changed().await.is_ok()
     }
 
-    /// The frames of every event of a followed user after what it was sent, oldest first;
-    /// a user behind what the node keeps gets a reset instead of what it missed.
+    /// The frames of every event of a followed user after what it was sent, oldest first
+    /// (each user's read at the cost of its own events, not the ring's); a user behind
+    /// what the node keeps gets a reset instead of what it missed.
     pub fn pending(&mut self, replica: &SharedReplica) -> Vec<String> {
         self.newest.borrow_and_update();
         let mut frames = Vec::new();
-        loop {
-            let Some(&oldest) = self.users.values().min() else {
-                return frames;
-            };
-            let users = &self.users;
-            let keep = |e: &crate::presence::events::Event| {
-                users.get(&*e.user).is_some_and(|seen| e.id > *seen)
-            };
-            match replica.events_after(oldest, READ_BATCH, keep) {
-                Read::Behind => {
-                    let (_, _, floor) = replica.ring_stats();
-                    for (user, seen) in self.users.iter_mut() {
-                        if *seen < floor {
-                            let (at, records) = replica.reset(Some(user));
-                            frames.push(frame(&reset_json(at, Some(user), &records)));
-                            *seen = at;
+        let mut events = Vec::new();
+        for (user, seen) in self.users.iter_mut() {
+            // Bounded: a user's events come READ_BATCH at a time, at most this many times
+            // per look (the rest at the next).
+            for _ in 0..MAX_BATCHES_PER_LOOK {
+                match replica.user_events_after(user, *seen, READ_BATCH) {
+                    Read::Behind => {
+                        let (at, records) = replica.reset(Some(user));
+                        frames.push(frame(&reset_json(at, Some(user), &records)));
+                        *seen = at;
+                        break;
+                    }
+                    Read::Events(found, upto) => {
+                        let full = found.len() == READ_BATCH;
+                        events.extend(found);
+                        *seen = upto;
+                        if !full {
+                            break;
                         }
-                    }
-                }
-                Read::Events(events, upto) => {
-                    for event in &events {
-                        frames.push(frame(&serde_json::to_string(event).unwrap_or_default()));
-                    }
-                    for seen in self.users.values_mut() {
-                        *seen = (*seen).max(upto);
-                    }
-                    if events.len() < READ_BATCH {
-                        return frames;
                     }
                 }
             }
         }
+        // In log order across users, as one read of the ring gave them.
+        events.sort_by_key(|e| e.id);
+        frames.extend(
+            events
+                .iter()
+                .map(|e| frame(&serde_json::to_string(e).unwrap_or_default())),
+        );
+        frames
     }
 }
 
@@ -372,7 +372,7 @@ impl ShardedFollow {
                 let Some((feed, _)) = self.feeds.get(&shard) else {
                     break;
                 };
-                match feed.events_after(seen, READ_BATCH, |e| *e.user == *user) {
+                match feed.user_events_after(&user, seen, READ_BATCH) {
                     Read::Behind => {
                         if let Ok((at, frame)) = self.reset(shard, &user).await {
                             frames.push(frame);

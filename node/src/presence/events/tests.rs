@@ -411,3 +411,56 @@ fn a_join_and_its_online_take_one_slot_and_read_back_as_two() {
     assert_eq!(read(&small, e[1].id, 10, |_| true).0, e[2..].to_vec());
     assert_eq!(small.after(e[0].id, 10, |_| true), Read::Behind);
 }
+
+#[test]
+fn one_users_events_read_by_its_links_are_those_a_scan_of_the_ring_finds() {
+    // Joins paired with onlines, single events, five users, a ring that evicts: every
+    // cursor and bound gives the same answer as filtering the whole ring.
+    let users = ["a", "b", "c", "d", "e"];
+    let mut state = 7u64;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut ring = Ring::new(40, usize::MAX, EventId::default());
+    let mut pushed = Vec::new();
+    for index in 1..=120u64 {
+        let user = users[next(5) as usize];
+        let mut join = event(index, 0, user);
+        let paired = next(2) == 0;
+        if paired {
+            join.kind = Kind::Join;
+            let mut online = event(index, 1, user);
+            online.kind = Kind::Online;
+            ring.push([join.clone(), online.clone()]);
+            pushed.extend([join, online]);
+        } else {
+            ring.push([join.clone()]);
+            pushed.push(join);
+        }
+        if index % 10 != 0 {
+            continue;
+        }
+        for user in users.iter().chain(["nobody"].iter()) {
+            for cursor in pushed.iter().map(|e| e.id).chain([EventId::default()]) {
+                for max in [1, 3, 100] {
+                    let scan = ring.after(cursor, max, |e| &*e.user == *user);
+                    assert_eq!(
+                        ring.after_user(user, cursor, max),
+                        scan,
+                        "user {user} after {cursor} max {max}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(ring.len() <= 40);
+    // A snapshot forgets the links with the events.
+    ring.restart_at(EventId::after_entry(200));
+    assert_eq!(
+        ring.after_user("a", EventId::after_entry(200), 10),
+        Read::Events(Vec::new(), EventId::after_entry(200))
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::{Consensus, READ_INDEX_TIMEOUT, WriteError};
-use crate::presence::events::{Event, Origin, Read};
+use crate::presence::events::{Origin, Read};
 use crate::raft::network::{Events, Reply, Rpc};
 
 impl Consensus {
@@ -74,8 +74,11 @@ impl Consensus {
         let mut newest = self.replica.subscribe();
         loop {
             newest.borrow_and_update();
-            let keep = |e: &Event| user.is_none_or(|u| &*e.user == u);
-            match self.replica.events_after(after, max, keep) {
+            let read = match user {
+                Some(user) => self.replica.user_events_after(user, after, max),
+                None => self.replica.events_after(after, max, |_| true),
+            };
+            match read {
                 Read::Behind => {
                     let (at, records) = self.replica.reset(user);
                     return Events::Reset(at, records);

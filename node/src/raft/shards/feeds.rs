@@ -68,6 +68,12 @@ impl Feed {
         read(&self.ring).after(cursor, max, keep)
     }
 
+    /// Up to `max` of `user`'s events after `cursor` (at the cost of those), or
+    /// [`Read::Behind`].
+    pub fn user_events_after(&self, user: &str, cursor: EventId, max: usize) -> Read {
+        read(&self.ring).after_user(user, cursor, max)
+    }
+
     fn push(&self, events: Vec<Event>, seen: EventId) {
         let newest = {
             let mut ring = write(&self.ring);
