@@ -335,6 +335,50 @@ def test_bodies_are_refused_on_their_head_and_bounded_in_flight(start_node):
         s.close()
 
 
+
+def test_one_tokens_slow_bodies_leave_room_for_the_other_tokens(start_node, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("flooder publish\nbackend publish\nops\n")
+    node = start_node("--admin-token-file", str(tokens))
+    host, port = node.admin.rsplit(":", 1)
+    chunk = b"x" * (64 * 1024)
+    socks = []
+    # One token's slow chunked bodies: 30 x 1 MiB, never finished. Its share (16 MiB)
+    # fills and the rest are refused with 503 at once; the node's 64 MiB is not reached.
+    for _ in range(30):
+        s = socket.create_connection((host, int(port)), timeout=DEADLINE)
+        s.sendall((f"POST /v1/publish HTTP/1.1\r\nHost: {node.admin}\r\nAuthorization: Bearer flooder\r\n"
+                   "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        for _ in range(16):
+            s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        socks.append(s)
+    # At most 16 of them fit the share: at least 14 are refused, each as its node reads it.
+    answered = {}
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end and sum(1 for a in answered.values() if a) < 14:
+        for i, s in enumerate(socks):
+            if i in answered:
+                continue
+            s.setblocking(False)
+            try:
+                answer = s.recv(4096)
+            except BlockingIOError:
+                continue
+            answered[i] = answer.startswith(b"HTTP/1.1 503") and b"this token" in answer
+        time.sleep(0.02)
+    refused = sum(1 for a in answered.values() if a)
+    print(f"\n30 slow 1 MiB bodies of one token: {refused} refused with 503 (its share: 16 MiB)")
+    assert refused >= 14, answered
+    # Another token's publish of 1 MiB goes through meanwhile, with its length known.
+    body = json.dumps({"group": "user_1", "data": "y" * MIB}).encode()
+    status, reply = post(node, "/v1/publish", body, token="backend")
+    assert status == 200, (status, reply)
+    for s in socks:
+        s.close()
+    # Given back: the flooder publishes again once its bodies are gone.
+    wait_until(lambda: post(node, "/v1/publish", b'{"group": "user_1", "data": "z"}', token="flooder")[0] == 200,
+               what="the token's share given back")
+
 # ----- 4. The peer port -----
 
 def test_junk_and_strangers_on_the_peer_port_are_told_once_per_source(start_node):

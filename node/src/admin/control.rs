@@ -143,12 +143,13 @@ pub fn parse(kind: Kind, body: &[u8], now: u64) -> Result<Request, String> {
 pub async fn serve(
     view: &NodeView,
     plane: &super::plane::Plane,
+    sender: super::plane::Sender,
     kind: Kind,
     body: hyper::body::Incoming,
 ) -> Reply {
     // The body's bytes count as in flight until the request is answered.
     let (body, _in_flight) = match plane
-        .read_body(body, MAX_CONTROL_BODY, "the control API's limit")
+        .read_body(body, MAX_CONTROL_BODY, "the control API's limit", sender)
         .await
     {
         Ok(read) => read,

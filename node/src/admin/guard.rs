@@ -54,6 +54,14 @@ pub fn host_allowed(host: &str, extra: &[String]) -> bool {
         || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// The bearer token of a request, if any.
+pub fn bearer<'a>(head: &Head<'a>) -> Option<&'a str> {
+    head.authorization.and_then(|value| {
+        let (kind, token) = value.trim().split_once(' ')?;
+        kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    })
+}
+
 /// Admits a request for a route needing `scope` (`None`: a health check), or says why
 /// not.
 pub fn admit(
@@ -89,21 +97,19 @@ pub fn admit(
     let Some(tokens) = tokens else {
         return Ok(());
     };
-    let bearer = head.authorization.and_then(|value| {
-        let (kind, token) = value.trim().split_once(' ')?;
-        kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    tokens.check(bearer, scope).map_err(|denied| match denied {
-        Denied::Unauthenticated => refuse(
-            401,
-            "a valid admin token is needed: Authorization: Bearer <token>",
-        ),
-        Denied::Forbidden => refuse(
-            403,
-            format!("this token's scope does not cover this route (needs {scope:?})")
-                .to_lowercase(),
-        ),
-    })
+    tokens
+        .check(bearer(head), scope)
+        .map_err(|denied| match denied {
+            Denied::Unauthenticated => refuse(
+                401,
+                "a valid admin token is needed: Authorization: Bearer <token>",
+            ),
+            Denied::Forbidden => refuse(
+                403,
+                format!("this token's scope does not cover this route (needs {scope:?})")
+                    .to_lowercase(),
+            ),
+        })
 }
 
 #[cfg(test)]

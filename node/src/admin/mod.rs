@@ -373,6 +373,12 @@ async fn handle(
     if route.scope().is_some() {
         pending.authenticated();
     }
+    // Admitted: with tokens set, its bearer is one of them.
+    let sender = tokens
+        .as_ref()
+        .as_ref()
+        .and(guard::bearer(&head))
+        .map(plane::sender);
     let query = req.uri().query().unwrap_or_default();
     let linearizable = query
         .split('&')
@@ -430,9 +436,15 @@ async fn handle(
             json_reply(202, &json!({ "id": view.node_id(), "draining": true }))
         }
         Route::Remove(id) => remove(view, &id).await,
-        Route::Publish => publish::serve(view, pending.plane(), req.into_body(), false).await,
-        Route::Broadcast => publish::serve(view, pending.plane(), req.into_body(), true).await,
-        Route::Control(kind) => control::serve(view, pending.plane(), kind, req.into_body()).await,
+        Route::Publish => {
+            publish::serve(view, pending.plane(), sender, req.into_body(), false).await
+        }
+        Route::Broadcast => {
+            publish::serve(view, pending.plane(), sender, req.into_body(), true).await
+        }
+        Route::Control(kind) => {
+            control::serve(view, pending.plane(), sender, kind, req.into_body()).await
+        }
     }
 }
 

@@ -12,8 +12,11 @@
 //!   [`MAX_BODY_BYTES_IN_FLIGHT`] bytes together until their request is answered (a slow
 //!   chunked body cannot pin memory per slot): a body of known length waits its turn for
 //!   its whole room (408 past [`BODY_TIMEOUT`]), a chunked one takes room as its chunks
-//!   come and is refused with 503 when there is none.
+//!   come and is refused with 503 when there is none. One admin token's requests hold at
+//!   most [`MAX_BODY_BYTES_PER_TOKEN`] of them (503 past it, at once): one publisher's
+//!   slow bodies cannot take the room of the others.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +37,8 @@ pub const MAX_UNAUTHENTICATED: usize = MAX_ADMIN_CONNECTIONS / 2;
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Body bytes all admin requests being read may hold together.
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Body bytes the requests of one admin token may hold together.
+pub const MAX_BODY_BYTES_PER_TOKEN: usize = MAX_BODY_BYTES_IN_FLIGHT / 4;
 /// Longest a client may take to send a body (and to get room for it).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +52,76 @@ pub struct Plane {
     bodies: Arc<Semaphore>,
     /// The most one body may hold (its bytes are taken from `bodies` as they come).
     body_budget: usize,
+    /// Body bytes held by each token's requests (by a hash of the token).
+    by_token: Arc<Mutex<HashMap<u64, usize>>>,
+    token_budget: usize,
+}
+
+/// Which admin token sent a request: a hash of it (`None`: the node has no admin
+/// tokens, every request is the operator's).
+pub type Sender = Option<u64>;
+
+/// The sender of a request carrying `token` (a valid admin token): its hash, so that
+/// the plane keeps no copy of a secret.
+pub fn sender(token: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The room a body holds until its request is answered (dropped: given back).
+#[derive(Debug)]
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    _token: TokenBytes,
+}
+
+/// Bytes a request holds of its token's share.
+#[derive(Debug)]
+pub struct TokenBytes {
+    by_token: Arc<Mutex<HashMap<u64, usize>>>,
+    sender: Sender,
+    bytes: usize,
+    budget: usize,
+}
+
+impl TokenBytes {
+    /// Takes `n` more bytes of the sender's share, or says it is full.
+    fn take(&mut self, n: usize) -> Result<(), Refusal> {
+        let Some(who) = self.sender else {
+            return Ok(());
+        };
+        let mut held = lock(&self.by_token);
+        let mine = held.entry(who).or_default();
+        if *mine + n > self.budget {
+            return Err((
+                503,
+                format!(
+                    "this token's admin request bodies in flight hold {} bytes already: retry shortly",
+                    self.budget
+                ),
+            ));
+        }
+        *mine += n;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for TokenBytes {
+    fn drop(&mut self) {
+        let Some(who) = self.sender else {
+            return;
+        };
+        let mut held = lock(&self.by_token);
+        if let Some(mine) = held.get_mut(&who) {
+            *mine = mine.saturating_sub(self.bytes);
+            if *mine == 0 {
+                held.remove(&who);
+            }
+        }
+    }
 }
 
 impl Plane {
@@ -63,6 +138,8 @@ impl Plane {
             )),
             bodies: Arc::new(Semaphore::new(budget)),
             body_budget: budget,
+            by_token: Arc::new(Mutex::new(HashMap::new())),
+            token_budget: MAX_BODY_BYTES_PER_TOKEN.max(largest_body),
         }
     }
 
@@ -91,15 +168,16 @@ impl Plane {
         }
     }
 
-    /// Reads a body of at most `limit` bytes (`what` names the limit in the refusal).
-    /// Its bytes count against the plane's bodies in flight until the permit returned
-    /// is dropped.
+    /// Reads a body of at most `limit` bytes (`what` names the limit in the refusal)
+    /// from `sender`. Its bytes count against the plane's bodies in flight, and its
+    /// token's, until the [`InFlight`] returned is dropped.
     pub async fn read_body(
         &self,
         mut body: Incoming,
         limit: usize,
         what: &str,
-    ) -> Result<(Bytes, OwnedSemaphorePermit), Refusal> {
+        sender: Sender,
+    ) -> Result<(Bytes, InFlight), Refusal> {
         let too_large = || (413, format!("request body over {limit} bytes ({what})"));
         // A Content-Length says the size on the head: refused before a byte is read.
         if body.size_hint().lower() > limit as u64 {
@@ -120,6 +198,13 @@ impl Plane {
             // holding part of the room while it waits for more); a chunked one takes it
             // as its chunks come, and is refused when there is none left.
             let known = body.size_hint().exact();
+            let mut token = TokenBytes {
+                by_token: self.by_token.clone(),
+                sender,
+                bytes: 0,
+                budget: self.token_budget,
+            };
+            token.take(known.unwrap_or(0) as usize)?;
             let mut held = self
                 .bodies
                 .clone()
@@ -137,6 +222,7 @@ impl Plane {
                     return Err(too_large());
                 }
                 if known.is_none() {
+                    token.take(data.len())?;
                     let more = self
                         .bodies
                         .clone()
@@ -146,7 +232,11 @@ impl Plane {
                 }
                 bytes.extend_from_slice(&data);
             }
-            Ok((bytes.freeze(), held))
+            let in_flight = InFlight {
+                _permit: held,
+                _token: token,
+            };
+            Ok((bytes.freeze(), in_flight))
         };
         match tokio::time::timeout(BODY_TIMEOUT, read).await {
             Ok(read) => read,

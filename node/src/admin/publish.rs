@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::plane::Plane;
+use super::plane::{Plane, Sender};
 use super::{NodeView, Reply, json_reply};
 use crate::broker::MAX_GROUP_NAME;
 use crate::history::HistoryError;
@@ -140,13 +140,20 @@ fn outcome(group: &str, result: &Result<crate::router::Routed, HistoryError>) ->
 }
 
 /// Serves `/v1/publish` (`broadcast` false) or `/v1/broadcast`.
-pub async fn serve(view: &NodeView, plane: &Plane, body: Incoming, broadcast: bool) -> Reply {
+pub async fn serve(
+    view: &NodeView,
+    plane: &Plane,
+    sender: Sender,
+    body: Incoming,
+    broadcast: bool,
+) -> Reply {
     let max_payload = view.config.max_payload;
     let read = plane
         .read_body(
             body,
             body_limit(max_payload),
             "twice --max-payload, plus 64 KiB",
+            sender,
         )
         .await;
     // The body's bytes count as in flight until the publish is done.
