@@ -19,7 +19,7 @@ run() {
   }
   echo "$target: $(echo "$out" | grep -E '^Done [0-9]+ runs' | tail -1)"
 }
-for target in resp_session http_head jwt peer_frame client_op; do
+for target in resp_session http_head admin_request jwt peer_frame client_op; do
   run node "$target"
 done
 run proto resp_decoder

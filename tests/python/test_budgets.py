@@ -379,6 +379,50 @@ def test_one_tokens_slow_bodies_leave_room_for_the_other_tokens(start_node, tmp_
     wait_until(lambda: post(node, "/v1/publish", b'{"group": "user_1", "data": "z"}', token="flooder")[0] == 200,
                what="the token's share given back")
 
+
+# ----- Idempotency keys -----
+
+def dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def test_a_keyed_broadcast_flood_evicts_no_other_publishers_key(start_node, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("flooder publish\nbackend publish\nops\n")
+    node = start_node("--admin-token-file", str(tokens))
+
+    def publish(token, path, body):
+        status, answer = post(node, path, json.dumps(body).encode(), token=token)
+        return status, json.loads(answer) if answer else {}
+
+    order = {"group": "user_1", "data": "order 42 paid", "idempotency_key": "order-42"}
+    assert publish("backend", "/v1/publish", order) == (200, {"routed": 0})
+    # The flood: keyed broadcasts of 1 000 groups, each key new, as fast as they go.
+    before = dir_bytes(node.dir)
+    statuses = []
+    for i in range(14):
+        groups = [f"flood_{i}_{g}" for g in range(1000)]
+        status, _ = publish("flooder", "/v1/broadcast", {"groups": groups, "data": "x", "idempotency_key": f"f{i}"})
+        statuses.append(status)
+    grown = dir_bytes(node.dir) - before
+    accepted = statuses.count(200)
+    print(f"\nkeyed broadcasts of 1 000 groups from one token: {accepted} taken, then {statuses[accepted:]}; "
+          f"the data dir grew {grown / MIB:.1f} MiB for {accepted * 1000} keys "
+          f"({grown / max(1, accepted * 1000):.0f} B a key)")
+    assert statuses == [200] * 10 + [429] * 4, statuses
+    # The other publisher's retry is still recognised: not delivered twice.
+    assert publish("backend", "/v1/publish", order) == (200, {"routed": 0, "duplicate": True})
+    # And it may still claim new keys.
+    fresh = dict(order, idempotency_key="order-43")
+    assert publish("backend", "/v1/publish", fresh) == (200, {"routed": 0})
+
 # ----- 4. The peer port -----
 
 def test_junk_and_strangers_on_the_peer_port_are_told_once_per_source(start_node):

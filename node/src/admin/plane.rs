@@ -15,10 +15,14 @@
 //!   come and is refused with 503 when there is none. One admin token's requests hold at
 //!   most [`MAX_BODY_BYTES_PER_TOKEN`] of them (503 past it, at once): one publisher's
 //!   slow bodies cannot take the room of the others.
+//! - **Idempotency keys**: one admin token may claim at most [`MAX_CLAIMS_PER_TOKEN`]
+//!   keys (a broadcast claims one a group) per [`IDEMPOTENCY_WINDOW_MS`] on this node,
+//!   refilled evenly (429 past it, nothing published): one publisher cannot fill the
+//!   cluster's table, whose keys leave only by age.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -27,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingress::resp::guard::Unauthenticated;
+use crate::presence::claims::{IDEMPOTENCY_WINDOW_MS, MAX_CLAIMS};
 use crate::sync::lock;
 
 /// Admin connections served at once; more wait in the listen backlog.
@@ -39,6 +44,11 @@ pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 /// Body bytes the requests of one admin token may hold together.
 pub const MAX_BODY_BYTES_PER_TOKEN: usize = MAX_BODY_BYTES_IN_FLIGHT / 4;
+/// Idempotency keys one admin token may claim on this node per window (a tenth of the
+/// cluster's table).
+pub const MAX_CLAIMS_PER_TOKEN: usize = MAX_CLAIMS / 10;
+/// Tokens whose claims are followed; past it, those back to a full share are forgotten.
+const MAX_CLAIMING_TOKENS: usize = 1024;
 /// Longest a client may take to send a body (and to get room for it).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,6 +65,8 @@ pub struct Plane {
     /// Body bytes held by each token's requests (by a hash of the token).
     by_token: Arc<Mutex<HashMap<u64, usize>>>,
     token_budget: usize,
+    /// Each claiming token's keys left (refilled evenly over the window), as of when.
+    claims: Mutex<HashMap<u64, (f64, Instant)>>,
 }
 
 /// Which admin token sent a request: a hash of it (`None`: the node has no admin
@@ -140,7 +152,36 @@ impl Plane {
             body_budget: budget,
             by_token: Arc::new(Mutex::new(HashMap::new())),
             token_budget: MAX_BODY_BYTES_PER_TOKEN.max(largest_body),
+            claims: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Room for `sender` to claim `keys` idempotency keys at `now`, taken; or 429.
+    pub fn claim_room(&self, sender: Sender, keys: usize, now: Instant) -> Result<(), Refusal> {
+        let Some(who) = sender else {
+            return Ok(());
+        };
+        let share = MAX_CLAIMS_PER_TOKEN as f64;
+        let per_sec = share / (IDEMPOTENCY_WINDOW_MS as f64 / 1000.0);
+        let refilled = |(left, at): (f64, Instant)| {
+            (left + now.saturating_duration_since(at).as_secs_f64() * per_sec).min(share)
+        };
+        let mut claims = lock(&self.claims);
+        if claims.len() >= MAX_CLAIMING_TOKENS && !claims.contains_key(&who) {
+            claims.retain(|_, entry| refilled(*entry) < share);
+        }
+        let left = claims.get(&who).copied().map_or(share, refilled);
+        if (keys as f64) > left {
+            return Err((
+                429,
+                format!(
+                    "this token claimed its {MAX_CLAIMS_PER_TOKEN} idempotency keys of the last 5 minutes on this node \
+                     (a broadcast claims one a group): nothing published, retry later"
+                ),
+            ));
+        }
+        claims.insert(who, (left - keys as f64, now));
+        Ok(())
     }
 
     /// A new connection from `ip`: its place among the unauthenticated ones, and the
@@ -282,5 +323,49 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.authenticated();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokens_idempotency_keys_are_bounded_per_window_and_refill_evenly() {
+        let plane = Plane::new(1024);
+        let t0 = Instant::now();
+        let (flooder, other) = (Some(1), Some(2));
+        // Ten broadcasts of a thousand groups take the share; the eleventh is refused.
+        for _ in 0..10 {
+            assert_eq!(plane.claim_room(flooder, 1000, t0), Ok(()));
+        }
+        let refused = plane
+            .claim_room(flooder, 1000, t0)
+            .expect_err("over its share");
+        assert_eq!(refused.0, 429);
+        assert!(refused.1.contains("this token"), "{}", refused.1);
+        // Other tokens, and a node without admin tokens, are not touched by it.
+        assert_eq!(plane.claim_room(other, 1000, t0), Ok(()));
+        assert_eq!(plane.claim_room(None, 100_000, t0), Ok(()));
+        // A tenth of the window gives back a tenth of the share.
+        let later = t0 + Duration::from_millis(IDEMPOTENCY_WINDOW_MS / 10);
+        assert_eq!(plane.claim_room(flooder, 1000, later), Ok(()));
+        assert!(plane.claim_room(flooder, 10, later).is_err());
+    }
+
+    #[test]
+    fn tokens_back_to_a_full_share_are_forgotten_past_the_bound() {
+        let plane = Plane::new(1024);
+        let t0 = Instant::now();
+        for who in 0..MAX_CLAIMING_TOKENS as u64 {
+            assert_eq!(plane.claim_room(Some(who), 1, t0), Ok(()));
+        }
+        let refilled = t0 + Duration::from_millis(IDEMPOTENCY_WINDOW_MS);
+        assert_eq!(plane.claim_room(Some(u64::MAX), 1, refilled), Ok(()));
+        assert_eq!(
+            lock(&plane.claims).len(),
+            1,
+            "the refilled ones were dropped"
+        );
     }
 }

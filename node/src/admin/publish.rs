@@ -8,7 +8,11 @@
 //! With an `idempotency_key`, each `(key, group)` pair is claimed through Raft before
 //! anything is published (`crate::presence::claims`): a retry with the same key on any
 //! node within 5 minutes publishes nothing to the groups already claimed, and answers
-//! `"duplicate": true` for them. A publish that fails gives its claims back.
+//! `"duplicate": true` for them. A publish that fails gives its claims back. A key the
+//! cluster's table has no room for is not published (`503`, retry later), and one
+//! token's keys are bounded per node and window (`Plane::claim_room`).
+
+use std::time::Instant;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -20,7 +24,7 @@ use super::plane::{Plane, Sender};
 use super::{NodeView, Reply, json_reply};
 use crate::broker::MAX_GROUP_NAME;
 use crate::history::HistoryError;
-use crate::presence::claims::MAX_CLAIM_KEY;
+use crate::presence::claims::{Claimed, MAX_CLAIM_KEY};
 use crate::router::Publish;
 
 /// Bytes a body may have beyond twice the payload (the JSON around it, the groups).
@@ -167,8 +171,11 @@ pub async fn serve(
     };
     // Keyed: claim every (key, group) first; publish only what this request holds.
     let mut claimer = None;
-    let mut held = vec![true; request.groups.len()];
+    let mut held = vec![Claimed::Held; request.groups.len()];
     if let Some(key) = &request.idempotency_key {
+        if let Err(refusal) = plane.claim_room(sender, request.groups.len(), Instant::now()) {
+            return refused(refusal);
+        }
         let keys: Vec<String> = request.groups.iter().map(|g| claim_key(key, g)).collect();
         match view.consensus.claim(keys).await {
             Ok((c, got)) => {
@@ -188,10 +195,19 @@ pub async fn serve(
     // Failed surely (nothing delivered): their claims go back, so that a retry delivers.
     let mut not_landed = Vec::new();
     let mut routed_total = 0;
-    for (group, mine) in request.groups.iter().zip(&held) {
-        if !mine {
-            outcomes.push(json!({ "group": group, "routed": 0, "duplicate": true }));
-            continue;
+    for (group, claimed) in request.groups.iter().zip(&held) {
+        match claimed {
+            Claimed::Held => {}
+            Claimed::Duplicate => {
+                outcomes.push(json!({ "group": group, "routed": 0, "duplicate": true }));
+                continue;
+            }
+            Claimed::Full => {
+                failed.push(group.clone());
+                let error = "the cluster's idempotency keys are full (keys leave after 5 minutes): nothing published, retry later";
+                outcomes.push(json!({ "group": group, "error": error }));
+                continue;
+            }
         }
         let result = view.router.publish(group, request.payload.clone()).await;
         match &result {

@@ -8,8 +8,12 @@
 //! it; a request whose publish failed releases its claims, so a retry can deliver.
 //!
 //! Deterministic: expiry goes by the stamps in the commands, never by the applying
-//! node's clock. Bounded: at most [`MAX_CLAIMS`] keys of at most [`MAX_CLAIM_KEY`] bytes
-//! (the oldest go first when full, which shortens the window under heavy keyed load).
+//! node's clock. Bounded: at most [`MAX_CLAIMS`] keys of at most [`MAX_CLAIM_KEY`] bytes.
+//! Keys leave only by age (or released by their claimer): when the table is full a new
+//! key is not claimed, and its request is told so (nothing published, retry later),
+//! so a flood of keyed publishes can never evict another publisher's key and make its
+//! retry deliver twice. Each admin token's share of the table is bounded where the
+//! keys come in (`crate::admin::plane`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -18,7 +22,7 @@ use switchboard_proto::peer::NodeId;
 
 /// How long a claimed key stands (the contract's "within 5 minutes").
 pub const IDEMPOTENCY_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Keys held at most (about 100 bytes each plus the key): past it the oldest expire early.
+/// Keys held at most (about 100 bytes each plus the key): past it new keys are refused.
 pub const MAX_CLAIMS: usize = 100_000;
 /// Longest claimed key: an idempotency key, a newline and a group name.
 pub const MAX_CLAIM_KEY: usize = 512;
@@ -28,6 +32,17 @@ pub const MAX_CLAIM_KEY: usize = 512;
 pub struct Claimer {
     pub node: NodeId,
     pub request: u64,
+}
+
+/// What a request got of a key it claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This request holds it: publish.
+    Held,
+    /// An earlier request holds it (within the window): answer `duplicate`.
+    Duplicate,
+    /// The table was full: not recorded, nothing published (retry later).
+    Full,
 }
 
 /// One claimed key.
@@ -45,26 +60,32 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Claims every key not held yet for `claimer`, at its stamp `at_ms`; returns how
-    /// many it got.
+    /// Claims every key not held yet for `claimer`, at its stamp `at_ms`, while the
+    /// table has room; returns how many it got.
     pub fn claim(&mut self, keys: &[String], claimer: Claimer, at_ms: u64) -> u64 {
         self.expire(at_ms);
         let mut got = 0;
         for key in keys {
-            if key.len() > MAX_CLAIM_KEY || self.keys.contains_key(key) {
+            if key.len() > MAX_CLAIM_KEY
+                || self.keys.len() >= MAX_CLAIMS
+                || self.keys.contains_key(key)
+            {
                 continue;
             }
             self.keys.insert(key.clone(), Claim { at_ms, claimer });
             self.by_age.insert((at_ms, key.clone()));
             got += 1;
         }
-        while self.keys.len() > MAX_CLAIMS {
-            let Some((at, key)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.remove(&key, at);
-        }
         got
+    }
+
+    /// What a request of `claimer` got of `key` after its claim was applied.
+    pub fn outcome(&self, key: &str, claimer: Claimer) -> Claimed {
+        match self.holder(key) {
+            Some(holder) if holder == claimer => Claimed::Held,
+            Some(_) => Claimed::Duplicate,
+            None => Claimed::Full,
+        }
     }
 
     /// Gives up the keys `claimer` holds among `keys`; returns how many.
@@ -172,14 +193,22 @@ mod tests {
         assert_eq!(c.holder("new"), Some(A));
         assert_eq!(c.claim(&["x".repeat(MAX_CLAIM_KEY + 1)], A, 0), 0);
 
+        // Full: a flood of new keys evicts none; they are refused until keys expire.
         let mut c = Claims::default();
-        let many: Vec<String> = (0..MAX_CLAIMS + 10).map(|i| format!("k{i}")).collect();
-        for (i, key) in many.iter().enumerate() {
-            c.claim(std::slice::from_ref(key), A, i as u64);
-        }
+        let many: Vec<String> = (0..MAX_CLAIMS).map(|i| format!("k{i}")).collect();
+        assert_eq!(c.claim(&many, A, 0), MAX_CLAIMS as u64);
+        let flood: Vec<String> = (0..10).map(|i| format!("flood{i}")).collect();
+        assert_eq!(c.claim(&flood, B, 1), 0);
         assert_eq!(c.len(), MAX_CLAIMS);
-        assert_eq!(c.holder("k0"), None, "the oldest went first");
-        assert_eq!(c.holder(&format!("k{}", MAX_CLAIMS + 9)), Some(A));
+        assert_eq!(c.outcome("k0", A), Claimed::Held, "the oldest stays");
+        assert_eq!(c.outcome("k0", B), Claimed::Duplicate);
+        assert_eq!(c.outcome("flood0", B), Claimed::Full);
+        assert_eq!(
+            c.claim(&flood, B, IDEMPOTENCY_WINDOW_MS),
+            10,
+            "room once they expire"
+        );
+        assert_eq!(c.outcome("flood0", B), Claimed::Held);
     }
 
     #[test]

@@ -340,6 +340,8 @@ pub enum Read {
 
 /// The fewest slots a ring grows by at once.
 const RING_GROWTH_MIN: usize = 64;
+/// A user's slots walked per event asked before the scan is cheaper.
+const WALK_PER_READ: usize = 4;
 /// Bytes of a user's entry in the ring's index (key, value, control byte, load factor).
 const USER_INDEX_BYTES: usize = 32;
 
@@ -565,7 +567,9 @@ impl Ring {
     }
 
     /// Up to `max` of `user`'s events after `cursor`, found by walking the user's slots
-    /// back from its newest: O(the user's events after the cursor).
+    /// back from its newest: O(the user's events after the cursor). A user with many
+    /// more than `max` after it (a large share of the ring) is read by the scan instead,
+    /// which stops at `max`.
     pub fn after_user(&self, user: &str, cursor: EventId, max: usize) -> Read {
         if cursor < self.floor {
             return Read::Behind;
@@ -573,6 +577,9 @@ impl Ring {
         let mut slots = Vec::new();
         let mut seq = self.last_of.get(user).copied();
         while let Some(at) = seq {
+            if slots.len() > WALK_PER_READ * max.max(1) {
+                return self.after(cursor, max, |e| &*e.user == user);
+            }
             let Some(kept) = self.kept.get((at - self.base) as usize) else {
                 break;
             };

@@ -40,11 +40,14 @@
 //! from the last it wrote, so a recovering client holds one page, not the history. The
 //! owner first forwards the group's new messages to the asking node (for
 //! [`RECOVER_WINDOW`], until gossip covers it), then answers from its ring. A node
-//! sends at most [`MAX_READS_IN_FLIGHT`] reads to owners at once; the rest queue, and
-//! the queued asks of one group from one position go as one read whose page answers
-//! them all (a recovery storm after a node loss costs a read per page, not per
-//! client). A read is merged only with asks queued before it left: the owner reads
-//! after every one of them subscribed, so none misses what came between.
+//! sends at most [`MAX_READS_IN_FLIGHT`] reads to owners at once, at most
+//! [`MAX_READS_PER_OWNER`] to one (an owner that went silent holds its slots for
+//! [`REQUEST_TIMEOUT`] at most, and not the others'); the rest queue, for as long as
+//! it takes (every read is answered or times out, so the queue moves), and the queued
+//! asks of one group from one position go as one read whose page answers them all (a
+//! recovery storm after a node loss costs a read per page, not per client). A read is
+//! merged only with asks queued before it left: the owner reads after every one of
+//! them subscribed, so none misses what came between.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -81,9 +84,8 @@ pub const READ_PAGE: usize = 1024 * 1024;
 /// Recovery reads this node has sent to owners and not had answered; more wait in the
 /// queue (one slot serves every queued ask of one group from one position).
 pub const MAX_READS_IN_FLIGHT: usize = 16;
-/// How long an ask waits in the queue for a read slot before it fails with `Timeout`
-/// (the router asks again within its patience).
-pub const READ_QUEUE_PATIENCE: Duration = Duration::from_secs(20);
+/// Of which one owner may hold at most this many.
+pub const MAX_READS_PER_OWNER: usize = MAX_READS_IN_FLIGHT / 2;
 /// Messages kept by a group that no rule of this node names (a peer with another
 /// `--history`): the replica still keeps it.
 const FALLBACK_SIZE: usize = 100;
@@ -239,9 +241,9 @@ pub struct Keeper {
     reads: HashMap<u64, Reading>,
     next_read: u64,
     /// Requester: pages waiting for a read slot, in the order first asked, each with
-    /// its asks and when the first was queued.
+    /// its asks.
     queued: VecDeque<ReadKey>,
-    asks: HashMap<ReadKey, (Vec<Ticket>, Instant)>,
+    asks: HashMap<ReadKey, Vec<Ticket>>,
     /// Owner: nodes recovering a group, forwarded its messages until the instant given.
     recovering: HashMap<String, Vec<(NodeId, Instant)>>,
     /// Each bucket's epoch as last looked at (to act on changes).
@@ -296,7 +298,7 @@ impl Keeper {
             messages: self.store.messages(),
             bytes: self.store.bytes(),
             pending: self.pending.len(),
-            asks_queued: self.asks.values().map(|(tickets, _)| tickets.len()).sum(),
+            asks_queued: self.asks.values().map(Vec::len).sum(),
         }
     }
 
@@ -363,7 +365,7 @@ impl Keeper {
                 self.recovered(ticket, result);
             }
             Some(_) => {
-                self.queue_read(facts, ticket, group, since);
+                self.queue_read(ticket, group, since);
                 self.send_reads(facts);
             }
         }

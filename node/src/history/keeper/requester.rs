@@ -45,49 +45,45 @@ impl Keeper {
                 self.recovered_all(reading.tickets, Err(error));
             }
         }
-        // Asks that waited for a slot too long (owners answering slowly, or not at all).
-        let stale: Vec<ReadKey> = self
-            .asks
-            .iter()
-            .filter(|(_, (_, at))| facts.now.saturating_duration_since(*at) >= READ_QUEUE_PATIENCE)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in stale {
-            if let Some((tickets, _)) = self.asks.remove(&key) {
-                self.recovered_all(tickets, Err(HistoryError::Timeout));
-            }
-        }
     }
 
     /// Queues an ask for a page of `group` after `since`, with the asks for the same
     /// page already waiting.
-    pub(super) fn queue_read(
-        &mut self,
-        facts: &Facts,
-        ticket: Ticket,
-        group: String,
-        since: Option<Position>,
-    ) {
+    pub(super) fn queue_read(&mut self, ticket: Ticket, group: String, since: Option<Position>) {
         self.counts.recovery_asks += 1;
         let key = (group, since);
         match self.asks.get_mut(&key) {
-            Some((tickets, _)) => tickets.push(ticket),
+            Some(tickets) => tickets.push(ticket),
             None => {
                 self.queued.push_back(key.clone());
-                self.asks.insert(key, (vec![ticket], facts.now));
+                self.asks.insert(key, vec![ticket]);
             }
         }
     }
 
-    /// Sends queued asks to their owners while read slots are free, one read for each
-    /// page asked (whoever asked it).
+    /// Sends queued asks to their owners while read slots are free (node-wide and the
+    /// owner's), in the order asked, one read for each page asked (whoever asked it).
     pub(super) fn send_reads(&mut self, facts: &Facts) {
-        while self.reads.len() < MAX_READS_IN_FLIGHT {
-            let Some(key) = self.queued.pop_front() else {
-                return;
-            };
-            // Gone when it expired while queued.
-            let Some((tickets, _)) = self.asks.remove(&key) else {
+        if self.queued.is_empty() || self.reads.len() >= MAX_READS_IN_FLIGHT {
+            return;
+        }
+        let mut waiting = VecDeque::with_capacity(self.queued.len());
+        while let Some(key) = self.queued.pop_front() {
+            if self.reads.len() >= MAX_READS_IN_FLIGHT {
+                waiting.push_back(key);
+                waiting.extend(self.queued.drain(..));
+                break;
+            }
+            let owner = facts.assignments.of_group(&key.0).map(|a| a.owner);
+            if let Some(owner) = owner
+                && owner != self.me
+                && self.reads.values().filter(|r| r.owner == owner).count() >= MAX_READS_PER_OWNER
+            {
+                waiting.push_back(key);
+                continue;
+            }
+            // A key queued twice (asked again once its first read left) is sent once.
+            let Some(tickets) = self.asks.remove(&key) else {
                 continue;
             };
             let (group, since) = key;
@@ -118,6 +114,7 @@ impl Keeper {
                 }
             }
         }
+        self.queued = waiting;
     }
 
     /// The owner's page: the answer of every ask the read served; the slot goes to the

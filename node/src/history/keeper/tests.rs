@@ -544,17 +544,18 @@ fn a_recovery_storm_waits_for_read_slots_and_one_read_answers_every_ask_of_its_p
     for seq in 1..=3 {
         sim.publish(owner, id(seq), 0, "m");
     }
-    // Every slot taken by a read of its own (positions the owner never minted).
-    let busy: Vec<Ticket> = (0..MAX_READS_IN_FLIGHT as u64)
+    // Every slot the owner may hold taken by a read of its own (positions it never
+    // minted).
+    let busy: Vec<Ticket> = (0..MAX_READS_PER_OWNER as u64)
         .map(|k| sim.ask(other, Some(pos(FIRST_EPOCH, 100 + k))))
         .collect();
-    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT);
+    assert_eq!(sim.reads, MAX_READS_PER_OWNER);
     // A storm of asks for one page, and one for another page: they wait, unsent.
     let storm: Vec<Ticket> = (0..100)
         .map(|_| sim.ask(other, Some(pos(FIRST_EPOCH, 0))))
         .collect();
     let apart = sim.ask(other, Some(pos(FIRST_EPOCH, 2)));
-    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT, "queued, not sent");
+    assert_eq!(sim.reads, MAX_READS_PER_OWNER, "queued, not sent");
     assert!(
         storm
             .iter()
@@ -566,7 +567,7 @@ fn a_recovery_storm_waits_for_read_slots_and_one_read_answers_every_ask_of_its_p
     }
     assert_eq!(
         sim.reads,
-        MAX_READS_IN_FLIGHT + 2,
+        MAX_READS_PER_OWNER + 2,
         "one read for the storm's page, one for the other"
     );
     for t in storm {
@@ -586,36 +587,46 @@ fn a_recovery_storm_waits_for_read_slots_and_one_read_answers_every_ask_of_its_p
     // have read before the asker subscribed): it gets a read of its own.
     let first = sim.ask(other, Some(pos(FIRST_EPOCH, 0)));
     let second = sim.ask(other, Some(pos(FIRST_EPOCH, 0)));
-    assert_eq!(sim.reads, MAX_READS_IN_FLIGHT + 4);
+    assert_eq!(sim.reads, MAX_READS_PER_OWNER + 4);
     sim.deliver();
     assert!(sim.recovery(other, first).recovered && sim.recovery(other, second).recovered);
 }
 
 #[test]
-fn asks_queued_behind_a_dead_owner_time_out_within_the_queue_patience() {
+fn a_silent_owner_holds_half_the_read_slots_at_most_and_its_asks_time_out_in_turn() {
     let mut sim = Sim::new();
-    let (owner, _, other) = sim.roles();
+    let (owner, replica, other) = sim.roles();
+    // A group the replica owns: its asks must not wait behind the silent owner's.
+    let elsewhere = (1..500)
+        .map(|u| format!("user_{u}"))
+        .find(|g| sim.maps[&other].of_group(g).map(|a| a.owner) == Some(replica))
+        .expect("a group owned by the replica");
     sim.dead.insert(owner);
-    let asks: Vec<Ticket> = (0..MAX_READS_IN_FLIGHT as u64 + 1)
+    let stuck: Vec<Ticket> = (0..MAX_READS_IN_FLIGHT as u64)
         .map(|k| sim.ask(other, Some(pos(FIRST_EPOCH, k))))
         .collect();
-    let queued = *asks.last().expect("asks");
-    sim.tick(REQUEST_TIMEOUT);
-    for t in &asks[..MAX_READS_IN_FLIGHT] {
-        assert_eq!(
-            sim.recovered.get(&(other, *t)),
-            Some(&Err(HistoryError::Timeout))
-        );
-    }
+    assert_eq!(sim.reads, MAX_READS_PER_OWNER, "half the slots, not all");
+    let ticket = sim.ticket();
+    let group = elsewhere.clone();
+    sim.call(other, |k, facts| {
+        k.handle_recover(facts, ticket, group, Some(pos(FIRST_EPOCH, 0)))
+    });
+    sim.deliver();
     assert!(
-        !sim.recovered.contains_key(&(other, queued)),
-        "sent once a slot freed"
+        sim.recovery(other, ticket).recovered,
+        "served at once by its own owner"
     );
+    // The silent owner's asks time out a slot-load at a time, none forgotten.
     sim.tick(REQUEST_TIMEOUT);
-    assert_eq!(
-        sim.recovered.get(&(other, queued)),
-        Some(&Err(HistoryError::Timeout))
-    );
+    let failed = |sim: &Sim| {
+        stuck
+            .iter()
+            .filter(|t| sim.recovered.get(&(other, **t)) == Some(&Err(HistoryError::Timeout)))
+            .count()
+    };
+    assert_eq!(failed(&sim), MAX_READS_PER_OWNER);
+    sim.tick(REQUEST_TIMEOUT);
+    assert_eq!(failed(&sim), MAX_READS_IN_FLIGHT);
 }
 
 #[test]

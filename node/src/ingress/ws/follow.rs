@@ -95,6 +95,7 @@ impl Follow {
         self.newest.borrow_and_update();
         let mut frames = Vec::new();
         let mut events = Vec::new();
+        let mut capped = false;
         for (user, seen) in self.users.iter_mut() {
             // Bounded: a user's events come READ_BATCH at a time, at most this many times
             // per look (the rest at the next).
@@ -113,11 +114,16 @@ impl Follow {
                         if !full {
                             break;
                         }
+                        capped = true;
                     }
                 }
             }
         }
-        // In log order across users, as one read of the ring gave them.
+        if capped {
+            // More is owed than one look writes: look again without waiting for news.
+            self.newest.mark_changed();
+        }
+        // Each user's events in order; across users, by id within this look.
         events.sort_by_key(|e| e.id);
         frames.extend(
             events
@@ -365,7 +371,8 @@ impl ShardedFollow {
         for user in users {
             // Bounded: a user's events come READ_BATCH at a time, at most this many times
             // per look (the rest at the next).
-            for _ in 0..MAX_BATCHES_PER_LOOK {
+            let mut owed = false;
+            for round in 0..MAX_BATCHES_PER_LOOK {
                 let Some(&(shard, seen)) = self.users.get(&user) else {
                     break;
                 };
@@ -388,8 +395,16 @@ impl ShardedFollow {
                         if events.len() < READ_BATCH {
                             break;
                         }
+                        owed = round + 1 == MAX_BATCHES_PER_LOOK;
                     }
                 }
+            }
+            // More is owed than one look writes: look again without waiting for news.
+            if owed
+                && let Some(&(shard, _)) = self.users.get(&user)
+                && let Some((_, seen)) = self.feeds.get_mut(&shard)
+            {
+                seen.mark_changed();
             }
         }
         frames

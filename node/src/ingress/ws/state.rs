@@ -148,6 +148,8 @@ pub struct SessionState {
     in_flight: bool,
     /// The first one's pages after the first, while it has more.
     streaming: Option<Streaming>,
+    /// The client left the group of the recovery in flight: its answer writes nothing.
+    abandoned: bool,
     /// What the client may still spend on ops.
     ops: ops::OpBudget,
 }
@@ -163,6 +165,7 @@ impl SessionState {
             asked: VecDeque::new(),
             in_flight: false,
             streaming: None,
+            abandoned: false,
             ops: ops::OpBudget::default(),
         }
     }
@@ -306,9 +309,32 @@ impl SessionState {
         self.in_flight = true;
         let since = match self.streaming {
             Some(stream) => Some(stream.last),
-            None => asked.since,
+            None => {
+                // Held from its start, whatever an earlier recovery of the group released.
+                self.tracks.recovering(&asked.group);
+                asked.since
+            }
         };
         Some((asked.group.clone(), since))
+    }
+
+    /// The client left `group` (an unsubscribe, a refreshed token without it): its
+    /// recoveries asked are dropped, the one in flight writes nothing more, and what its
+    /// track held goes.
+    pub fn forget(&mut self, group: &str) {
+        let front = self.asked.pop_front();
+        self.asked.retain(|a| a.group != group);
+        if let Some(front) = front {
+            if front.group != group {
+                self.asked.push_front(front);
+            } else if self.in_flight {
+                self.abandoned = true;
+                self.asked.push_front(front);
+            } else {
+                self.streaming = None;
+            }
+        }
+        self.tracks.forget(group);
     }
 
     /// Whether the recovery in flight is past its first page.
@@ -324,6 +350,11 @@ impl SessionState {
     /// being told `recovered: false` about messages that are still held.
     pub fn handle_recovered(&mut self, answer: Result<Recovery, HistoryError>) -> Recovered {
         self.in_flight = false;
+        if std::mem::take(&mut self.abandoned) {
+            self.streaming = None;
+            self.asked.pop_front();
+            return Recovered::default();
+        }
         let Some(asked) = self.asked.front() else {
             return Recovered::default();
         };
@@ -440,7 +471,9 @@ impl SessionState {
                 ..Recovered::default()
             };
         }
-        let (after, then) = match self.tracks.recovered(&group, Some(stream.top), false) {
+        // Where the client stands: the top, in the epoch its last page was written in
+        // (a takeover between pages continues the offsets in a later epoch).
+        let (after, then) = match self.tracks.recovered(&group, Some(stream.last), false) {
             Ok((_, after)) => (after.iter().map(|p| p.frame.clone()).collect(), None),
             Err(Gap) => (Vec::new(), Some(gap(&group))),
         };

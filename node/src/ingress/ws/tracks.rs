@@ -215,6 +215,12 @@ impl Tracks {
         Ok(out)
     }
 
+    /// The client left `group`: what it held is dropped, and a later subscription
+    /// starts afresh.
+    pub fn forget(&mut self, group: &str) {
+        self.groups.remove(group);
+    }
+
     /// Whether any group is tracked (only positioned connections track).
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()

@@ -29,7 +29,7 @@ use super::{TypeConfig, store, writer};
 use crate::health::Health;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Row;
-use crate::presence::claims::Claimer;
+use crate::presence::claims::{Claimed, Claimer};
 use crate::presence::{Command, PresenceQueue, SharedReplica};
 
 /// Raft heartbeat and election timeouts. A follower that has seen a committed leader
@@ -424,9 +424,8 @@ impl Consensus {
 
     /// Claims idempotency keys for a new request of this node (see
     /// `crate::presence::claims`): committed through the leader, then read from this
-    /// node's replica once applied. For each key, whether this request holds it (false:
-    /// an earlier request does, within the window).
-    pub async fn claim(&self, keys: Vec<String>) -> Result<(Claimer, Vec<bool>), WriteError> {
+    /// node's replica once applied. For each key, what this request got of it.
+    pub async fn claim(&self, keys: Vec<String>) -> Result<(Claimer, Vec<Claimed>), WriteError> {
         let claimer = Claimer {
             node: self.node,
             request: self
@@ -450,7 +449,7 @@ impl Consensus {
         let replica = self.replica.read();
         let held = keys
             .iter()
-            .map(|k| replica.claims.holder(k) == Some(claimer))
+            .map(|k| replica.claims.outcome(k, claimer))
             .collect();
         Ok((claimer, held))
     }

@@ -39,7 +39,10 @@ impl<S: Stream> Session<S> {
             },
             ClientOp::Unsubscribe { group, .. } => {
                 match ingress.hub.leave(self.outlet.id, &group) {
-                    Ok(()) => ServerReply::Unsubscribed { group, id },
+                    Ok(()) => {
+                        self.state.forget(&group);
+                        ServerReply::Unsubscribed { group, id }
+                    }
                     Err(e) => error(ErrorCode::BadRequest, &e.to_string(), id),
                 }
             }
@@ -102,6 +105,9 @@ impl<S: Stream> Session<S> {
                             )
                             .issued_at(identity.iat),
                         );
+                        for group in &left {
+                            self.state.forget(group);
+                        }
                         let exp = identity.exp;
                         self.state.set_expiry(expiry(&ingress, &identity));
                         // Without the `presence` claim now, only the own user is followed.

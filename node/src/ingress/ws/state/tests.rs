@@ -373,3 +373,48 @@ fn history_lost_between_pages_closes_with_4009_and_a_failed_page_with_1013() {
 fn pos(offset: u64) -> Position {
     Position { epoch: 3, offset }
 }
+
+#[test]
+fn leaving_a_group_mid_recovery_writes_nothing_more_of_it() {
+    let t0 = base();
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    s.ask("a".into(), Some(pos(1)), None);
+    s.ask("a".into(), Some(pos(1)), None);
+    s.ask("b".into(), None, None);
+    s.poll_recovery();
+    written(s.handle_recovered(Ok(page(9, 2..=3, true))));
+    assert_eq!(s.poll_recovery(), Some(("a".into(), Some(pos(3)))));
+    s.forget("a");
+    let (frames, then) = written(s.handle_recovered(Ok(page(9, 4..=5, true))));
+    assert!(frames.is_empty() && then.is_none(), "{frames:?}");
+    assert_eq!(
+        s.poll_recovery(),
+        Some(("b".into(), None)),
+        "the other group's ask goes on; the second of the left group is gone"
+    );
+}
+
+#[test]
+fn a_takeover_between_pages_continues_in_the_new_epoch_without_a_gap() {
+    let t0 = base();
+    let mut s = SessionState::new(t0, None, Tracks::default());
+    s.recovering("a");
+    s.ask("a".into(), Some(pos(1)), None);
+    s.poll_recovery();
+    written(s.handle_recovered(Ok(page(5, 2..=3, true))));
+    s.poll_recovery();
+    // The new owner continues the offsets in epoch 7; the live message after the top
+    // is of epoch 7 too.
+    let mut batch = vec![positioned("a", 7, 6)];
+    assert!(s.route_batch(&mut batch).expect("held").is_empty());
+    let mut later = page(5, 4..=5, false);
+    for e in &mut later.entries {
+        e.position.epoch = 7;
+    }
+    later.epoch = 7;
+    let (frames, then) = written(s.handle_recovered(Ok(later)));
+    assert!(then.is_none(), "{then:?}");
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[2], "a@6");
+}
