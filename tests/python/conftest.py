@@ -81,6 +81,7 @@ class Node:
         self.log_tail = []  # the last lines of stderr, for failure messages
         self.errors = []  # every ERROR line
         self.warnings = []  # every WARN record (at most 100 000)
+        self.records = []  # every log record (at most 100 000)
         logs = queue.Queue()
         threading.Thread(target=self._pump, args=(logs,), daemon=True).start()
         addrs = {}
@@ -132,6 +133,8 @@ class Node:
                 self.errors.append(line.rstrip())
             if record.get("level") == "WARN" and len(self.warnings) < 100_000:
                 self.warnings.append(record)
+            if len(self.records) < 100_000:
+                self.records.append(record)
             logs.put(record)
 
     @staticmethod

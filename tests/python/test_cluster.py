@@ -152,3 +152,30 @@ def test_leader_killed_a_new_leader_takes_over_and_purges_its_presence(start_clu
         assert members[leader_id]["role"] == "removed"
     out = subprocess.run([BIN_PATH, "remove", "99", "--admin", follower.admin], capture_output=True, text=True, timeout=10)
     assert out.returncode != 0 and "not a member" in out.stderr
+
+
+def test_a_duplicate_node_id_backs_off_and_both_sides_say_why(start_cluster, start_node):
+    """A second process started with a member's id (a fresh data dir) is refused by the
+    member it dials once that member looks the id up: it backs off as for any refusal
+    (1 s, 2 s, 4 s ... 30 s), each side logging the reason, instead of redialing every
+    50 ms (151 lines in 8 s before)."""
+    a, b = start_cluster(2)
+    dup = start_node("--node-id", "2", "--seeds", a.peer_addr, "--cluster-secret", CLUSTER_SECRET,
+                     "--node-timeout-ms", "2000", wait_ready=False)
+
+    def said(node, text):
+        return [r for r in node.warnings if text in r.get("fields", {}).get("error", "")
+                + r.get("fields", {}).get("message", "")]
+
+    wait_until(lambda: said(dup, "refused by the peer: this node id belongs to a member with another data dir"),
+               timeout=15, what="the duplicate told why it is refused")
+    wait_until(lambda: said(a, "its id belongs to a member with another data dir"),
+               what="the member saying why it refuses")
+    # Measured over the next 8 s: the refusals back off (1, 2, 4 s...), at most a few dials.
+    start = len([r for r in dup.records if r.get("fields", {}).get("message") == "peer connected"])
+    time.sleep(8)  # a measuring window, not a wait for a condition
+    dials = len([r for r in dup.records if r.get("fields", {}).get("message") == "peer connected"]) - start
+    print(f"\na duplicate node id: {dials} dial(s) in 8 s after the first refusal")
+    assert dials <= 4, dials
+    # The member it impersonates keeps its session.
+    assert up_members(a) == [1, 2] and up_members(b) == [1, 2]

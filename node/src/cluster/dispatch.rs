@@ -28,6 +28,17 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Why the peer refused this node once it looked it up (its id bound to another data
+    /// dir, removed), after the handshake, if that is how the session ended.
+    pub fn refused_by_peer(&self) -> Option<CloseReason> {
+        match self {
+            SessionError::Stream(e) => {
+                super::session::closed_with(e).and_then(CloseReason::refusal)
+            }
+            _ => None,
+        }
+    }
+
     /// What the end of a dialed session means for the next dial: a refusal (either
     /// side's: the secret, a removed member, another incarnation, the protocol version,
     /// our own id, another presence shard count) will likely happen again and backs off longest; a handshake that broke
@@ -48,6 +59,7 @@ impl SessionError {
                 DialOutcome::Refused
             }
             SessionError::Handshake(_) => DialOutcome::Unreachable,
+            SessionError::Stream(_) if self.refused_by_peer().is_some() => DialOutcome::Refused,
             SessionError::Violation { .. } | SessionError::Stream(_) => DialOutcome::Session,
         }
     }
@@ -194,6 +206,30 @@ mod tests {
         );
         assert_eq!(refusal.close_reason(), CloseReason::WrongIncarnation);
         assert_eq!(Refusal::Removed.close_reason(), CloseReason::Removed);
+    }
+
+    #[test]
+    fn a_session_the_peer_closed_with_a_refusal_backs_off_as_a_refusal() {
+        let closed_with = |code: u32| {
+            let close = quinn::ApplicationClose {
+                error_code: code.into(),
+                reason: bytes::Bytes::from_static(b"why"),
+            };
+            let lost =
+                quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close));
+            SessionError::Stream(FrameError::Read(quinn::ReadExactError::ReadError(lost)))
+        };
+        let refused = closed_with(CloseReason::WrongIncarnation as u32);
+        assert_eq!(
+            refused.refused_by_peer(),
+            Some(CloseReason::WrongIncarnation)
+        );
+        assert_eq!(refused.dial_outcome(), DialOutcome::Refused);
+        // A session that ended (or a duplicate closed) redials soon.
+        for code in [CloseReason::Ended as u32, CloseReason::Duplicate as u32] {
+            assert_eq!(closed_with(code).refused_by_peer(), None);
+            assert_eq!(closed_with(code).dial_outcome(), DialOutcome::Session);
+        }
     }
 
     #[test]

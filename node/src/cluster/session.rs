@@ -114,18 +114,27 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The code the peer closed the connection with during the handshake, if it did.
     pub fn closed_with(&self) -> Option<u64> {
-        let conn = match self {
-            HandshakeError::Connection(c) => c,
-            HandshakeError::Frame(FrameError::Read(quinn::ReadExactError::ReadError(
-                quinn::ReadError::ConnectionLost(c),
-            ))) => c,
-            HandshakeError::Frame(FrameError::Write(quinn::WriteError::ConnectionLost(c))) => c,
-            _ => return None,
-        };
-        match conn {
-            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        match self {
+            HandshakeError::Connection(c) => application_code(c),
+            HandshakeError::Frame(f) => closed_with(f),
             _ => None,
         }
+    }
+}
+
+/// The code the peer closed the connection with, if a frame failed because it did.
+pub fn closed_with(error: &FrameError) -> Option<u64> {
+    match error {
+        FrameError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)))
+        | FrameError::Write(quinn::WriteError::ConnectionLost(c)) => application_code(c),
+        _ => None,
+    }
+}
+
+fn application_code(conn: &quinn::ConnectionError) -> Option<u64> {
+    match conn {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
     }
 }
 

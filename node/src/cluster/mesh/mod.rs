@@ -398,7 +398,14 @@ impl Cluster {
                         Ok(()) => (DialOutcome::Session, String::new()),
                         Err(e) => {
                             debug!(%addr, error = %e, "peer session ended");
-                            (e.dial_outcome(), e.to_string())
+                            let reason = match e.refused_by_peer() {
+                                Some(refusal) => format!(
+                                    "refused by the peer: {}",
+                                    String::from_utf8_lossy(refusal.text())
+                                ),
+                                None => e.to_string(),
+                            };
+                            (e.dial_outcome(), reason)
                         }
                     },
                     Err(e) => {
