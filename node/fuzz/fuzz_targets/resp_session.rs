@@ -7,68 +7,93 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use libfuzzer_sys::fuzz_target;
-use switchboard_node::config::{Config, JwtKey};
-use switchboard_node::ingress::resp::{Env, Session};
+use switchboard_node::cluster::ActError;
+use switchboard_node::config::{Config, JwtKey, Secret};
+use switchboard_node::history::HistoryError;
+use switchboard_node::ingress::resp::{Session, Shim};
 use switchboard_node::metrics::Metrics;
-use switchboard_node::router::{PatternError, Publish};
+use switchboard_node::router::{Acted, PatternError, Publish, Routed};
 use switchboard_node::secrets::Secrets;
-use switchboard_proto::peer::NodeId;
+use switchboard_proto::peer::{ConnAction, ConnTarget, NodeId};
 use switchboard_proto::resp::{Decoder, Limits, Version};
 
 struct Nobody;
 
 impl Publish for Nobody {
-    fn publish(&self, _group: &str, payload: Bytes) -> usize {
-        payload.len() % 3
-    }
-    fn group_counts(&self, group: &str) -> Vec<(NodeId, usize)> {
-        vec![(1, group.len() % 2)]
-    }
-    fn groups(&self, pattern: Option<&[u8]>) -> Result<Vec<String>, PatternError> {
-        let names = ["user_1", "room_a", "asgi__group__x"];
-        let mut budget = switchboard_node::broker::Budget(100_000);
-        let mut out = Vec::new();
-        for name in names {
-            let keep = match pattern {
-                None => true,
-                Some(p) => switchboard_node::broker::glob_match_within(p, name.as_bytes(), &mut budget)
-                    .ok_or(PatternError::TooCostly)?,
-            };
-            if keep {
-                out.push(name.to_string());
+    fn publish<'a>(&'a self, _group: &'a str, payload: Bytes) -> BoxFuture<'a, Result<Routed, HistoryError>> {
+        Box::pin(async move {
+            match payload.len() % 4 {
+                3 => Err(HistoryError::Timeout),
+                n => Ok(Routed { routed: n, position: None }),
             }
-        }
-        Ok(out)
+        })
+    }
+    fn group_counts<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Vec<(NodeId, usize)>> {
+        Box::pin(async move { vec![(1, group.len() % 2)] })
+    }
+    fn groups<'a>(&'a self, pattern: Option<&'a [u8]>) -> BoxFuture<'a, Result<Vec<String>, PatternError>> {
+        Box::pin(async move {
+            let names = ["user_1", "room_a", "asgi__group__x"];
+            let mut budget = switchboard_node::broker::Budget(100_000);
+            let mut out = Vec::new();
+            for name in names {
+                let keep = match pattern {
+                    None => true,
+                    Some(p) => switchboard_node::broker::glob_match_within(p, name.as_bytes(), &mut budget)
+                        .ok_or(PatternError::TooCostly)?,
+                };
+                if keep {
+                    out.push(name.to_string());
+                }
+            }
+            Ok(out)
+        })
     }
     fn local_groups(&self) -> usize {
         3
     }
+    fn act(&self, target: ConnTarget, _action: ConnAction) -> BoxFuture<'_, Result<Acted, ActError>> {
+        Box::pin(async move {
+            match target {
+                ConnTarget::Connection(id) => Err(ActError::NotAConnection(id)),
+                ConnTarget::User(_) => Ok(Acted::default()),
+            }
+        })
+    }
 }
 
-fn env(password: bool) -> Arc<Env> {
+fn shim(password: bool) -> Arc<Shim> {
     let dir = std::env::temp_dir().join(format!("sb-fuzz-{}-{password}", std::process::id()));
     let mut config = Config::for_tests(dir);
-    config.jwt = JwtKey::Secret("fuzz".into());
+    config.credentials.jwt = JwtKey::Secret(Secret::Value("fuzz".into()));
     if password {
-        config.resp_password = Some("pw".into());
+        config.credentials.resp_password = Some(Secret::Value("pw".into()));
     }
     config.max_payload = 4096;
-    config.max_command_bytes = 16 * 1024;
+    config.resp.max_command_bytes = 16 * 1024;
     let secrets = Secrets::load(&config).expect("secrets");
-    Arc::new(Env::new(Arc::new(config), Arc::new(Metrics::default()), Arc::new(secrets)))
+    Arc::new(Shim::new(&config, Arc::new(Metrics::default()), Arc::new(secrets)))
 }
 
 fuzz_target!(|data: &[u8]| {
-    static OPEN: OnceLock<Arc<Env>> = OnceLock::new();
-    static LOCKED: OnceLock<Arc<Env>> = OnceLock::new();
+    static OPEN: OnceLock<Arc<Shim>> = OnceLock::new();
+    static LOCKED: OnceLock<Arc<Shim>> = OnceLock::new();
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+    });
     let Some((&mode, bytes)) = data.split_first() else {
         return;
     };
     let env = if mode & 1 == 0 {
-        OPEN.get_or_init(|| env(false)).clone()
+        OPEN.get_or_init(|| shim(false)).clone()
     } else {
-        LOCKED.get_or_init(|| env(true)).clone()
+        LOCKED.get_or_init(|| shim(true)).clone()
     };
     let limits = Limits {
         max_bulk_len: 4096,
@@ -89,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                     if args.is_empty() {
                         continue;
                     }
-                    let (reply, _) = session.handle(args, &Nobody);
+                    let (reply, _) = runtime.block_on(session.handle(args, &Nobody));
                     reply.encode(session.version(), &mut out);
                     reply.encode(Version::Resp2, &mut out);
                     out.clear();
