@@ -295,6 +295,7 @@ impl Node {
                 tokio::time::Instant::now(),
             )),
             cool_down: Default::default(),
+            follows: Default::default(),
             caps: std::sync::Mutex::new(ingress::ws::caps::Caps::new(
                 config.ws.max_connections_per_ip,
                 config.ws.max_connections_per_user,

@@ -39,6 +39,8 @@ pub struct Ingress {
     pub node_ops: Mutex<ws::state::ops::NodeOps>,
     /// Users closed for their ops, refused until their cool-down ends.
     pub cool_down: Mutex<ws::state::ops::CoolDown>,
+    /// Users the connections follow (`presence_subscribe`), within the node's bound.
+    pub follows: Arc<ws::follow::NodeFollows>,
     pub lifecycle: Arc<Lifecycle>,
     pub health: Arc<Health>,
     pub hub: Arc<Hub>,

@@ -5,10 +5,12 @@
 //! - [`Follow`]: presence in the one registry; reads this node's replica (sans-IO).
 //! - [`ShardedFollow`]: presence in shards; each user's events come from its shard's
 //!   feed (`crate::raft::shards::feeds`), and a reset from the shard itself.
-//! - [`Followed`]: either, as the session holds it.
+//! - [`Followed`]: either, as the session holds it, counted against the node's bound
+//!   ([`NodeFollows`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::select_all;
 use tokio::sync::watch;
@@ -21,6 +23,53 @@ use crate::raft::shards::{Feed, Shards};
 
 /// Users one connection may follow at once.
 pub const MAX_FOLLOWED_USERS: usize = 32;
+/// Users all of a node's connections may follow together (about 100 bytes each).
+pub const MAX_NODE_FOLLOWS: usize = 262_144;
+
+/// The users followed by all of a node's connections, within [`MAX_NODE_FOLLOWS`].
+#[derive(Debug)]
+pub struct NodeFollows {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl Default for NodeFollows {
+    fn default() -> Self {
+        NodeFollows::new(MAX_NODE_FOLLOWS)
+    }
+}
+
+impl NodeFollows {
+    pub fn new(max: usize) -> Self {
+        NodeFollows {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// One more followed user, if the node has room.
+    fn take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Users followed now.
+    pub fn len(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Whether nobody is followed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 /// Events read from the ring per look.
 const READ_BATCH: usize = 256;
 
@@ -81,6 +130,16 @@ impl Follow {
     /// Whether nobody is followed.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Users followed.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether `user` is followed.
+    pub fn follows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     /// Waits until the replica records new events; false if it never will.
@@ -145,14 +204,51 @@ pub enum FollowError {
     BadSince(String),
 }
 
-/// The users one connection follows, in the one registry or in shards.
+/// The users one connection follows, in the one registry or in shards, each counted
+/// against the node's bound while followed.
 #[derive(Debug)]
-pub enum Followed {
+pub struct Followed {
+    inner: Inner,
+    node: Arc<NodeFollows>,
+}
+
+#[derive(Debug)]
+enum Inner {
     One(Follow),
     Sharded(ShardedFollow),
 }
 
 impl Followed {
+    /// Follows in the one registry.
+    pub fn one(follow: Follow, node: Arc<NodeFollows>) -> Self {
+        Followed {
+            inner: Inner::One(follow),
+            node,
+        }
+    }
+
+    /// Follows in shards.
+    pub fn sharded(follow: ShardedFollow, node: Arc<NodeFollows>) -> Self {
+        Followed {
+            inner: Inner::Sharded(follow),
+            node,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.inner {
+            Inner::One(f) => f.len(),
+            Inner::Sharded(f) => f.len(),
+        }
+    }
+
+    fn follows(&self, user: &str) -> bool {
+        match &self.inner {
+            Inner::One(f) => f.follows(user),
+            Inner::Sharded(f) => f.follows(user),
+        }
+    }
+
     /// Follows `user` from `since` (an event id as the client gave it), or from now with
     /// a reset. Returns the frames owed (to the users followed already, then the new
     /// one's), which go out whether or not the user could be followed.
@@ -162,21 +258,36 @@ impl Followed {
         user: String,
         since: Option<&str>,
     ) -> (Vec<String>, Result<(), FollowError>) {
-        match self {
-            Followed::One(follow) => {
+        let new = !self.follows(&user);
+        if new && self.len() < MAX_FOLLOWED_USERS && !self.node.take() {
+            let frames = self.pending(replica).await;
+            let why =
+                format!("this node follows {MAX_NODE_FOLLOWS} users' presence already: try later");
+            return (frames, Err(FollowError::TooMany(why)));
+        }
+        let before = self.len();
+        let (frames, added) = match &mut self.inner {
+            Inner::One(follow) => {
                 let mut frames = follow.pending(replica);
                 let since = match since.map(|s| s.parse::<EventId>()).transpose() {
-                    Ok(since) => since,
-                    Err(e) => return (frames, Err(FollowError::BadSince(e))),
+                    Ok(since) => Ok(since),
+                    Err(e) => Err(FollowError::BadSince(e)),
                 };
-                match follow.add(replica, user, since) {
-                    Ok(reset) => frames.extend(reset),
-                    Err(e) => return (frames, Err(FollowError::TooMany(e))),
+                let added = since.and_then(|since| {
+                    follow
+                        .add(replica, user, since)
+                        .map_err(FollowError::TooMany)
+                });
+                match added {
+                    Ok(reset) => {
+                        frames.extend(reset);
+                        frames.extend(follow.pending(replica));
+                        (frames, Ok(()))
+                    }
+                    Err(e) => (frames, Err(e)),
                 }
-                frames.extend(follow.pending(replica));
-                (frames, Ok(()))
             }
-            Followed::Sharded(follow) => {
+            Inner::Sharded(follow) => {
                 let mut frames = follow.pending().await;
                 match follow.add(user, since).await {
                     Ok(reset) => {
@@ -188,47 +299,62 @@ impl Followed {
                     Err(e) => (frames, Err(e)),
                 }
             }
+        };
+        // The node's count was taken for a new user the connection had room for: given
+        // back when it was not followed after all.
+        if new && before < MAX_FOLLOWED_USERS && self.len() == before {
+            self.node.give(1);
         }
+        (frames, added)
     }
 
     /// Stops following `user`; whether it was followed.
     pub fn remove(&mut self, user: &str) -> bool {
-        match self {
-            Followed::One(f) => f.remove(user),
-            Followed::Sharded(f) => f.remove(user),
+        let removed = match &mut self.inner {
+            Inner::One(f) => f.remove(user),
+            Inner::Sharded(f) => f.remove(user),
+        };
+        if removed {
+            self.node.give(1);
         }
+        removed
     }
 
     /// Stops following anyone but `user`.
     pub fn retain_only(&mut self, user: &str) {
-        match self {
-            Followed::One(f) => f.retain_only(user),
-            Followed::Sharded(f) => f.retain_only(user),
+        let before = self.len();
+        match &mut self.inner {
+            Inner::One(f) => f.retain_only(user),
+            Inner::Sharded(f) => f.retain_only(user),
         }
+        self.node.give(before - self.len());
     }
 
     /// Whether nobody is followed.
     pub fn is_empty(&self) -> bool {
-        match self {
-            Followed::One(f) => f.is_empty(),
-            Followed::Sharded(f) => f.is_empty(),
-        }
+        self.len() == 0
     }
 
     /// Waits until the events followed move; false if they never will.
     pub async fn changed(&mut self) -> bool {
-        match self {
-            Followed::One(f) => f.changed().await,
-            Followed::Sharded(f) => f.changed().await,
+        match &mut self.inner {
+            Inner::One(f) => f.changed().await,
+            Inner::Sharded(f) => f.changed().await,
         }
     }
 
     /// The frames owed to the users followed, oldest first.
     pub async fn pending(&mut self, replica: &SharedReplica) -> Vec<String> {
-        match self {
-            Followed::One(f) => f.pending(replica),
-            Followed::Sharded(f) => f.pending().await,
+        match &mut self.inner {
+            Inner::One(f) => f.pending(replica),
+            Inner::Sharded(f) => f.pending().await,
         }
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.node.give(self.len());
     }
 }
 
@@ -344,8 +470,12 @@ impl ShardedFollow {
             .retain(|shard, _| users.values().any(|(s, _)| s == shard));
     }
 
-    fn is_empty(&self) -> bool {
-        self.users.is_empty()
+    fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    fn follows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     async fn changed(&mut self) -> bool {
@@ -417,4 +547,43 @@ const MAX_BATCHES_PER_LOOK: usize = 16;
 /// A `presence_event` frame around an event's JSON.
 fn frame(event: &str) -> String {
     format!(r#"{{"type":"presence_event","event":{event}}}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow(replica: &SharedReplica, node: &Arc<NodeFollows>) -> Followed {
+        Followed::one(Follow::new(replica), node.clone())
+    }
+
+    #[tokio::test]
+    async fn the_node_bounds_the_users_its_connections_follow_and_gets_them_back() {
+        let replica = SharedReplica::default();
+        let node = Arc::new(NodeFollows::new(3));
+        let mut a = follow(&replica, &node);
+        let mut b = follow(&replica, &node);
+        for user in ["1", "2", "1"] {
+            assert_eq!(a.add(&replica, user.into(), None).await.1, Ok(()));
+        }
+        assert_eq!(node.len(), 2, "a user followed twice counts once");
+        assert_eq!(b.add(&replica, "3".into(), None).await.1, Ok(()));
+        let (_, refused) = b.add(&replica, "4".into(), None).await;
+        assert!(
+            matches!(&refused, Err(FollowError::TooMany(why)) if why.contains("this node")),
+            "{refused:?}"
+        );
+        // A bad `since` takes nothing.
+        assert!(a.remove("2"));
+        let (_, bad) = b.add(&replica, "5".into(), Some("x")).await;
+        assert!(matches!(bad, Err(FollowError::BadSince(_))));
+        assert_eq!(node.len(), 2);
+        assert_eq!(b.add(&replica, "5".into(), None).await.1, Ok(()));
+        // Dropping what was left, and keeping only one, give the rest back.
+        b.retain_only("5");
+        assert_eq!(node.len(), 2);
+        drop(a);
+        drop(b);
+        assert!(node.is_empty());
+    }
 }

@@ -473,10 +473,13 @@ impl<S: Stream> Session<S> {
             return self.reply(&reply).await;
         }
         let replica = &self.ingress.replica;
+        let follows = &self.ingress.follows;
         let follow = self.follow.get_or_insert_with(|| {
             Box::new(match &self.ingress.presence_reads.shards {
-                Some(shards) => Followed::Sharded(ShardedFollow::new(shards.clone())),
-                None => Followed::One(Follow::new(replica)),
+                Some(shards) => {
+                    Followed::sharded(ShardedFollow::new(shards.clone()), follows.clone())
+                }
+                None => Followed::one(Follow::new(replica), follows.clone()),
             })
         });
         let (frames, added) = follow.add(replica, user.clone(), since.as_deref()).await;
