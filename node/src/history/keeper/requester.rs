@@ -74,10 +74,10 @@ impl Keeper {
                 waiting.extend(self.queued.drain(..));
                 break;
             }
-            let owner = facts.assignments.of_group(&key.0).map(|a| a.owner);
-            if let Some(owner) = owner
-                && owner != self.me
-                && self.reads.values().filter(|r| r.owner == owner).count() >= MAX_READS_PER_OWNER
+            let assignment = facts.assignments.of_group(&key.0).copied();
+            if let Some(a) = assignment
+                && a.owner != self.me
+                && self.reads.values().filter(|r| r.owner == a.owner).count() >= MAX_READS_PER_OWNER
             {
                 waiting.push_back(key);
                 continue;
@@ -87,7 +87,7 @@ impl Keeper {
                 continue;
             };
             let (group, since) = key;
-            match facts.assignments.of_group(&group).copied() {
+            match assignment {
                 None => self.recovered_all(tickets, Err(HistoryError::NotAssigned)),
                 // The bucket came to this node meanwhile.
                 Some(a) if a.owner == self.me => {

@@ -158,7 +158,7 @@ impl Follow {
         for (user, seen) in self.users.iter_mut() {
             // Bounded: a user's events come READ_BATCH at a time, at most this many times
             // per look (the rest at the next).
-            for _ in 0..MAX_BATCHES_PER_LOOK {
+            for round in 0..MAX_BATCHES_PER_LOOK {
                 match replica.user_events_after(user, *seen, READ_BATCH) {
                     Read::Behind => {
                         let (at, records) = replica.reset(Some(user));
@@ -173,7 +173,7 @@ impl Follow {
                         if !full {
                             break;
                         }
-                        capped = true;
+                        capped |= round + 1 == MAX_BATCHES_PER_LOOK;
                     }
                 }
             }
@@ -258,8 +258,9 @@ impl Followed {
         user: String,
         since: Option<&str>,
     ) -> (Vec<String>, Result<(), FollowError>) {
+        // A new user takes the node's room first; given back if it is not followed.
         let new = !self.follows(&user);
-        if new && self.len() < MAX_FOLLOWED_USERS && !self.node.take() {
+        if new && !self.node.take() {
             let frames = self.pending(replica).await;
             let why =
                 format!("this node follows {MAX_NODE_FOLLOWS} users' presence already: try later");
@@ -269,11 +270,8 @@ impl Followed {
         let (frames, added) = match &mut self.inner {
             Inner::One(follow) => {
                 let mut frames = follow.pending(replica);
-                let since = match since.map(|s| s.parse::<EventId>()).transpose() {
-                    Ok(since) => Ok(since),
-                    Err(e) => Err(FollowError::BadSince(e)),
-                };
-                let added = since.and_then(|since| {
+                let since = since.map(str::parse::<EventId>).transpose();
+                let added = since.map_err(FollowError::BadSince).and_then(|since| {
                     follow
                         .add(replica, user, since)
                         .map_err(FollowError::TooMany)
@@ -300,9 +298,7 @@ impl Followed {
                 }
             }
         };
-        // The node's count was taken for a new user the connection had room for: given
-        // back when it was not followed after all.
-        if new && before < MAX_FOLLOWED_USERS && self.len() == before {
+        if new && self.len() == before {
             self.node.give(1);
         }
         (frames, added)

@@ -408,17 +408,33 @@ impl SessionState {
                 ..Recovered::default()
             };
         }
-        self.asked.pop_front();
-        let (stands, after, then) = match self.tracks.recovered(&group, top, fresh) {
-            Ok((stands, after)) => (stands, after, None),
-            Err(Gap) => (top, Vec::new(), Some(gap(&group))),
-        };
+        let (stands, after, then) = self.finish(&group, top, fresh);
         Recovered {
             reply: Some(reply(stands)),
             missed,
-            after: after.iter().map(|p| p.frame.clone()).collect(),
+            after,
             then,
             group,
+        }
+    }
+
+    /// The recovery in flight is over: the client stands at `top` (or, `fresh`, before
+    /// the first message held), and what its group's track held follows. Returns where
+    /// it stands, those frames, and the close a gap among them calls for.
+    fn finish(
+        &mut self,
+        group: &str,
+        top: Option<Position>,
+        fresh: bool,
+    ) -> (Option<Position>, Vec<Message>, Option<End>) {
+        self.asked.pop_front();
+        match self.tracks.recovered(group, top, fresh) {
+            Ok((stands, after)) => (
+                stands,
+                after.iter().map(|p| p.frame.clone()).collect(),
+                None,
+            ),
+            Err(Gap) => (top, Vec::new(), Some(gap(group))),
         }
     }
 
@@ -461,9 +477,9 @@ impl SessionState {
                 ..Recovered::default()
             };
         }
-        self.asked.pop_front();
         if stream.last.offset < stream.top.offset {
             // The owner has nothing more before the top it named: not a history to trust.
+            self.asked.pop_front();
             return Recovered {
                 group: group.clone(),
                 missed,
@@ -473,10 +489,7 @@ impl SessionState {
         }
         // Where the client stands: the top, in the epoch its last page was written in
         // (a takeover between pages continues the offsets in a later epoch).
-        let (after, then) = match self.tracks.recovered(&group, Some(stream.last), false) {
-            Ok((_, after)) => (after.iter().map(|p| p.frame.clone()).collect(), None),
-            Err(Gap) => (Vec::new(), Some(gap(&group))),
-        };
+        let (_, after, then) = self.finish(&group, Some(stream.last), false);
         Recovered {
             group,
             missed,

@@ -329,13 +329,7 @@ fn a_long_recovery_is_written_a_page_at_a_time_and_the_next_is_asked_after_the_l
 #[test]
 fn history_lost_between_pages_closes_with_4009_and_a_failed_page_with_1013() {
     let t0 = base();
-    let mut s = SessionState::new(t0, None, Tracks::default());
-    s.recovering("a");
-    s.ask("a".into(), Some(pos(1)), None);
-    s.poll_recovery();
-    let (_, then) = written(s.handle_recovered(Ok(page(9, 2..=3, true))));
-    assert!(then.is_none());
-    s.poll_recovery();
+    let mut s = past_the_first_page(t0);
     let evicted = Recovery {
         recovered: false,
         ..recovery(9, Vec::new())
@@ -347,12 +341,7 @@ fn history_lost_between_pages_closes_with_4009_and_a_failed_page_with_1013() {
         Some(CloseCode::InsufficientState)
     );
     // A page the owner ends before the top it named is not trusted either.
-    let mut s = SessionState::new(t0, None, Tracks::default());
-    s.recovering("a");
-    s.ask("a".into(), Some(pos(1)), None);
-    s.poll_recovery();
-    written(s.handle_recovered(Ok(page(9, 2..=3, true))));
-    s.poll_recovery();
+    let mut s = past_the_first_page(t0);
     let (frames, then) = written(s.handle_recovered(Ok(page(9, 4..=5, false))));
     assert_eq!(frames.len(), 2, "what it got is written");
     assert_eq!(
@@ -360,14 +349,22 @@ fn history_lost_between_pages_closes_with_4009_and_a_failed_page_with_1013() {
         Some(CloseCode::InsufficientState)
     );
     // A page that fails: try again later.
+    let mut s = past_the_first_page(t0);
+    let (_, then) = written(s.handle_recovered(Err(HistoryError::Timeout)));
+    assert_eq!(then.as_ref().and_then(code), Some(CloseCode::TryAgainLater));
+}
+
+/// A session recovering "a" from offset 1 whose first page (2 and 3 of 9) is written
+/// and whose second is asked.
+fn past_the_first_page(t0: Instant) -> SessionState {
     let mut s = SessionState::new(t0, None, Tracks::default());
     s.recovering("a");
     s.ask("a".into(), Some(pos(1)), None);
     s.poll_recovery();
-    written(s.handle_recovered(Ok(page(9, 2..=3, true))));
-    s.poll_recovery();
-    let (_, then) = written(s.handle_recovered(Err(HistoryError::Timeout)));
-    assert_eq!(then.as_ref().and_then(code), Some(CloseCode::TryAgainLater));
+    let (_, then) = written(s.handle_recovered(Ok(page(9, 2..=3, true))));
+    assert!(then.is_none());
+    assert_eq!(s.poll_recovery(), Some(("a".into(), Some(pos(3)))));
+    s
 }
 
 fn pos(offset: u64) -> Position {
