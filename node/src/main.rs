@@ -355,10 +355,14 @@ fn init_tracing(format: LogFormat) {
 /// Drops openraft's ERROR and WARN lines about a member it cannot reach (or that did not
 /// answer within the RPC timeout, or whose connection broke under a call): it logs one
 /// per retry (every 500 ms per RPC kind, and
-/// `update progress error ... node 3 is not connected` about twice a second) for as long
-/// as a member is stopped, hundreds over a planned restart. The mesh already says it once
-/// (`peer disconnected`, `peer silent for --node-timeout: marked down`), and every other
-/// Raft error and warning is still logged.
+/// `update progress error ... node 3 is not connected` and `backoff mode: drain events`
+/// about twice a second) for as long as a member is stopped, hundreds over a planned
+/// restart. The mesh says it instead, once when it starts (`peer disconnected`, `peer
+/// silent for --node-timeout: marked down`), a minute in and ever less often with a
+/// count (`peer address still unreachable attempts=32`) and when it ends (`peer address
+/// answers again`, `peer connected`). Also dropped: `membership_log_id changed ...
+/// ignore`, which openraft logs when a learner's promotion races a replication reply
+/// and which asks nothing of anyone. Every other Raft error and warning is logged.
 struct QuietUnreachable;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
@@ -378,7 +382,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietUnreachable {
                 self.0 |= text.contains("Unreachable node")
                     || text.contains("timeout after")
                     || text.contains("is not connected")
-                    || text.contains("peer stream ended");
+                    || text.contains("peer stream ended")
+                    || text.contains("backoff mode")
+                    || text.contains("membership_log_id changed");
             }
         }
         let mut finds = Finds(false);

@@ -71,10 +71,10 @@ class Node:
             flags = flags[:i] + flags[i + 2:]
         if secret:
             flags = ("--jwt-secret", secret, *flags)
-        cmd = [BIN, "serve", "--log-format", "json",
-               "--ws-listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0",
-               "--admin-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
-               "--data-dir", self.dir, *flags]
+        # Every listener on a free loopback port, unless `flags` names its address.
+        listen = [arg for flag in ("--ws-listen", "--resp-listen", "--admin-listen", "--peer-listen")
+                  if flag not in flags for arg in (flag, "127.0.0.1:0")]
+        cmd = [BIN, "serve", "--log-format", "json", *listen, "--data-dir", self.dir, *flags]
         env = dict(env if env is not None else os.environ, RUST_LOG="info")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
                                      preexec_fn=preexec_fn)

@@ -179,3 +179,40 @@ def test_a_duplicate_node_id_backs_off_and_both_sides_say_why(start_cluster, sta
     assert dials <= 4, dials
     # The member it impersonates keeps its session.
     assert up_members(a) == [1, 2] and up_members(b) == [1, 2]
+
+
+def test_a_node_down_two_minutes_costs_each_survivor_a_handful_of_lines(start_node, start_cluster):
+    """Log hygiene: a member that stays down is said once when it goes (`peer
+    disconnected` / `marked down`), by its dialer a minute and two minutes in with a count
+    (`peer address still unreachable attempts=N down_s=S`), and once when it answers
+    again; no line per retry, from the mesh or from Raft (openraft retries twice a
+    second)."""
+    a, b, c = start_cluster(3)
+    c.proc.send_signal(signal.SIGKILL)
+    c.proc.wait(timeout=10)
+    since = {n: len(n.records) for n in (a, b)}
+
+    def lines(n):
+        return [f'{r.get("level")} {r.get("target")}: {r["fields"].get("message")} '
+                f'{ {k: v for k, v in r["fields"].items() if k != "message"} }' for r in n.records[since[n]:]]
+
+    def told(n, message, at_least):
+        return [r["fields"] for r in n.records[since[n]:]
+                if r["fields"].get("message") == message and r["fields"].get("down_s", 0) >= at_least]
+
+    # Node 2 dials node 3 (of two nodes the lower id dials; node 3 dialed its seed, node
+    # 1): its second count, two minutes in, marks the two minutes.
+    wait_until(lambda: told(b, "peer address still unreachable", 120), timeout=200,
+               what="two minutes of a dead peer, told by its dialer")
+    for n in (a, b):
+        said = lines(n)
+        assert len(said) <= 8, "\n".join(said)
+        assert not any(line.startswith(("WARN openraft", "ERROR")) for line in said), "\n".join(said)
+    assert [f["down_s"] // 60 for f in told(b, "peer address still unreachable", 0)] == [1, 2], lines(b)
+    # It comes back on its address: its dialer says so once, with the attempts it took.
+    again = start_node("--node-id", "3", "--seeds", a.peer_addr, "--cluster-secret", CLUSTER_SECRET,
+                       "--node-timeout-ms", "2000", "--peer-listen", c.peer_addr, "--data-dir", c.dir)
+    for n in (a, b, again):
+        wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=15, what="the node back in the mesh")
+    wait_until(lambda: told(b, "peer address answers again", 0), what="the end told")
+    assert told(b, "peer address answers again", 0)[0]["attempts"] >= 10, lines(b)

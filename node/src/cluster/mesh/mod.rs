@@ -29,7 +29,7 @@ use anyhow::Context;
 use switchboard_proto::peer::{History, NodeId, PEER_PROTOCOL_VERSION, PeerMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use link::{FORWARD_OVERHEAD, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 pub use rows::ClusterMetrics;
@@ -390,32 +390,45 @@ impl Cluster {
                     break;
                 }
                 if !lock(&cluster.table).should_dial(&addr) {
+                    // It dialed this node instead (a restarted node dials those it knew).
+                    if let Some(attempts) = backoff.answered() {
+                        info!(%addr, attempts, "peer address answers again");
+                    }
                     tokio::time::sleep(HEARTBEAT).await;
                     continue;
                 }
                 let (outcome, reason) = match cluster.connect(&addr).await {
-                    Ok(conn) => match cluster.clone().session(conn, Some(&addr)).await {
-                        Ok(()) => (DialOutcome::Session, String::new()),
-                        Err(e) => {
-                            debug!(%addr, error = %e, "peer session ended");
-                            let reason = match e.refused_by_peer() {
-                                Some(refusal) => format!(
-                                    "refused by the peer: {}",
-                                    String::from_utf8_lossy(refusal.text())
-                                ),
-                                None => e.to_string(),
-                            };
-                            (e.dial_outcome(), reason)
+                    Ok(conn) => {
+                        if let Some(attempts) = backoff.answered() {
+                            info!(%addr, attempts, "peer address answers again");
                         }
-                    },
+                        match cluster.clone().session(conn, Some(&addr)).await {
+                            Ok(()) => (DialOutcome::Session, String::new()),
+                            Err(e) => {
+                                debug!(%addr, error = %e, "peer session ended");
+                                let reason = match e.refused_by_peer() {
+                                    Some(refusal) => format!(
+                                        "refused by the peer: {}",
+                                        String::from_utf8_lossy(refusal.text())
+                                    ),
+                                    None => e.to_string(),
+                                };
+                                (e.dial_outcome(), reason)
+                            }
+                        }
+                    }
                     Err(e) => {
                         debug!(%addr, error = %e, "cannot reach peer");
                         (DialOutcome::Unreachable, e.to_string())
                     }
                 };
-                let delay = backoff.after(outcome);
+                let delay = backoff.after(outcome, Instant::now());
                 if outcome == DialOutcome::Refused && backoff.warn() {
                     warn!(%addr, retry_in = ?delay, error = %reason, "peer refused this node (or was refused); retrying with backoff");
+                }
+                if let Some((attempts, down)) = backoff.still_unreachable(Instant::now()) {
+                    let down_s = down.as_secs();
+                    warn!(%addr, attempts, down_s, error = %reason, "peer address still unreachable");
                 }
                 tokio::time::sleep(delay).await;
             }
