@@ -272,16 +272,34 @@ fn verifier(config: &Config) -> Result<(Verifier, Option<String>), ConfigError> 
 /// private. A shared dir (world-writable or sticky, such as `/tmp`) is refused: the data
 /// dir must be the node's own.
 pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
-    let io = |source| ConfigError::Read {
-        path: dir.display().to_string(),
-        source,
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source: std::io::Error| {
+            // A volume mounted for another user (a container's named volume is root's)
+            // ends here: say whose it must be.
+            let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
+                let uid = rustix::process::getuid().as_raw();
+                format!(
+                    " (this node runs as uid {uid}: the directory must be its own, e.g. `chown {uid}` it or mount the volume for that user)"
+                )
+            } else {
+                String::new()
+            };
+            ConfigError::Invalid(format!(
+                "--data-dir {}: cannot {what}: {source}{hint}",
+                dir.display()
+            ))
+        }
     };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io)?;
-    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+        .map_err(io("create it"))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(io("read it"))?
+        .permissions()
+        .mode();
     if mode & 0o1002 != 0 {
         return Err(ConfigError::Invalid(format!(
             "--data-dir {} is a shared directory (world-writable or sticky): give the node a directory of its own",
@@ -289,8 +307,14 @@ pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
         )));
     }
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("make it private (mode 0700)"))?;
     }
+    // Writable by this process: said here, not as a failure to read the first file.
+    let probe = dir.join(".write-check");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(io("write in it"))?;
     Ok(())
 }
 
