@@ -57,6 +57,39 @@ def png_size_and_colours(data):
     return width, height, len(colours)
 
 
+def watch(page):
+    """Every console error, failed request and HTTP error the page meets, as a list."""
+    problems = []
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"))
+    return problems
+
+
+# What the page calls its figures, and that each has a hint (the element's title).
+STATUS_LABELS = ["Node", "State", "Ready for clients", "Raft role", "Raft term", "Raft leader", "Members up",
+                 "Clients connected here", "Groups with clients here", "Connections in the cluster",
+                 "History buckets moving", "Version", "Up for"]
+MEMBER_COLUMNS = ["Node", "Raft role", "State", "Version", "WebSocket address", "Clients", "Groups",
+                  "History buckets: owner / replica", "Last heard"]
+
+
+def labels_and_hints(page, selector):
+    return page.evaluate(f"""() => [...document.querySelectorAll({selector!r})]
+        .map(e => [e.textContent.trim(), e.title.trim()])""")
+
+
+def check_labels(page):
+    """The page's labels are words a person reads without the docs, each with a hint."""
+    status = labels_and_hints(page, "#status dt")
+    assert [label for label, _ in status] == STATUS_LABELS
+    members = labels_and_hints(page, "#members thead th")
+    assert [label for label, _ in members] == MEMBER_COLUMNS
+    for label, hint in status + members + labels_and_hints(page, "#presence thead th"):
+        assert len(hint) > 15, f"{label!r} has no hint"
+
+
 def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_cluster, browser):
     a, b, c = start_cluster(3, "--admin-token", ADMIN_TOKEN)
     shots = tempfile.mkdtemp(prefix="sb-ui-")
@@ -68,6 +101,8 @@ def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_clu
         dialog.accept()
 
     page.on("dialog", on_dialog)
+    # Nothing the page does may fail: no console error, no failed or refused request.
+    problems = watch(page)
 
     def until(predicate, timeout=15, what="the page"):
         """Polls a JS function in the page (the page's CSP forbids eval, so no
@@ -84,6 +119,7 @@ def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_clu
     until("() => document.querySelectorAll('#members tbody tr').length === 3", what="three members")
     until("() => [...document.querySelectorAll('#members tbody tr td:nth-child(3)')]"
           ".every(td => td.textContent === 'up')", what="every member up")
+    check_labels(page)
 
     # A client on node 2: the page's member row for node 2 counts it (from heartbeats).
     # (A blocking client: Playwright's sync API already runs an event loop here.)
@@ -95,6 +131,15 @@ def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_clu
         page.click("#presence-form button")
         until("() => document.querySelectorAll('#presence tbody tr').length === 1", what="the presence answer")
         assert page.locator("#presence tbody tr td").first.text_content() == "2"
+        # A group: a table of labelled rows, not raw JSON.
+        page.fill("#group-name", "user_61")
+        page.click("#group-form button")
+        until("() => document.querySelectorAll('#group tbody tr').length >= 4", what="the group answer")
+        rows = dict(page.evaluate("""() => [...document.querySelectorAll('#group tbody tr')]
+            .map(r => [r.querySelector('th').textContent, r.querySelector('td').textContent])"""))
+        assert rows["Group"] == "user_61" and rows["Clients in it"] == "1" and rows["Clients on node 2"] == "1", rows
+        assert rows["History"] == "none" and rows["Membership kept by"].startswith("node "), rows
+        assert all(hint for _, hint in labels_and_hints(page, "#group th")), "every row has a hint"
         # Charts: a few refreshes draw the connection line (uPlot paints a canvas).
         until("() => globalThis.switchboardSeries && globalThis.switchboardSeries.t.length >= 3",
               timeout=20, what="three samples charted")
@@ -125,3 +170,4 @@ def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_clu
     page.screenshot(path=os.path.join(shots, "drained.png"), full_page=True)
     print(f"screenshots in {shots}")
     page.close()
+    assert not problems, "\n".join(problems)

@@ -384,6 +384,11 @@ async fn handle(
         .split('&')
         .any(|pair| pair == "consistency=linearizable");
     match route {
+        // Whether the page must ask for a token before it calls the API (so that it
+        // makes no request bound to fail).
+        Route::Ui(name) if name == ui::AUTH => {
+            json_reply(200, &json!({ "token_required": tokens.as_ref().is_some() }))
+        }
         Route::Ui(name) => match ui::file(&name) {
             Some((kind, content)) => {
                 let mut response = reply(200, kind, Bytes::from_static(content.as_bytes()));

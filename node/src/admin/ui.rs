@@ -32,6 +32,10 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The page's one dynamic file, under `/ui/`: `{"token_required": bool}`, whether the
+/// node has admin tokens (so the page asks for one before calling the API).
+pub const AUTH: &str = "auth.json";
+
 /// What the page may load and do: only from this origin, never framed.
 pub const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";

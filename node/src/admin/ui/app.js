@@ -46,21 +46,42 @@ function ago(ms) {
   return ms < 1000 ? "now" : `${(ms / 1000).toFixed(1)} s ago`;
 }
 
+function duration(secs) {
+  if (secs < 60) return `${secs} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ${secs % 60} s`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
+}
+
+// A label, its value, and a hint saying what the figure means (shown on hover).
 function renderStatus(s) {
   $("node-title").textContent = `node ${s.id}`;
   const fields = [
-    ["id", s.id], ["state", s.state], ["ready", s.ready ? "yes" : "no"],
-    ["Raft role", s.role], ["term", s.term], ["leader", s.leader ?? "none known"],
-    ["members up", `${s.members_up} of ${s.members}`], ["connections", s.connections],
-    ["groups", s.groups], ["presence entries", s.presence_entries],
-    ["history buckets moving", s.history ? s.history.buckets_moving : "-"],
-    ["version", s.version], ["uptime", `${s.uptime_secs} s`],
+    ["Node", s.id, "This node's number in the cluster (its --node-id)."],
+    ["State", s.state, "serving; draining (closing its clients so they reconnect elsewhere); stopping."],
+    ["Ready for clients", s.ready ? "yes" : "no",
+      "Whether /readyz answers 200: load balancers send new clients only to ready nodes."],
+    ["Raft role", s.role, "Its part in the presence registry's Raft group (who is connected where): " +
+      "the leader commits changes, followers keep copies, a candidate is asking for votes."],
+    ["Raft term", s.term, "The Raft election round: it grows by one with each election."],
+    ["Raft leader", s.leader ?? "none known", "The node that commits presence changes now."],
+    ["Members up", `${s.members_up} of ${s.members}`, "Nodes this node hears heartbeats from, of all it knows."],
+    ["Clients connected here", s.connections, "WebSocket clients connected to this node now."],
+    ["Groups with clients here", s.groups, "Groups at least one client of this node is in."],
+    ["Connections in the cluster", s.presence_entries,
+      "Every client connection of the whole cluster, as this node's copy of the presence registry counts them."],
+    ["History buckets moving", s.history ? s.history.buckets_moving : "-",
+      "Message history is spread over 1024 buckets kept by an owner and a replica node; " +
+      "this many are being handed from one node to another now (0 when settled)."],
+    ["Version", s.version, "The switchboard version this node runs."],
+    ["Up for", duration(s.uptime_secs), "Time since this node started."],
   ];
   const dl = $("status");
   dl.replaceChildren();
-  for (const [k, v] of fields) {
+  for (const [k, v, hint] of fields) {
     const dt = document.createElement("dt");
     dt.textContent = k;
+    dt.title = hint;
     const dd = document.createElement("dd");
     dd.textContent = String(v);
     dd.dataset.field = k;
@@ -159,7 +180,7 @@ $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
   token = $("token").value.trim();
   sessionStorage.setItem("switchboard-admin-token", token);
-  refresh();
+  begin();
 });
 
 $("presence-form").addEventListener("submit", async (event) => {
@@ -179,6 +200,7 @@ $("presence-form").addEventListener("submit", async (event) => {
     if (!answer.connections.length) {
       const row = document.createElement("tr");
       cell(row, "not connected anywhere");
+      row.firstChild.colSpan = 3;
       body.appendChild(row);
     }
   } catch (e) {
@@ -186,11 +208,46 @@ $("presence-form").addEventListener("submit", async (event) => {
   }
 });
 
+// A group's answer as rows: label, value, hint.
+function groupRows(g) {
+  const node = (id) => (id === null || id === undefined ? "none yet" : `node ${id}`);
+  const rows = [
+    ["Group", g.group, "The group's name, as publishers and clients write it."],
+    ["Clients in it", g.connections, "Its clients' connections, on every node together."],
+  ];
+  for (const [id, n] of Object.entries(g.nodes || {})) {
+    rows.push([`Clients on node ${id}`, n, "Its clients connected to that node."]);
+  }
+  if (g.interest) {
+    rows.push(["Membership kept by", `${node(g.interest.owner)}, copy on ${node(g.interest.replica)}`,
+      `Which nodes track where this group's clients are (bucket ${g.interest.bucket} of 1024).`]);
+  }
+  if (g.history) {
+    rows.push(["History kept by", `${node(g.history.owner)}, replica on ${node(g.history.replica)}`,
+      "The owner numbers the group's messages and answers recoveries; the replica takes over if it dies."]);
+    rows.push(["History epoch", g.history.epoch ?? "-",
+      "Positions are (epoch, offset): the epoch changes when the history moves to a new owner."]);
+  } else {
+    rows.push(["History", "none", "No --history rule matches this group: messages are delivered, not kept."]);
+  }
+  return rows;
+}
+
 $("group-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  const body = $("group").querySelector("tbody");
+  body.replaceChildren();
   try {
     const name = encodeURIComponent($("group-name").value.trim());
-    $("group").textContent = JSON.stringify(await json(`/v1/groups/${name}`), null, 2);
+    for (const [label, value, hint] of groupRows(await json(`/v1/groups/${name}`))) {
+      const row = document.createElement("tr");
+      const th = document.createElement("th");
+      th.textContent = label;
+      th.title = hint;
+      row.appendChild(th);
+      cell(row, value);
+      body.appendChild(row);
+    }
   } catch (e) {
     say(String(e.message || e), true);
   }
@@ -211,5 +268,26 @@ $("drain").addEventListener("click", async () => {
   }
 });
 
-refresh();
-setInterval(refresh, REFRESH_MS);
+// Refreshes every REFRESH_MS once the page may call the API: at once when the node has
+// no admin tokens or one was typed in this tab, else after Connect (so no request is
+// made that can only be refused).
+let timer = null;
+function begin() {
+  refresh();
+  if (timer === null) timer = setInterval(refresh, REFRESH_MS);
+}
+
+(async () => {
+  try {
+    const auth = await (await fetch("/ui/auth.json", { cache: "no-store" })).json();
+    if (auth.token_required && !token) {
+      say("This node needs an admin token (a read token shows everything, a write token also drains): " +
+        "type it above and press Connect.");
+      return;
+    }
+  } catch (e) {
+    say(`cannot reach the node: ${e.message || e}`, true);
+    return;
+  }
+  begin();
+})();
