@@ -325,6 +325,22 @@ impl Keeper {
                 }
             } else {
                 self.orphan(facts, bucket);
+                if a.replica == Some(self.me)
+                    && a.replica_boot == self.boot
+                    && let Some(previous) = a.continues
+                {
+                    // The replica of an epoch that continues the one its copy is of (it
+                    // owned or replicated that one): the copy is of this epoch now, to be
+                    // taken over as it is should this epoch's owner die before sending
+                    // anything (a hand-over to a node that died at once).
+                    for group in &groups {
+                        if let Some(log) = self.store.get_mut(group)
+                            && log.epoch() == previous
+                        {
+                            log.continue_as(a.epoch);
+                        }
+                    }
+                }
                 if a.replica != Some(self.me) && a.owner != self.me {
                     for group in groups {
                         self.store.remove(&group);

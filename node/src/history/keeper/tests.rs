@@ -684,3 +684,43 @@ fn a_replica_that_lost_its_copy_is_sent_the_history_and_the_next_entry_follows()
     assert_eq!(sim.keepers[&replica].stats().messages, 2);
     assert_eq!(sim.deliveries(), vec![pos(FIRST_EPOCH, 1), pos(epoch, 2)]);
 }
+
+#[test]
+fn an_owner_handing_over_to_a_replica_that_dies_keeps_the_history_as_the_new_replica() {
+    // Found by the README tour: a planned hand-over (a node joining) made the old owner
+    // the replica of an epoch continuing its own; the new owner died before sending it
+    // anything; the old owner, taking over again, held its copy under the old epoch and
+    // started the history over.
+    let mut sim = Sim::new();
+    let (owner, replica, other) = sim.roles();
+    let t = sim.publish(other, id(1), 0, "a");
+    assert_eq!(sim.position(other, t), pos(FIRST_EPOCH, 1));
+    let bucket = bucket_of(GROUP);
+    sim.dead.insert(replica);
+    let handover = Change {
+        bucket,
+        owner: replica,
+        owner_boot: boot(replica),
+        replica: Some(owner),
+        replica_boot: boot(owner),
+        continues: Some(FIRST_EPOCH),
+    };
+    let handed = sim.commit(&[handover], &[owner, other]);
+    sim.tick(TICK);
+    // The new owner is noticed dead: the old owner, its replica, takes over.
+    let takeover = sim.plan(owner, &[owner, other]);
+    let a = takeover
+        .iter()
+        .find(|c| c.bucket == bucket)
+        .expect("the bucket moves");
+    assert_eq!((a.owner, a.continues), (owner, Some(handed)));
+    let epoch = sim.commit(&takeover, &[owner, other]);
+    sim.tick(TICK);
+    let t = sim.publish(other, id(2), 0, "b");
+    assert_eq!(sim.position(other, t), pos(epoch, 2), "the offsets go on");
+    let r = sim.recover(other, Some(pos(FIRST_EPOCH, 0)));
+    let r = sim.recovery(other, r);
+    assert!(r.recovered);
+    let got: Vec<Position> = r.entries.iter().map(|e| e.position).collect();
+    assert_eq!(got, vec![pos(FIRST_EPOCH, 1), pos(epoch, 2)]);
+}
