@@ -90,7 +90,7 @@ start() {
     "$bin" serve --node-id "$n" --jwt-secret "$secret" --cluster-secret "$cluster_secret" \
       --ws-listen "$(ws $n)" --resp-listen "$(resp $n)" --admin-listen "$(admin $n)" \
       --peer-listen "$(peer $n)" --data-dir "$dir/node-$n" --history "$history" "${seeds[@]}" \
-      >"$dir/node-$n.log" 2>&1 &
+      >>"$dir/node-$n.log" 2>&1 &
     echo $! >"$dir/node-$n.pid"
     started+=("$n")
   done
@@ -117,12 +117,12 @@ Three nodes are up. A client as user 1, on any node:
   ws://$(ws 2)/ws/notifications/?token=$token
   ws://$(ws 3)/ws/notifications/?token=$token
 Publish on any node:  redis-cli -p $(resp 2 | cut -d: -f2) PUBLISH user_1 hello   (or 6380, 6382)
-Members:              $bin members --admin $(admin 1)
+Members:              switchboard members   (node 1's; --admin $(admin 2) for node 2's)
 Kill one:             kill -9 \$(cat $dir/node-3.pid)
-Bring it back:        deploy/local-cluster.sh start
-Stop all:             deploy/local-cluster.sh stop
-(Tokens for this cluster are signed with $secret:
-  $bin token --secret $secret --user 42)
+Bring it back:        $0 start
+Stop all:             $0 stop
+Tokens for this cluster are signed with its secret, $secret:
+  switchboard token --secret $secret --user 42
 EOT
 }
 

@@ -558,6 +558,10 @@ pub fn presence_events(
             .unwrap_or(body);
         bail!("{} (HTTP {status})", reason.trim());
     }
+    if follow {
+        // On stderr: stdout carries the events alone (`--json` pipes stay clean).
+        eprintln!("following the presence events (Ctrl-C to stop)");
+    }
     loop {
         line.clear();
         match reader.read_line(&mut line) {
