@@ -4,7 +4,7 @@
 #   deploy/local-cluster.sh start   # builds (release), starts nodes 1-3, prints a URL
 #                                   # (again: brings back the nodes that are not running)
 #   deploy/local-cluster.sh status  # switchboard members on each node
-#   deploy/local-cluster.sh stop    # SIGTERM (drain) all three
+#   deploy/local-cluster.sh stop    # SIGTERM (drain) all three (SIGKILL after 15 s)
 #
 # A port already taken (a node started by hand on 8001, say) is named with what holds
 # it, and nothing is started; a node that does not become ready stops the nodes this run
@@ -132,7 +132,13 @@ stop_nodes() {
     pid=$(cat "$dir/node-$n.pid")
     if alive "$pid"; then
       kill -TERM "$pid"
-      for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+      # A drain takes up to --shutdown-grace (10 s) and leaving: wait past it, then kill.
+      for _ in $(seq 150); do alive "$pid" || break; sleep 0.1; done
+      if alive "$pid"; then
+        echo "node $n (pid $pid) still running 15 s after SIGTERM: killing it" >&2
+        kill -KILL "$pid"
+        for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
+      fi
     fi
     rm -f "$dir/node-$n.pid"
   done

@@ -7,7 +7,8 @@
 # switchboard` first), TAG to switchboard:local. The binary is stripped into a staging
 # directory with the shared libraries `ldd` lists (and the dynamic loader) at their
 # paths, an /etc/passwd and /etc/group for the user switchboard (10001), and its home
-# with the data dir owned by it; then `podman build --format docker` (the HEALTHCHECK is
+# with the data dir (made its own by the recipe's COPY --chown, so no root is needed
+# here); then `podman build --format docker` (the HEALTHCHECK is
 # kept: OCI images drop it) runs Containerfile.local on it. Set CONTAINER_TOOL to
 # "docker" to use Docker, or to a podman command with global flags, e.g.
 # "podman --storage-driver vfs" where overlayfs is not available.
@@ -22,18 +23,21 @@ read -r -a tool <<<"${CONTAINER_TOOL:-podman}"
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 fs=$ctx/rootfs
-mkdir -p "$fs/usr/local/bin" "$fs/etc" "$fs/var/lib/switchboard/data" "$fs/tmp"
+mkdir -p "$fs/usr/local/bin" "$fs/etc" "$fs/tmp" "$ctx/home/data"
+chmod 0700 "$ctx/home/data"
 strip -o "$fs/usr/local/bin/switchboard" "$bin"
 # Every library the binary loads, and the loader, at the path it is loaded from.
+if ldd "$bin" | grep -q 'not found'; then
+  echo "$bin needs libraries this machine lacks:" >&2; ldd "$bin" | grep 'not found' >&2; exit 1
+fi
 ldd "$bin" | grep -o '/[^ ]*' | sort -u | while read -r lib; do
   mkdir -p "$fs$(dirname "$lib")"
   cp -L "$lib" "$fs$lib"
 done
 printf 'root:x:0:0:root:/root:/sbin/nologin\nswitchboard:x:10001:10001::/var/lib/switchboard:/sbin/nologin\n' >"$fs/etc/passwd"
 printf 'root:x:0:\nswitchboard:x:10001:\n' >"$fs/etc/group"
-chown -R 10001:10001 "$fs/var/lib/switchboard"
 chmod 1777 "$fs/tmp"
 cp "$here/Containerfile.local" "$ctx/Containerfile"
 build=(build)
-[[ ${tool[0]} == podman ]] && build+=(--format docker)
+[[ $(basename "${tool[0]}") == podman ]] && build+=(--format docker)
 "${tool[@]}" "${build[@]}" -t "$tag" -f "$ctx/Containerfile" "$ctx"

@@ -385,6 +385,27 @@ pub fn group(admin: &Target, name: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `switchboard probe`: GET `path` on `addr`; Ok when it answers 200.
+/// The address `probe` asks by default: the port of `ws_listen` (the node's
+/// `SWITCHBOARD_WS_LISTEN`), on loopback when it binds every address; else the default
+/// WebSocket port on loopback.
+pub fn probe_addr(ws_listen: Option<&str>) -> String {
+    match ws_listen.and_then(|a| a.parse::<std::net::SocketAddr>().ok()) {
+        Some(a) if a.ip().is_unspecified() => {
+            let ip: std::net::IpAddr = if a.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }
+        Some(a) => a.to_string(),
+        None => ws_listen
+            .filter(|a| !a.is_empty())
+            .unwrap_or("127.0.0.1:8001")
+            .to_owned(),
+    }
+}
+
 pub fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
     if !matches!(path, "/readyz" | "/healthz") {
         bail!("--path is /readyz or /healthz");
@@ -647,6 +668,16 @@ pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_asks_the_port_the_node_listens_on() {
+        assert_eq!(probe_addr(None), "127.0.0.1:8001");
+        assert_eq!(probe_addr(Some("")), "127.0.0.1:8001");
+        assert_eq!(probe_addr(Some("0.0.0.0:9001")), "127.0.0.1:9001");
+        assert_eq!(probe_addr(Some("[::]:9001")), "[::1]:9001");
+        assert_eq!(probe_addr(Some("127.0.0.2:8101")), "127.0.0.2:8101");
+        assert_eq!(probe_addr(Some("node-1.local:8001")), "node-1.local:8001");
+    }
 
     #[test]
     fn ttls_parse() {

@@ -140,9 +140,12 @@ enum Command {
     /// Exit 0 when a node's `/readyz` (or `--path`) answers 200, 1 otherwise: a health
     /// check for containers and process managers, with nothing else installed.
     Probe {
-        /// The WebSocket or admin port to ask (`host:port`).
-        #[arg(long, default_value = "127.0.0.1:8001")]
-        addr: String,
+        /// The WebSocket or admin port to ask (`host:port`); by default the node's own
+        /// WebSocket port as `SWITCHBOARD_WS_LISTEN` sets it (on loopback when it binds
+        /// every address: a container's health check follows its configuration), else
+        /// 127.0.0.1:8001.
+        #[arg(long)]
+        addr: Option<String>,
         /// `/readyz` (ready for clients) or `/healthz` (the process serves).
         #[arg(long, default_value = "/readyz")]
         path: String,
@@ -228,7 +231,11 @@ fn main() -> ExitCode {
             .target()
             .and_then(|t| cli::revoke(&t, &user_id, before, admin.json)),
         Command::Drain(a) => a.target().and_then(|t| cli::drain(&t, a.json)),
-        Command::Probe { addr, path } => cli::probe(&addr, &path),
+        Command::Probe { addr, path } => {
+            let ws_listen = std::env::var("SWITCHBOARD_WS_LISTEN").ok();
+            let addr = addr.unwrap_or_else(|| cli::probe_addr(ws_listen.as_deref()));
+            cli::probe(&addr, &path)
+        }
         Command::Remove { node_id, admin } => admin
             .target()
             .and_then(|t| cli::remove(&t, node_id, admin.json)),

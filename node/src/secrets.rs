@@ -311,7 +311,7 @@ pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
             .map_err(io("make it private (mode 0700)"))?;
     }
     // Writable by this process: said here, not as a failure to read the first file.
-    let probe = dir.join(".write-check");
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(io("write in it"))?;

@@ -169,5 +169,5 @@ def test_the_admin_page_shows_the_cluster_and_drains_with_confirmation(start_clu
         wait_until(lambda n=n: 2 not in up_members(n), timeout=20, what="node 2 gone")
     page.screenshot(path=os.path.join(shots, "drained.png"), full_page=True)
     print(f"screenshots in {shots}")
-    page.close()
     assert not problems, "\n".join(problems)
+    page.close()

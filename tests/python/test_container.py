@@ -39,10 +39,14 @@ def podman():
     state = tempfile.mkdtemp(prefix="sb-podman-")
     cmd = ["podman", "--root", f"{state}/root", "--runroot", f"{state}/run", "--storage-driver", "vfs",
            "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-    yield cmd
-    subprocess.run([*cmd, "rm", "--all", "--force", "--time", "0"], capture_output=True, timeout=60)
-    subprocess.run([*cmd, "system", "reset", "--force"], capture_output=True, timeout=60)
-    shutil.rmtree(state, ignore_errors=True)
+    try:
+        yield cmd
+    finally:
+        try:
+            subprocess.run([*cmd, "rm", "--all", "--force", "--time", "0"], capture_output=True, timeout=60)
+            subprocess.run([*cmd, "system", "reset", "--force"], capture_output=True, timeout=60)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def instructions(path, stage=-1):
@@ -68,7 +72,21 @@ def test_the_local_recipe_keeps_the_shipped_images_user_volume_and_health_check(
     assert "USER 10001:10001" in local and any(i.startswith("HEALTHCHECK") for i in local)
 
 
-def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster):
+@pytest.fixture
+def scratch():
+    """Temporary directories (the volumes), removed afterwards."""
+    made = []
+
+    def make():
+        made.append(tempfile.mkdtemp(prefix="sb-volume-"))
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster, scratch):
     run = lambda *args, **kw: subprocess.run([*podman, *args], capture_output=True, text=True, timeout=120, **kw)
     built = subprocess.run([os.path.join(ROOT, "deploy/container/build-local.sh"), BIN, "switchboard:test"],
                            env=dict(os.environ, CONTAINER_TOOL=" ".join(podman)),
@@ -77,12 +95,13 @@ def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster):
     image = json.loads(run("image", "inspect", "switchboard:test").stdout)[0]
     assert image["Config"]["User"] == "10001:10001"
     assert "/var/lib/switchboard/data" in image["Config"]["Volumes"]
-    assert image["Healthcheck"]["Test"][-4:] == ["--addr", "127.0.0.1:8001", "--path", "/readyz"]
+    # The health check asks the node's own WebSocket port (SWITCHBOARD_WS_LISTEN).
+    assert image["Healthcheck"]["Test"] == ["CMD", "switchboard", "probe", "--path", "/readyz"]
     assert run("run", "--rm", "--network", "host", "--ulimit", "nofile=20000:20000", "--ulimit",
                "nproc=4096:4096", "switchboard:test", "--version").stdout.startswith("switchboard ")
 
     # A volume the image's user cannot write: the node says so, and whose it must be.
-    foreign = tempfile.mkdtemp(prefix="sb-volume-")
+    foreign = scratch()
     refused = run("run", "--rm", "--network", "host", "--ulimit", "nofile=20000:20000", "--ulimit",
                   "nproc=4096:4096", "--volume", f"{foreign}:/var/lib/switchboard/data",
                   "--env", "SWITCHBOARD_WS_LISTEN=127.0.0.1:0", "--env", "SWITCHBOARD_RESP_LISTEN=127.0.0.1:0",
@@ -91,11 +110,10 @@ def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster):
     assert refused.returncode != 0
     assert "--data-dir /var/lib/switchboard/data: cannot write in it" in refused.stderr, refused.stderr[-2000:]
     assert "runs as uid 10001" in refused.stderr, refused.stderr[-2000:]
-    os.rmdir(foreign)
 
     a, b = start_cluster(2, "--history", HISTORY)
     # The volume: a host directory owned by the image's user (as Kubernetes' fsGroup does).
-    volume = tempfile.mkdtemp(prefix="sb-volume-")
+    volume = scratch()
     os.chown(volume, 10001, 10001)
     ws, resp, admin, peer = free_port(), free_port(), free_port(), free_port(socket.SOCK_DGRAM)
     env = {"SWITCHBOARD_NODE_ID": "3", "SWITCHBOARD_SEEDS": a.peer_addr,
@@ -170,6 +188,10 @@ def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster):
         frames = [json.loads(await asyncio.wait_for(again.recv(), 15)) for _ in range(3)]
         assert frames[0]["type"] == "subscribed" and frames[0]["recovered"] is True, frames
         assert [f.get("data") for f in frames[1:]] == ["two", "three"], frames
+        # Exactly once: nothing follows them.
+        with pytest.raises(TimeoutError):
+            extra = await asyncio.wait_for(again.recv(), 1)
+            raise AssertionError(f"a frame after the recovery: {extra}")
         # Its presence, through the restarted node's registry and every other.
         for node_admin in (f"127.0.0.1:{admin}", a.admin):
             wait_until(lambda node_admin=node_admin: [c["node"] for c in json.loads(

@@ -285,9 +285,8 @@ function begin() {
         "type it above and press Connect.");
       return;
     }
-  } catch (e) {
-    say(`cannot reach the node: ${e.message || e}`, true);
-    return;
+  } catch {
+    // Not answered: refresh anyway (it says what fails, and retries every REFRESH_MS).
   }
   begin();
 })();

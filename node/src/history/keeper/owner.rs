@@ -325,14 +325,17 @@ impl Keeper {
                 }
             } else {
                 self.orphan(facts, bucket);
-                if a.replica == Some(self.me)
+                if owned_before
+                    && a.replica == Some(self.me)
                     && a.replica_boot == self.boot
                     && let Some(previous) = a.continues
                 {
-                    // The replica of an epoch that continues the one its copy is of (it
-                    // owned or replicated that one): the copy is of this epoch now, to be
-                    // taken over as it is should this epoch's owner die before sending
-                    // anything (a hand-over to a node that died at once).
+                    // The old owner made the replica of an epoch that continues its own
+                    // (a hand-over): its copy is whole (this process minted it), and is
+                    // of this epoch now, to be taken over as it is should the new owner
+                    // die before sending anything. A copy this node only replicated may
+                    // lack entries (a restarted replica's partial sync): it is not
+                    // relabelled, and a takeover starts over as before.
                     for group in &groups {
                         if let Some(log) = self.store.get_mut(group)
                             && log.epoch() == previous
