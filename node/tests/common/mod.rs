@@ -7,8 +7,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod cluster;
+pub mod ws;
+
 use switchboard_node::Node;
 use switchboard_node::config::{Config, JwtKey};
+use switchboard_proto::resp::Frame;
 
 pub const SECRET: &str = "django-insecure-test-secret-key";
 
@@ -233,5 +237,14 @@ impl Resp {
         self.reply()
             .await
             .expect("a reply, not a closed connection")
+    }
+}
+
+/// `PUBLISH group payload` over RESP to `node`: the connections it reached.
+pub async fn publish(node: &TestNode, group: &str, payload: &[u8]) -> i64 {
+    let mut resp = Resp::connect(&node.resp_addr()).await;
+    match resp.cmd(&[b"PUBLISH", group.as_bytes(), payload]).await {
+        Frame::Integer(n) => n,
+        other => panic!("PUBLISH answered {other:?}"),
     }
 }
