@@ -311,7 +311,10 @@ pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
             .map_err(io("make it private (mode 0700)"))?;
     }
     // Writable by this process: said here, not as a failure to read the first file.
-    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    // (A name of its own per call: tests load secrets from one dir on many threads.)
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".write-check-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(io("write in it"))?;

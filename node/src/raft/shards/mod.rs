@@ -22,6 +22,7 @@
 //!   [`Shards::events`]); readers of events follow a shard through its [`feeds`] entry.
 
 mod feeds;
+mod hosting;
 mod reads;
 mod steward;
 mod stewarding;
@@ -46,6 +47,7 @@ use crate::presence::shards::{Shard, group_of, placement, shard_of};
 use crate::presence::{Command, MAX_EVENT_RING_BYTES, PresenceQueue, SharedReplica};
 use crate::sync::{read, write};
 pub use feeds::Feed;
+use hosting::Hosting;
 pub use steward::{ShardAction, ShardSteward, ShardView};
 
 /// A call to a shard's voter (a write, a read) is given up after this long.
@@ -204,9 +206,9 @@ impl Shards {
         if leader != Some(self.me) {
             return false;
         }
-        let formed = self.control.replica.read().shards.clone();
+        let unformed = hosting::unformed(self.count, &self.control.replica.read().shards);
         let mut created = false;
-        for shard in (0..self.count).filter(|s| !formed.contains_key(s)) {
+        for shard in unformed {
             let record = Command::ShardFormed {
                 shard,
                 voters: vec![self.me],
@@ -224,38 +226,29 @@ impl Shards {
         created
     }
 
-    /// Opens the shards this node should host and closes the others.
-    ///
-    /// A node hosts a shard once the shard exists (it has a record) and the node is
-    /// placed in it or recorded as its voter. It closes a shard (and deletes its store)
-    /// only once the shard's recorded voters are its placement and the node is in
-    /// neither: the shard's leader has converged without it, so it is no voter of it
-    /// (at most a learner the leader is about to drop). A voter never loses its log.
+    /// Opens the shards this node should host and closes the others, as
+    /// [`hosting::hosting`] decides (a shard is hosted once it has a record and this node
+    /// is placed in it or recorded as its voter; it is closed, its store deleted, only
+    /// once its recorded voters are its placement and this node is in neither: a voter
+    /// never loses its log).
     async fn host(&self) {
         let members = members(&self.control);
         let recorded = self.control.replica.read().shards.clone();
         for shard in 0..self.count {
-            let Some(voters) = recorded.get(&shard) else {
-                continue;
-            };
             let placed = placement(shard, members.iter().copied());
-            let is_voter = voters.contains(&self.me);
-            let wanted = is_voter || placed.contains(&self.me);
-            let settled = {
-                let (mut a, mut b) = (voters.clone(), placed.clone());
-                a.sort_unstable();
-                b.sort_unstable();
-                a == b
-            };
-            let alone = voters == &[self.me];
-            match self.hosted(shard) {
-                None if wanted => {
+            let hosted = self.hosted(shard);
+            let voters = recorded.get(&shard).map(Vec::as_slice);
+            match (
+                hosting::hosting(self.me, voters, &placed, hosted.is_some()),
+                hosted,
+            ) {
+                (Hosting::Open { alone }, _) => {
                     if let Err(e) = self.open(shard, alone).await {
                         warn!(shard, error = %e, "opening a presence shard failed; retried");
                     }
                 }
-                Some(consensus) if !wanted && settled => self.close(shard, consensus).await,
-                Some(consensus) if alone => {
+                (Hosting::Close, Some(consensus)) => self.close(shard, consensus).await,
+                (Hosting::InitializeAlone, Some(consensus)) => {
                     if let Err(e) = consensus.initialize_alone(&self.settings.advertised).await {
                         warn!(shard, error = %e, "initialising a presence shard failed");
                     }
