@@ -272,8 +272,7 @@ fn verifier(config: &Config) -> Result<(Verifier, Option<String>), ConfigError> 
 /// private. A shared dir (world-writable or sticky, such as `/tmp`) is refused: the data
 /// dir must be the node's own.
 pub fn private_dir(dir: &Path) -> Result<(), ConfigError> {
-    let io = |what: &str| {
-        let what = what.to_owned();
+    let io = |what: &'static str| {
         move |source: std::io::Error| {
             // A volume mounted for another user (a container's named volume is root's)
             // ends here: say whose it must be.

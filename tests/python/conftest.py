@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -55,6 +56,14 @@ def wait_until(pred, timeout=DEADLINE, what="condition"):
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(step)
         step = min(step * 2, 0.1)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A loopback port nothing holds now (TCP, or UDP with `socket.SOCK_DGRAM`), for a
+    server started at once."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Node:

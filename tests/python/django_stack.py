@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import DEADLINE, wait_until
+from conftest import DEADLINE, free_port, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROJECT = os.path.join(ROOT, "tests", "django")
@@ -142,13 +142,6 @@ class Api:
 
     def events(self, kind=None):
         return self.call("/api/events/" + (f"?kind={kind}" if kind else ""))["events"]
-
-
-def free_port():
-    """A port nothing listens on now (for redis-server, started at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -21,16 +21,10 @@ import tempfile
 import pytest
 import websockets
 
-from conftest import BIN, CLUSTER_SECRET, SECRET, mint, up_members, wait_until
+from conftest import BIN, CLUSTER_SECRET, SECRET, free_port, mint, up_members, wait_until
 
 ROOT = os.path.join(os.path.dirname(__file__), "../..")
 HISTORY = "user_*=100,10m"
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -142,7 +136,7 @@ def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster, sc
 
     url = f"ws://127.0.0.1:{ws}/ws/notifications/"
 
-    async def publish(node_resp, payload):
+    def publish(node_resp, payload):
         out = subprocess.run(["redis-cli", "-p", str(node_resp), "PUBLISH", "user_5", payload],
                              capture_output=True, text=True, timeout=30)
         return out.stdout.strip()
@@ -153,7 +147,7 @@ def test_a_node_in_a_container_restarts_with_its_state(podman, start_cluster, sc
         subscribed = json.loads(await asyncio.wait_for(client.recv(), 10))
         assert subscribed["type"] == "subscribed", subscribed
         wait_until(lambda: a.cli("group", "user_5")["connections"] == 1, what="the client's interest")
-        assert await publish(resp, "one") == "1"
+        assert publish(resp, "one") == "1"
         message = json.loads(await asyncio.wait_for(client.recv(), 10))
         assert message["data"] == "one", message
         wait_until(lambda: [c["node"] for c in a.cli("presence", "5")["connections"]] == [3],

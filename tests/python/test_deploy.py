@@ -14,16 +14,10 @@ import msgpack
 import pytest
 import redis
 
-from conftest import BIN, Node, mint, wait_until
+from conftest import BIN, Node, free_port, mint, wait_until
 from wsclient import connect, recv
 
 DEPLOY = os.path.join(os.path.dirname(__file__), "../../deploy")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_systemd_unit_verifies_clean():

@@ -14,12 +14,12 @@ import hashlib
 import hmac
 import json
 import os
+import pty
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import pty
 import threading
 import urllib.request
 
