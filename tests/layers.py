@@ -66,6 +66,102 @@ def imports(files: list[Path]) -> dict[str, list[str]]:
     return found
 
 
+SCOPED = re.compile(r"\b((?:crate|super|self)(?:::(?:super|[a-z_][a-z0-9_]*))*)::(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+CHILD = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;")
+INLINE = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*\{")
+
+
+def module_of(src: Path, f: Path) -> tuple[str, ...]:
+    parts = f.relative_to(src).with_suffix("").parts
+    return parts[:-1] if parts[-1] == "mod" else parts
+
+
+def file_edges(src: Path, files: list[Path]) -> dict[tuple[str, ...], dict[tuple[str, ...], str]]:
+    """For each file's module, the modules of other files it uses, with a place each."""
+    known = {module_of(src, f): f for f in files}
+    edges: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+    for f in files:
+        here = module_of(src, f)
+        out = edges.setdefault(here, {})
+        lines = code(f.read_text()).splitlines()
+        children = {m.group(1) for line in lines if (m := CHILD.match(line))}
+        bare = re.compile(r"(?<![\w:])(" + "|".join(sorted(children)) + r")::") if children else None
+        inline: list[tuple[str, int]] = []  # (name, brace depth it opened at)
+        depth = 0
+
+        def add(path: list[str], n: int) -> None:
+            # The deepest prefix of the path that is a file's module.
+            for end in range(len(path), 0, -1):
+                target = tuple(path[:end])
+                if target in known:
+                    related = here[: len(target)] == target  # using an ancestor
+                    if target != here and not related:
+                        out.setdefault(target, f"{f}:{n}")
+                    return
+
+        for n, line in enumerate(lines, 1):
+            scope = list(here) + [name for name, _ in inline]
+            tested = n > 1 and lines[n - 2].strip() == "#[cfg(test)]"
+            if (m := CHILD.match(line)) and not tested:
+                add(list(scope) + [m.group(1)], n)  # a module holds what it declares
+            if m := INLINE.match(line):
+                inline.append((m.group(1), depth))
+            for m in SCOPED.finditer(line):
+                head = m.group(1).split("::")
+                base = [] if head[0] == "crate" else list(scope)
+                for part in head[1 if head[0] == "crate" else 0:]:
+                    if part == "super":
+                        base = base[:-1]
+                    elif part != "self":
+                        base.append(part)
+                tail = m.group(2)
+                for item in tail[1:-1].split(",") if tail.startswith("{") else [tail]:
+                    item = item.strip()
+                    if item and item != "self":
+                        add(base + item.split("::")[0:1], n)
+                    elif item == "self":
+                        add(base, n)
+            if bare:
+                for m in bare.finditer(line):
+                    add(list(scope) + [m.group(1)], n)
+            depth += line.count("{") - line.count("}")
+            while inline and depth <= inline[-1][1]:
+                inline.pop()
+    return edges
+
+
+def circles(edges: dict[tuple[str, ...], dict[tuple[str, ...], str]]) -> list[list[tuple[str, ...]]]:
+    """The strongly connected groups of more than one file (Tarjan)."""
+    index: dict[tuple[str, ...], int] = {}
+    low: dict[tuple[str, ...], int] = {}
+    stack: list[tuple[str, ...]] = []
+    found = []
+
+    def visit(v: tuple[str, ...]) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent)
     src = root / "node" / "src"
@@ -84,6 +180,16 @@ def main() -> int:
         here = src / module
         files = sorted(here.rglob("*.rs")) if here.is_dir() else [src / f"{module}.rs"]
         layer, order = rank[module]
+        if here.is_dir():
+            edges = file_edges(src, files)
+            for group in circles(edges):
+                names = ["::".join(g) for g in group]
+                ring = [edges[a][b] for a in group for b in group if b in edges.get(a, {})]
+                problems.append(
+                    f"node/src/{module}: a circle of files: {' <-> '.join(names)} ("
+                    + "; ".join(ring)
+                    + ")"
+                )
         for target, places in imports(files).items():
             if target == module or target in EXEMPT:
                 continue
@@ -102,7 +208,10 @@ def main() -> int:
     if problems:
         print("layering check failed:", *problems, sep="\n  ")
         return 1
-    print(f"layering check: {len(modules) - len(EXEMPT & set(modules))} modules, every import goes down")
+    print(
+        f"layering check: {len(modules) - len(EXEMPT & set(modules))} modules, every import goes down, "
+        "no circle of files inside a module"
+    )
     return 0
 
 

@@ -4,11 +4,10 @@
 //! answered with how many connections it reached, within [`ACT_TIMEOUT`].
 //!
 //! A node that subscribed a connection elsewhere sends that node its publishes to the
-//! group for a moment ([`HINT_TTL`]) whatever its routes say: the subscriber's interest
+//! group for a moment ([`HINT_TTL`](super::pending::HINT_TTL)) whatever its routes say: the subscriber's interest
 //! reaches the group's holders, and from them the routes other nodes cache, a gossip
 //! round or two later, and a `group_send` right after the `group_add` must not miss it.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -25,65 +24,6 @@ use crate::sync::lock;
 
 /// How long a node waits for another to answer an act.
 pub const ACT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a subscription made on another node steers this node's publishes there.
-pub const HINT_TTL: Duration = Duration::from_secs(2);
-/// Most groups hinted at once; past it the oldest hints go first.
-const MAX_HINTS: usize = 10_000;
-
-/// Acts waiting for their answer, by id.
-pub type Acts = HashMap<u64, oneshot::Sender<u32>>;
-
-/// Groups subscribed on other nodes a moment ago: group → (node, until when).
-#[derive(Debug, Default)]
-pub struct Hints {
-    by_group: HashMap<String, Vec<(NodeId, Instant)>>,
-    /// When the last hint runs out: past it, all are dropped at once.
-    latest: Option<Instant>,
-}
-
-impl Hints {
-    fn add(&mut self, now: Instant, group: &str, node: NodeId) {
-        if self.by_group.len() >= MAX_HINTS && !self.by_group.contains_key(group) {
-            self.by_group.retain(|_, nodes| {
-                nodes.retain(|(_, until)| *until > now);
-                !nodes.is_empty()
-            });
-            if self.by_group.len() >= MAX_HINTS {
-                return; // a burst of subscriptions: the routes catch up with the rest
-            }
-        }
-        let until = now + HINT_TTL;
-        let nodes = self.by_group.entry(group.to_owned()).or_default();
-        nodes.retain(|(n, _)| *n != node);
-        nodes.push((node, until));
-        self.latest = Some(until);
-    }
-
-    /// Whether every hint has run out at `now` (they are dropped then).
-    fn expired(&mut self, now: Instant) -> bool {
-        if self.latest.is_some_and(|latest| latest > now) {
-            return false;
-        }
-        self.by_group.clear();
-        self.latest = None;
-        true
-    }
-
-    /// Adds the nodes hinted for `group` to `nodes` (as one connection each, when not
-    /// there already).
-    pub fn merge(&self, now: Instant, group: &str, nodes: &mut Nodes) {
-        let Some(hinted) = self.by_group.get(group) else {
-            return;
-        };
-        for (node, until) in hinted {
-            if *until > now && !nodes.iter().any(|(n, _)| n == node) {
-                let at = nodes.partition_point(|(n, _)| n < node);
-                nodes.insert(at, (*node, 1));
-            }
-        }
-    }
-}
-
 /// Why another node could not be asked, or did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActError {
@@ -242,34 +182,4 @@ impl Cluster {
 /// The node a connection id names.
 pub fn node_of(connection: &str) -> Result<NodeId, ActError> {
     ConnectionId::node_of(connection).ok_or_else(|| ActError::NotAConnection(connection.into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_hint_adds_its_node_for_a_while_and_the_table_stays_bounded() {
-        let now = Instant::now();
-        let mut hints = Hints::default();
-        hints.add(now, "g", 3);
-        let mut nodes = vec![(2, 5)];
-        hints.merge(now, "g", &mut nodes);
-        assert_eq!(nodes, vec![(2, 5), (3, 1)]);
-        let mut known = vec![(3, 7)];
-        hints.merge(now, "g", &mut known);
-        assert_eq!(known, vec![(3, 7)], "a known node keeps its count");
-        let mut other = Vec::new();
-        hints.merge(now, "h", &mut other);
-        assert!(other.is_empty());
-        let mut later = Vec::new();
-        hints.merge(now + HINT_TTL, "g", &mut later);
-        assert!(later.is_empty(), "expired");
-        assert!(!hints.expired(now));
-        assert!(hints.expired(now + HINT_TTL), "all ran out: dropped");
-        for i in 0..MAX_HINTS + 10 {
-            hints.add(now, &format!("g{i}"), 1);
-        }
-        assert!(hints.by_group.len() <= MAX_HINTS);
-    }
 }

@@ -8,7 +8,7 @@
 //! of which delivers it to whatever subscribers it has: nothing is lost for want of a
 //! route, at the cost of the bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,11 @@ use switchboard_proto::peer::{Forward, NodeId, PeerMessage, Position, Route};
 use tokio::sync::{mpsc, oneshot};
 
 use super::mesh::{Cluster, Link};
+use super::pending::{Answer, LOOKUP_TIMEOUT};
 use super::routes::Nodes;
 use crate::broker::{Listed, list_matching};
 use crate::sync::{lock, read};
 
-/// How long a holder is given to answer a lookup before the next one is asked.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a `PUBSUB CHANNELS` listing waits for the peers' answers.
 pub const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Groups one peer lists at most in an answer.
@@ -54,33 +53,6 @@ impl Targets {
         }
     }
 }
-
-/// A holder's answer to a lookup.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// The nodes with subscribers, and how many each has.
-    pub nodes: Nodes,
-    /// Whether the holder has every connected peer's interest since the bucket moved
-    /// to it (`Route::Answer::settled`).
-    pub settled: bool,
-}
-
-/// Lookups waiting for a holder's answer.
-#[derive(Debug, Default)]
-pub struct Lookups {
-    pending: HashMap<u64, Pending>,
-    by_group: HashMap<String, u64>,
-}
-
-#[derive(Debug)]
-struct Pending {
-    group: String,
-    asked: Instant,
-    waiters: Vec<oneshot::Sender<Option<Answer>>>,
-}
-
-/// Listings waiting for the peers' answers.
-pub type Listings = HashMap<u64, mpsc::Sender<(Vec<String>, bool)>>;
 
 impl Cluster {
     /// Where a publish to `group` goes without asking anyone, or whom to ask.
@@ -190,24 +162,12 @@ impl Cluster {
     /// Asks `holder` for `group`'s route (or joins a question already asked).
     fn ask_route(&self, holder: NodeId, group: &str) -> oneshot::Receiver<Option<Answer>> {
         let (tx, rx) = oneshot::channel();
-        let mut lookups = lock(&self.lookups);
-        if let Some(id) = lookups.by_group.get(group).copied()
-            && let Some(pending) = lookups.pending.get_mut(&id)
-        {
-            pending.waiters.push(tx);
-            return rx;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lookups.pending.insert(
-            id,
-            Pending {
-                group: group.to_owned(),
-                asked: Instant::now(),
-                waiters: vec![tx],
-            },
-        );
-        lookups.by_group.insert(group.to_owned(), id);
-        drop(lookups);
+        let asked = lock(&self.lookups).ask(Instant::now(), group, tx, || {
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        });
+        let Some(id) = asked else {
+            return rx; // joined the question out
+        };
         let lookup = Route::Lookup {
             id,
             group: group.to_owned(),
@@ -222,14 +182,7 @@ impl Cluster {
     /// from when it was asked (a holder gives none while unsettled), and handed to every
     /// waiter.
     pub(super) fn answered(&self, id: u64, answer: Option<Answer>, lease: Duration) {
-        let Some(pending) = ({
-            let mut lookups = lock(&self.lookups);
-            let pending = lookups.pending.remove(&id);
-            if let Some(p) = &pending {
-                lookups.by_group.remove(&p.group);
-            }
-            pending
-        }) else {
+        let Some(pending) = lock(&self.lookups).answered(id) else {
             return;
         };
         if let Some(answer) = &answer {
@@ -249,19 +202,7 @@ impl Cluster {
     /// have moved on to the next holder); called every heartbeat.
     pub(super) fn expire_lookups(&self) {
         let now = Instant::now();
-        let mut lookups = lock(&self.lookups);
-        let late: Vec<u64> = lookups
-            .pending
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.asked) >= LOOKUP_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some(p) = lookups.pending.remove(&id) {
-                lookups.by_group.remove(&p.group);
-            }
-        }
-        drop(lookups);
+        lock(&self.lookups).expire(now);
         let mut routes = lock(&self.routes);
         routes.cache.expire(now);
         routes.leases.expire(now);

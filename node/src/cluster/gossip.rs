@@ -9,16 +9,17 @@
 //!
 //! What is queued for peers is queued under the hub's lock (see `Hub::gossip_round`),
 //! so deltas reach every peer in version order.
+//!
+//! This file decides what each peer is sent ([`round`], [`full_for`]); the mesh's loop
+//! (`mesh/gossip.rs`) takes the interest, sends, and pushes the routes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchboard_proto::peer::{Interest, NodeId, PeerMessage};
 
-use super::mesh::{Cluster, Link};
-use crate::hub::Hub;
-use crate::sync::lock;
+use super::routes::Holders;
+use crate::hub::{InterestDelta, InterestSnapshot};
 
 /// How often changes in local interest are gossiped.
 pub const GOSSIP: Duration = Duration::from_millis(10);
@@ -82,87 +83,64 @@ pub fn chunked(
         .collect()
 }
 
-/// Queues the part of this node's interest that `peer` holds (a new session, or its
-/// request); counted in `interest_full_syncs_total`.
-pub fn send_full(cluster: &Cluster, hub: &Hub, peer: NodeId, link: &Link) {
-    let holders = cluster.holders();
-    hub.with_interest(|(version, groups)| {
-        let groups = groups
-            .into_iter()
-            .filter(|(g, _)| holders.holds(peer, g))
-            .collect();
-        for message in chunked(
-            version,
-            groups,
-            true,
-            holders.generation(),
-            INTEREST_CHUNK_BYTES,
-        ) {
-            link.send(message);
-        }
-    });
-    cluster.metrics.interest_full_syncs.inc();
+/// The part of this node's interest (`snapshot`) that `peer` holds, as a full sync (a
+/// new session, or the peer's request).
+pub fn full_for(holders: &Holders, peer: NodeId, snapshot: InterestSnapshot) -> Vec<PeerMessage> {
+    let (version, groups) = snapshot;
+    let groups = groups
+        .into_iter()
+        .filter(|(g, _)| holders.holds(peer, g))
+        .collect();
+    chunked(
+        version,
+        groups,
+        true,
+        holders.generation(),
+        INTEREST_CHUNK_BYTES,
+    )
 }
 
-/// The gossip loop, until shutdown.
-pub async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>) {
-    let shutdown = cluster.shutdown_token();
-    let mut last_full = Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(GOSSIP) => {}
+/// One gossip round: what each of `peers` is sent of the `changes` since the last round
+/// and (every [`FULL_SYNC`], or when the holders changed) of the whole `snapshot`, in
+/// that order; and the changed groups this node holds, whose routes it pushes to the
+/// nodes caching them.
+pub fn round(
+    holders: &Holders,
+    peers: &[NodeId],
+    changes: Option<InterestDelta>,
+    snapshot: Option<InterestSnapshot>,
+) -> (HashMap<NodeId, Vec<PeerMessage>>, Vec<String>) {
+    let mut parts: HashMap<NodeId, Vec<PeerMessage>> = HashMap::new();
+    let mut held = Vec::new();
+    if let Some((version, changes)) = changes {
+        for (peer, part) in holders.split(peers, &changes) {
+            parts.entry(peer).or_default().extend(chunked(
+                version,
+                part,
+                false,
+                holders.generation(),
+                INTEREST_CHUNK_BYTES,
+            ));
         }
-        let (holders, moved) = cluster.follow_assignments();
-        let full = moved || last_full.elapsed() >= FULL_SYNC;
-        let links = cluster.links_by_peer();
-        let peers: Vec<NodeId> = links.iter().map(|(id, _)| *id).collect();
-        let mut held = Vec::new();
-        hub.gossip_round(full, |changes, snapshot| {
-            let mut parts: HashMap<NodeId, Vec<PeerMessage>> = HashMap::new();
-            if let Some((version, changes)) = changes {
-                for (peer, part) in holders.split(&peers, &changes) {
-                    parts.entry(peer).or_default().extend(chunked(
-                        version,
-                        part,
-                        false,
-                        holders.generation(),
-                        INTEREST_CHUNK_BYTES,
-                    ));
-                }
-                held = changes
-                    .into_iter()
-                    .map(|(g, _)| g)
-                    .filter(|g| holders.mine(g))
-                    .collect();
-            }
-            if let Some((version, groups)) = snapshot {
-                let groups: Vec<(String, u32)> = groups.into_iter().collect();
-                for (peer, part) in holders.split(&peers, &groups) {
-                    parts.entry(peer).or_default().extend(chunked(
-                        version,
-                        part,
-                        true,
-                        holders.generation(),
-                        INTEREST_CHUNK_BYTES,
-                    ));
-                }
-            }
-            for (peer, link) in &links {
-                for message in parts.remove(peer).unwrap_or_default() {
-                    link.send(message);
-                }
-            }
-        });
-        cluster.push_routes(held);
-        // Routes that changed while a peer was ahead of this node, once none is (this
-        // node followed, or the peer ahead is gone).
-        let deferred = lock(&cluster.routes).take_deferred();
-        cluster.push_routes(deferred);
-        if full {
-            last_full = Instant::now();
+        held = changes
+            .into_iter()
+            .map(|(g, _)| g)
+            .filter(|g| holders.mine(g))
+            .collect();
+    }
+    if let Some((version, groups)) = snapshot {
+        let groups: Vec<(String, u32)> = groups.into_iter().collect();
+        for (peer, part) in holders.split(peers, &groups) {
+            parts.entry(peer).or_default().extend(chunked(
+                version,
+                part,
+                true,
+                holders.generation(),
+                INTEREST_CHUNK_BYTES,
+            ));
         }
     }
+    (parts, held)
 }
 
 #[cfg(test)]
@@ -171,6 +149,7 @@ mod tests {
 
     use super::*;
     use crate::broker::RemoteInterest;
+    use crate::history::Assignments;
 
     fn groups(n: usize) -> Vec<(String, u32)> {
         (0..n)
@@ -225,5 +204,95 @@ mod tests {
         assert_eq!(parts.count("user_0"), 0);
         // Nothing at all is still one (empty) full sync.
         assert_eq!(chunked(3, Vec::new(), true, 0, 1000).len(), 1);
+    }
+
+    /// Node 1's holders in a cluster of four with every bucket assigned.
+    fn holders() -> Holders {
+        let live = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
+        let mut map = Assignments::default();
+        map.apply(&map.plan(&live, |_| true), 7);
+        Holders::new(1, &map)
+    }
+
+    fn groups_of(message: &PeerMessage) -> Vec<String> {
+        match message {
+            PeerMessage::Interest(Interest::Full { groups, .. }) => {
+                groups.iter().map(|(g, _)| g.clone()).collect()
+            }
+            PeerMessage::Interest(Interest::Delta { changes, .. }) => {
+                changes.iter().map(|(g, _)| g.clone()).collect()
+            }
+            other => panic!("not interest: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_round_tells_each_peer_the_changes_it_holds_then_the_whole_and_names_the_held_ones() {
+        let holders = holders();
+        let changes: Vec<(String, u32)> = groups(200);
+        let snapshot: BTreeMap<String, u32> = groups(300).into_iter().collect();
+        let (parts, held) = round(
+            &holders,
+            &[2, 3, 4],
+            Some((5, changes.clone())),
+            Some((5, snapshot.clone())),
+        );
+        assert_eq!(parts.len(), 3, "every peer gets the version, empty or not");
+        for (peer, messages) in &parts {
+            let [delta, full] = &messages[..] else {
+                panic!("peer {peer}: {} messages", messages.len());
+            };
+            assert!(matches!(
+                delta,
+                PeerMessage::Interest(Interest::Delta {
+                    base_version: 4,
+                    version: 5,
+                    ..
+                })
+            ));
+            assert!(matches!(
+                full,
+                PeerMessage::Interest(Interest::Full {
+                    version: 5,
+                    holders: 7,
+                    ..
+                })
+            ));
+            let expected = |all: Vec<String>| -> Vec<String> {
+                all.into_iter()
+                    .filter(|g| holders.holds(*peer, g))
+                    .collect()
+            };
+            assert_eq!(
+                groups_of(delta),
+                expected(changes.iter().map(|(g, _)| g.clone()).collect())
+            );
+            assert_eq!(
+                groups_of(full),
+                expected(snapshot.keys().cloned().collect())
+            );
+        }
+        let mine: Vec<String> = changes
+            .iter()
+            .map(|(g, _)| g.clone())
+            .filter(|g| holders.mine(g))
+            .collect();
+        assert!(!mine.is_empty());
+        assert_eq!(held, mine, "the changed groups this node holds");
+        let (quiet, none) = round(&holders, &[2, 3, 4], None, None);
+        assert!(
+            quiet.is_empty() && none.is_empty(),
+            "nothing changed, nothing sent"
+        );
+        let full = full_for(&holders, 2, (9, snapshot.clone()));
+        assert_eq!(full.len(), 1);
+        assert_eq!(
+            groups_of(&full[0]),
+            snapshot
+                .keys()
+                .filter(|g| holders.holds(2, g))
+                .cloned()
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! - [`auth`]: the cluster-secret proof bound to each TLS session.
 //! - [`frame`]: length-prefixed peer messages on a stream, with a size limit per reader.
 //! - [`peers`]: the peer table, sans-IO: duplicate sessions, liveness, majority, dialing.
+//! - [`pending`]: questions out to peers (lookups, listings, acts) and hints, sans-IO.
 //! - [`session`]: the handshake (proof, then hello) and the QUIC close reasons.
 //! - [`rpc`]: the inbox through which Raft RPC streams reach the Raft layer.
 //! - [`routes`]: who holds each group's interest (its bucket's owner and replica), the
@@ -28,6 +29,7 @@ pub mod frame;
 pub mod gossip;
 pub mod mesh;
 pub mod peers;
+pub mod pending;
 pub mod refusals;
 pub mod routes;
 pub mod rpc;

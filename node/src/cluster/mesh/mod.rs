@@ -16,6 +16,7 @@
 //! for that peer are dropped and counted. Raft RPCs travel on further streams of the same
 //! authenticated connection, handed to the [`RpcInbox`] unread.
 
+mod gossip;
 mod link;
 mod rows;
 mod serve;
@@ -34,14 +35,13 @@ use tracing::{debug, info, warn};
 pub use link::{FORWARD_OVERHEAD, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 pub use rows::ClusterMetrics;
 
-use super::acts::{Acts, Hints};
 use super::dial::{DialBackoff, DialOutcome};
-use super::forward::{Listings, Lookups};
 use super::peers::{MemberView, PeerTable};
+use super::pending::{Acts, Hints, Listings, Lookups};
 use super::routes::{Holders, Routes};
 use super::rpc::RpcInbox;
 use super::session::CloseReason;
-use super::{gossip, tls};
+use super::tls;
 use crate::broker::RemoteInterest;
 use crate::clock::unix_micros;
 use crate::config::Config;
@@ -195,7 +195,7 @@ impl Cluster {
         for addr in self.seeds.iter().cloned().chain(remembered) {
             self.dial(addr);
         }
-        tokio::spawn(gossip::run(self.clone(), self.deps.hub.clone()));
+        tokio::spawn(self.clone().gossip_loop());
         tokio::spawn(self.clone().heartbeat_loop());
     }
 
@@ -384,6 +384,11 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             let mut backoff = DialBackoff::default();
+            let answers = |backoff: &mut DialBackoff| {
+                if let Some(attempts) = backoff.answered() {
+                    info!(%addr, attempts, "peer address answers again");
+                }
+            };
             let life = cluster.deps.lifecycle.clone();
             loop {
                 if life.shutdown_token().is_cancelled() || life.drain_token().is_cancelled() {
@@ -391,17 +396,13 @@ impl Cluster {
                 }
                 if !lock(&cluster.table).should_dial(&addr) {
                     // It dialed this node instead (a restarted node dials those it knew).
-                    if let Some(attempts) = backoff.answered() {
-                        info!(%addr, attempts, "peer address answers again");
-                    }
+                    answers(&mut backoff);
                     tokio::time::sleep(HEARTBEAT).await;
                     continue;
                 }
                 let (outcome, reason) = match cluster.connect(&addr).await {
                     Ok(conn) => {
-                        if let Some(attempts) = backoff.answered() {
-                            info!(%addr, attempts, "peer address answers again");
-                        }
+                        answers(&mut backoff);
                         match cluster.clone().session(conn, Some(&addr)).await {
                             Ok(()) => (DialOutcome::Session, String::new()),
                             Err(e) => {
@@ -422,11 +423,12 @@ impl Cluster {
                         (DialOutcome::Unreachable, e.to_string())
                     }
                 };
-                let delay = backoff.after(outcome, Instant::now());
+                let now = Instant::now();
+                let delay = backoff.after(outcome, now);
                 if outcome == DialOutcome::Refused && backoff.warn() {
                     warn!(%addr, retry_in = ?delay, error = %reason, "peer refused this node (or was refused); retrying with backoff");
                 }
-                if let Some((attempts, down)) = backoff.still_unreachable(Instant::now()) {
+                if let Some((attempts, down)) = backoff.still_unreachable(now) {
                     let down_s = down.as_secs();
                     warn!(%addr, attempts, down_s, error = %reason, "peer address still unreachable");
                 }

@@ -13,12 +13,12 @@ use tracing::{debug, info, warn};
 use super::link::{data_write_loop, write_loop};
 use super::{Cluster, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 use crate::clock::unix_micros;
+use crate::cluster::auth;
 use crate::cluster::dispatch::{self, Control, SessionError};
 use crate::cluster::frame::read_frame;
 use crate::cluster::peers::Verdict;
 use crate::cluster::rpc::RpcStream;
 use crate::cluster::session::{CloseReason, HandshakeError, handshake};
-use crate::cluster::{auth, gossip};
 use crate::hub::{Encoded, SLOW_CONSUMER_PATIENCE};
 use crate::sync::{lock, write};
 
@@ -108,7 +108,7 @@ impl Cluster {
         // The peer's interest starts from its full sync on this session.
         write(&self.remote).remove_node(peer);
         lock(&self.routes).connected(peer);
-        gossip::send_full(&self, &self.deps.hub, peer, &link);
+        self.send_full(peer, &link);
         // Everyone learns of the newcomer (and it of everyone), so the mesh closes even
         // when nodes joined through different seeds at different times.
         let mut known = lock(&self.table).known();
@@ -171,7 +171,7 @@ impl Cluster {
                     }
                 }
                 Control::Route(message) => self.on_route(peer, message),
-                Control::SendFull => gossip::send_full(self, &self.deps.hub, peer, link),
+                Control::SendFull => self.send_full(peer, link),
                 Control::Heartbeat {
                     connections,
                     groups,

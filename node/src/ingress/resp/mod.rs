@@ -5,7 +5,7 @@
 //! - [`command`]: the one table of commands (name, arity, flags) and parsing.
 //! - [`session`]: a connection's state and what a command does to it (sans-IO, tested
 //!   against a fake publisher).
-//! - [`cmd`]: the commands by family; [`channels`]: what channels_redis sends.
+//! - [`session::cmd`]: the commands by family; [`channels`]: what channels_redis sends.
 //! - [`guard`]: the throttle on failed `AUTH`s and the cap on unauthenticated
 //!   connections per address.
 //! - This module: the listener, and one task per connection that reads into a buffer,
@@ -26,7 +26,6 @@
 //! command, never a hang.
 
 pub mod channels;
-pub mod cmd;
 pub mod command;
 pub mod guard;
 pub mod pyjson;

@@ -12,14 +12,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use switchboard_proto::resp::{Frame, Version};
 
+use super::channels;
 use super::command::{Command, Name, ParseError};
 use super::guard::{AuthThrottle, UNAUTHENTICATED_SHARE, Unauthenticated};
-use super::{channels, cmd};
 use crate::config::{Config, RespSettings};
 use crate::metrics::Metrics;
 use crate::router::Publish;
 use crate::secrets::Secrets;
 use tokio_util::sync::CancellationToken;
+
+pub mod cmd;
 
 /// Most commands one MULTI may queue.
 pub const MAX_QUEUED: usize = 10_000;

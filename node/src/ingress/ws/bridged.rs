@@ -16,11 +16,10 @@ use switchboard_proto::client::CloseCode;
 use switchboard_proto::peer::{ConnectionRecord, PresenceOp};
 use tracing::debug;
 
-use super::outbox::{InFlight, Tail};
+use super::outbox::ended;
 use super::session::Session;
 use super::{Admitted, Stream, close, handshake, register};
 use crate::backend::answer::{self, Connected};
-use crate::backend::lane::Frame;
 use crate::backend::{Backend, Caller, Event, scope};
 use crate::broker::ConnId;
 use crate::clock::unix_millis;
@@ -159,36 +158,4 @@ async fn committed(ingress: &Ingress, caller: &Caller, within: std::time::Durati
         user: caller.user.clone(),
     });
     false
-}
-
-/// A bridged connection ended with `code`: the registry is told its disconnect is owed,
-/// and what it still owes the backend (the call in flight, the frames queued, then its
-/// disconnect, call number `seq`) goes to the node's outbox.
-pub(crate) fn ended(
-    ingress: &Ingress,
-    in_flight: Option<InFlight>,
-    caller: Arc<Caller>,
-    frames: Vec<(Frame, u64)>,
-    seq: u64,
-    code: u16,
-    reason: &'static str,
-) {
-    ingress.presence.push(PresenceOp::LeaveOwed {
-        node: caller.node,
-        connection: caller.connection.clone(),
-        user: caller.user.clone(),
-        code,
-    });
-    if let Some(outbox) = &ingress.outbox {
-        outbox.finish(
-            in_flight,
-            Tail {
-                caller,
-                frames,
-                seq,
-                code,
-                reason,
-            },
-        );
-    }
 }

@@ -6,6 +6,9 @@
 //! replicated registry (`LeaveOwed`): if this node dies first, the registry's leader
 //! makes it (`super::owed`).
 //!
+//! A connection hands its tail here when it ends (`ended`), whether it ended in its
+//! upgrade (`bridged.rs`) or as a session (`session/bridge.rs`).
+//!
 //! Bounded: at most `--backend-max-pending` connections, and [`MAX_PENDING_BYTES`] of
 //! what they carry (scopes and frames), wait at once; past either bound the oldest is
 //! given up (and marked delivered), logged and counted
@@ -25,6 +28,7 @@ use switchboard_proto::peer::PresenceOp;
 
 use crate::backend::lane::Frame;
 use crate::backend::{Backend, CallError, Caller, Event};
+use crate::ingress::Ingress;
 use crate::presence::PresenceQueue;
 use crate::sync::lock;
 
@@ -264,6 +268,38 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+/// A bridged connection ended with `code`: the registry is told its disconnect is owed,
+/// and what it still owes the backend (the call in flight, the frames queued, then its
+/// disconnect, call number `seq`) goes to the node's outbox.
+pub(super) fn ended(
+    ingress: &Ingress,
+    in_flight: Option<InFlight>,
+    caller: Arc<Caller>,
+    frames: Vec<(Frame, u64)>,
+    seq: u64,
+    code: u16,
+    reason: &'static str,
+) {
+    ingress.presence.push(PresenceOp::LeaveOwed {
+        node: caller.node,
+        connection: caller.connection.clone(),
+        user: caller.user.clone(),
+        code,
+    });
+    if let Some(outbox) = &ingress.outbox {
+        outbox.finish(
+            in_flight,
+            Tail {
+                caller,
+                frames,
+                seq,
+                code,
+                reason,
+            },
+        );
     }
 }
 

@@ -21,8 +21,7 @@ use crate::backend::lane::{Frame, Lane, Offered};
 use crate::backend::{CallError, Caller, Event};
 use crate::hub::{Act, Local};
 use crate::ingress::ws::Stream;
-use crate::ingress::ws::bridged::ended;
-use crate::ingress::ws::outbox::InFlight;
+use crate::ingress::ws::outbox::{InFlight, ended};
 use crate::ingress::ws::state::{End, error};
 
 /// The ops a client frame may name: a frame that names one (`{"op": "ping", ...}`) is

@@ -207,8 +207,8 @@ async fn hello_3_switches_to_resp3_and_can_authenticate() {
     .await
     {
         Frame::Map(pairs) => {
-            assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("proto"), Frame::Integer(3))));
-            assert!(pairs.contains(&(crate::ingress::resp::cmd::bulk("id"), Frame::Integer(7))));
+            assert!(pairs.contains(&(super::cmd::bulk("proto"), Frame::Integer(3))));
+            assert!(pairs.contains(&(super::cmd::bulk("id"), Frame::Integer(7))));
         }
         other => panic!("HELLO 3 answered {other:?}"),
     }
