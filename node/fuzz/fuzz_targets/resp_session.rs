@@ -1,6 +1,7 @@
-//! The RESP command layer whole: arbitrary bytes through the decoder (with the limits a
-//! node uses before and after AUTH) and every command through a session, against a
-//! publisher that records nothing. Nothing may panic, and a reply must always encode.
+//! The RESP command layer whole: arbitrary bytes through a connection's decisions (the
+//! decoder with the bounds a node uses before and after AUTH, deadlines, closes) and every
+//! command through a session, against a publisher that records nothing. Nothing may
+//! panic, and a reply must always encode.
 //! Run: `cargo +nightly fuzz run resp_session` in node/.
 #![no_main]
 
@@ -12,12 +13,12 @@ use libfuzzer_sys::fuzz_target;
 use switchboard_node::cluster::ActError;
 use switchboard_node::config::{Config, JwtKey, Secret};
 use switchboard_node::history::HistoryError;
-use switchboard_node::ingress::resp::{Session, Shim};
+use switchboard_node::ingress::resp::{Auth, Bounds, Connection, Poll, Session, Shim};
 use switchboard_node::metrics::Metrics;
 use switchboard_node::router::{Acted, PatternError, Publish, Routed};
 use switchboard_node::secrets::Secrets;
 use switchboard_proto::peer::{ConnAction, ConnTarget, NodeId};
-use switchboard_proto::resp::{Decoder, Limits, Version};
+use switchboard_proto::resp::Version;
 
 struct Nobody;
 
@@ -95,33 +96,28 @@ fuzz_target!(|data: &[u8]| {
     } else {
         LOCKED.get_or_init(|| shim(true)).clone()
     };
-    let limits = Limits {
-        max_bulk_len: 4096,
-        max_frame_len: 16 * 1024,
-        ..Limits::default()
-    };
-    let mut session = Session::new(1, env);
-    let mut decoder = Decoder::new(limits);
+    let mut session = Session::new(1, env.clone());
+    let now = tokio::time::Instant::now();
+    let metrics = env.metrics.clone();
+    let mut conn = Connection::new(now, session.authenticated(), Bounds::of(&env), metrics);
     let mut buf = BytesMut::new();
     let chunk = usize::from(mode >> 1).max(1);
-    let mut out = Vec::new();
     for piece in bytes.chunks(chunk) {
         buf.extend_from_slice(piece);
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    let Ok(args) = frame.into_args() else { return };
-                    if args.is_empty() {
-                        continue;
-                    }
-                    let (reply, _) = runtime.block_on(session.handle(args, &Nobody));
-                    reply.encode(session.version(), &mut out);
-                    reply.encode(Version::Resp2, &mut out);
-                    out.clear();
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
+        conn.handle_read(now);
+        while let Poll::Command(args) = conn.poll_command(&mut buf, session.version()) {
+            let (reply, next) = runtime.block_on(session.handle(args, &Nobody));
+            let auth = Auth {
+                authenticated: session.authenticated(),
+                failures: session.auth_failures(),
+            };
+            let mut resp2 = Vec::new();
+            reply.encode(Version::Resp2, &mut resp2);
+            conn.handle_reply(now, &reply, next, auth, session.version());
+            conn.sent();
+        }
+        if conn.closing().is_some() {
+            return;
         }
     }
 });

@@ -8,9 +8,13 @@
 //! - [`session::cmd`]: the commands by family; [`channels`]: what channels_redis sends.
 //! - [`guard`]: the throttle on failed `AUTH`s and the cap on unauthenticated
 //!   connections per address.
+//! - [`connection`]: a connection's decisions around its session (decoder bounds by
+//!   `AUTH` state, the `AUTH` and idle deadlines, the failure limit, how it closes),
+//!   sans-IO and tested without a socket or a clock.
 //! - This module: the listener, and one task per connection that reads into a buffer,
-//!   decodes every complete frame with the proto crate's [`Decoder`], answers each command
-//!   in order into one output buffer, and writes that buffer once per read: pipelining
+//!   has its [`Connection`] decode every complete frame (the proto crate's decoder),
+//!   answers each command in order into one output buffer, and writes that buffer once
+//!   per read: pipelining
 //!   costs one syscall per batch. Output is bounded because it is flushed before more
 //!   input is read.
 //!
@@ -27,6 +31,7 @@
 
 pub mod channels;
 pub mod command;
+pub mod connection;
 pub mod guard;
 pub mod pyjson;
 pub mod session;
@@ -36,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use switchboard_proto::resp::{Decoder, Frame, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -45,6 +49,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+pub use connection::{
+    Auth, Bounds, Close, Connection, MAX_AUTH_FAILURES, PRE_AUTH_MAX_ARGS, PRE_AUTH_MAX_BULK,
+    PRE_AUTH_MAX_COMMAND, Poll,
+};
 pub use session::{Next, Session, Shim};
 
 use super::accept::Listener;
@@ -54,43 +62,9 @@ use crate::sync::lock;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
-/// The output buffer is given back once it has grown past this.
-const OUT_KEEP: usize = 1024 * 1024;
-/// Smallest bulk-string limit, whatever `--max-payload` says: clients send longer
-/// arguments than payloads (channels_redis's scripts).
-const MIN_BULK: usize = 64 * 1024;
-/// Before `AUTH` on a password node, as Redis limits unauthenticated clients: at most
-/// this many arguments...
-pub const PRE_AUTH_MAX_ARGS: usize = 10;
-/// ...of at most this many bytes each...
-pub const PRE_AUTH_MAX_BULK: usize = 16 * 1024;
-/// ...in a command of at most this many bytes.
-pub const PRE_AUTH_MAX_COMMAND: usize = 64 * 1024;
 /// How long, and how many bytes, a closing connection reads and drops (see `linger`).
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
-/// Failed `AUTH`s after which a connection is closed.
-pub const MAX_AUTH_FAILURES: u32 = 10;
-
-/// The decoder limits of an authenticated connection.
-fn limits(env: &Shim) -> Limits {
-    Limits {
-        max_bulk_len: env.max_payload.max(MIN_BULK),
-        max_frame_len: env.settings.max_command_bytes,
-        ..Limits::default()
-    }
-}
-
-/// The decoder limits before `AUTH`.
-fn pre_auth_limits() -> Limits {
-    Limits {
-        max_bulk_len: PRE_AUTH_MAX_BULK,
-        max_array_len: PRE_AUTH_MAX_ARGS,
-        max_frame_len: PRE_AUTH_MAX_COMMAND,
-        max_inline_len: PRE_AUTH_MAX_COMMAND,
-        ..Limits::default()
-    }
-}
 
 /// Keeps `switchboard_resp_connections` right however the task ends.
 struct Open(Arc<Metrics>);
@@ -156,7 +130,9 @@ pub async fn serve(
 }
 
 /// Serves one connection until it closes, `QUIT`s, sends a malformed stream, fails to
-/// authenticate in time, or `stop`.
+/// authenticate in time, or `stop`. The decisions are [`Connection`]'s; this moves the
+/// bytes, keeps the connection's place among the unauthenticated ones and asks the
+/// address's `AUTH` throttle.
 async fn run(
     mut session: Session,
     mut stream: TcpStream,
@@ -165,17 +141,22 @@ async fn run(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let env = session.env.clone();
-    let metrics = &env.metrics;
+    let mut conn = Connection::new(
+        Instant::now(),
+        session.authenticated(),
+        Bounds::of(&env),
+        env.metrics.clone(),
+    );
     // Held while unauthenticated: the place is given back when the connection
     // authenticates (set to `None` below) or ends.
     let mut _waiting = None;
     // Cancelled when this connection, still unauthenticated, must make room for a newer
     // one (past the unauthenticated share of the slots).
     let evicted = CancellationToken::new();
-    if !session.authenticated() {
+    if !conn.authenticated() {
         let entered = lock(&env.unauthenticated).enter(ip, evicted.clone());
         let Some((ticket, oldest)) = entered else {
-            metrics.resp_auth_failures.inc();
+            env.metrics.resp_auth_failures.inc();
             stream
                 .write_all(b"-ERR too many unauthenticated connections from this address\r\n")
                 .await?;
@@ -186,78 +167,23 @@ async fn run(
         }
         _waiting = Some(Waiting { env: &env, ticket });
     }
-    let mut decoder = Decoder::new(if session.authenticated() {
-        limits(&env)
-    } else {
-        pre_auth_limits()
-    });
-    let mut auth_deadline = Instant::now() + env.settings.auth_timeout;
     let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = Vec::with_capacity(1024);
     loop {
-        let idle = env.settings.idle_timeout.map(|t| Instant::now() + t);
-        let deadline = if session.authenticated() {
-            idle
-        } else {
-            Some(auth_deadline)
-        };
         input.reserve(READ_CHUNK);
-        let n = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = evicted.cancelled(), if !session.authenticated() => {
-                metrics.resp_auth_failures.inc();
-                let _ = stream
-                    .write_all(b"-ERR too many unauthenticated connections: the oldest is closed to make room; send AUTH first\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-                return Ok(());
-            }
-            n = stream.read_buf(&mut input) => n?,
-            _ = sleep_until(deadline) => {
-                if !session.authenticated() {
-                    metrics.resp_auth_failures.inc();
-                    let _ = stream.write_all(b"-ERR authentication timeout: send AUTH first\r\n").await;
+            _ = evicted.cancelled(), if !conn.authenticated() => conn.handle_evicted(session.version()),
+            n = stream.read_buf(&mut input) => {
+                if n? == 0 {
+                    return Ok(());
                 }
-                let _ = stream.shutdown().await;
-                return Ok(());
+                conn.handle_read(Instant::now());
             }
-        };
-        if n == 0 {
-            return Ok(());
+            _ = sleep_until(conn.poll_timeout()) => conn.handle_timeout(Instant::now(), session.version()),
         }
-        let mut close = false;
-        // Each failed AUTH costs its address time: the connection waits this long before
-        // it is read again (see `guard::AuthThrottle`).
-        let mut wait = Duration::ZERO;
-        loop {
-            let frame = match decoder.decode(&mut input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    metrics.resp_protocol_errors.inc();
-                    Frame::Error(format!("ERR Protocol error: {e}"))
-                        .encode(session.version(), &mut out);
-                    close = true;
-                    break;
-                }
-            };
-            metrics.resp_commands.inc();
-            let args = match frame.into_args() {
-                Ok(args) if !args.is_empty() => args,
-                Ok(_) => continue, // an empty inline line: Redis ignores it
-                Err(e) => {
-                    metrics.resp_protocol_errors.inc();
-                    metrics.resp_errors.inc();
-                    Frame::Error(format!("ERR Protocol error: {e}"))
-                        .encode(session.version(), &mut out);
-                    close = true;
-                    break;
-                }
-            };
-            let was_authenticated = session.authenticated();
-            let failures_before = session.auth_failures();
+        while let Poll::Command(args) = conn.poll_command(&mut input, session.version()) {
             let slow = command::lookup(&args[0]).is_some_and(|s| s.slow);
             let (reply, next) = if slow && multi_threaded {
                 // Introspection whose cost grows with the groups: this worker hands its
@@ -268,49 +194,33 @@ async fn run(
             } else {
                 session.handle(args, publish).await
             };
-            if session.auth_failures() > failures_before {
+            let auth = Auth {
+                authenticated: session.authenticated(),
+                failures: session.auth_failures(),
+            };
+            let after = conn.handle_reply(Instant::now(), &reply, next, auth, session.version());
+            if after.authenticated {
+                _waiting = None;
+            }
+            if after.failed {
                 let now = std::time::Instant::now();
-                wait = wait.max(lock(&env.throttle).on_failure(ip, now));
-            }
-            if matches!(reply, Frame::Error(_)) {
-                metrics.resp_errors.inc();
-            }
-            reply.encode(session.version(), &mut out);
-            match (was_authenticated, session.authenticated()) {
-                (false, true) => {
-                    decoder.set_limits(limits(&env));
-                    _waiting = None;
-                }
-                (true, false) => {
-                    // RESET on a password node: back to the pre-AUTH bounds.
-                    decoder.set_limits(pre_auth_limits());
-                    auth_deadline = Instant::now() + env.settings.auth_timeout;
-                }
-                _ => {}
-            }
-            if next == Next::Close {
-                close = true;
-                break;
-            }
-            if session.auth_failures() >= MAX_AUTH_FAILURES {
-                Frame::Error("ERR too many failed AUTH attempts; closing".into())
-                    .encode(session.version(), &mut out);
-                close = true;
-                break;
+                conn.throttle(lock(&env.throttle).on_failure(ip, now));
             }
         }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-            if out.capacity() > OUT_KEEP {
-                out.shrink_to(1024);
-            }
+        if let Some(out) = conn.transmit() {
+            stream.write_all(out).await?;
+            conn.sent();
         }
-        if close {
+        if let Some(close) = conn.closing() {
             let _ = stream.shutdown().await;
-            linger(&mut stream, &mut input).await;
+            if close == Close::Linger {
+                linger(&mut stream, &mut input).await;
+            }
             return Ok(());
         }
+        // Each failed AUTH costs its address time: the connection waits this long before
+        // it is read again (see `guard::AuthThrottle`).
+        let wait = conn.take_wait();
         if !wait.is_zero() {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
