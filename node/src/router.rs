@@ -19,16 +19,15 @@ use crate::broker::{Listed, MAX_PATTERN, list_matching};
 use crate::cluster::{ActError, Cluster};
 
 use crate::historian::{self, Historian};
+use crate::history::retry::{PublishRetry, Retry};
 use crate::history::{HistoryError, Recovery};
 use crate::hub::{Encoded, Hub, SLOW_CONSUMER_PATIENCE};
 use crate::metrics::Metrics;
 
 /// A recovery the group's owner could not answer is asked again after this long...
 pub const RECOVERY_RETRY: Duration = Duration::from_millis(250);
-/// ...and a history publish refused for now (no owner reachable yet, a hand-over) after
-/// this long, doubling up to [`PUBLISH_RETRY_MAX`]...
-pub const PUBLISH_RETRY: Duration = Duration::from_millis(50);
-pub const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
+/// ...and a history publish refused for now as [`crate::history::retry`] says (50 ms,
+/// doubling up to 500 ms)...
 /// ...both for at most this many node timeouts (15 s by default): a dead owner is
 /// replaced within one node timeout plus a commit (plus an election if it led Raft).
 pub const PATIENCE_NODE_TIMEOUTS: u32 = 3;
@@ -189,12 +188,9 @@ impl Router {
     async fn publish_history(&self, group: &str, payload: Bytes) -> Result<Routed, HistoryError> {
         let text = crate::hub::is_text(&payload);
         let id = self.historian.publish_id();
-        let start = tokio::time::Instant::now();
-        let deadline = start + self.patience;
-        let mut delay = PUBLISH_RETRY;
-        let mut landed = false;
-        let mut attempt = 0u32;
+        let mut retry = PublishRetry::new(tokio::time::Instant::now(), self.patience);
         loop {
+            let attempt = retry.attempt();
             let publish = historian::publish(id, attempt, group, payload.clone(), text);
             let error = match self.historian.publish(publish).await {
                 Ok(taken) => {
@@ -205,32 +201,14 @@ impl Router {
                 }
                 Err(e) => e,
             };
-            landed |= error.may_have_landed();
-            if !error.is_retryable() {
-                return Err(error);
+            let reason = error.to_string();
+            match retry.failed(tokio::time::Instant::now(), error) {
+                Retry::Fail(error) => return Err(error),
+                Retry::After(pause) => {
+                    tracing::debug!(%group, attempt, error = %reason, "history publish not taken yet; asking again");
+                    tokio::time::sleep(pause).await;
+                }
             }
-            // An attempt whose outcome is unknown has waited already: ask again at once.
-            let pause = if error.may_have_landed() {
-                Duration::ZERO
-            } else {
-                delay
-            };
-            let now = tokio::time::Instant::now();
-            if now + pause >= deadline {
-                let waited = now - start;
-                return Err(if landed {
-                    HistoryError::OutcomeUnknown(waited)
-                } else {
-                    HistoryError::NotPublished {
-                        waited,
-                        last: Box::new(error),
-                    }
-                });
-            }
-            tracing::debug!(%group, attempt, error = %error, "history publish not taken yet; asking again");
-            tokio::time::sleep(pause).await;
-            delay = (delay * 2).min(PUBLISH_RETRY_MAX);
-            attempt += 1;
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`keeper`]: this node's part in history (owner, replica, requester) as a state
 //!   machine: events and the time in, messages to send and deliveries out.
 //! - [`error`]: why a publish or recovery did not succeed, and whether it may have landed.
+//! - [`retry`]: a publisher's attempts at a history publish: when to ask the owner
+//!   again, and the final error (unknown outcome, or safe to retry).
 //! - [`log`]: a group's ring of messages on its owner and replica: offsets, the chain of
 //!   epochs it continues, size/TTL/byte bounds, and the recovery decision.
 //!
@@ -20,6 +22,7 @@ pub mod assign;
 pub mod error;
 pub mod keeper;
 pub mod log;
+pub mod retry;
 pub mod rules;
 
 pub use switchboard_proto::peer::Position;
