@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::mesh::{Cluster, Link};
 use super::pending::{Answer, LOOKUP_TIMEOUT};
-use super::routes::Nodes;
+use super::routes::{Nodes, Targets};
 use crate::broker::{Listed, list_matching};
 use crate::sync::{lock, read};
 
@@ -32,62 +32,21 @@ pub const FORWARD_PATIENCE: Duration = Duration::from_secs(2);
 /// never behind forwards) is not waited for: it may be dead, not slow.
 pub const FORWARD_LIVENESS: Duration = Duration::from_millis(1500);
 
-/// Where a publish to a group goes, as far as this node knows without asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Targets {
-    /// These peers (and counts), from the interest this node holds or a cached route.
-    Known(Nodes),
-    /// Every peer: the group's bucket moved moments ago (its new holders may not have
-    /// every node's interest yet) or no holder answered; the counts are what is known.
-    Everyone(Nodes),
-    /// Ask these holders, in order.
-    Ask(Vec<NodeId>),
-}
-
-impl Targets {
-    /// The nodes and counts known (none when a holder is still to be asked).
-    pub fn counts(&self) -> &[(NodeId, u32)] {
-        match self {
-            Targets::Known(nodes) | Targets::Everyone(nodes) => nodes,
-            Targets::Ask(_) => &[],
-        }
-    }
-}
-
 impl Cluster {
-    /// Where a publish to `group` goes without asking anyone, or whom to ask.
+    /// Where a publish to `group` goes without asking anyone, or whom to ask (the
+    /// routes decide, `Routes::targets`; hints add the nodes a subscription made
+    /// elsewhere moments ago steers it to).
     pub fn targets(&self, group: &str) -> Targets {
         let now = Instant::now();
-        let routes = lock(&self.routes);
-        let to_ask = routes.holders.to_ask(group);
-        let known = match &to_ask {
-            None => Some(self.held_route(group, false)),
-            Some(_) => routes.cache.get(now, group).map(|nodes| {
-                nodes
-                    .iter()
-                    .copied()
-                    .filter(|(n, _)| *n != self.node)
-                    .collect()
-            }),
-        };
-        // A held group whose bucket this node gained before every peer's interest in it
-        // came: its route may miss subscribers.
-        let incomplete = to_ask.is_none() && !routes.complete(group);
+        let (mut targets, incomplete) =
+            lock(&self.routes).targets(now, group, || self.held_route(group, false));
         if incomplete {
             self.metrics.routes_incomplete.inc();
         }
-        let settling = routes.settling(now, group) || incomplete;
-        drop(routes);
-        let known = known.map(|mut nodes| {
-            self.hinted(group, &mut nodes);
-            nodes
-        });
-        match (known, to_ask) {
-            (Some(nodes), _) if settling => Targets::Everyone(nodes),
-            (Some(nodes), _) => Targets::Known(nodes),
-            (None, Some(holders)) => Targets::Ask(holders),
-            (None, None) => Targets::Everyone(Vec::new()),
+        if let Some(nodes) = targets.nodes_mut() {
+            self.hinted(group, nodes);
         }
+        targets
     }
 
     /// Where a publish to `group` goes, asking a holder if need be (see [`Targets`]).
@@ -212,36 +171,15 @@ impl Cluster {
     pub(super) fn on_route(&self, peer: NodeId, message: Route) {
         match message {
             Route::Lookup { id, group } => {
-                let (nodes, lease, replica, settled) = {
+                // The route is read under the routes' lock, as the lease is granted.
+                let (grant, nodes) = {
                     let mut routes = lock(&self.routes);
-                    let settled = routes.complete(&group);
-                    match routes.holders.to_ask(&group) {
-                        Some(_) => (None, Duration::ZERO, None, true),
-                        // Some peer's interest in the moved bucket has not come yet: the
-                        // asker sends to everyone, and asks again next time.
-                        None if !settled => (
-                            Some(self.held_route(&group, true)),
-                            Duration::ZERO,
-                            None,
-                            false,
-                        ),
-                        None => {
-                            let lease = routes.leases.grant(Instant::now(), &group, peer);
-                            let replica = routes
-                                .holders
-                                .of(&group)
-                                .and_then(|(owner, replica)| {
-                                    if owner == self.node {
-                                        replica
-                                    } else {
-                                        Some(owner)
-                                    }
-                                })
-                                .filter(|_| !lease.is_zero());
-                            (Some(self.held_route(&group, true)), lease, replica, true)
-                        }
-                    }
+                    let grant = routes.grant(Instant::now(), &group, peer);
+                    (grant, grant.map(|_| self.held_route(&group, true)))
                 };
+                let (lease, replica, settled) = grant.map_or((Duration::ZERO, None, true), |g| {
+                    (g.lease, g.tell, g.settled)
+                });
                 // The other holder pushes updates too: the cacher keeps hearing of new
                 // subscribers while this one is dead and not yet replaced.
                 if let Some(other) = replica {
@@ -302,25 +240,8 @@ impl Cluster {
     /// Pushes the current route of each of `groups` (whose interest this node holds)
     /// to the nodes whose lease on it runs.
     pub(super) fn push_routes(&self, groups: impl IntoIterator<Item = String>) {
-        let now = Instant::now();
-        {
-            let mut routes = lock(&self.routes);
-            if routes.ahead() {
-                // A peer that followed newer assignments no longer tells this node of the
-                // buckets it is losing: cachers keep their routes until it catches up.
-                let leased: Vec<String> = groups
-                    .into_iter()
-                    .filter(|g| !routes.leases.cachers(now, g).is_empty())
-                    .collect();
-                routes.defer(leased);
-                return;
-            }
-        }
-        for group in groups {
-            let cachers = lock(&self.routes).leases.cachers(now, &group);
-            if cachers.is_empty() {
-                continue;
-            }
+        let pushes = lock(&self.routes).pushes(Instant::now(), groups);
+        for (group, cachers) in pushes {
             let nodes = self.held_route(&group, true);
             for node in cachers {
                 let update = Route::Update {

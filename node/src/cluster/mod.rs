@@ -37,7 +37,7 @@ pub mod session;
 pub mod tls;
 
 pub use acts::{ACT_TIMEOUT, ActError};
-pub use forward::Targets;
 pub use mesh::{Cluster, ClusterMetrics, HistoryInbox, Link, MeshDeps};
 pub use peers::MemberView;
+pub use routes::Targets;
 pub use rpc::{RpcInbox, RpcOutbox, RpcStream};

@@ -40,6 +40,50 @@ pub const MAX_LEASES: usize = 1_000_000;
 /// A group's nodes with subscribers and how many each has, sorted by node.
 pub type Nodes = Vec<(NodeId, u32)>;
 
+/// Where a publish to a group goes, as far as this node knows without asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// These peers (and counts), from the interest this node holds or a cached route.
+    Known(Nodes),
+    /// Every peer: the group's bucket moved moments ago (its new holders may not have
+    /// every node's interest yet) or no holder answered; the counts are what is known.
+    Everyone(Nodes),
+    /// Ask these holders, in order.
+    Ask(Vec<NodeId>),
+}
+
+impl Targets {
+    /// The nodes and counts known (none when a holder is still to be asked).
+    pub fn counts(&self) -> &[(NodeId, u32)] {
+        match self {
+            Targets::Known(nodes) | Targets::Everyone(nodes) => nodes,
+            Targets::Ask(_) => &[],
+        }
+    }
+
+    /// The nodes known, to add to (none when a holder is still to be asked).
+    pub fn nodes_mut(&mut self) -> Option<&mut Nodes> {
+        match self {
+            Targets::Known(nodes) | Targets::Everyone(nodes) => Some(nodes),
+            Targets::Ask(_) => None,
+        }
+    }
+}
+
+/// What a holder answers a lookup with, as far as routes go (the nodes are its held
+/// route, added by the driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Whether it has every connected peer's interest in the group's bucket: when not,
+    /// the asker sends to everyone and asks again next time.
+    pub settled: bool,
+    /// How long the asker may cache the route (zero: not at all).
+    pub lease: Duration,
+    /// The other holder, told of the lease so that it pushes updates too (the cacher
+    /// keeps hearing of new subscribers while this holder is dead and not yet replaced).
+    pub tell: Option<NodeId>,
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
     nodes: Nodes,
@@ -328,6 +372,91 @@ impl Routes {
             return Vec::new();
         }
         self.deferred.drain().collect()
+    }
+
+    /// Where a publish to `group` goes at `now` without asking anyone, or whom to ask;
+    /// `held` gives the peers with subscribers of a group this node holds. Also says
+    /// whether it is a held group whose route may miss subscribers (this node gained its
+    /// bucket before every peer's interest in it came: [`Routes::complete`]).
+    pub fn targets(
+        &self,
+        now: Instant,
+        group: &str,
+        held: impl FnOnce() -> Nodes,
+    ) -> (Targets, bool) {
+        let Some(holders) = self.holders.to_ask(group) else {
+            let incomplete = !self.complete(group);
+            let nodes = held();
+            return if incomplete || self.settling(now, group) {
+                (Targets::Everyone(nodes), incomplete)
+            } else {
+                (Targets::Known(nodes), false)
+            };
+        };
+        let me = self.holders.me;
+        let targets = match self.cache.get(now, group) {
+            Some(cached) => {
+                let nodes = cached.iter().copied().filter(|(n, _)| *n != me).collect();
+                if self.settling(now, group) {
+                    Targets::Everyone(nodes)
+                } else {
+                    Targets::Known(nodes)
+                }
+            }
+            None => Targets::Ask(holders),
+        };
+        (targets, false)
+    }
+
+    /// A holder's answer to `peer`'s lookup of `group` at `now` (a lease granted when
+    /// settled), or `None` when this node does not hold the group (the asker goes on to
+    /// the next holder).
+    pub fn grant(&mut self, now: Instant, group: &str, peer: NodeId) -> Option<Grant> {
+        if self.holders.to_ask(group).is_some() {
+            return None;
+        }
+        if !self.complete(group) {
+            // Some peer's interest in the moved bucket has not come yet.
+            return Some(Grant {
+                settled: false,
+                lease: Duration::ZERO,
+                tell: None,
+            });
+        }
+        let lease = self.leases.grant(now, group, peer);
+        let me = self.holders.me;
+        let tell = self
+            .holders
+            .of(group)
+            .and_then(|(owner, replica)| if owner == me { replica } else { Some(owner) })
+            .filter(|_| !lease.is_zero());
+        Some(Grant {
+            settled: true,
+            lease,
+            tell,
+        })
+    }
+
+    /// Of `groups` (held here, their interest changed), those to push to their cachers
+    /// now, each with the nodes whose lease on it runs at `now`. None while a peer is
+    /// ahead of this node ([`Routes::ahead`]): it no longer tells this node of the buckets
+    /// this node is losing, so cachers keep their routes until it catches up; the leased
+    /// groups are deferred ([`Routes::take_deferred`]).
+    pub fn pushes(
+        &mut self,
+        now: Instant,
+        groups: impl IntoIterator<Item = String>,
+    ) -> Vec<(String, Vec<NodeId>)> {
+        let leased = groups.into_iter().filter_map(|group| {
+            let cachers = self.leases.cachers(now, &group);
+            (!cachers.is_empty()).then_some((group, cachers))
+        });
+        if self.ahead() {
+            let deferred: Vec<String> = leased.map(|(group, _)| group).collect();
+            self.defer(deferred);
+            return Vec::new();
+        }
+        leased.collect()
     }
 
     /// Whether `group`'s bucket changed holders within [`MOVE_SETTLE`] of `now` (a

@@ -232,3 +232,151 @@ fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
     routes.forget_peer(2);
     assert_eq!(routes.take_deferred(), vec![held.clone()]);
 }
+
+/// Node 1's routes in a cluster of four whose assignments it followed at `t0`, every
+/// peer's full sync in.
+fn formed(t0: Instant) -> Routes {
+    let four = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
+    let mut map = Assignments::default();
+    map.apply(&map.plan(&four, |_| true), 7);
+    let mut routes = Routes::new(1);
+    routes.follow(t0, &map).expect("new assignments");
+    for peer in [2, 3, 4] {
+        routes.connected(peer);
+        routes.followed(peer, 7);
+    }
+    routes
+}
+
+fn a_group(routes: &Routes, held: bool) -> String {
+    (0..2000)
+        .map(|i| format!("user_{i}"))
+        .find(|g| routes.holders.mine(g) == held)
+        .expect("a group")
+}
+
+#[test]
+fn a_publish_goes_to_the_held_route_the_cached_one_or_asks_and_to_everyone_while_a_bucket_settles()
+{
+    let t0 = Instant::now();
+    let mut routes = formed(t0);
+    let settled = t0 + MOVE_SETTLE;
+    let held = a_group(&routes, true);
+    let other = a_group(&routes, false);
+    let route = || nodes(&[(2, 1), (4, 3)]);
+    // A group this node holds: its own route, to everyone while its bucket just moved.
+    assert_eq!(
+        routes.targets(t0, &held, route),
+        (Targets::Everyone(route()), false)
+    );
+    assert_eq!(
+        routes.targets(settled, &held, route),
+        (Targets::Known(route()), false)
+    );
+    // Held, but a peer's full sync has not come since the move: everyone, said incomplete.
+    routes.connected(3);
+    assert_eq!(
+        routes.targets(settled, &held, route),
+        (Targets::Everyone(route()), true)
+    );
+    routes.followed(3, 7);
+    // A group held elsewhere: ask its holders in order, then use the cached answer
+    // (without this node), to everyone while the bucket settles.
+    let (owner, replica) = routes.holders.of(&other).expect("assigned");
+    let asked = routes.targets(settled, &other, || panic!("not held here"));
+    assert_eq!(
+        asked,
+        (
+            Targets::Ask(vec![owner, replica.expect("a replica")]),
+            false
+        )
+    );
+    routes
+        .cache
+        .put(settled, &other, nodes(&[(1, 2), (3, 1)]), ROUTE_LEASE);
+    let known = routes.targets(settled, &other, || panic!("not held here"));
+    assert_eq!(known, (Targets::Known(nodes(&[(3, 1)])), false));
+    routes.cache.put(t0, &other, nodes(&[(3, 1)]), ROUTE_LEASE);
+    assert_eq!(
+        routes.targets(t0, &other, || panic!("not held here")).0,
+        Targets::Everyone(nodes(&[(3, 1)]))
+    );
+    // The lease runs out: ask again.
+    let later = settled + ROUTE_LEASE;
+    assert!(matches!(
+        routes.targets(later, &other, || panic!("not held")).0,
+        Targets::Ask(_)
+    ));
+}
+
+#[test]
+fn a_holder_leases_a_settled_route_and_names_the_other_holder_and_leases_nothing_unsettled() {
+    let t0 = Instant::now();
+    let mut routes = formed(t0);
+    let held = a_group(&routes, true);
+    let other = a_group(&routes, false);
+    assert_eq!(
+        routes.grant(t0, &other, 2),
+        None,
+        "not a holder: the asker asks the next"
+    );
+    let (owner, replica) = routes.holders.of(&held).expect("assigned");
+    let partner = if owner == 1 { replica } else { Some(owner) };
+    assert!(partner.is_some_and(|p| p != 1));
+    let grant = routes.grant(t0, &held, 2).expect("a holder answers");
+    assert_eq!(
+        grant,
+        Grant {
+            settled: true,
+            lease: ROUTE_LEASE,
+            tell: partner,
+        }
+    );
+    assert_eq!(routes.leases.cachers(t0, &held), vec![2]);
+    // A peer's interest since the move has not come: an answer, no lease, nobody told.
+    routes.connected(4);
+    let unsettled = routes.grant(t0, &held, 3).expect("a holder answers");
+    assert_eq!(
+        unsettled,
+        Grant {
+            settled: false,
+            lease: Duration::ZERO,
+            tell: None,
+        }
+    );
+    assert_eq!(
+        routes.leases.cachers(t0, &held),
+        vec![2],
+        "no lease for node 3"
+    );
+}
+
+#[test]
+fn changed_routes_go_to_their_cachers_and_wait_while_a_peer_is_ahead() {
+    let t0 = Instant::now();
+    let mut routes = formed(t0);
+    let held = a_group(&routes, true);
+    let unleased = (0..2000)
+        .map(|i| format!("user_{i}"))
+        .find(|g| routes.holders.mine(g) && *g != held)
+        .expect("another held group");
+    routes.grant(t0, &held, 2).expect("leased to node 2");
+    routes.grant(t0, &held, 3).expect("leased to node 3");
+    let changed = || vec![held.clone(), unleased.clone()];
+    assert_eq!(
+        routes.pushes(t0, changed()),
+        vec![(held.clone(), vec![2, 3])]
+    );
+    // Node 4 follows newer assignments: nothing is pushed, the leased group waits.
+    routes.followed(4, 8);
+    assert!(routes.pushes(t0, changed()).is_empty());
+    assert!(routes.take_deferred().is_empty(), "still ahead");
+    routes.forget_peer(4);
+    assert_eq!(routes.take_deferred(), vec![held.clone()]);
+    // Leases run out: nobody to tell.
+    assert!(
+        routes
+            .pushes(t0 + ROUTE_LEASE + LEASE_MARGIN, changed())
+            .is_empty()
+    );
+}
