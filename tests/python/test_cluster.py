@@ -4,10 +4,11 @@ each, redis-cli on any node reaches all; one node SIGKILLed, the rest keep deliv
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 
-from conftest import BIN as BIN_PATH, CLUSTER_SECRET, mint, up_members, wait_until
+from conftest import BIN as BIN_PATH, CLUSTER_SECRET, free_port, mint, up_members, wait_until
 from wsclient import connect, recv
 
 def cli_publish(node, group, payload):
@@ -179,6 +180,34 @@ def test_a_duplicate_node_id_backs_off_and_both_sides_say_why(start_cluster, sta
     assert dials <= 4, dials
     # The member it impersonates keeps its session.
     assert up_members(a) == [1, 2] and up_members(b) == [1, 2]
+
+
+def test_a_member_back_on_another_peer_address_is_no_longer_dialed_at_the_old_one(start_node, start_cluster):
+    """A node restarted on its data dir with another --peer-listen rejoins as the same
+    member, and the dialer of its old address stops (said once) instead of dialing a dead
+    address for ever."""
+    a, b, c = start_cluster(3)
+    old = c.peer_addr
+    c.proc.send_signal(signal.SIGKILL)
+    c.proc.wait(timeout=10)
+    for n in (a, b):
+        wait_until(lambda n=n: up_members(n) == [1, 2], timeout=15, what="node 3 down")
+    since = {n: len(n.records) for n in (a, b)}
+    new = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    again = start_node("--node-id", "3", "--seeds", a.peer_addr, "--cluster-secret", CLUSTER_SECRET,
+                       "--node-timeout-ms", "2000", "--peer-listen", new, "--data-dir", c.dir)
+    for n in (a, b, again):
+        wait_until(lambda n=n: up_members(n) == [1, 2, 3], timeout=15, what="node 3 back, at its new address")
+    assert [m["addresses"]["peer"] for m in a.cli("members")["members"] if m["id"] == 3] == [new]
+
+    def stopped(n):
+        return [r["fields"] for r in n.records[since[n]:]
+                if str(r["fields"].get("message")).startswith("no longer dialing this address")]
+
+    # Node 2 dials node 3 (of two nodes the lower id dials, and node 1 was dialed by it).
+    wait_until(lambda: stopped(b), timeout=15, what="node 2's dialer of the old address stopped")
+    assert [f["addr"] for f in stopped(b)] == [old], stopped(b)
+    assert all(f["addr"] == old for f in stopped(a)), stopped(a)
 
 
 def test_a_node_down_two_minutes_costs_each_survivor_a_handful_of_lines(start_node, start_cluster):

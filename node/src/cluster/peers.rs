@@ -15,7 +15,7 @@
 //! session (they are down: the driver forgets their interest), the others get a
 //! heartbeat.
 //!
-//! [`PeerTable::in_majority`] is what readiness needs; [`PeerTable::should_dial`] and
+//! [`PeerTable::in_majority`] is what readiness needs; [`PeerTable::dial`] and
 //! [`PeerTable::should_dial_peer`] what the dialers need.
 
 use std::collections::HashMap;
@@ -82,6 +82,18 @@ struct Peer<S> {
     /// Its load, from its last heartbeat: (connections, groups).
     load: (u64, u64),
     session: Option<Session<S>>,
+}
+
+/// What a dialer of an address should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dial {
+    /// Dial it: no live session has this address.
+    Now,
+    /// A live session has it: look again later.
+    Wait,
+    /// The member it was dialed for is up at another address now (it restarted with a
+    /// new `--peer-advertise`), and no member has this one: stop dialing it.
+    Stop,
 }
 
 /// What to do with a new session.
@@ -265,12 +277,24 @@ impl<S: Link> PeerTable<S> {
         self.link(peer).is_some()
     }
 
-    /// Whether a dialer for `addr` should dial now: no live session has that address.
-    pub fn should_dial(&self, addr: &str) -> bool {
-        !self
-            .peers
-            .values()
-            .any(|p| p.addrs.peer == addr && p.session.is_some())
+    /// What a dialer of `addr` should do now; `member` is the node it was dialed for,
+    /// as a peer or the Raft log named it (none for a seed: a seed is dialed whatever
+    /// happens, the operator named it).
+    pub fn dial(&self, addr: &str, member: Option<NodeId>) -> Dial {
+        let mut holders = self.peers.values().filter(|p| p.addrs.peer == addr);
+        if holders.clone().any(|p| p.session.is_some()) {
+            return Dial::Wait;
+        }
+        // Up at another address: that one is its address now. (Down, the address it was
+        // last known at may be the stale one: a peer may name its new one first.)
+        let moved = member
+            .and_then(|id| self.peers.get(&id))
+            .is_some_and(|p| p.session.is_some() && p.addrs.peer != addr);
+        if moved && holders.next().is_none() {
+            Dial::Stop
+        } else {
+            Dial::Now
+        }
     }
 
     /// Whether this node should dial `peer`, learnt from another's member list: of two
@@ -514,16 +538,59 @@ mod tests {
     fn dialing_rules() {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
-        assert!(table.should_dial("127.0.0.1:7003"));
+        assert_eq!(table.dial("127.0.0.1:7003", Some(3)), Dial::Now);
         assert!(table.should_dial_peer(3), "the lower id dials");
         assert!(!table.should_dial_peer(1), "the higher waits to be dialed");
         table.on_session(t0, 3, (addrs(7003), 0, 0), 2, link("three"));
-        assert!(!table.should_dial("127.0.0.1:7003"), "connected");
+        assert_eq!(table.dial("127.0.0.1:7003", None), Dial::Wait, "connected");
         assert!(!table.should_dial_peer(3), "connected");
         assert_eq!(table.known(), vec![(3, "127.0.0.1:7003".to_string())]);
         assert_eq!(
             table.last_seen(t0 + Duration::from_secs(1), 3),
             Some(Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn a_member_back_on_another_address_is_no_longer_dialed_at_the_old_one() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(1, TIMEOUT, false);
+        let old = "127.0.0.1:7003";
+        let three = link("three");
+        table.on_session(t0, 3, (addrs(7003), 0, 0), 1, three.clone());
+        three.open.set(false);
+        table.tick(t0 + TIMEOUT);
+        assert_eq!(
+            table.dial(old, Some(3)),
+            Dial::Now,
+            "down, not moved: dial on"
+        );
+        let new = "127.0.0.1:7013";
+        assert_eq!(
+            table.dial(new, Some(3)),
+            Dial::Now,
+            "its new address, named by a peer before it connected here: dial"
+        );
+        // Node 3 comes back on another port.
+        table.on_session(t0 + TIMEOUT, 3, (addrs(7013), 0, 1), 3, link("three again"));
+        assert_eq!(table.dial(old, Some(3)), Dial::Stop);
+        assert_eq!(
+            table.dial(old, None),
+            Dial::Now,
+            "a seed is dialed regardless"
+        );
+        assert_eq!(table.dial(new, Some(3)), Dial::Wait);
+        assert_eq!(
+            table.dial("127.0.0.1:7004", Some(4)),
+            Dial::Now,
+            "never heard of: dial"
+        );
+        // Node 4 starts on the old address: dialing it makes sense again.
+        let four = link("four");
+        table.on_session(t0 + TIMEOUT, 4, (addrs(7003), 0, 0), 1, four.clone());
+        assert_eq!(table.dial(old, Some(3)), Dial::Wait);
+        four.open.set(false);
+        table.tick(t0 + TIMEOUT * 3);
+        assert_eq!(table.dial(old, Some(3)), Dial::Now, "node 4's, down");
     }
 }

@@ -36,7 +36,7 @@ pub use link::{FORWARD_OVERHEAD, Link, PEER_QUEUE, PEER_QUEUE_BYTES};
 pub use rows::ClusterMetrics;
 
 use super::dial::{DialBackoff, DialOutcome};
-use super::peers::{MemberView, PeerTable};
+use super::peers::{Dial, MemberView, PeerTable};
 use super::pending::{Acts, Hints, Listings, Lookups};
 use super::routes::{Holders, Routes};
 use super::rpc::RpcInbox;
@@ -190,10 +190,13 @@ impl Cluster {
 
     /// Starts accepting peers, dialing the seeds and `remembered` (members known from
     /// the Raft log), gossiping and heartbeating.
-    pub fn start(self: &Arc<Self>, remembered: Vec<String>) {
+    pub fn start(self: &Arc<Self>, remembered: Vec<(NodeId, String)>) {
         tokio::spawn(self.clone().accept_loop());
-        for addr in self.seeds.iter().cloned().chain(remembered) {
-            self.dial(addr);
+        for addr in self.seeds.clone() {
+            self.dial(addr, None);
+        }
+        for (member, addr) in remembered {
+            self.dial(addr, Some(member));
         }
         tokio::spawn(self.clone().gossip_loop());
         tokio::spawn(self.clone().heartbeat_loop());
@@ -374,10 +377,12 @@ impl Cluster {
         told
     }
 
-    /// Keeps dialing `addr` until the node drains or stops; while a live session has that
-    /// address it only checks back every heartbeat. Delays grow while the address is
-    /// unreachable (to 2 s) and more after refusals (to 30 s, see `peers::DialBackoff`).
-    fn dial(self: &Arc<Self>, addr: String) {
+    /// Keeps dialing `addr` until the node drains or stops, or the member it was dialed
+    /// for (`member`; none for a seed) has another address now (see `PeerTable::dial`);
+    /// while a live session has that address it only checks back every heartbeat. Delays
+    /// grow while the address is unreachable (to 2 s) and more after refusals (to 30 s,
+    /// see `peers::DialBackoff`).
+    fn dial(self: &Arc<Self>, addr: String, member: Option<NodeId>) {
         if !lock(&self.dialing).insert(addr.clone()) {
             return;
         }
@@ -394,11 +399,19 @@ impl Cluster {
                 if life.shutdown_token().is_cancelled() || life.drain_token().is_cancelled() {
                     break;
                 }
-                if !lock(&cluster.table).should_dial(&addr) {
-                    // It dialed this node instead (a restarted node dials those it knew).
-                    answers(&mut backoff);
-                    tokio::time::sleep(HEARTBEAT).await;
-                    continue;
+                let dial = lock(&cluster.table).dial(&addr, member);
+                match dial {
+                    Dial::Wait => {
+                        // It dialed this node instead (a restarted node dials those it knew).
+                        answers(&mut backoff);
+                        tokio::time::sleep(HEARTBEAT).await;
+                        continue;
+                    }
+                    Dial::Stop => {
+                        info!(%addr, peer = member, "no longer dialing this address: the member is up at another");
+                        break;
+                    }
+                    Dial::Now => {}
                 }
                 let (outcome, reason) = match cluster.connect(&addr).await {
                     Ok(conn) => {

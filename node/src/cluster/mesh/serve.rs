@@ -185,7 +185,7 @@ impl Cluster {
                     for (id, addr) in list {
                         let dial = id != self.node && lock(&self.table).should_dial_peer(id);
                         if dial {
-                            self.dial(addr);
+                            self.dial(addr, Some(id));
                         }
                     }
                 }

@@ -170,8 +170,8 @@ impl std::fmt::Debug for Consensus {
 }
 
 impl Consensus {
-    /// Opens the store and starts the Raft node. Returns it with the peer addresses of
-    /// the other members the log knows, for the mesh to dial (a restarted node finds its
+    /// Opens the store and starts the Raft node. Returns it with the other members the
+    /// log knows and their peer addresses, for the mesh to dial (a restarted node finds its
     /// cluster even without seeds).
     pub async fn start(
         settings: RaftSettings,
@@ -179,7 +179,7 @@ impl Consensus {
         replica: Arc<SharedReplica>,
         queue: Arc<PresenceQueue>,
         lifecycle: Arc<Lifecycle>,
-    ) -> anyhow::Result<(Arc<Consensus>, Vec<String>)> {
+    ) -> anyhow::Result<(Arc<Consensus>, Vec<(NodeId, String)>)> {
         let dir = match settings.group {
             CONTROL => settings.data_dir.join("raft"),
             group => settings
@@ -240,7 +240,7 @@ impl Consensus {
         let known = membership
             .nodes()
             .filter(|(id, _)| **id != me)
-            .map(|(_, n)| n.addr.clone())
+            .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
         // Alone in the membership: become leader before serving, so that a single node is
         // ready as soon as it starts.
