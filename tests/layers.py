@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*`([a-z_][a-z0-9_]*)`\s*\|")
-PATH = re.compile(r"\bcrate::(\{[^}]*\}|[a-z_][a-z0-9_]*)")
+PATH = re.compile(r"\bcrate::(?=[{a-z_])")
 EXEMPT = {"lib", "main"}
 
 
@@ -36,8 +36,12 @@ def layers(root: Path) -> list[tuple[int, str]]:
     return rows
 
 
+USE = re.compile(r"^\s*(?:pub(?:\([a-z:]+\))?\s+)?use\b")
+
+
 def code(text: str) -> str:
-    """The text without comments (line comments and the trailing part of a line)."""
+    """The text without comments (line comments and the trailing part of a line), each
+    `use` statement on one line (its first; the lines it spanned left empty)."""
     out = []
     for line in text.splitlines():
         stripped = line.lstrip()
@@ -46,7 +50,19 @@ def code(text: str) -> str:
             continue
         at = line.find(" //")
         out.append(line if at < 0 else line[:at])
-    return "\n".join(out)
+    joined = []
+    open_use = None  # the index of a `use` line not ended yet
+    for line in out:
+        if open_use is not None:
+            joined[open_use] += " " + line.strip()
+            joined.append("")
+            if ";" in line:
+                open_use = None
+            continue
+        joined.append(line)
+        if USE.match(line) and ";" not in line:
+            open_use = len(joined) - 1
+    return "\n".join(joined)
 
 
 def imports(files: list[Path]) -> dict[str, list[str]]:
@@ -55,18 +71,37 @@ def imports(files: list[Path]) -> dict[str, list[str]]:
     for f in files:
         for n, line in enumerate(code(f.read_text()).splitlines(), 1):
             for m in PATH.finditer(line):
-                target = m.group(1)
-                names = (
-                    [part.strip().split("::")[0] for part in target[1:-1].split(",")]
-                    if target.startswith("{")
-                    else [target]
-                )
-                for name in filter(None, names):
-                    found.setdefault(name, []).append(f"{f}:{n}")
+                for name in items(line, m.end()):
+                    if name != "self" and not name[0].isupper():
+                        found.setdefault(name, []).append(f"{f}:{n}")
     return found
 
 
-SCOPED = re.compile(r"\b((?:crate|super|self)(?:::(?:super|[a-z_][a-z0-9_]*))*)::(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+SCOPED = re.compile(r"\b((?:crate|super|self)(?:::(?:super|[a-z_][a-z0-9_]*))*)::(?=[{A-Za-z_])")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def items(text: str, at: int) -> list[str]:
+    """What a path names from `at`: one name, or the first name of each item of a
+    `{...}` group (nested groups kept whole, `self` as itself)."""
+    if text[at] != "{":
+        m = NAME.match(text, at)
+        return [m.group(0)] if m else []
+    depth, start, found = 0, at + 1, []
+    for i in range(at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+        if (text[i] == "," and depth == 1) or depth == 0:
+            item = text[start:i].strip()
+            m = NAME.match(item)
+            if m:
+                found.append(m.group(0))
+            start = i + 1
+        if depth == 0:
+            break
+    return found
 CHILD = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;")
 INLINE = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*\{")
 
@@ -86,7 +121,7 @@ def file_edges(src: Path, files: list[Path]) -> dict[tuple[str, ...], dict[tuple
         lines = code(f.read_text()).splitlines()
         children = {m.group(1) for line in lines if (m := CHILD.match(line))}
         bare = re.compile(r"(?<![\w:])(" + "|".join(sorted(children)) + r")::") if children else None
-        inline: list[tuple[str, int]] = []  # (name, brace depth it opened at)
+        inline: list[tuple[str, int, bool]] = []  # (name, brace depth it opened at, a test module)
         depth = 0
 
         def add(path: list[str], n: int) -> None:
@@ -100,13 +135,14 @@ def file_edges(src: Path, files: list[Path]) -> dict[tuple[str, ...], dict[tuple
                     return
 
         for n, line in enumerate(lines, 1):
-            scope = list(here) + [name for name, _ in inline]
+            scope = list(here) + [name for name, _, _ in inline]
             tested = n > 1 and lines[n - 2].strip() == "#[cfg(test)]"
-            if (m := CHILD.match(line)) and not tested:
-                add(list(scope) + [m.group(1)], n)  # a module holds what it declares
             if m := INLINE.match(line):
-                inline.append((m.group(1), depth))
-            for m in SCOPED.finditer(line):
+                inline.append((m.group(1), depth, tested))
+            in_tests = any(test for _, _, test in inline)
+            if (m := CHILD.match(line)) and not tested and not in_tests:
+                add(list(scope) + [m.group(1)], n)  # a module holds what it declares
+            for m in SCOPED.finditer(line) if not in_tests else ():
                 head = m.group(1).split("::")
                 base = [] if head[0] == "crate" else list(scope)
                 for part in head[1 if head[0] == "crate" else 0:]:
@@ -114,14 +150,9 @@ def file_edges(src: Path, files: list[Path]) -> dict[tuple[str, ...], dict[tuple
                         base = base[:-1]
                     elif part != "self":
                         base.append(part)
-                tail = m.group(2)
-                for item in tail[1:-1].split(",") if tail.startswith("{") else [tail]:
-                    item = item.strip()
-                    if item and item != "self":
-                        add(base + item.split("::")[0:1], n)
-                    elif item == "self":
-                        add(base, n)
-            if bare:
+                for item in items(line, m.end()):
+                    add(base if item == "self" else base + [item], n)
+            if bare and not in_tests:
                 for m in bare.finditer(line):
                     add(list(scope) + [m.group(1)], n)
             depth += line.count("{") - line.count("}")

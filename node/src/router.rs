@@ -24,12 +24,13 @@ use crate::history::{HistoryError, Recovery};
 use crate::hub::{Encoded, Hub, SLOW_CONSUMER_PATIENCE};
 use crate::metrics::Metrics;
 
-/// A recovery the group's owner could not answer is asked again after this long...
+/// A recovery the group's owner could not answer is asked again after this long, for at
+/// most [`PATIENCE_NODE_TIMEOUTS`].
 pub const RECOVERY_RETRY: Duration = Duration::from_millis(250);
-/// ...and a history publish refused for now as [`crate::history::retry`] says (50 ms,
-/// doubling up to 500 ms)...
-/// ...both for at most this many node timeouts (15 s by default): a dead owner is
-/// replaced within one node timeout plus a commit (plus an election if it led Raft).
+/// How many node timeouts (15 s by default) a recovery, and a history publish refused
+/// for now (asked again as [`crate::history::retry`] says: 50 ms doubling to 500 ms),
+/// are tried for: a dead owner is replaced within one node timeout plus a commit (plus
+/// an election if it led Raft).
 pub const PATIENCE_NODE_TIMEOUTS: u32 = 3;
 
 /// Where a publish went: connections routed to, and the position in a history group.

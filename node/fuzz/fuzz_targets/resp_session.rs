@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     let chunk = usize::from(mode >> 1).max(1);
     for piece in bytes.chunks(chunk) {
         buf.extend_from_slice(piece);
-        conn.handle_read(now);
+        conn.reading(now);
         while let Poll::Command(args) = conn.poll_command(&mut buf, session.version()) {
             let (reply, next) = runtime.block_on(session.handle(args, &Nobody));
             let auth = Auth {

@@ -91,7 +91,7 @@ pub enum Dial {
     Now,
     /// A live session has it: look again later.
     Wait,
-    /// The member it was dialed for is up at another address now (it restarted with a
+    /// Every member it was dialed for is up at another address now (one restarted with a
     /// new `--peer-advertise`), and no member has this one: stop dialing it.
     Stop,
 }
@@ -277,20 +277,22 @@ impl<S: Link> PeerTable<S> {
         self.link(peer).is_some()
     }
 
-    /// What a dialer of `addr` should do now; `member` is the node it was dialed for,
-    /// as a peer or the Raft log named it (none for a seed: a seed is dialed whatever
-    /// happens, the operator named it).
-    pub fn dial(&self, addr: &str, member: Option<NodeId>) -> Dial {
+    /// What a dialer of `addr` should do now; `members` are the nodes it was asked to
+    /// dial there, as a peer or the Raft log named them (`None` for a seed: a seed is
+    /// dialed whatever happens, the operator named it).
+    pub fn dial(&self, addr: &str, members: &[Option<NodeId>]) -> Dial {
         let mut holders = self.peers.values().filter(|p| p.addrs.peer == addr);
         if holders.clone().any(|p| p.session.is_some()) {
             return Dial::Wait;
         }
         // Up at another address: that one is its address now. (Down, the address it was
         // last known at may be the stale one: a peer may name its new one first.)
-        let moved = member
-            .and_then(|id| self.peers.get(&id))
-            .is_some_and(|p| p.session.is_some() && p.addrs.peer != addr);
-        if moved && holders.next().is_none() {
+        let moved = |member: &Option<NodeId>| {
+            member
+                .and_then(|id| self.peers.get(&id))
+                .is_some_and(|p| p.session.is_some() && p.addrs.peer != addr)
+        };
+        if !members.is_empty() && members.iter().all(moved) && holders.next().is_none() {
             Dial::Stop
         } else {
             Dial::Now
@@ -538,11 +540,15 @@ mod tests {
     fn dialing_rules() {
         let t0 = Instant::now();
         let mut table = PeerTable::new(2, TIMEOUT, false);
-        assert_eq!(table.dial("127.0.0.1:7003", Some(3)), Dial::Now);
+        assert_eq!(table.dial("127.0.0.1:7003", &[Some(3)]), Dial::Now);
         assert!(table.should_dial_peer(3), "the lower id dials");
         assert!(!table.should_dial_peer(1), "the higher waits to be dialed");
         table.on_session(t0, 3, (addrs(7003), 0, 0), 2, link("three"));
-        assert_eq!(table.dial("127.0.0.1:7003", None), Dial::Wait, "connected");
+        assert_eq!(
+            table.dial("127.0.0.1:7003", &[None]),
+            Dial::Wait,
+            "connected"
+        );
         assert!(!table.should_dial_peer(3), "connected");
         assert_eq!(table.known(), vec![(3, "127.0.0.1:7003".to_string())]);
         assert_eq!(
@@ -561,36 +567,41 @@ mod tests {
         three.open.set(false);
         table.tick(t0 + TIMEOUT);
         assert_eq!(
-            table.dial(old, Some(3)),
+            table.dial(old, &[Some(3)]),
             Dial::Now,
             "down, not moved: dial on"
         );
         let new = "127.0.0.1:7013";
         assert_eq!(
-            table.dial(new, Some(3)),
+            table.dial(new, &[Some(3)]),
             Dial::Now,
             "its new address, named by a peer before it connected here: dial"
         );
         // Node 3 comes back on another port.
         table.on_session(t0 + TIMEOUT, 3, (addrs(7013), 0, 1), 3, link("three again"));
-        assert_eq!(table.dial(old, Some(3)), Dial::Stop);
+        assert_eq!(table.dial(old, &[Some(3)]), Dial::Stop);
         assert_eq!(
-            table.dial(old, None),
+            table.dial(old, &[Some(3), Some(4)]),
+            Dial::Now,
+            "also asked for node 4, not heard of yet: dial"
+        );
+        assert_eq!(
+            table.dial(old, &[None]),
             Dial::Now,
             "a seed is dialed regardless"
         );
-        assert_eq!(table.dial(new, Some(3)), Dial::Wait);
+        assert_eq!(table.dial(new, &[Some(3)]), Dial::Wait);
         assert_eq!(
-            table.dial("127.0.0.1:7004", Some(4)),
+            table.dial("127.0.0.1:7004", &[Some(4)]),
             Dial::Now,
             "never heard of: dial"
         );
         // Node 4 starts on the old address: dialing it makes sense again.
         let four = link("four");
         table.on_session(t0 + TIMEOUT, 4, (addrs(7003), 0, 0), 1, four.clone());
-        assert_eq!(table.dial(old, Some(3)), Dial::Wait);
+        assert_eq!(table.dial(old, &[Some(3)]), Dial::Wait);
         four.open.set(false);
         table.tick(t0 + TIMEOUT * 3);
-        assert_eq!(table.dial(old, Some(3)), Dial::Now, "node 4's, down");
+        assert_eq!(table.dial(old, &[Some(3)]), Dial::Now, "node 4's, down");
     }
 }

@@ -21,7 +21,7 @@ mod link;
 mod rows;
 mod serve;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -101,7 +101,9 @@ pub struct Cluster {
     ended_rx: AtomicU64,
     ended_tx: AtomicU64,
     /// Addresses with a dial loop running.
-    dialing: Mutex<HashSet<String>>,
+    /// Each address being dialed, with the members it was asked for there (`None`: a
+    /// seed); one dialer per address.
+    dialing: Mutex<HashMap<String, Vec<Option<NodeId>>>>,
     /// Refused connections, told once per source per interval.
     refusals: Mutex<crate::cluster::refusals::Refusals>,
     pub(super) deps: MeshDeps,
@@ -168,7 +170,7 @@ impl Cluster {
             next_id: AtomicU64::new(1),
             ended_rx: AtomicU64::new(0),
             ended_tx: AtomicU64::new(0),
-            dialing: Mutex::new(HashSet::new()),
+            dialing: Mutex::new(HashMap::new()),
             refusals: Mutex::new(Default::default()),
             deps,
             metrics: ClusterMetrics::default(),
@@ -377,14 +379,22 @@ impl Cluster {
         told
     }
 
-    /// Keeps dialing `addr` until the node drains or stops, or the member it was dialed
-    /// for (`member`; none for a seed) has another address now (see `PeerTable::dial`);
+    /// Keeps dialing `addr` until the node drains or stops, or every member it was asked
+    /// for there (`member`, and any asked later; none for a seed) is up at another
+    /// address (see `PeerTable::dial`);
     /// while a live session has that address it only checks back every heartbeat. Delays
     /// grow while the address is unreachable (to 2 s) and more after refusals (to 30 s,
     /// see `peers::DialBackoff`).
     fn dial(self: &Arc<Self>, addr: String, member: Option<NodeId>) {
-        if !lock(&self.dialing).insert(addr.clone()) {
-            return;
+        {
+            let mut dialing = lock(&self.dialing);
+            if let Some(members) = dialing.get_mut(&addr) {
+                if !members.contains(&member) {
+                    members.push(member); // the dialer there dials for it too
+                }
+                return;
+            }
+            dialing.insert(addr.clone(), vec![member]);
         }
         let cluster = self.clone();
         tokio::spawn(async move {
@@ -399,7 +409,17 @@ impl Cluster {
                 if life.shutdown_token().is_cancelled() || life.drain_token().is_cancelled() {
                     break;
                 }
-                let dial = lock(&cluster.table).dial(&addr, member);
+                // Decided and, on a stop, forgotten under the dialers' lock: a member
+                // asked for this address meanwhile is not lost.
+                let dial = {
+                    let mut dialing = lock(&cluster.dialing);
+                    let members = dialing.get(&addr).cloned().unwrap_or_default();
+                    let dial = lock(&cluster.table).dial(&addr, &members);
+                    if dial == Dial::Stop {
+                        dialing.remove(&addr);
+                    }
+                    dial
+                };
                 match dial {
                     Dial::Wait => {
                         // It dialed this node instead (a restarted node dials those it knew).
@@ -408,8 +428,8 @@ impl Cluster {
                         continue;
                     }
                     Dial::Stop => {
-                        info!(%addr, peer = member, "no longer dialing this address: the member is up at another");
-                        break;
+                        info!(%addr, "no longer dialing this address: the member is up at another");
+                        return;
                     }
                     Dial::Now => {}
                 }

@@ -5,8 +5,9 @@
 //! failed `AUTH` or too many of them, or making room for a newer unauthenticated
 //! connection write and how the connection then closes.
 //!
-//! Call order, as quinn-proto's `Connection`: the driver (`super::run`) reads into its
-//! buffer and calls [`Connection::handle_read`], takes each command from
+//! Call order, as quinn-proto's `Connection`: the driver (`super::run`) calls
+//! [`Connection::reading`] each time it reads again, reads into its buffer, takes each
+//! command from
 //! [`Connection::poll_command`], has the session answer it and hands the answer to
 //! [`Connection::handle_reply`] (then, for a failed `AUTH`, the address's throttle wait
 //! to [`Connection::throttle`]); it writes [`Connection::transmit`], closes as
@@ -163,8 +164,10 @@ impl Connection {
         self.auth.authenticated
     }
 
-    /// Bytes arrived at `now`: the idle timeout starts again.
-    pub fn handle_read(&mut self, now: Instant) {
+    /// The driver reads again at `now`, every reply of the last read written and any
+    /// throttle wait over: the idle timeout runs from here (a command that took long,
+    /// a history publish retrying, say, does not count as silence).
+    pub fn reading(&mut self, now: Instant) {
         self.idle_deadline = self.bounds.idle_timeout.map(|t| now + t);
     }
 

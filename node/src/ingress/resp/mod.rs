@@ -171,6 +171,7 @@ async fn run(
         == tokio::runtime::RuntimeFlavor::MultiThread;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     loop {
+        conn.reading(Instant::now());
         input.reserve(READ_CHUNK);
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -179,7 +180,6 @@ async fn run(
                 if n? == 0 {
                     return Ok(());
                 }
-                conn.handle_read(Instant::now());
             }
             _ = sleep_until(conn.poll_timeout()) => conn.handle_timeout(Instant::now(), session.version()),
         }

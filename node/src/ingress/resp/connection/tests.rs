@@ -194,15 +194,18 @@ fn an_unauthenticated_connection_is_closed_at_its_auth_deadline_and_reset_starts
 }
 
 #[test]
-fn a_silent_authenticated_connection_is_closed_at_its_idle_timeout_counted_from_its_last_read() {
+fn a_silent_authenticated_connection_is_closed_at_its_idle_timeout_counted_from_when_it_is_read_again()
+ {
     let now = Instant::now();
     let idle = Duration::from_secs(30);
     let mut conn = Connection::new(now, true, bounds(Some(idle)), Arc::new(Metrics::default()));
     assert_eq!(conn.poll_timeout(), Some(now + idle));
-    let read = now + Duration::from_secs(20);
-    conn.handle_read(read);
+    // A read at 20 s whose command took 15 s (a history publish retrying): silence
+    // counts from when the connection is read again.
+    let read = now + Duration::from_secs(35);
+    conn.reading(read);
     conn.handle_timeout(now + idle, Version::Resp2);
-    assert!(conn.closing().is_none(), "it spoke since");
+    assert!(conn.closing().is_none(), "busy, not silent");
     conn.handle_timeout(read + idle, Version::Resp2);
     assert_eq!(conn.closing(), Some(Close::Now));
     assert!(conn.transmit().is_none(), "closed without a word");
