@@ -86,6 +86,19 @@ impl ClientOp {
             | ClientOp::Refresh { id, .. } => *id,
         }
     }
+
+    /// The correlation id, to fill in (a client numbering its requests).
+    pub fn id_mut(&mut self) -> &mut Option<u64> {
+        match self {
+            ClientOp::Subscribe { id, .. }
+            | ClientOp::Unsubscribe { id, .. }
+            | ClientOp::Presence { id, .. }
+            | ClientOp::PresenceSubscribe { id, .. }
+            | ClientOp::PresenceUnsubscribe { id, .. }
+            | ClientOp::Ping { id }
+            | ClientOp::Refresh { id, .. } => id,
+        }
+    }
 }
 
 /// A message's position in its group's history (`?positions=1` connections see it).

@@ -323,7 +323,7 @@ impl Connection {
             Some(id) => id,
             None => {
                 let id = self.next_id;
-                *id_slot(&mut op) = Some(id);
+                *op.id_mut() = Some(id);
                 id
             }
         };
@@ -431,18 +431,6 @@ fn parse_reply(frame: &Incoming) -> Option<ServerReply> {
     match frame {
         Incoming::Text(text) => serde_json::from_str(text).ok(),
         _ => None,
-    }
-}
-
-fn id_slot(op: &mut ClientOp) -> &mut Option<u64> {
-    match op {
-        ClientOp::Subscribe { id, .. }
-        | ClientOp::Unsubscribe { id, .. }
-        | ClientOp::Presence { id, .. }
-        | ClientOp::PresenceSubscribe { id, .. }
-        | ClientOp::PresenceUnsubscribe { id, .. }
-        | ClientOp::Ping { id }
-        | ClientOp::Refresh { id, .. } => id,
     }
 }
 

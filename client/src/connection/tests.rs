@@ -30,7 +30,7 @@ fn a_jwt_passes_the_query_unchanged() {
 #[test]
 fn ids_are_filled_in_only_when_missing() {
     let mut op = ClientOp::Ping { id: None };
-    *id_slot(&mut op) = Some(5);
+    *op.id_mut() = Some(5);
     assert_eq!(op.id(), Some(5));
     let reply: ServerReply =
         serde_json::from_str(r#"{"type":"pong","id":5}"#).expect("pong parses");

@@ -111,17 +111,20 @@ pub fn round(
     snapshot: Option<InterestSnapshot>,
 ) -> (HashMap<NodeId, Vec<PeerMessage>>, Vec<String>) {
     let mut parts: HashMap<NodeId, Vec<PeerMessage>> = HashMap::new();
-    let mut held = Vec::new();
-    if let Some((version, changes)) = changes {
-        for (peer, part) in holders.split(peers, &changes) {
+    let mut tell = |version: u64, items: &[(String, u32)], full: bool| {
+        for (peer, part) in holders.split(peers, items) {
             parts.entry(peer).or_default().extend(chunked(
                 version,
                 part,
-                false,
+                full,
                 holders.generation(),
                 INTEREST_CHUNK_BYTES,
             ));
         }
+    };
+    let mut held = Vec::new();
+    if let Some((version, changes)) = changes {
+        tell(version, &changes, false);
         held = changes
             .into_iter()
             .map(|(g, _)| g)
@@ -130,15 +133,7 @@ pub fn round(
     }
     if let Some((version, groups)) = snapshot {
         let groups: Vec<(String, u32)> = groups.into_iter().collect();
-        for (peer, part) in holders.split(peers, &groups) {
-            parts.entry(peer).or_default().extend(chunked(
-                version,
-                part,
-                true,
-                holders.generation(),
-                INTEREST_CHUNK_BYTES,
-            ));
-        }
+        tell(version, &groups, true);
     }
     (parts, held)
 }

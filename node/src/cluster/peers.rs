@@ -281,8 +281,13 @@ impl<S: Link> PeerTable<S> {
     /// dial there, as a peer or the Raft log named them (`None` for a seed: a seed is
     /// dialed whatever happens, the operator named it).
     pub fn dial(&self, addr: &str, members: &[Option<NodeId>]) -> Dial {
-        let mut holders = self.peers.values().filter(|p| p.addrs.peer == addr);
-        if holders.clone().any(|p| p.session.is_some()) {
+        let mut here = self
+            .peers
+            .values()
+            .filter(|p| p.addrs.peer == addr)
+            .peekable();
+        let taken = here.peek().is_some();
+        if here.any(|p| p.session.is_some()) {
             return Dial::Wait;
         }
         // Up at another address: that one is its address now. (Down, the address it was
@@ -292,7 +297,7 @@ impl<S: Link> PeerTable<S> {
                 .and_then(|id| self.peers.get(&id))
                 .is_some_and(|p| p.session.is_some() && p.addrs.peer != addr)
         };
-        if !members.is_empty() && members.iter().all(moved) && holders.next().is_none() {
+        if !members.is_empty() && members.iter().all(moved) && !taken {
             Dial::Stop
         } else {
             Dial::Now

@@ -177,15 +177,20 @@ mod tests {
         oneshot::channel()
     }
 
+    /// Ids handed out in order, the first `first`.
+    fn ids(first: u64) -> impl FnMut() -> u64 {
+        let mut next = first;
+        move || {
+            next += 1;
+            next - 1
+        }
+    }
+
     #[test]
     fn lookups_of_one_group_share_one_question_until_it_is_answered() {
         let now = Instant::now();
         let mut lookups = Lookups::default();
-        let mut last = 6;
-        let mut next = || {
-            last += 1;
-            last
-        };
+        let mut next = ids(7);
         let (a, _ra) = waiter();
         let (b, _rb) = waiter();
         let (c, _rc) = waiter();
@@ -208,11 +213,7 @@ mod tests {
     fn a_question_out_for_the_lookup_timeout_is_given_up_and_asked_anew() {
         let now = Instant::now();
         let mut lookups = Lookups::default();
-        let mut last = 0;
-        let mut next = || {
-            last += 1;
-            last
-        };
+        let mut next = ids(1);
         let (a, _ra) = waiter();
         let (b, _rb) = waiter();
         lookups.ask(now, "old", a, &mut next);

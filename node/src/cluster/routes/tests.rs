@@ -111,14 +111,14 @@ fn leases_are_bounded_and_past_the_bound_the_answer_is_not_to_be_cached() {
 
 #[test]
 fn interest_goes_to_the_two_holders_of_each_group_and_to_everyone_when_unassigned() {
-    let live = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
+    let live4 = live(&[1, 2, 3, 4]);
     let mut map = Assignments::default();
     let unassigned = Holders::new(1, &map);
     assert!(unassigned.mine("user_1") && unassigned.to_ask("user_1").is_none());
     let split = unassigned.split(&[2, 3], &[("user_1".to_string(), 1u32)]);
     assert_eq!(split[&2].len(), 1);
     assert_eq!(split[&3].len(), 1);
-    map.apply(&map.plan(&live, |_| true), 7);
+    map.apply(&map.plan(&live4, |_| true), 7);
     let holders = Holders::new(1, &map);
     assert_eq!(holders.generation(), 7);
     let groups: Vec<(String, u32)> = (0..400).map(|i| (format!("user_{i}"), 1)).collect();
@@ -137,7 +137,7 @@ fn interest_goes_to_the_two_holders_of_each_group_and_to_everyone_when_unassigne
         Some(vec![owner, replica.expect("a replica")])
     );
     // Node 4 leaves: the buckets it held move, the others stay.
-    let live3 = [1, 2, 3].into_iter().map(|n| (n, 100 + n)).collect();
+    let live3 = live(&[1, 2, 3]);
     map.apply(&map.plan(&live3, |_| true), 8);
     let after = Holders::new(1, &map);
     let moved = holders.moved(&after);
@@ -147,18 +147,31 @@ fn interest_goes_to_the_two_holders_of_each_group_and_to_everyone_when_unassigne
     }
 }
 
-#[test]
-fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
-    let t0 = Instant::now();
-    let four = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
-    let three = [1, 2, 3].into_iter().map(|n| (n, 100 + n)).collect();
+/// Live members, each with a data dir's identity.
+fn live(ids: &[NodeId]) -> std::collections::BTreeMap<NodeId, u64> {
+    ids.iter().map(|n| (*n, 100 + n)).collect()
+}
+
+/// Node 1's routes after it followed the assignments (generation 7) of a cluster of
+/// four at `t0`, sessions with 2, 3 and 4 up but no full sync from them yet; and the
+/// assignments.
+fn connected(t0: Instant) -> (Routes, Assignments) {
     let mut map = Assignments::default();
-    map.apply(&map.plan(&four, |_| true), 7);
+    map.apply(&map.plan(&live(&[1, 2, 3, 4]), |_| true), 7);
     let mut routes = Routes::new(1);
     routes.follow(t0, &map).expect("new assignments");
     for peer in [2, 3, 4] {
         routes.connected(peer);
     }
+    (routes, map)
+}
+
+#[test]
+fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
+    let t0 = Instant::now();
+    let (mut routes, mut map) = connected(t0);
+    let four = live(&[1, 2, 3, 4]);
+    let three = live(&[1, 2, 3]);
     assert!(
         !routes.complete("user_1"),
         "no full sync yet on these sessions"
@@ -236,13 +249,8 @@ fn a_gained_bucket_is_complete_once_every_connected_peer_followed_the_move() {
 /// Node 1's routes in a cluster of four whose assignments it followed at `t0`, every
 /// peer's full sync in.
 fn formed(t0: Instant) -> Routes {
-    let four = [1, 2, 3, 4].into_iter().map(|n| (n, 100 + n)).collect();
-    let mut map = Assignments::default();
-    map.apply(&map.plan(&four, |_| true), 7);
-    let mut routes = Routes::new(1);
-    routes.follow(t0, &map).expect("new assignments");
+    let (mut routes, _) = connected(t0);
     for peer in [2, 3, 4] {
-        routes.connected(peer);
         routes.followed(peer, 7);
     }
     routes

@@ -183,7 +183,11 @@ impl Connection {
                 Ok(None) => return Poll::NeedInput,
                 Err(e) => {
                     self.metrics.resp_protocol_errors.inc();
-                    return self.refuse(&format!("ERR Protocol error: {e}"), version);
+                    return self.refuse(
+                        &format!("ERR Protocol error: {e}"),
+                        version,
+                        Close::Linger,
+                    );
                 }
             };
             self.metrics.resp_commands.inc();
@@ -193,7 +197,11 @@ impl Connection {
                 Err(e) => {
                     self.metrics.resp_protocol_errors.inc();
                     self.metrics.resp_errors.inc();
-                    return self.refuse(&format!("ERR Protocol error: {e}"), version);
+                    return self.refuse(
+                        &format!("ERR Protocol error: {e}"),
+                        version,
+                        Close::Linger,
+                    );
                 }
             }
         }
@@ -233,7 +241,11 @@ impl Connection {
         if next == Next::Close {
             self.closing = Some(Close::Linger);
         } else if auth.failures >= MAX_AUTH_FAILURES {
-            self.refuse("ERR too many failed AUTH attempts; closing", version);
+            self.refuse(
+                "ERR too many failed AUTH attempts; closing",
+                version,
+                Close::Linger,
+            );
         }
         after
     }
@@ -269,8 +281,11 @@ impl Connection {
             self.closing = Some(Close::Now);
         } else {
             self.metrics.resp_auth_failures.inc();
-            self.refuse("ERR authentication timeout: send AUTH first", version);
-            self.closing = Some(Close::Now);
+            self.refuse(
+                "ERR authentication timeout: send AUTH first",
+                version,
+                Close::Now,
+            );
         }
     }
 
@@ -284,8 +299,8 @@ impl Connection {
         self.refuse(
             "ERR too many unauthenticated connections: the oldest is closed to make room; send AUTH first",
             version,
+            Close::Now,
         );
-        self.closing = Some(Close::Now);
     }
 
     /// What is to be written, if anything.
@@ -306,10 +321,10 @@ impl Connection {
         self.closing
     }
 
-    fn refuse(&mut self, error: &str, version: Version) -> Poll {
+    /// Writes `error` and closes as `close` says (a close already decided stands).
+    fn refuse(&mut self, error: &str, version: Version, close: Close) -> Poll {
         Frame::Error(error.into()).encode(version, &mut self.out);
-        let close = *self.closing.get_or_insert(Close::Linger);
-        Poll::Close(close)
+        Poll::Close(*self.closing.get_or_insert(close))
     }
 }
 
